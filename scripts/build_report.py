@@ -1,0 +1,13 @@
+"""Snakemake entry: results/report.md over every sweep."""
+
+from latency_sensitivity import steps
+
+with steps.logged(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
+    steps.build_report(
+        sweep_csvs=list(snakemake.input.sweeps),  # noqa: F821
+        sweep_names=list(snakemake.params.sweeps),  # noqa: F821
+        axes=list(snakemake.params.axes),  # noqa: F821
+        cell_files=list(snakemake.input.cells),  # noqa: F821
+        settings=dict(snakemake.params.settings),  # noqa: F821
+        out_md=snakemake.output[0],  # noqa: F821
+    )

@@ -1,0 +1,245 @@
+"""Measure the two roofline ceilings of a device: copy bandwidth and dense matmul throughput.
+
+Run once per device and dtype; ``roofline.cell_roofline`` takes the resulting JSON (its top-level
+``bandwidth_gb_s`` and ``matmul_tflops``) as its ``ceilings``::
+
+    python -m latency_sensitivity.calibrate --device cpu --dtype fp32 --out results/calibration/cpu_fp32.json
+
+Bandwidth is a large device-to-device ``dst.copy_(src)``, counting bytes read plus bytes written; matmul is a
+square n×n @ n×n product counted as 2·n³ FLOPs. Both use random normal data (never zeros, which some hardware
+handles faster). On CUDA each rep is timed with CUDA events after a warm-up (at least a few iterations and
+half a second, so clocks have ramped up); on the CPU with ``time.perf_counter``. The median over the
+reps is reported, with every sample kept. GB and TFLOP are decimal (1e9, 1e12).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .atomic import write_json
+
+TORCH_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# (copy bytes, matmul n, bandwidth reps, matmul reps) per device kind and quick flag.
+SIZES: dict[tuple[str, bool], tuple[int, int, int, int]] = {
+    ("cuda", False): (2**30, 8192, 20, 20),
+    ("cuda", True): (2**28, 4096, 5, 5),
+    ("cpu", False): (64 * 2**20, 1024, 10, 5),
+    ("cpu", True): (8 * 2**20, 256, 3, 3),
+}
+
+
+def _torch_dtype(dtype: str) -> torch.dtype:
+    try:
+        return TORCH_DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(TORCH_DTYPES)}") from None
+
+
+def _device(device: str) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    elif dev.type != "cpu":
+        raise ValueError(f"unsupported device {device!r}; expected cpu or cuda[:N]")
+    return dev
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def device_name(device: str) -> str:
+    dev = _device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return _cpu_name()
+
+
+def _time_reps(fn: Callable[[], Any], dev: torch.device, reps: int) -> list[float]:
+    """Warm up, then time ``reps`` calls of ``fn``; returns per-call milliseconds."""
+    if reps < 1:
+        raise ValueError(f"reps must be >= 1, got {reps}")
+    if dev.type == "cuda":
+        with torch.cuda.device(dev):
+            stream = torch.cuda.current_stream(dev)
+            # Warm-up: at least 3 calls and 0.5 s, so kernels are loaded and clocks have ramped up.
+            t0 = time.perf_counter()
+            n = 0
+            while n < 3 or (time.perf_counter() - t0 < 0.5 and n < 2000):
+                fn()
+                n += 1
+                if n >= 3:
+                    torch.cuda.synchronize(dev)
+            torch.cuda.synchronize(dev)
+            starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+            ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+            for s, e in zip(starts, ends):
+                s.record(stream)
+                fn()
+                e.record(stream)
+            torch.cuda.synchronize(dev)
+            return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+    fn()  # one warm-up call on the CPU (page faults, thread pool start)
+    samples = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
+def measure_bandwidth(device: str, nbytes: int, reps: int) -> dict[str, Any]:
+    """Device memory bandwidth from a ``dst.copy_(src)`` of ``nbytes`` (fp32 random normal data).
+
+    ``bytes`` is what one copy moves: ``nbytes`` read plus ``nbytes`` written.
+    """
+    dev = _device(device)
+    numel = nbytes // 4
+    if numel < 1:
+        raise ValueError(f"nbytes must be at least 4, got {nbytes}")
+    gen = torch.Generator(device=dev).manual_seed(0)
+    src = torch.randn(numel, dtype=torch.float32, device=dev, generator=gen)
+    dst = torch.randn(numel, dtype=torch.float32, device=dev, generator=gen)
+    copy_bytes = numel * 4
+    moved = 2 * copy_bytes
+    samples = _time_reps(lambda: dst.copy_(src), dev, reps)
+    if not torch.equal(dst[:16], src[:16]):  # cheap check that the copy really happened
+        raise RuntimeError("bandwidth copy did not copy")
+    med = statistics.median(samples)
+    del src, dst
+    return {
+        "bandwidth_gb_s": moved / (med / 1e3) / 1e9,
+        "bytes": moved,
+        "copy_bytes": copy_bytes,
+        "reps": reps,
+        "median_ms": med,
+        "samples_ms": samples,
+    }
+
+
+def measure_matmul(device: str, dtype: str, n: int, reps: int) -> dict[str, Any]:
+    """Dense matmul throughput of an n×n @ n×n product in ``dtype`` (random normal data), 2·n³ FLOPs.
+
+    Always measured in the requested dtype, also on the CPU where fp16/bf16 may be slow or emulated;
+    ``computed_dtype`` records what actually ran.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    dev = _device(device)
+    tdt = _torch_dtype(dtype)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    a = torch.randn(n, n, dtype=torch.float32, device=dev, generator=gen).to(tdt)
+    b = torch.randn(n, n, dtype=torch.float32, device=dev, generator=gen).to(tdt)
+    c = torch.empty(n, n, dtype=tdt, device=dev)
+    samples = _time_reps(lambda: torch.mm(a, b, out=c), dev, reps)
+    med = statistics.median(samples)
+    flops = 2 * n**3
+    note = ""
+    if dev.type == "cpu" and dtype in ("fp16", "bf16"):
+        note = f"{dtype} matmul measured on the CPU in {dtype} (no upcast); may be slower than fp32"
+    out = {
+        "matmul_tflops": flops / (med / 1e3) / 1e12,
+        "n": n,
+        "dtype": dtype,
+        "computed_dtype": str(c.dtype).replace("torch.", ""),
+        "flops": flops,
+        "reps": reps,
+        "median_ms": med,
+        "samples_ms": samples,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "note": note,
+    }
+    del a, b, c
+    return out
+
+
+def calibrate(
+    device: str,
+    dtype: str,
+    quick: bool = False,
+    *,
+    sizes: tuple[int, int, int, int] | None = None,
+) -> dict[str, Any]:
+    """Measure both ceilings on ``device`` for ``dtype``.
+
+    Sizes: cuda → 1 GiB copy and n=8192 (quick: 256 MiB, n=4096); cpu → 64 MiB copy and n=1024 (quick: 8 MiB,
+    n=256). ``sizes`` = (copy bytes, n, bandwidth reps, matmul reps) overrides them.
+    """
+    dev = _device(device)
+    _torch_dtype(dtype)
+    nbytes, n, bw_reps, mm_reps = sizes if sizes is not None else SIZES[(dev.type, bool(quick))]
+    bw = measure_bandwidth(str(dev), nbytes, bw_reps)
+    mm = measure_matmul(str(dev), dtype, n, mm_reps)
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    result: dict[str, Any] = {
+        "device": dev.type,
+        "device_index": dev.index,
+        "device_name": device_name(str(dev)),
+        "dtype": dtype,
+        "quick": bool(quick),
+        "bandwidth_gb_s": bw["bandwidth_gb_s"],
+        "matmul_tflops": mm["matmul_tflops"],
+        "bandwidth": bw,
+        "matmul": mm,
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "num_threads": torch.get_num_threads(),
+        "python_version": platform.python_version(),
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    for key in ("bandwidth_gb_s", "matmul_tflops"):
+        v = result[key]
+        if not (isinstance(v, float) and math.isfinite(v) and v > 0):
+            raise RuntimeError(f"calibration produced a bad {key}: {v!r}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m latency_sensitivity.calibrate",
+        description="Measure copy bandwidth and matmul throughput of a device (roofline ceilings).",
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--dtype", default="fp32", choices=sorted(TORCH_DTYPES), help="matmul dtype (default fp32)")
+    p.add_argument("--out", required=True, help="JSON file to write (parent folders are created)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes and fewer reps")
+    args = p.parse_args(argv)
+    try:
+        result = calibrate(args.device, args.dtype, quick=args.quick)
+    except (RuntimeError, ValueError) as e:
+        print(f"calibrate: {e}", file=sys.stderr)
+        return 1
+    write_json(args.out, result)
+    print(
+        f"{result['device_name']} {args.dtype}: {result['bandwidth_gb_s']:.1f} GB/s copy, "
+        f"{result['matmul_tflops']:.3f} TFLOP/s matmul -> {args.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

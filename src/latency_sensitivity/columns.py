@@ -1,0 +1,118 @@
+"""Every column of a merged sweep CSV, defined once.
+
+The per-cell JSON stores the measured metrics under the same names; merge, collapse, plots, report and the
+README's metrics table all read their names, units and meanings from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    unit: str
+    description: str
+
+
+# The reference study's CSV, in its order. Always first in sweep.csv.
+REFERENCE_COLUMNS: tuple[Column, ...] = (
+    Column("seq_len", "tokens", "Prompt length of every sequence in the batch."),
+    Column("batch", "sequences", "Number of independent sequences processed together."),
+    Column("prefill_p50_ms", "ms", "Median wall time of the prefill forward pass (whole batch, `logits_to_keep=1`)."),
+    Column("prefill_ms_per_tok", "ms/token", "prefill_p50_ms / (batch × seq_len)."),
+    Column("prefill_tok_s", "tokens/s", "batch × seq_len × 1000 / prefill_p50_ms."),
+    Column(
+        "decode_p50_ms_per_tok",
+        "ms/step",
+        "Median time of one decode step over all measured steps: every sequence gains one token, so this is "
+        "the per-token latency a request sees.",
+    ),
+    Column("decode_tok_s", "tokens/s", "batch × 1000 / decode_p50_ms_per_tok."),
+    Column(
+        "total_tok_s",
+        "tokens/s",
+        "batch × (seq_len + gen_tokens) × 1000 / e2e_p50_ms: prompt and generated tokens over the measured "
+        "request time.",
+    ),
+    Column(
+        "vram_reserved_mb",
+        "MiB",
+        "Peak memory reserved by PyTorch's CUDA allocator during the measured reps (0 on the CPU).",
+    ),
+    Column(
+        "flag",
+        "",
+        "`ok`, `collapse` (see flag_detail), `oom` (the cell ran out of memory) or `error` (see error).",
+    ),
+)
+
+EXTRA_COLUMNS: tuple[Column, ...] = (
+    # identity of the cell
+    Column("sweep", "", "Name of the sweep (config `sweeps`) this row belongs to."),
+    Column("model", "", "Model name (config `models`)."),
+    Column("dtype", "", "Weight and activation dtype: fp32, fp16 or bf16."),
+    Column("backend", "", "Execution backend: `eager` (transformers with its dynamic KV cache)."),
+    Column("device", "", "Device kind the cell ran on: cpu or cuda."),
+    Column("device_name", "", "Device model (GPU name, or the CPU model)."),
+    Column("attn_implementation", "", "Attention kernel asked of transformers (sdpa, eager, flash_attention_2)."),
+    Column("gen_tokens", "tokens", "Tokens generated per sequence: 1 from prefill, gen_tokens - 1 decode steps."),
+    Column("warmup", "reps", "Discarded warmup repetitions."),
+    Column("reps", "reps", "Measured repetitions."),
+    Column("status", "", "Outcome of the measurement: ok, oom or error."),
+    Column("flag_detail", "", "Why a cell is flagged: metric, ratio to the best earlier cell, and that cell."),
+    Column("error", "", "Exception type and message of a failed cell (empty when it succeeded)."),
+    # latency
+    Column("ttft_p50_ms", "ms", "Median time to first token: prefill forward plus picking the first token."),
+    Column("tpot_p50_ms", "ms", "Median over reps of the mean decode step time (time per output token after the first)."),
+    Column("e2e_p50_ms", "ms", "Median end-to-end time of one request: TTFT plus all decode steps."),
+    Column("prefill_p10_ms", "ms", "10th percentile of prefill time."),
+    Column("prefill_p90_ms", "ms", "90th percentile of prefill time."),
+    Column("prefill_iqr_ms", "ms", "Interquartile range (p75 - p25) of prefill time."),
+    Column("prefill_p50_ci_low_ms", "ms", "Lower end of a bootstrap 95% interval of prefill_p50_ms."),
+    Column("prefill_p50_ci_high_ms", "ms", "Upper end of a bootstrap 95% interval of prefill_p50_ms."),
+    Column("decode_p10_ms_per_tok", "ms/step", "10th percentile of decode step time."),
+    Column("decode_p90_ms_per_tok", "ms/step", "90th percentile of decode step time."),
+    Column("decode_iqr_ms_per_tok", "ms/step", "Interquartile range of decode step time."),
+    Column("decode_p50_ci_low_ms", "ms/step", "Lower end of a bootstrap 95% interval of decode_p50_ms_per_tok."),
+    Column("decode_p50_ci_high_ms", "ms/step", "Upper end of a bootstrap 95% interval of decode_p50_ms_per_tok."),
+    Column("ttft_p90_ms", "ms", "90th percentile of time to first token."),
+    # memory
+    Column("vram_allocated_mb", "MiB", "Peak memory allocated by PyTorch tensors on the GPU during the measured reps."),
+    Column("device_used_mb", "MiB", "Peak device memory in use according to NVML during the measured reps (all processes)."),
+    Column("peak_rss_mb", "MiB", "Peak resident set size of the measuring process during the measured reps (CPU)."),
+    Column("predicted_memory_mb", "MiB", "Predicted peak: weights + KV cache + kept logits + activation estimate."),
+    Column("kv_cache_mb", "MiB", "Predicted KV cache at the end of generation (GQA formula)."),
+    Column("weights_mb", "MiB", "Parameter bytes of the model as built."),
+    # cost of setting up the cell
+    Column("model_build_s", "s", "Time to build (random weights) or load the model onto the device."),
+    Column("warmup_s", "s", "Wall time of the warmup reps (kept out of every metric)."),
+)
+
+ALL_COLUMNS: tuple[Column, ...] = REFERENCE_COLUMNS + EXTRA_COLUMNS
+COLUMNS_BY_NAME: dict[str, Column] = {c.name: c for c in ALL_COLUMNS}
+REFERENCE_NAMES: list[str] = [c.name for c in REFERENCE_COLUMNS]
+
+# Lower is better for these per-token latencies; higher is better for these throughputs. Collapse
+# detection looks at both kinds along a sweep's axis.
+LATENCY_METRICS: tuple[str, ...] = ("prefill_ms_per_tok", "decode_p50_ms_per_tok")
+THROUGHPUT_METRICS: tuple[str, ...] = ("prefill_tok_s", "decode_tok_s", "total_tok_s")
+
+
+def order_columns(names: list[str]) -> list[str]:
+    """Known columns in their defined order, then any others (e.g. telemetry, roofline) in the given order."""
+    known = [c.name for c in ALL_COLUMNS if c.name in names]
+    return known + [n for n in names if n not in COLUMNS_BY_NAME]
+
+
+def markdown_table(columns: tuple[Column, ...] = ALL_COLUMNS) -> str:
+    """The metrics table printed in the README (tests keep the two in step)."""
+    lines = ["| column | unit | meaning |", "| --- | --- | --- |"]
+    for c in columns:
+        lines.append(f"| `{c.name}` | {c.unit} | {c.description} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m latency_sensitivity.columns
+    print(markdown_table(), end="")

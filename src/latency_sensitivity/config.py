@@ -1,0 +1,234 @@
+"""Configuration: schema validation with messages that name the key, model resolution, cell enumeration.
+
+Used by the workflow (workflow/rules/common.smk) before any job starts, and by the command-line front.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonschema
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+MODELS_DIR = REPO_ROOT / "config" / "models"
+
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be run. The message names the key and the value."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measurement job: everything that identifies a result file."""
+
+    model: str
+    dtype: str
+    backend: str
+    seq: int
+    batch: int
+
+    @property
+    def path(self) -> str:
+        return cell_path(self.model, self.dtype, self.backend, self.seq, self.batch)
+
+
+def cell_path(model: str, dtype: str, backend: str, seq: int | str, batch: int | str) -> str:
+    return f"results/cells/{model}/{dtype}/{backend}/seq{seq}_batch{batch}.json"
+
+
+def _key(path: Iterable[Any]) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def load_schema(schema_path: Path | str = SCHEMA_PATH) -> dict:
+    with open(schema_path) as fh:
+        return yaml.safe_load(fh)
+
+
+def _fill_defaults(config: dict, schema: dict) -> None:
+    """Set the schema's defaults for absent keys (what Snakemake's validate does with set_default)."""
+    for key, sub in schema.get("properties", {}).items():
+        if key not in config and "default" in sub:
+            config[key] = sub["default"]
+        if isinstance(config.get(key), dict) and sub.get("type") == "object":
+            _fill_defaults(config[key], sub)
+
+
+def check_schema(config: dict, schema_path: Path | str = SCHEMA_PATH) -> None:
+    """Raise ConfigError naming the offending key and value for the first schema violation."""
+    schema = load_schema(schema_path)
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (list(e.absolute_path), e.message))
+    if errors:
+        err = jsonschema.exceptions.best_match(errors)
+        # A oneOf failure's own message dumps the whole object; say what the alternatives are instead.
+        if err.validator == "oneOf" and err.absolute_path and err.absolute_path[0] == "models":
+            msg = "give exactly one of `architecture` (random weights) or `path` (a local checkpoint)"
+        else:
+            msg = err.message
+        raise ConfigError(f"config key {_key(err.absolute_path)}: {msg} (value: {err.instance!r})")
+    _fill_defaults(config, schema)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: an architecture JSON (random weights) or a local checkpoint folder."""
+
+    name: str
+    kind: str  # "architecture" | "path"
+    location: Path
+
+    @property
+    def config_json(self) -> Path:
+        return self.location if self.kind == "architecture" else self.location / "config.json"
+
+    def architecture(self) -> dict:
+        with open(self.config_json) as fh:
+            return json.load(fh)
+
+
+def resolve_model(name: str, entry: dict, base_dir: Path | str = ".") -> ModelSource:
+    """Turn a `models` entry into a ModelSource, checking that its files exist."""
+    base = Path(base_dir)
+    if "architecture" in entry:
+        value = entry["architecture"]
+        candidates = [base / value, Path(value)]
+        if not value.endswith(".json"):
+            candidates.append(MODELS_DIR / f"{value}.json")
+        for c in candidates:
+            if c.is_file():
+                return ModelSource(name, "architecture", c.resolve())
+        raise ConfigError(
+            f"config key models.{name}.architecture: no such architecture file (value: {value!r}; "
+            f"looked for it as a path and in {MODELS_DIR})"
+        )
+    value = entry["path"]
+    p = Path(value) if Path(value).is_absolute() else base / value
+    if not (p / "config.json").is_file():
+        raise ConfigError(
+            f"config key models.{name}.path: not a local checkpoint folder with a config.json (value: {value!r})"
+        )
+    return ModelSource(name, "path", p.resolve())
+
+
+def max_positions(arch: dict) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if isinstance(arch.get(key), int):
+            return arch[key]
+    return None
+
+
+def validate(config: dict, base_dir: Path | str = ".", schema_path: Path | str = SCHEMA_PATH) -> dict:
+    """Check a config completely (schema + semantics), fill defaults, and return it.
+
+    Raises ConfigError with the key and the value on the first problem.
+    """
+    check_schema(config, schema_path)
+    models = config["models"]
+    measure = config["measure"]
+    for i, name in enumerate(measure["models"]):
+        if name not in models:
+            raise ConfigError(
+                f"config key measure.models[{i}]: unknown model (value: {name!r}; defined: {sorted(models)})"
+            )
+    for name in measure["models"]:
+        source = resolve_model(name, models[name], base_dir)
+        try:
+            arch = source.architecture()
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"config key models.{name}: cannot read {source.config_json}: {exc}") from exc
+        if "model_type" not in arch:
+            raise ConfigError(f"config key models.{name}: {source.config_json} has no model_type")
+        limit = max_positions(arch)
+        if limit is not None:
+            for sweep_name, sweep in config["sweeps"].items():
+                for i, seq in enumerate(sweep["seq"]):
+                    if seq + measure["gen_tokens"] > limit:
+                        raise ConfigError(
+                            f"config key sweeps.{sweep_name}.seq[{i}]: seq {seq} + gen_tokens "
+                            f"{measure['gen_tokens']} exceeds model {name!r}'s max positions {limit} "
+                            f"(value: {seq})"
+                        )
+    return config
+
+
+def load(path: Path | str, base_dir: Path | str | None = None) -> dict:
+    with open(path) as fh:
+        config = yaml.safe_load(fh) or {}
+    return validate(config, base_dir if base_dir is not None else Path(path).parent.parent)
+
+
+def sweep_cells(config: dict, sweep: str) -> list[Cell]:
+    m = config["measure"]
+    s = config["sweeps"][sweep]
+    return [
+        Cell(model, dtype, backend, seq, batch)
+        for model in m["models"]
+        for dtype in m["dtypes"]
+        for backend in m["backends"]
+        for batch in s["batch"]
+        for seq in s["seq"]
+    ]
+
+
+def all_cells(config: dict) -> list[Cell]:
+    seen: dict[Cell, None] = {}
+    for sweep in config["sweeps"]:
+        for cell in sweep_cells(config, sweep):
+            seen.setdefault(cell, None)
+    return list(seen)
+
+
+def sweep_axis(config: dict, sweep: str) -> str:
+    """'seq_len' when only seq varies, 'batch' when only batch varies, 'grid' when both do."""
+    s = config["sweeps"][sweep]
+    if len(s["seq"]) > 1 and len(s["batch"]) > 1:
+        return "grid"
+    if len(s["batch"]) > 1:
+        return "batch"
+    return "seq_len"
+
+
+def find_model_by_alias(config: dict, name: str) -> str | None:
+    """The `models` key matching a name or one of its aliases."""
+    for key, entry in config["models"].items():
+        if name == key or name in entry.get("aliases", []):
+            return key
+    return None
+
+
+def settings_summary(config: dict) -> dict:
+    """What the report's Setup section shows: the run settings and each measured model's architecture."""
+    m = config["measure"]
+    models = {}
+    for name in m["models"]:
+        source = resolve_model(name, config["models"][name], ".")
+        arch = source.architecture()
+        keys = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
+                "intermediate_size", "vocab_size", "tie_word_embeddings")
+        summary = {k: arch[k] for k in keys if k in arch}
+        summary["weights"] = "random (from architecture)" if source.kind == "architecture" else f"local: {source.location}"
+        models[name] = summary
+    return {
+        "models": models,
+        "dtypes": list(m["dtypes"]),
+        "backends": list(m["backends"]),
+        "device": m["device"],
+        "attn_implementation": m["attn_implementation"],
+        "gen_tokens": m["gen_tokens"],
+        "warmup": m["warmup"],
+        "reps": m["reps"],
+        "seed": m["seed"],
+        "threads": m["threads"],
+        "collapse_factor": config["collapse_factor"],
+    }

@@ -1,0 +1,62 @@
+"""Merge per-cell result files into one table per sweep (the reference study's columns first)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from .columns import REFERENCE_NAMES, order_columns
+
+IDENTITY = ("model", "dtype", "backend", "device", "device_name", "attn_implementation",
+            "gen_tokens", "warmup", "reps", "status", "error")
+
+
+def cell_row(result: dict) -> dict:
+    """One CSV row from a per-cell result (see runner.py for its layout)."""
+    cell = result["cell"]
+    row = {
+        "seq_len": cell["seq_len"],
+        "batch": cell["batch"],
+        "model": cell["model"],
+        "dtype": cell["dtype"],
+        "backend": cell["backend"],
+        "device": cell.get("device"),
+        "device_name": result.get("environment", {}).get("device_name"),
+        "attn_implementation": cell.get("attn_implementation"),
+        "gen_tokens": cell.get("gen_tokens"),
+        "warmup": cell.get("warmup"),
+        "reps": cell.get("reps"),
+        "status": result["status"],
+        "error": (result.get("error") or {}).get("message", "") if result["status"] != "ok" else "",
+    }
+    for key, value in result.get("metrics", {}).items():
+        row.setdefault(key, value)
+    return row
+
+
+def load_results(paths: Iterable[str | Path]) -> list[dict]:
+    out = []
+    for p in paths:
+        with open(p) as fh:
+            out.append(json.load(fh))
+    return out
+
+
+def merge(results: list[dict], sweep: str | None = None) -> pd.DataFrame:
+    """A table of cells sorted along the sweep; `flag` starts as the cell status (collapse.py refines it)."""
+    rows = [cell_row(r) for r in results]
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=REFERENCE_NAMES)
+    if sweep is not None:
+        frame.insert(0, "sweep", sweep)
+    frame["flag"] = frame["status"].where(frame["status"] != "ok", "ok")
+    for name in REFERENCE_NAMES:
+        if name not in frame.columns:
+            frame[name] = math.nan
+    frame = frame.sort_values(["model", "dtype", "backend", "batch", "seq_len"], kind="stable")
+    return frame[order_columns(list(frame.columns))].reset_index(drop=True)

@@ -1,0 +1,613 @@
+"""Figures of a merged sweep CSV (see :mod:`latency_sensitivity.columns` for every column).
+
+Two kinds of figure:
+
+* :func:`build_sweep_figure` reproduces the reference study's "combined" figure: six panels (prefill
+  ms/token, prefill tokens/s, decode ms/token, decode tokens/s, total tokens/s, memory) against the swept
+  axis (``seq_len`` or ``batch``) on a log2 x axis, one line per series. A series is one
+  (model, dtype, backend) combination and, when the frame holds several values of the other axis (a 2-D
+  grid plotted along one axis), one value of that axis. The p10-p90 spread is drawn as error bars where
+  the percentile columns exist, collapse cells get a red "X", and OOM/error cells (NaN metrics) are marked
+  at the bottom of every panel.
+* :func:`build_heatmap_figure` draws 2-D (seq_len x batch) grid sweeps as annotated heat maps, one panel
+  per metric and one row of panels per (model, dtype, backend).
+
+:func:`save_figure` writes a figure atomically; :func:`plot_sweep` and :func:`plot_heatmap` build and save.
+
+Only ``seq_len``, ``batch``, ``flag`` and the metric columns are assumed. ``status``, ``model``, ``dtype``
+and ``backend`` may be absent (absent: one series, every cell measured). A cell counts as failed when its
+``status`` is ``oom``/``error`` or, lacking that, when its ``flag`` is ``oom``/``error``; its metrics are
+treated as NaN whatever the frame holds.
+
+Artists carry a ``gid`` so that callers and tests can find them: ``"series"`` (one data line per series
+and panel), ``"series-secondary"`` (the dashed allocated-memory line), ``"spread"`` (p10-p90 error bars),
+``"collapse"`` (collapse markers or, on heat maps, the red cell outlines), ``"oom"`` and ``"error"``
+(failed-cell markers).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib import colors as mcolors  # noqa: E402
+from matplotlib import transforms as mtransforms  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
+
+from latency_sensitivity.columns import COLUMNS_BY_NAME, LATENCY_METRICS  # noqa: E402
+
+__all__ = [
+    "AXES",
+    "IDENTITY_COLUMNS",
+    "build_heatmap_figure",
+    "build_sweep_figure",
+    "plot_heatmap",
+    "plot_sweep",
+    "save_figure",
+]
+
+AXES: tuple[str, str] = ("seq_len", "batch")
+IDENTITY_COLUMNS: tuple[str, ...] = ("model", "dtype", "backend")
+FAILED_KINDS: tuple[str, str] = ("oom", "error")
+DEFAULT_HEATMAP_METRICS: tuple[str, ...] = (
+    "prefill_ms_per_tok",
+    "decode_p50_ms_per_tok",
+    "decode_tok_s",
+    "total_tok_s",
+)
+
+# Failed-cell markers: shape per kind, face in the series colour.
+_FAILED_STYLE: dict[str, dict[str, object]] = {
+    "oom": {"marker": "v", "label": "OOM"},
+    "error": {"marker": "s", "label": "error"},
+}
+_FAILED_Y = 0.035  # axes fraction of the failed-cell markers
+_SERIES_MARKERS = ("o", "s", "^", "D", "v", "P", "*", "h", "<", ">", "p", "d")
+_LOG_Y_RATIO = 50.0  # a panel gets a log y axis when its positive values span at least this ratio
+_MISSING_TEXT = "n/a"
+
+
+@dataclass(frozen=True)
+class _Panel:
+    column: str
+    title: str
+    spread: tuple[str, str] | None = None
+    spread_per_token: bool = False  # divide the spread columns by batch x seq_len
+
+
+_PANELS: tuple[_Panel, ...] = (
+    _Panel("prefill_ms_per_tok", "Prefill latency per token", ("prefill_p10_ms", "prefill_p90_ms"), True),
+    _Panel("prefill_tok_s", "Prefill throughput"),
+    _Panel("decode_p50_ms_per_tok", "Decode latency per token", ("decode_p10_ms_per_tok", "decode_p90_ms_per_tok")),
+    _Panel("decode_tok_s", "Decode throughput"),
+    _Panel("total_tok_s", "End-to-end throughput"),
+)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _unit(column: str) -> str:
+    col = COLUMNS_BY_NAME.get(column)
+    return col.unit if col is not None else ""
+
+
+def _axis_label(column: str) -> str:
+    unit = _unit(column)
+    return f"{column} ({unit})" if unit else column
+
+
+def _text_column(df: pd.DataFrame, column: str) -> pd.Series:
+    """The column as stripped Python strings, "" where absent or missing."""
+    if column not in df.columns:
+        return pd.Series([""] * len(df), index=df.index, dtype=object)
+    return df[column].map(lambda v: "" if _is_missing(v) else str(v).strip()).astype(object)
+
+
+def _is_missing(value: object) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _numeric(df: pd.DataFrame, column: str) -> np.ndarray:
+    """The column as float64 (NaN where absent or not a number)."""
+    if column not in df.columns:
+        return np.full(len(df), np.nan)
+    # a writable copy (pandas' copy-on-write hands out read-only views)
+    return np.array(pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan), copy=True)
+
+
+def _format_tick(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _format3(value: float) -> str:
+    """Three significant digits, without an exponent for everyday magnitudes (1234 -> "1230")."""
+    if not math.isfinite(value):
+        return _MISSING_TEXT
+    if value == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(value)))
+    if magnitude >= 6 or magnitude < -3:
+        return f"{value:.2e}"
+    digits = 2 - magnitude
+    rounded = round(value, digits)
+    return f"{rounded:.{max(digits, 0)}f}"
+
+
+def _prepare(df: pd.DataFrame) -> pd.DataFrame:
+    """A private copy with normalised helper columns: ``_fail`` ("", "oom", "error"), ``_collapse``, ids."""
+    out = df.copy()
+    out["seq_len"] = _numeric(out, "seq_len")
+    out["batch"] = _numeric(out, "batch")
+    status = _text_column(out, "status").str.lower()
+    flag = _text_column(out, "flag").str.lower()
+    fail = pd.Series([""] * len(out), index=out.index, dtype=object)
+    fail = fail.where(~flag.isin(FAILED_KINDS), flag)
+    fail = fail.where(~status.isin(FAILED_KINDS), status)  # status wins over flag
+    out["_fail"] = fail
+    out["_collapse"] = (flag == "collapse") & (fail == "")
+    for col in IDENTITY_COLUMNS:
+        out[f"_id_{col}"] = _text_column(out, col)
+    return out
+
+
+def _identity_parts(df: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(identity columns that vary across the frame, identity columns that are constant and non-empty)."""
+    varying: list[str] = []
+    constant: list[str] = []
+    for col in IDENTITY_COLUMNS:
+        if col not in df.columns:
+            continue
+        values = df[f"_id_{col}"].unique()
+        if len(values) > 1:
+            varying.append(col)
+        elif len(values) == 1 and values[0] != "":
+            constant.append(col)
+    return varying, constant
+
+
+def _series_colors(n: int) -> list[tuple[float, float, float, float]]:
+    if n <= 10:
+        cmap = matplotlib.colormaps["tab10"]
+        return [cmap(i) for i in range(n)]
+    if n <= 20:
+        cmap = matplotlib.colormaps["tab20"]
+        return [cmap(i) for i in range(n)]
+    cmap = matplotlib.colormaps["turbo"]
+    return [cmap(0.05 + 0.9 * i / (n - 1)) for i in range(n)]
+
+
+def _maybe_log_y(ax: Axes, values: Sequence[np.ndarray]) -> None:
+    """Log y axis when every finite value is positive and they span at least ``_LOG_Y_RATIO``."""
+    finite = np.concatenate([np.asarray(v, dtype=float).ravel() for v in values]) if values else np.array([])
+    finite = finite[np.isfinite(finite)]
+    if finite.size < 2 or np.any(finite <= 0):
+        return
+    if finite.max() / finite.min() >= _LOG_Y_RATIO:
+        ax.set_yscale("log")
+
+
+def _set_log2_xaxis(ax: Axes, ticks: np.ndarray, axis: str) -> None:
+    ax.set_xscale("log", base=2)
+    if ticks.size:
+        ax.set_xticks(ticks)
+        labels = [_format_tick(v) for v in ticks]
+        crowded = len(labels) > 6 or sum(len(s) for s in labels) > 28
+        ax.set_xticklabels(labels, rotation=45 if crowded else 0, ha="right" if crowded else "center")
+        ax.set_xlim(ticks.min() / 2**0.4, ticks.max() * 2**0.4)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel(_axis_label(axis))
+
+
+@dataclass
+class _Series:
+    label: str
+    frame: pd.DataFrame  # sorted by the swept axis
+    color: tuple[float, float, float, float]
+    marker: str
+
+
+def _split_series(df: pd.DataFrame, axis: str) -> tuple[list[_Series], str]:
+    """The series of a prepared frame, and a subtitle naming what all of them share."""
+    other = "batch" if axis == "seq_len" else "seq_len"
+    varying, constant = _identity_parts(df)
+    other_values = df[other].dropna().unique()
+    split_other = len(other_values) > 1
+
+    keys = [f"_id_{c}" for c in IDENTITY_COLUMNS if c in df.columns]
+    if split_other:
+        keys.append(other)
+    if keys:
+        groups = [g for _, g in df.groupby(keys, sort=True, dropna=False)]
+    else:
+        groups = [df]
+
+    shared = [str(df[f"_id_{c}"].iloc[0]) for c in constant] if len(df) else []
+    if not split_other and len(other_values) == 1:
+        shared.append(f"{other}={_format_tick(float(other_values[0]))}")
+    subtitle = " ".join(shared)
+
+    colors = _series_colors(len(groups))
+    series: list[_Series] = []
+    for i, group in enumerate(groups):
+        first = group.iloc[0]
+        parts = " ".join(str(first[f"_id_{c}"]) for c in varying if first[f"_id_{c}"] != "")
+        if split_other:
+            value = first[other]
+            other_text = f"{other}={_format_tick(float(value))}" if not _is_missing(value) else f"{other}=?"
+            label = f"{parts}, {other_text}" if parts else other_text
+        else:
+            label = parts
+        if not label:
+            label = " ".join(str(first[f"_id_{c}"]) for c in constant) or "measured"
+        series.append(
+            _Series(
+                label=label,
+                frame=group.sort_values(axis, kind="stable"),
+                color=colors[i],
+                marker=_SERIES_MARKERS[i % len(_SERIES_MARKERS)],
+            )
+        )
+    return series, subtitle
+
+
+def _values(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """Metric values with failed cells forced to NaN."""
+    values = _numeric(frame, column)
+    values[(frame["_fail"] != "").to_numpy()] = np.nan
+    return values
+
+
+# ------------------------------------------------------------------------------------------ sweep figure
+
+
+def _draw_spread(ax: Axes, s: _Series, axis: str, panel: _Panel, y: np.ndarray) -> list[np.ndarray]:
+    if panel.spread is None or not all(c in s.frame.columns for c in panel.spread):
+        return []
+    lo = _values(s.frame, panel.spread[0])
+    hi = _values(s.frame, panel.spread[1])
+    if panel.spread_per_token:
+        tokens = _numeric(s.frame, "batch") * _numeric(s.frame, "seq_len")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lo = lo / tokens
+            hi = hi / tokens
+    x = _numeric(s.frame, axis)
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(lo) & np.isfinite(hi)
+    if not ok.any():
+        return []
+    below = np.clip(y[ok] - lo[ok], 0, None)
+    above = np.clip(hi[ok] - y[ok], 0, None)
+    container = ax.errorbar(
+        x[ok], y[ok], yerr=np.vstack([below, above]), fmt="none", ecolor=s.color,
+        elinewidth=1.0, capsize=2.5, alpha=0.7, zorder=2,
+    )
+    for artist in (*container.lines[1], *container.lines[2]):
+        artist.set_gid("spread")
+    return [lo[ok], hi[ok]]
+
+
+def _draw_failed(ax: Axes, s: _Series, axis: str, seen: set[str]) -> None:
+    transform = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
+    for kind in FAILED_KINDS:
+        x = _numeric(s.frame[s.frame["_fail"] == kind], axis)
+        x = x[np.isfinite(x) & (x > 0)]
+        if not x.size:
+            continue
+        style = _FAILED_STYLE[kind]
+        ax.plot(
+            x, np.full(x.size, _FAILED_Y), transform=transform, linestyle="none",
+            marker=style["marker"], markersize=9, markerfacecolor=s.color, markeredgecolor="black",
+            markeredgewidth=1.0, clip_on=False, zorder=9, gid=kind,
+        )
+        seen.add(kind)
+
+
+def _draw_collapse(ax: Axes, s: _Series, axis: str, y: np.ndarray) -> bool:
+    mask = s.frame["_collapse"].to_numpy(dtype=bool) & np.isfinite(y)
+    x = _numeric(s.frame, axis)
+    mask &= np.isfinite(x)
+    if not mask.any():
+        return False
+    ax.scatter(
+        x[mask], y[mask], marker="X", s=120, c="red", edgecolors="black", linewidths=0.8,
+        zorder=10, gid="collapse",
+    )
+    return True
+
+
+def _no_data(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.45", fontsize=10)
+
+
+def _memory_columns(df: pd.DataFrame) -> tuple[str | None, str | None]:
+    """(solid column, dashed column) of the memory panel."""
+    reserved = _numeric(df, "vram_reserved_mb")
+    if "vram_reserved_mb" in df.columns and np.any(np.nan_to_num(reserved) > 0):
+        return "vram_reserved_mb", ("vram_allocated_mb" if "vram_allocated_mb" in df.columns else None)
+    if "peak_rss_mb" in df.columns:
+        return "peak_rss_mb", None
+    if "vram_reserved_mb" in df.columns:  # all zero / NaN and no RSS: still show what there is
+        return "vram_reserved_mb", None
+    return None, None
+
+
+def build_sweep_figure(df: pd.DataFrame, axis: str, title: str) -> Figure:
+    """The six-panel "combined" figure of a sweep along ``axis`` ("seq_len" or "batch")."""
+    if axis not in AXES:
+        raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
+    data = _prepare(df)
+    x_all = data[axis].to_numpy(dtype=float)
+    data = data[np.isfinite(x_all) & (x_all > 0)]
+    ticks = np.unique(data[axis].to_numpy(dtype=float))
+    series, subtitle = _split_series(data, axis) if len(data) else ([], "")
+
+    legend_cols = min(max(len(series), 1) + 3, 5)
+    legend_rows = math.ceil((len(series) + 3) / legend_cols)
+    fig = Figure(figsize=(16, 8.8 + 0.28 * legend_rows), layout="constrained")
+    axes = fig.subplots(2, 3)
+    flat: list[Axes] = list(axes.ravel())
+
+    memory_solid, memory_dashed = _memory_columns(data)
+    panels: list[_Panel | None] = [*_PANELS, None]
+    seen_failed: set[str] = set()
+    any_collapse = False
+
+    for ax, panel in zip(flat, panels):
+        column = panel.column if panel is not None else memory_solid
+        if panel is not None:
+            ax.set_title(f"{panel.title} ({_unit(panel.column)})")
+        else:
+            ax.set_title("Peak memory (MiB)")
+        ax.grid(True, which="major", alpha=0.3)
+        plotted: list[np.ndarray] = []
+        if column is None or column not in data.columns:
+            _no_data(ax, f"{panel.column if panel else 'memory'}: not measured")
+        else:
+            ax.set_ylabel(f"{column} ({_unit(column)})" if _unit(column) else column)
+            for s in series:
+                x = _numeric(s.frame, axis)
+                y = _values(s.frame, column)
+                ax.plot(
+                    x, y, color=s.color, marker=s.marker, markersize=5, linewidth=1.6,
+                    linestyle="-", label=s.label, zorder=3, gid="series",
+                )
+                plotted.append(y)
+                if panel is not None:
+                    plotted.extend(_draw_spread(ax, s, axis, panel, y))
+                elif memory_dashed is not None:
+                    y2 = _values(s.frame, memory_dashed)
+                    ax.plot(
+                        x, y2, color=s.color, marker=s.marker, markersize=4, linewidth=1.3,
+                        linestyle="--", markerfacecolor="none", zorder=3, gid="series-secondary",
+                    )
+                    plotted.append(y2)
+                any_collapse |= _draw_collapse(ax, s, axis, y)
+            if not any(np.isfinite(v).any() for v in plotted):
+                _no_data(ax, "no successful cells")
+            if panel is not None:
+                _maybe_log_y(ax, plotted)
+            elif memory_dashed is not None:
+                ax.legend(
+                    handles=[
+                        Line2D([], [], color="0.3", linestyle="-", label="reserved"),
+                        Line2D([], [], color="0.3", linestyle="--", label="allocated"),
+                    ],
+                    loc="upper left", fontsize=8, framealpha=0.8,
+                )
+        before = len(ax.get_lines())
+        for s in series:
+            _draw_failed(ax, s, axis, seen_failed)
+        if len(ax.get_lines()) > before:
+            ax.set_ymargin(0.12)  # room for the failed-cell markers below the lowest point
+        _set_log2_xaxis(ax, ticks, axis)
+
+    handles: list[Line2D] = [
+        Line2D([], [], color=s.color, marker=s.marker, markersize=6, linewidth=1.6, label=s.label) for s in series
+    ]
+    if any_collapse:
+        handles.append(
+            Line2D([], [], linestyle="none", marker="X", markersize=11, markerfacecolor="red",
+                   markeredgecolor="black", label="collapse")
+        )
+    for kind in FAILED_KINDS:
+        if kind in seen_failed:
+            style = _FAILED_STYLE[kind]
+            handles.append(
+                Line2D([], [], linestyle="none", marker=style["marker"], markersize=9, markerfacecolor="0.7",
+                       markeredgecolor="black", label=str(style["label"]))
+            )
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), fontsize=9,
+                   frameon=False)
+    fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=13)
+    return fig
+
+
+# -------------------------------------------------------------------------------------------- heat maps
+
+
+def _grid(
+    frame: pd.DataFrame, metric: str, seqs: np.ndarray, batches: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values, cell state, collapse) arrays of shape (n_seq, n_batch); state is "", "oom", "error", "missing"."""
+    values = np.full((seqs.size, batches.size), np.nan)
+    state = np.full((seqs.size, batches.size), "missing", dtype=object)
+    collapse = np.zeros((seqs.size, batches.size), dtype=bool)
+    seq_index = {v: i for i, v in enumerate(seqs)}
+    batch_index = {v: j for j, v in enumerate(batches)}
+    metric_values = _values(frame, metric)
+    for k, (seq, batch, fail, col) in enumerate(
+        zip(frame["seq_len"], frame["batch"], frame["_fail"], frame["_collapse"])
+    ):
+        i, j = seq_index.get(seq), batch_index.get(batch)
+        if i is None or j is None:
+            continue
+        # the last row of a cell wins
+        values[i, j] = metric_values[k]
+        state[i, j] = fail if fail else ("" if math.isfinite(metric_values[k]) else "missing")
+        collapse[i, j] = bool(col)
+    return values, state, collapse
+
+
+def _heat_norm(values: np.ndarray) -> mcolors.Normalize:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return mcolors.Normalize(vmin=0.0, vmax=1.0)
+    lo, hi = float(finite.min()), float(finite.max())
+    if lo > 0 and hi / lo >= _LOG_Y_RATIO:
+        return mcolors.LogNorm(vmin=lo, vmax=hi)
+    if lo == hi:
+        pad = abs(lo) * 0.05 or 1.0
+        return mcolors.Normalize(vmin=lo - pad, vmax=hi + pad)
+    return mcolors.Normalize(vmin=lo, vmax=hi)
+
+
+def _text_color(rgba: tuple[float, float, float, float]) -> str:
+    r, g, b = rgba[:3]
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.55 else "white"
+
+
+def _draw_heat_panel(
+    fig: Figure, ax: Axes, frame: pd.DataFrame, metric: str, seqs: np.ndarray, batches: np.ndarray
+) -> bool:
+    """One heat map; returns whether a collapse cell was outlined."""
+    ax.set_xticks(range(batches.size), [_format_tick(v) for v in batches])
+    ax.set_yticks(range(seqs.size), [_format_tick(v) for v in seqs])
+    ax.set_xlabel(_axis_label("batch"))
+    ax.set_ylabel(_axis_label("seq_len"))
+    if metric not in frame.columns:
+        ax.set_xlim(-0.5, batches.size - 0.5)
+        ax.set_ylim(seqs.size - 0.5, -0.5)
+        _no_data(ax, f"{metric}: not measured")
+        return False
+    values, state, collapse = _grid(frame, metric, seqs, batches)
+    cmap = matplotlib.colormaps["viridis_r" if metric in LATENCY_METRICS else "viridis"].with_extremes(bad="0.78")
+    norm = _heat_norm(values)
+    image = ax.imshow(values, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest", origin="upper")
+    unit = _unit(metric)
+    fig.colorbar(image, ax=ax, label=unit or None, shrink=0.9)
+    n_cells = max(seqs.size, batches.size)
+    fontsize = 8 if n_cells <= 8 else (6.5 if n_cells <= 12 else 5)
+    for i in range(seqs.size):
+        for j in range(batches.size):
+            cell = state[i, j]
+            if cell == "":
+                value = values[i, j]
+                text, color = _format3(value), _text_color(cmap(norm(value)))
+            else:
+                text = {"oom": "OOM", "error": "err"}.get(cell, _MISSING_TEXT)
+                color = "black"
+            ax.text(j, i, text, ha="center", va="center", fontsize=fontsize, color=color)
+            if collapse[i, j]:
+                ax.add_patch(
+                    Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5,
+                              zorder=5, gid="collapse")
+                )
+    return bool(collapse.any())
+
+
+def build_heatmap_figure(
+    df: pd.DataFrame,
+    title: str,
+    metrics: Sequence[str] = DEFAULT_HEATMAP_METRICS,
+) -> Figure:
+    """Heat maps of a 2-D grid sweep: rows seq_len (ascending), columns batch (ascending).
+
+    One panel per metric; one row of panels per (model, dtype, backend) series. All panels share the
+    grid of every seq_len and batch value in ``df``, so cells that a series lacks show as "n/a".
+    """
+    metrics = tuple(metrics)
+    if not metrics:
+        raise ValueError("metrics must name at least one column")
+    data = _prepare(df)
+    data = data[np.isfinite(data["seq_len"].to_numpy(dtype=float)) & np.isfinite(data["batch"].to_numpy(dtype=float))]
+    seqs = np.unique(data["seq_len"].to_numpy(dtype=float))
+    batches = np.unique(data["batch"].to_numpy(dtype=float))
+
+    varying, constant = _identity_parts(data)
+    keys = [f"_id_{c}" for c in IDENTITY_COLUMNS if c in data.columns]
+    groups = [g for _, g in data.groupby(keys, sort=True)] if keys and len(data) else [data]
+    n_rows, n_cols = len(groups), len(metrics)
+
+    panel_w = 1.6 + 0.62 * max(batches.size, 1)
+    panel_h = 1.3 + 0.38 * max(seqs.size, 1)
+    fig = Figure(figsize=(max(panel_w * n_cols, 6.0), panel_h * n_rows + 1.2), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
+    any_collapse = False
+    for r, group in enumerate(groups):
+        first = group.iloc[0] if len(group) else None
+        label = (
+            " ".join(str(first[f"_id_{c}"]) for c in varying if first[f"_id_{c}"] != "")
+            if first is not None and n_rows > 1
+            else ""
+        )
+        for c, metric in enumerate(metrics):
+            ax = axes[r, c]
+            unit = _unit(metric)
+            name = f"{metric} ({unit})" if unit else metric
+            ax.set_title(f"{label}\n{name}" if label else name, fontsize=10)
+            if seqs.size == 0 or batches.size == 0:
+                _no_data(ax, "no data")
+                continue
+            any_collapse |= _draw_heat_panel(fig, ax, group, metric, seqs, batches)
+
+    if any_collapse:
+        fig.legend(
+            handles=[Patch(facecolor="none", edgecolor="red", linewidth=2.5, label="collapse")],
+            loc="outside lower center", frameon=False, fontsize=9,
+        )
+    subtitle = " ".join(str(data[f"_id_{c}"].iloc[0]) for c in constant) if len(data) else ""
+    fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=12)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ saving
+
+
+def save_figure(fig: Figure, out_png: str | os.PathLike[str], dpi: int = 120) -> None:
+    """Write ``fig`` atomically (temporary file in the same directory, then ``os.replace``) and close it.
+
+    Parent directories are created. The format follows the file suffix (PNG when there is none).
+    """
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fmt = out.suffix.lstrip(".").lower() or "png"
+    # open(..., "xb") rather than mkstemp: the file gets the usual 0666 & ~umask permissions.
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(tmp, "xb") as handle:
+            fig.savefig(handle, dpi=dpi, format=fmt)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+
+
+def plot_sweep(df: pd.DataFrame, axis: str, out_png: str | os.PathLike[str], title: str) -> None:
+    """Build the six-panel sweep figure and save it to ``out_png``."""
+    save_figure(build_sweep_figure(df, axis, title), out_png)
+
+
+def plot_heatmap(df: pd.DataFrame, out_png: str | os.PathLike[str], title: str) -> None:
+    """Build the heat-map figure of a 2-D grid sweep and save it to ``out_png``."""
+    save_figure(build_heatmap_figure(df, title), out_png)

@@ -1,0 +1,954 @@
+"""Render the markdown report of one or more merged sweeps.
+
+The report follows the reference study's layout: per sweep and per series (model, dtype, backend) a
+"Prefill + memory" table and a "Decode + throughput" table (one compact table for a grid sweep), the
+sweep's figures, and findings. Every finding is computed from the data by the small functions below
+(`format_change`, `trend_finding`, `sweep_findings`, ...); none is written in advance.
+
+Conventions of the findings:
+
+* a value *rises* / *falls* when the last value differs from the first by more than 5% (`FLAT_TOLERANCE`),
+  otherwise it *stays flat*;
+* a change below 2x is written in percent (``+58%``), a larger one as a factor (``26.5x``; ``3.0x lower``
+  for a fall);
+* a cell is *noisy* when the bootstrap 95% interval of its median is wider than 10% of the median
+  (`NOISE_THRESHOLD`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from latency_sensitivity.atomic import write_text
+from latency_sensitivity.columns import COLUMNS_BY_NAME, LATENCY_METRICS, THROUGHPUT_METRICS
+
+FLAT_TOLERANCE = 0.05
+NOISE_THRESHOLD = 0.10
+AXES = ("seq_len", "batch", "grid")
+SERIES_KEYS = ("model", "dtype", "backend")
+FAILED = ("oom", "error")
+ERROR_NOTE_CHARS = 300
+
+ENVIRONMENT_KEYS = (
+    "hostname",
+    "platform",
+    "python",
+    "torch",
+    "transformers",
+    "cuda_runtime",
+    "driver",
+    "device_name",
+    "gpu_count",
+    "cpu_model",
+    "cpu_count",
+)
+SETTINGS_KEYS = (
+    "models",
+    "dtypes",
+    "backends",
+    "device",
+    "attn_implementation",
+    "gen_tokens",
+    "warmup",
+    "reps",
+    "seed",
+    "collapse_factor",
+)
+
+# Labels of metrics in the findings.
+LABELS = {
+    "prefill_p50_ms": "prefill p50",
+    "prefill_ms_per_tok": "prefill ms/token",
+    "prefill_tok_s": "prefill tok/s",
+    "decode_p50_ms_per_tok": "decode ms/step",
+    "decode_tok_s": "decode tok/s",
+    "total_tok_s": "total tok/s",
+    "memory": "memory",
+}
+
+
+@dataclass
+class SweepInput:
+    """One sweep to report: its name, axis ("seq_len", "batch" or "grid"), merged frame and figures.
+
+    ``figures`` holds (caption, path) pairs; the path is relative to the report's folder.
+    """
+
+    name: str
+    axis: str
+    frame: pd.DataFrame
+    figures: list[tuple[str, str]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------
+# number formatting
+
+
+def _isnan(x: Any) -> bool:
+    if x is None:
+        return True
+    try:
+        return bool(pd.isna(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def format_sig(x: Any, digits: int) -> str:
+    """``x`` with ``digits`` significant digits, trailing zeros kept; integer digits are never dropped."""
+    if _isnan(x):
+        return "n/a"
+    x = float(x)
+    if x == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
+    return f"{x:.{decimals}f}"
+
+
+def format_number(x: Any) -> str:
+    """A value in a finding: no decimals from 1000 up, one from 100 up, else 3 significant digits."""
+    if _isnan(x):
+        return "n/a"
+    x = float(x)
+    if abs(x) >= 1000:
+        return f"{x:.0f}"
+    if abs(x) >= 100:
+        return f"{x:.1f}"
+    return format_sig(x, 3)
+
+
+def format_ratio(r: float) -> str:
+    """A growth factor: ``26.5x``; from 100 up without decimals (``128x``)."""
+    return f"{r:.0f}x" if r >= 100 else f"{r:.1f}x"
+
+
+def format_relative(a: Any, b: Any) -> str:
+    """The change from ``a`` to ``b``: ``+58%`` below 2x, ``26.5x`` from 2x up, ``3.0x lower`` below 0.5x."""
+    if _isnan(a) or _isnan(b):
+        return "n/a"
+    a, b = float(a), float(b)
+    if a == 0:
+        return "from 0" if b != 0 else "+0%"
+    r = b / a
+    if r >= 2:
+        return format_ratio(r)
+    if 0 < r <= 0.5:
+        return f"{format_ratio(1 / r)} lower"
+    pct = (b - a) / abs(a) * 100
+    text = f"{pct:+.0f}%"
+    return "+0%" if text == "-0%" else text
+
+
+def format_change(a: Any, b: Any, unit: str = "") -> str:
+    """``0.272 → 0.429 (+58%)``; with a unit ``5974 → 10716 MiB (+79%)`` (MiB always without decimals)."""
+    fmt = _fmt_mib_value if unit == "MiB" else format_number
+    u = f" {unit}" if unit else ""
+    return f"{fmt(a)} → {fmt(b)}{u} ({format_relative(a, b)})"
+
+
+def _fmt_mib_value(x: Any) -> str:
+    return "n/a" if _isnan(x) else f"{float(x):.0f}"
+
+
+def direction(a: Any, b: Any, words: Sequence[str] = ("rises", "falls", "stays flat"),
+              tol: float = FLAT_TOLERANCE) -> str:
+    """``words[0]`` when b exceeds a by more than ``tol`` (relative to a), ``words[1]`` when it is that much
+    lower, else ``words[2]``."""
+    a, b = float(a), float(b)
+    scale = abs(a) if a != 0 else max(abs(b), 1e-300)
+    rel = (b - a) / scale
+    if rel > tol:
+        return words[0]
+    if rel < -tol:
+        return words[1]
+    return words[2]
+
+
+def _trend_phrase(label: str, a: float, b: float, words: Sequence[str] = ("rises", "falls", "stays flat"),
+                  unit: str = "") -> str:
+    word = direction(a, b, words)
+    change = format_change(a, b, unit)
+    if word == words[2]:
+        return f"{label} {word} (within ±{FLAT_TOLERANCE:.0%}): {change}"
+    return f"{label} {word} {change}"
+
+
+def format_axis_value(v: Any) -> str:
+    if _isnan(v):
+        return "n/a"
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return str(int(f)) if f.is_integer() else format_number(f)
+
+
+# table formats: ms 2 decimals, ms/token 4 significant, tok/s 1 decimal, MiB 0 decimals
+def fmt_ms(x: Any) -> str:
+    return "–" if _isnan(x) else f"{float(x):.2f}"
+
+
+def fmt_ms_per_tok(x: Any) -> str:
+    return "–" if _isnan(x) else format_sig(x, 4)
+
+
+def fmt_tok_s(x: Any) -> str:
+    return "–" if _isnan(x) else f"{float(x):.1f}"
+
+
+def fmt_mib(x: Any) -> str:
+    return "–" if _isnan(x) else f"{float(x):.0f}"
+
+
+# --------------------------------------------------------------------------------------------------
+# frame helpers
+
+
+def _col(frame: pd.DataFrame, name: str) -> pd.Series:
+    """A numeric column, or all NaN when the frame lacks it."""
+    if name not in frame.columns:
+        return pd.Series(np.nan, index=frame.index, dtype=float)
+    return pd.to_numeric(frame[name], errors="coerce").astype(float)
+
+
+def _text(frame: pd.DataFrame, name: str) -> pd.Series:
+    """A text column with missing values as "", or all "" when the frame lacks it."""
+    if name not in frame.columns:
+        return pd.Series([""] * len(frame), index=frame.index, dtype=object)
+    return frame[name].map(lambda v: "" if _isnan(v) else str(v)).astype(object)
+
+
+def cell_outcome(frame: pd.DataFrame) -> pd.Series:
+    """Per row: "oom" or "error" for a failed cell (status first, then flag), else the flag ("ok", "collapse")."""
+    status = _text(frame, "status").str.strip().str.lower()
+    flag = _text(frame, "flag").str.strip().str.lower()
+    out = flag.where(flag != "", "ok")
+    failed_status = status.isin(FAILED)
+    out = out.where(~failed_status, status)
+    return out.astype(object)
+
+
+def memory_mib(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Memory per row: vram_reserved_mb where it is nonzero, else peak_rss_mb; and its source ("vram"/"rss"/"")."""
+    vram = _col(frame, "vram_reserved_mb")
+    rss = _col(frame, "peak_rss_mb")
+    use_vram = vram.notna() & (vram > 0)
+    use_rss = ~use_vram & rss.notna()
+    values = vram.where(use_vram, rss.where(use_rss, vram))
+    source = pd.Series("", index=frame.index, dtype=object)
+    source[use_vram] = "vram"
+    source[use_rss] = "rss"
+    source[~use_vram & ~use_rss & vram.notna()] = "vram"
+    return values, source
+
+
+def _memory_label(sources: Iterable[str]) -> str:
+    kinds = {s for s in sources if s}
+    if kinds == {"rss"}:
+        return "peak RSS"
+    if kinds == {"vram", "rss"}:
+        return "VRAM reserved / peak RSS"
+    return "VRAM reserved"
+
+
+def _series_key_columns(frame: pd.DataFrame) -> list[str]:
+    return [k for k in SERIES_KEYS if k in frame.columns]
+
+
+def _fixed_columns(frame: pd.DataFrame, axis: str) -> list[str]:
+    """For a 1-D sweep, the other axis column when it takes several values (each value is its own series)."""
+    if axis == "seq_len":
+        other = "batch"
+    elif axis == "batch":
+        other = "seq_len"
+    else:
+        return []
+    if other in frame.columns and frame[other].nunique(dropna=True) > 1:
+        return [other]
+    return []
+
+
+def split_series(frame: pd.DataFrame, axis: str) -> list[tuple[dict[str, Any], pd.DataFrame]]:
+    """(key, rows sorted along the axis) per series: model, dtype, backend (and the fixed axis if it varies)."""
+    if axis not in AXES:
+        raise ValueError(f"unknown axis {axis!r}; expected one of {AXES}")
+    keys = _series_key_columns(frame) + _fixed_columns(frame, axis)
+    sort_cols = ["seq_len", "batch"] if axis == "grid" else [axis]
+    sort_cols = [c for c in sort_cols if c in frame.columns]
+    if not keys:
+        groups: list[tuple[dict[str, Any], pd.DataFrame]] = [({}, frame)]
+    else:
+        work = frame.copy()
+        for k in keys:
+            if k in SERIES_KEYS:
+                work[k] = _text(work, k)
+        groups = []
+        for values, sub in work.groupby(keys, sort=True, dropna=False):
+            if not isinstance(values, tuple):
+                values = (values,)
+            groups.append((dict(zip(keys, values)), frame.loc[sub.index]))
+    out = []
+    for key, sub in groups:
+        if sort_cols:
+            sub = sub.sort_values(sort_cols, kind="stable")
+        out.append((key, sub.reset_index(drop=True)))
+    return out
+
+
+def series_label(key: dict[str, Any]) -> str:
+    parts = [str(key[k]) for k in SERIES_KEYS if k in key and str(key[k])]
+    label = " · ".join(parts) if parts else "all cells"
+    for k in ("batch", "seq_len"):
+        if k in key:
+            label += f" · {k} = {format_axis_value(key[k])}"
+    return label
+
+
+# --------------------------------------------------------------------------------------------------
+# findings
+
+
+def trend_finding(frame: pd.DataFrame, axis: str, metric: str, label: str | None = None,
+                  unit: str = "") -> str | None:
+    """How ``metric`` changes from the first to the last measured cell along ``axis``.
+
+    ``"prefill ms/token rises 0.272 → 0.429 (+58%) from seq_len 128 to 4096; range 0.190–0.429, lowest at
+    seq_len 256"``. The range clause appears when an interior cell lies more than 5% below (or above) both
+    ends. None with fewer than two measured cells.
+    """
+    label = label or LABELS.get(metric, metric)
+    if metric == "memory":
+        values, _ = memory_mib(frame)
+    else:
+        values = _col(frame, metric)
+    measured = ~cell_outcome(frame).isin(FAILED)
+    pts = [(x, v) for x, v, ok in zip(_col(frame, axis), values, measured) if ok and not _isnan(v) and not _isnan(x)]
+    if len(pts) < 2:
+        return None
+    (x0, a), (x1, b) = pts[0], pts[-1]
+    text = f"{_trend_phrase(label, a, b, unit=unit)} from {axis} {format_axis_value(x0)} to {format_axis_value(x1)}"
+    vals = [v for _, v in pts]
+    lo, hi = min(vals), max(vals)
+    extras = []
+    if lo < min(a, b) * (1 - FLAT_TOLERANCE):
+        extras.append(f"lowest at {axis} {format_axis_value(pts[vals.index(lo)][0])}")
+    if hi > max(a, b) * (1 + FLAT_TOLERANCE):
+        extras.append(f"highest at {axis} {format_axis_value(pts[vals.index(hi)][0])}")
+    if extras:
+        text += f"; range {format_number(lo)}–{format_number(hi)}, " + ", ".join(extras)
+    return text
+
+
+def _measured_points(frame: pd.DataFrame, axis: str, metric: str) -> list[tuple[float, float]]:
+    values = _col(frame, metric)
+    measured = ~cell_outcome(frame).isin(FAILED)
+    return [(x, v) for x, v, ok in zip(_col(frame, axis), values, measured) if ok and not _isnan(v) and not _isnan(x)]
+
+
+def prefill_time_finding(frame: pd.DataFrame, axis: str) -> str | None:
+    """Prefill p50 growth against the growth of prompt tokens in the batch (batch × seq_len)."""
+    measured = ~cell_outcome(frame).isin(FAILED)
+    pf = _col(frame, "prefill_p50_ms")
+    tokens = _col(frame, "batch") * _col(frame, "seq_len")
+    pts = [(x, v, t) for x, v, t, ok in zip(_col(frame, axis), pf, tokens, measured)
+           if ok and not _isnan(v) and not _isnan(x)]
+    if len(pts) < 2:
+        return None
+    (x0, a, t0), (x1, b, t1) = pts[0], pts[-1]
+    text = (f"{_trend_phrase('prefill p50', a, b, unit='ms')} from {axis} {format_axis_value(x0)} "
+            f"to {format_axis_value(x1)}")
+    if not _isnan(t0) and not _isnan(t1) and t0 > 0 and t1 != t0:
+        word = direction(t0, t1, ("grow", "shrink", "stay flat"))
+        text += f", while prompt tokens per batch {word} {format_relative(t0, t1)}"
+    return text
+
+
+def decode_scaling_finding(frame: pd.DataFrame, axis: str = "batch") -> str | None:
+    """Decode throughput against decode step time along ``axis``.
+
+    ``"decode tok/s scales 37.6 → 996.6 (26.5x) from batch 1 to 64 while decode ms/step rises 26.6 → 64.2 (2.4x)"``.
+    """
+    measured = ~cell_outcome(frame).isin(FAILED)
+    tps = _col(frame, "decode_tok_s")
+    ms = _col(frame, "decode_p50_ms_per_tok")
+    pts = [(x, t, m) for x, t, m, ok in zip(_col(frame, axis), tps, ms, measured)
+           if ok and not _isnan(t) and not _isnan(x)]
+    if len(pts) < 2:
+        return None
+    (x0, t0, m0), (x1, t1, m1) = pts[0], pts[-1]
+    text = (f"{_trend_phrase('decode tok/s', t0, t1, words=('scales', 'falls', 'stays flat'))} "
+            f"from {axis} {format_axis_value(x0)} to {format_axis_value(x1)}")
+    if not _isnan(m0) and not _isnan(m1):
+        text += f" while {_trend_phrase('decode ms/step', m0, m1)}"
+    return text
+
+
+def peak_finding(frame: pd.DataFrame, axis: str, metric: str = "total_tok_s") -> str | None:
+    """Where ``metric`` is highest along the axis: ``"total tok/s peaks at 1436 at seq_len 3072 (...)"``."""
+    label = LABELS.get(metric, metric)
+    pts = _measured_points(frame, axis, metric)
+    if len(pts) < 2:
+        return None
+    vals = [v for _, v in pts]
+    i = int(np.argmax(vals))
+    x, v = pts[i]
+    last_x, last_v = pts[-1]
+    if i == len(pts) - 1:
+        prev_x, prev_v = pts[-2]
+        return (f"{label} is highest at the last measured cell: {format_number(v)} at {axis} "
+                f"{format_axis_value(x)} ({format_relative(prev_v, v)} over {axis} {format_axis_value(prev_x)})")
+    text = f"{label} peaks at {format_number(v)} at {axis} {format_axis_value(x)}"
+    if i == 0:
+        text += " (the first measured cell)"
+    text += (f"; at {axis} {format_axis_value(last_x)} it is {format_number(last_v)} "
+             f"({format_relative(v, last_v)})")
+    return text
+
+
+def memory_finding(frame: pd.DataFrame, axis: str) -> str | None:
+    """``"memory (VRAM reserved) grows 5974 → 10716 MiB (+79%) from batch 1 to 64; largest step +2374 MiB ..."``."""
+    values, source = memory_mib(frame)
+    measured = ~cell_outcome(frame).isin(FAILED)
+    pts = [(x, v, s) for x, v, s, ok in zip(_col(frame, axis), values, source, measured)
+           if ok and not _isnan(v) and not _isnan(x)]
+    if len(pts) < 2:
+        return None
+    label = f"memory ({_memory_label(s for _, _, s in pts)})"
+    (x0, a, _), (x1, b, _) = pts[0], pts[-1]
+    text = (f"{_trend_phrase(label, a, b, words=('grows', 'shrinks', 'stays flat'), unit='MiB')} "
+            f"from {axis} {format_axis_value(x0)} to {format_axis_value(x1)}")
+    if len(pts) >= 3:
+        steps = [(pts[i + 1][1] - pts[i][1], pts[i][0], pts[i + 1][0]) for i in range(len(pts) - 1)]
+        d, xa, xb = max(steps, key=lambda s: s[0])
+        if d > 0:
+            text += (f"; largest step +{d:.0f} MiB, from {axis} {format_axis_value(xa)} "
+                     f"to {format_axis_value(xb)}")
+    return text
+
+
+def collapse_finding(frame: pd.DataFrame, axis: str) -> str | None:
+    """The first collapse cell along the axis with its detail, and how many there are."""
+    out = cell_outcome(frame)
+    rows = frame[out == "collapse"]
+    if rows.empty:
+        return None
+    detail = _text(rows, "flag_detail")
+    where = _cell_where(rows.iloc[0], axis)
+    first = detail.iloc[0].strip() or "no flag_detail recorded"
+    text = f"first collapse at {where}: {first}"
+    if len(rows) > 1:
+        others = ", ".join(_cell_where(r, axis, with_name=False) for _, r in rows.iloc[1:].iterrows())
+        text += f" (also flagged: {others})"
+    return text
+
+
+def _cell_where(row: pd.Series, axis: str, with_name: bool = True) -> str:
+    if axis == "grid":
+        return f"seq_len {format_axis_value(row.get('seq_len'))}, batch {format_axis_value(row.get('batch'))}"
+    v = format_axis_value(row.get(axis))
+    return f"{axis} {v}" if with_name else v
+
+
+def oom_finding(frame: pd.DataFrame, axis: str) -> str | None:
+    """Largest cell that fit and the first OOM: ``"largest batch that fit: 64; out of memory from batch 128 on"``.
+
+    For a 1-D sweep only; None when no cell ran out of memory.
+    """
+    out = cell_outcome(frame).tolist()
+    xs = _col(frame, axis).tolist()
+    oom_idx = [i for i, o in enumerate(out) if o == "oom"]
+    if not oom_idx:
+        return None
+    first = oom_idx[0]
+    fit_any = [xs[i] for i, o in enumerate(out) if o not in FAILED]
+    parts = []
+    if fit_any:
+        parts.append(f"largest {axis} that fit: {format_axis_value(max(fit_any))}")
+    else:
+        parts.append(f"no {axis} fit")
+    if all(out[i] == "oom" for i in range(first, len(out))):
+        parts.append(f"out of memory from {axis} {format_axis_value(xs[first])} on")
+    else:
+        parts.append("out of memory at " + axis + " " + ", ".join(format_axis_value(xs[i]) for i in oom_idx))
+    return "; ".join(parts)
+
+
+def error_finding(frame: pd.DataFrame, axis: str) -> str | None:
+    out = cell_outcome(frame)
+    rows = frame[out == "error"]
+    if rows.empty:
+        return None
+    where = "; ".join(_cell_where(r, axis) for _, r in rows.iterrows())
+    n = len(rows)
+    return f"{n} cell{'s' if n > 1 else ''} failed with an error: {where} (see Collapse and failures)"
+
+
+def noisy_cells(frame: pd.DataFrame, axis: str, threshold: float = NOISE_THRESHOLD) -> list[tuple[str, str, float]]:
+    """(phase, where, relative width) for cells whose bootstrap interval is wider than ``threshold`` × p50."""
+    frame = frame.reset_index(drop=True)
+    out = []
+    for phase, p50, lo, hi in (
+        ("prefill", "prefill_p50_ms", "prefill_p50_ci_low_ms", "prefill_p50_ci_high_ms"),
+        ("decode", "decode_p50_ms_per_tok", "decode_p50_ci_low_ms", "decode_p50_ci_high_ms"),
+    ):
+        if lo not in frame.columns or hi not in frame.columns:
+            continue
+        width = (_col(frame, hi) - _col(frame, lo)) / _col(frame, p50)
+        for idx, w in width.items():
+            if not _isnan(w) and w > threshold:
+                out.append((phase, _cell_where(frame.loc[idx], axis), float(w)))
+    return out
+
+
+def noise_finding(frame: pd.DataFrame, axis: str) -> str | None:
+    cells = noisy_cells(frame, axis)
+    if not cells:
+        return None
+    listed = ", ".join(f"{phase} at {where} ({w:.0%})" for phase, where, w in cells)
+    return (f"noisy (bootstrap 95% interval wider than {NOISE_THRESHOLD:.0%} of the median): {listed}")
+
+
+def _series_findings_1d(frame: pd.DataFrame, axis: str) -> list[str]:
+    items: list[str | None] = [prefill_time_finding(frame, axis), trend_finding(frame, axis, "prefill_ms_per_tok")]
+    if axis == "batch":
+        items.append(decode_scaling_finding(frame, "batch"))
+    else:
+        items.append(trend_finding(frame, axis, "decode_p50_ms_per_tok"))
+    items += [
+        peak_finding(frame, axis, "total_tok_s"),
+        memory_finding(frame, axis),
+        collapse_finding(frame, axis),
+        oom_finding(frame, axis),
+        error_finding(frame, axis),
+        noise_finding(frame, axis),
+    ]
+    return [i for i in items if i]
+
+
+def _series_findings_grid(frame: pd.DataFrame) -> list[str]:
+    items: list[str | None] = []
+    seq = _col(frame, "seq_len")
+    batch = _col(frame, "batch")
+    for s in sorted(seq.dropna().unique()):
+        sub = frame[seq == s].sort_values("batch", kind="stable")
+        f = decode_scaling_finding(sub, "batch")
+        if f:
+            items.append(f"at seq_len {format_axis_value(s)}: {f}")
+    for b in sorted(batch.dropna().unique()):
+        sub = frame[batch == b].sort_values("seq_len", kind="stable")
+        f = trend_finding(sub, "seq_len", "prefill_ms_per_tok")
+        if f:
+            items.append(f"at batch {format_axis_value(b)}: {f}")
+    out = cell_outcome(frame)
+    measured = frame[~out.isin(FAILED)]
+    for metric in ("total_tok_s", "decode_tok_s"):
+        vals = _col(measured, metric)
+        if vals.notna().any():
+            idx = vals.idxmax()
+            items.append(f"{LABELS[metric]} is highest at {format_number(vals[idx])} at "
+                         f"{_cell_where(frame.loc[idx], 'grid')}")
+    mem, source = memory_mib(measured)
+    if mem.notna().sum() >= 2:
+        lo, hi = mem.idxmin(), mem.idxmax()
+        items.append(f"memory ({_memory_label(source[mem.notna()])}) ranges {_fmt_mib_value(mem[lo])} MiB "
+                     f"({_cell_where(frame.loc[lo], 'grid')}) to {_fmt_mib_value(mem[hi])} MiB "
+                     f"({_cell_where(frame.loc[hi], 'grid')})")
+    for s in sorted(seq.dropna().unique()):
+        sub = frame[seq == s].sort_values("batch", kind="stable")
+        f = oom_finding(sub, "batch")
+        if f:
+            items.append(f"at seq_len {format_axis_value(s)}: {f}")
+    items += [collapse_finding(frame, "grid"), error_finding(frame, "grid"), noise_finding(frame, "grid")]
+    return [i for i in items if i]
+
+
+def series_findings(frame: pd.DataFrame, axis: str) -> list[str]:
+    """Findings of one series (rows of one model, dtype and backend), computed from its rows only."""
+    if axis not in AXES:
+        raise ValueError(f"unknown axis {axis!r}; expected one of {AXES}")
+    if frame.empty:
+        return []
+    if axis == "grid":
+        return _series_findings_grid(frame.sort_values(["seq_len", "batch"], kind="stable").reset_index(drop=True))
+    return _series_findings_1d(frame.sort_values(axis, kind="stable").reset_index(drop=True), axis)
+
+
+def sweep_findings(frame: pd.DataFrame, axis: str) -> list[str]:
+    """Findings of a whole sweep; with several series each finding starts with ``[series label]``."""
+    groups = split_series(frame, axis)
+    if len(groups) == 1:
+        return series_findings(groups[0][1], axis)
+    out = []
+    for key, sub in groups:
+        label = series_label(key)
+        out += [f"[{label}] {f}" for f in series_findings(sub, axis)]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# markdown pieces
+
+
+def _clean(text: Any) -> str:
+    """Text on one line, missing values as ""."""
+    s = "" if _isnan(text) else str(text)
+    return re.sub(r"\s+", " ", s).strip()
+
+
+def _escape(text: Any) -> str:
+    """Text safe inside a markdown table cell or list item."""
+    return _clean(text).replace("|", "\\|")
+
+
+def _shorten(text: str, limit: int = ERROR_NOTE_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None) -> str:
+    right = right if right is not None else [False] * len(headers)
+    lines = ["| " + " | ".join(headers) + " |",
+             "|" + "|".join("---:" if r else "---" for r in right) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_escape(c) if c != "" else "" for c in row) + " |")
+    return "\n".join(lines)
+
+
+class _Notes:
+    """Numbered notes under a table: error text of failed cells, detail of collapse cells.
+
+    Cells with the same note text share one number: ``1. batch 128, 256: OOM: CUDA out of memory ...``.
+    """
+
+    def __init__(self) -> None:
+        self.bodies: list[str] = []
+        self.wheres: list[list[str]] = []
+
+    @property
+    def items(self) -> list[str]:
+        return [f"{self._where(w)}: {b}" for b, w in zip(self.bodies, self.wheres)]
+
+    @staticmethod
+    def _where(wheres: list[str]) -> str:
+        heads = {w.split(" ", 1)[0] for w in wheres}
+        if len(heads) == 1 and all(" " in w and "," not in w for w in wheres):
+            return f"{heads.pop()} " + ", ".join(w.split(" ", 1)[1] for w in wheres)
+        return "; ".join(wheres)
+
+    def add(self, body: str, where: str) -> str:
+        if body in self.bodies:
+            i = self.bodies.index(body)
+            if where not in self.wheres[i]:
+                self.wheres[i].append(where)
+        else:
+            self.bodies.append(body)
+            self.wheres.append([where])
+            i = len(self.bodies) - 1
+        return f"[{i + 1}]"
+
+    def render(self) -> str:
+        return "\n".join(f"{i}. {_escape(t)}" for i, t in enumerate(self.items, 1))
+
+
+def _failure_label(outcome: str) -> str:
+    return "OOM" if outcome == "oom" else "error"
+
+
+def _note_for(row: pd.Series, outcome: str) -> str | None:
+    """The note text of a failed or collapsed cell (without the cell's position)."""
+    if outcome in FAILED:
+        err = _clean(row.get("error", ""))
+        if not err:
+            err = "out of memory (no error text recorded)" if outcome == "oom" else "no error text recorded"
+        return f"{_failure_label(outcome)}: {_shorten(err)}"
+    if outcome == "collapse":
+        detail = _clean(row.get("flag_detail", "")) or "no flag_detail recorded"
+        return f"collapse: {detail}"
+    return None
+
+
+def _metric_cells(row: pd.Series, outcome: str, specs: Sequence[tuple[Any, Any]], notes: _Notes,
+                  where: str) -> list[str]:
+    """Formatted metric cells; a failed cell shows OOM/error in each, with a note marker on the first."""
+    if outcome in FAILED:
+        label = _failure_label(outcome)
+        note = _note_for(row, outcome)
+        marker = notes.add(note, where) if note else ""
+        return [f"{label} {marker}".strip()] + [label] * (len(specs) - 1)
+    return [fmt(val) for val, fmt in specs]
+
+
+def _flag_cell(row: pd.Series, outcome: str, notes: _Notes, where: str) -> str:
+    note = _note_for(row, outcome)
+    if note is None:
+        return outcome
+    return f"{outcome} {notes.add(note, where)}"
+
+
+def _memory_header(sources: Iterable[str]) -> str:
+    return f"{_memory_label(sources)} (MiB)"
+
+
+def prefill_table(frame: pd.DataFrame, axis: str, notes: _Notes | None = None) -> str:
+    """The "Prefill + memory" table of one 1-D series."""
+    frame = frame.reset_index(drop=True)
+    notes = notes if notes is not None else _Notes()
+    out = cell_outcome(frame)
+    mem, source = memory_mib(frame)
+    has_ttft = "ttft_p50_ms" in frame.columns
+    headers = [axis, "prefill p50 (ms)", "prefill (ms/token)", "prefill (tok/s)",
+               _memory_header(source[~out.isin(FAILED)])]
+    if has_ttft:
+        headers.append("TTFT p50 (ms)")
+    pf, pmt, pts, ttft = (_col(frame, c) for c in ("prefill_p50_ms", "prefill_ms_per_tok", "prefill_tok_s",
+                                                   "ttft_p50_ms"))
+    rows = []
+    for idx, row in frame.iterrows():
+        where = _cell_where(row, axis)
+        specs = [(pf[idx], fmt_ms), (pmt[idx], fmt_ms_per_tok), (pts[idx], fmt_tok_s), (mem[idx], fmt_mib)]
+        if has_ttft:
+            specs.append((ttft[idx], fmt_ms))
+        rows.append([format_axis_value(row.get(axis))] + _metric_cells(row, out[idx], specs, notes, where))
+    return markdown_table(headers, rows, [True] * len(headers))
+
+
+def decode_table(frame: pd.DataFrame, axis: str, notes: _Notes | None = None) -> str:
+    """The "Decode + throughput" table of one 1-D series."""
+    frame = frame.reset_index(drop=True)
+    notes = notes if notes is not None else _Notes()
+    out = cell_outcome(frame)
+    has_tpot = "tpot_p50_ms" in frame.columns
+    headers = [axis, "decode p50 (ms/step)", "decode (tok/s)", "total (tok/s)"]
+    if has_tpot:
+        headers.append("TPOT p50 (ms)")
+    headers.append("flag")
+    dms, dts, tts, tpot = (_col(frame, c) for c in ("decode_p50_ms_per_tok", "decode_tok_s", "total_tok_s",
+                                                    "tpot_p50_ms"))
+    rows = []
+    for idx, row in frame.iterrows():
+        where = _cell_where(row, axis)
+        specs = [(dms[idx], fmt_ms_per_tok), (dts[idx], fmt_tok_s), (tts[idx], fmt_tok_s)]
+        if has_tpot:
+            specs.append((tpot[idx], fmt_ms))
+        cells = _metric_cells(row, out[idx], specs, notes, where)
+        rows.append([format_axis_value(row.get(axis))] + cells + [_flag_cell(row, out[idx], notes, where)])
+    return markdown_table(headers, rows, [True] * (len(headers) - 1) + [False])
+
+
+def grid_table(frame: pd.DataFrame, notes: _Notes | None = None) -> str:
+    """One compact table of a grid series, seq_len and batch both as columns."""
+    frame = frame.reset_index(drop=True)
+    notes = notes if notes is not None else _Notes()
+    out = cell_outcome(frame)
+    mem, source = memory_mib(frame)
+    headers = ["seq_len", "batch", "prefill p50 (ms)", "prefill (ms/token)", "decode p50 (ms/step)",
+               "decode (tok/s)", "total (tok/s)", _memory_header(source[~out.isin(FAILED)]), "flag"]
+    cols = {c: _col(frame, c) for c in ("prefill_p50_ms", "prefill_ms_per_tok", "decode_p50_ms_per_tok",
+                                        "decode_tok_s", "total_tok_s")}
+    rows = []
+    for idx, row in frame.iterrows():
+        where = _cell_where(row, "grid")
+        specs = [(cols["prefill_p50_ms"][idx], fmt_ms), (cols["prefill_ms_per_tok"][idx], fmt_ms_per_tok),
+                 (cols["decode_p50_ms_per_tok"][idx], fmt_ms_per_tok), (cols["decode_tok_s"][idx], fmt_tok_s),
+                 (cols["total_tok_s"][idx], fmt_tok_s), (mem[idx], fmt_mib)]
+        cells = _metric_cells(row, out[idx], specs, notes, where)
+        rows.append([format_axis_value(row.get("seq_len")), format_axis_value(row.get("batch"))] + cells
+                    + [_flag_cell(row, out[idx], notes, where)])
+    return markdown_table(headers, rows, [True] * (len(headers) - 1) + [False])
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_fmt_value(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple, set)):
+        return ", ".join(_fmt_value(x) for x in v)
+    if _isnan(v):
+        return "–"
+    return str(v)
+
+
+def environment_section(environments: list[dict]) -> str:
+    """Key/value table of the cells' environments: one value column per distinct environment."""
+    envs = []
+    for e in environments or []:
+        if e not in envs:
+            envs.append(e)
+    if not envs:
+        return "No environment was recorded."
+    keys = [k for k in ENVIRONMENT_KEYS if any(k in e for e in envs)]
+    keys += sorted({k for e in envs for k in e} - set(ENVIRONMENT_KEYS))
+    headers = ["key"] + (["value"] if len(envs) == 1 else [f"environment {i}" for i in range(1, len(envs) + 1)])
+    rows = [[f"`{k}`"] + [_fmt_value(e.get(k)) for e in envs] for k in keys]
+    text = markdown_table(headers, rows)
+    if len(envs) > 1:
+        text = f"The cells ran in {len(envs)} distinct environments.\n\n" + text
+    return text
+
+
+def _models_table(models: Any) -> str | None:
+    """Models with their architecture summary, when ``models`` carries one (dict or list of dicts)."""
+    entries: list[tuple[str, Any]] = []
+    if isinstance(models, dict):
+        entries = list(models.items())
+    elif isinstance(models, (list, tuple)) and models and all(isinstance(m, dict) for m in models):
+        entries = [(str(m.get("name", m.get("model", f"model {i + 1}"))),
+                    {k: v for k, v in m.items() if k not in ("name", "model")}) for i, m in enumerate(models)]
+    if not entries:
+        return None
+    if all(isinstance(v, dict) for _, v in entries):
+        keys: list[str] = []
+        for _, v in entries:
+            keys += [k for k in v if k not in keys]
+        rows = [[f"`{name}`"] + [_fmt_value(v.get(k)) for k in keys] for name, v in entries]
+        return markdown_table(["model"] + keys, rows)
+    rows = [[f"`{name}`", _fmt_value(v)] for name, v in entries]
+    return markdown_table(["model", "architecture"], rows)
+
+
+def settings_section(settings: dict) -> str:
+    settings = settings or {}
+    if not settings:
+        return "No run settings were recorded."
+    keys = [k for k in SETTINGS_KEYS if k in settings] + [k for k in settings if k not in SETTINGS_KEYS]
+    models_table = _models_table(settings.get("models"))
+    rows = []
+    for k in keys:
+        v = settings[k]
+        if k == "models" and models_table is not None:
+            names = list(v.keys()) if isinstance(v, dict) else [
+                str(m.get("name", m.get("model", ""))) for m in v]
+            rows.append([f"`{k}`", ", ".join(names) + " (below)"])
+        else:
+            rows.append([f"`{k}`", _fmt_value(v)])
+    text = markdown_table(["setting", "value"], rows)
+    if models_table is not None:
+        text += "\n\nModels:\n\n" + models_table
+    return text
+
+
+def _definition(name: str) -> str:
+    c = COLUMNS_BY_NAME.get(name)
+    if c is None:
+        return f"`{name}`"
+    unit = f" ({c.unit})" if c.unit else ""
+    return f"`{c.name}`{unit}: {c.description}"
+
+
+def how_to_read_section(settings: dict) -> str:
+    prefill = ["prefill_p50_ms", "prefill_ms_per_tok", "prefill_tok_s", "vram_reserved_mb", "peak_rss_mb",
+               "ttft_p50_ms"]
+    decode = ["decode_p50_ms_per_tok", "decode_tok_s", "total_tok_s", "tpot_p50_ms", "flag"]
+    lines = ["Prefill + memory tables (the memory column is `vram_reserved_mb` where it is nonzero, "
+             "else `peak_rss_mb`):", ""]
+    lines += [f"- {_definition(n)}" for n in prefill]
+    lines += ["", "Decode + throughput tables:", ""]
+    lines += [f"- {_definition(n)}" for n in decode]
+    cf = (settings or {}).get("collapse_factor")
+    cf_text = f" `collapse_factor` = {cf}." if cf is not None else ""
+    latency = ", ".join(f"`{m}`" for m in LATENCY_METRICS)
+    throughput = ", ".join(f"`{m}`" for m in THROUGHPUT_METRICS)
+    lines += [
+        "",
+        "Findings are computed from the table values: a value *rises* or *falls* when the last measured cell "
+        f"differs from the first by more than {FLAT_TOLERANCE:.0%}, otherwise it *stays flat*; changes below 2x "
+        "are given in percent, larger ones as a factor. A cell is *noisy* when the bootstrap 95% interval of "
+        f"its median is wider than {NOISE_THRESHOLD:.0%} of the median.",
+        "",
+        f"Collapse detection compares each cell along a sweep's axis with the best earlier cell, for the "
+        f"latencies {latency} (lower is better) and the throughputs {throughput} (higher is better); "
+        f"{_definition('flag_detail')}{cf_text}",
+    ]
+    return "\n".join(lines)
+
+
+def failures_section(sweeps: Sequence[SweepInput]) -> str:
+    rows = []
+    total = 0
+    for sw in sweeps:
+        frame = sw.frame.reset_index(drop=True)
+        total += len(frame)
+        out = cell_outcome(frame)
+        for idx, row in frame[out != "ok"].iterrows():
+            o = out[idx]
+            detail = _text(frame.loc[[idx]], "flag_detail").iloc[0] if o == "collapse" else \
+                _text(frame.loc[[idx]], "error").iloc[0]
+            rows.append([sw.name] + [_clean(row.get(k, "")) for k in SERIES_KEYS]
+                        + [format_axis_value(row.get("seq_len")), format_axis_value(row.get("batch")),
+                           o, _shorten(_clean(detail)) or "–"])
+    if not rows:
+        return f"None of the {total} cells was flagged or failed."
+    return markdown_table(["sweep", "model", "dtype", "backend", "seq_len", "batch", "flag", "detail"], rows,
+                          [False] * 4 + [True, True, False, False])
+
+
+def _counts(frame: pd.DataFrame) -> str:
+    out = cell_outcome(frame)
+    parts = [f"{int((out == k).sum())} {k}" for k in ("ok", "collapse", "oom", "error") if (out == k).any()]
+    n = len(frame)
+    return f"{n} cell{'s' if n != 1 else ''}" + (": " + ", ".join(parts) if parts else "")
+
+
+def _axis_description(sw: SweepInput) -> str:
+    f = sw.frame
+    if sw.axis == "grid":
+        return "Both seq_len and batch vary."
+    other = "batch" if sw.axis == "seq_len" else "seq_len"
+    values = sorted(_col(f, other).dropna().unique())
+    fixed = ", ".join(format_axis_value(v) for v in values) if values else "n/a"
+    word = "fixed at" if len(values) <= 1 else "takes"
+    return f"{sw.axis} varies; {other} {word} {fixed}."
+
+
+def sweep_section(sw: SweepInput) -> str:
+    if sw.axis not in AXES:
+        raise ValueError(f"sweep {sw.name!r}: unknown axis {sw.axis!r}; expected one of {AXES}")
+    parts = [f"## Sweep `{sw.name}` (axis: {sw.axis})", "", f"{_axis_description(sw)} {_counts(sw.frame)}."]
+    if sw.frame.empty:
+        parts += ["", "No cells."]
+    for key, sub in split_series(sw.frame, sw.axis) if not sw.frame.empty else []:
+        notes = _Notes()
+        parts += ["", f"### {series_label(key)}", ""]
+        if sw.axis == "grid":
+            parts += ["Prefill, decode and memory:", "", grid_table(sub, notes)]
+        else:
+            parts += ["Prefill + memory:", "", prefill_table(sub, sw.axis, notes), "",
+                      "Decode + throughput:", "", decode_table(sub, sw.axis, notes)]
+        if notes.items:
+            parts += ["", "Notes:", "", notes.render()]
+        findings = series_findings(sub, sw.axis)
+        parts += ["", "Findings:", ""]
+        parts += [f"- {f}" for f in findings] if findings else ["- too few measured cells for findings"]
+    if sw.figures:
+        parts += ["", "### Figures", ""]
+        for caption, path in sw.figures:
+            parts += [f"![{caption}]({path})", ""]
+        parts.pop()
+    return "\n".join(parts)
+
+
+def build_report(sweeps: list[SweepInput], environments: list[dict], settings: dict,
+                 title: str = "Latency sensitivity report") -> str:
+    """The whole report as markdown: summary, Setup, How to read this, one section per sweep, failures."""
+    total = pd.concat([s.frame for s in sweeps], ignore_index=True) if sweeps else pd.DataFrame()
+    lines = [f"# {title}", ""]
+    names = ", ".join(f"`{s.name}` ({s.axis})" for s in sweeps) or "none"
+    lines += [f"Sweeps: {names}. {_counts(total)}.", ""]
+    lines += ["## Setup", "", "### Environment", "", environment_section(environments), "",
+              "### Settings", "", settings_section(settings), ""]
+    lines += ["## How to read this", "", how_to_read_section(settings), ""]
+    for sw in sweeps:
+        lines += [sweep_section(sw), ""]
+    lines += ["## Collapse and failures", "", failures_section(sweeps), ""]
+    return "\n".join(lines)
+
+
+def write_report(text: str, out_path: str | os.PathLike[str]) -> Path:
+    """Write ``text`` to ``out_path`` atomically (a temp file in the same folder, then ``os.replace``)."""
+    write_text(out_path, text)
+    return Path(out_path)

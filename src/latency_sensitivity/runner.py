@@ -1,0 +1,400 @@
+"""Measure one cell (model, dtype, backend, seq_len, batch) and write its result file.
+
+This is the one runner the measure rule calls, and the one the profiler rules wrap. It never exits non-zero
+because a cell failed: an out-of-memory or any other exception becomes a result file with status `oom` or
+`error`, so a sweep always finishes and shows where it broke.
+
+Result file layout (JSON): schema_version, cell (the parameters), status, error (null or type, message,
+phase, memory state), metrics (the columns of columns.py and telemetry summaries), samples (raw per-rep
+timings), telemetry (NVML samples), environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# Nothing may reach a model hub at run time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+SCHEMA_VERSION = 1
+TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+@dataclass
+class CellSpec:
+    model: str
+    model_kind: str  # "architecture" (random weights) | "path" (local checkpoint)
+    model_location: str
+    dtype: str
+    backend: str
+    device: str
+    attn_implementation: str
+    seq_len: int
+    batch: int
+    gen_tokens: int
+    warmup: int
+    reps: int
+    seed: int
+    threads: int
+
+
+class Phase:
+    """Which part of the cell is running, for error reports."""
+
+    name = "start"
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def build_model(spec: CellSpec):
+    """Random weights from an architecture JSON (like vLLM's dummy load format), or a local checkpoint."""
+    import json
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dtype = getattr(torch, TORCH_DTYPES[spec.dtype])
+    device = torch.device(spec.device)
+    if spec.model_kind == "architecture":
+        with open(spec.model_location) as fh:
+            arch = json.load(fh)
+        model_type = arch.pop("model_type")
+        arch.pop("torch_dtype", None)
+        arch.pop("dtype", None)
+        cfg = AutoConfig.for_model(model_type, **arch)
+        torch.manual_seed(spec.seed)
+        with device:
+            try:
+                model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=spec.attn_implementation)
+            except TypeError:  # transformers < 4.56 names it torch_dtype
+                model = AutoModelForCausalLM.from_config(
+                    cfg, torch_dtype=dtype, attn_implementation=spec.attn_implementation
+                )
+    elif spec.model_kind == "path":
+        model = AutoModelForCausalLM.from_pretrained(
+            spec.model_location,
+            dtype=dtype,
+            attn_implementation=spec.attn_implementation,
+            local_files_only=True,
+        ).to(device)
+    else:
+        raise ValueError(f"unknown model kind {spec.model_kind!r}")
+    model.eval()
+    return model
+
+
+def make_prompt(spec: CellSpec, vocab_size: int):
+    """Seeded random token ids: latency depends on shapes, not on which tokens."""
+    import torch
+
+    gen = torch.Generator().manual_seed(spec.seed)
+    ids = torch.randint(0, vocab_size, (spec.batch, spec.seq_len), generator=gen)
+    return ids.to(spec.device)
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+
+class Clock:
+    """Marks on a CUDA stream (events) or on the host's monotonic clock."""
+
+    def __init__(self, cuda: bool):
+        import torch
+
+        self.torch = torch
+        self.cuda = cuda
+
+    def mark(self):
+        if self.cuda:
+            ev = self.torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def elapsed_ms(self, a, b) -> float:
+        if self.cuda:
+            return float(a.elapsed_time(b))
+        return (b - a) * 1000.0
+
+    def sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+
+def one_request(model, prompt, gen_tokens: int, clock: Clock, rep_name: str):
+    """Prefill (logits_to_keep=1) then gen_tokens - 1 greedy decode steps on the KV cache, never stopping early.
+
+    Returns prefill_ms, ttft_ms, [decode step ms], e2e_ms.
+    """
+    from .telemetry import nvtx_range
+
+    torch = clock.torch
+    clock.sync()
+    host_start = time.perf_counter()
+    with nvtx_range(f"{rep_name}/prefill"):
+        start = clock.mark()
+        out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
+        token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+        prefill_end = clock.mark()
+        cache = out.past_key_values
+        del out
+        token.cpu()  # the first token reaches the host: time to first token
+        ttft_ms = (time.perf_counter() - host_start) * 1000.0
+    marks = []
+    with nvtx_range(f"{rep_name}/decode"):
+        for _ in range(gen_tokens - 1):
+            a = clock.mark()
+            out = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+            cache = out.past_key_values
+            del out
+            marks.append((a, clock.mark()))
+        clock.sync()
+    e2e_ms = (time.perf_counter() - host_start) * 1000.0
+    prefill_ms = clock.elapsed_ms(start, prefill_end)
+    steps = [clock.elapsed_ms(a, b) for a, b in marks]
+    expected = prompt.shape[1] + gen_tokens - 1
+    if cache.get_seq_length() != expected:
+        raise RuntimeError(f"KV cache holds {cache.get_seq_length()} positions, expected {expected}")
+    del cache
+    return prefill_ms, ttft_ms, steps, e2e_ms
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) so it covers only what follows."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def cuda_memory_state() -> dict:
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    mib = 2**20
+    free, total = torch.cuda.mem_get_info()
+    return {
+        "allocated_mb": torch.cuda.memory_allocated() / mib,
+        "reserved_mb": torch.cuda.memory_reserved() / mib,
+        "max_allocated_mb": torch.cuda.max_memory_allocated() / mib,
+        "max_reserved_mb": torch.cuda.max_memory_reserved() / mib,
+        "device_free_mb": free / mib,
+        "device_total_mb": total / mib,
+    }
+
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, (RuntimeError, MemoryError)) and (
+        "out of memory" in text or "can't allocate memory" in text or isinstance(exc, MemoryError)
+    )
+
+
+# ---------------------------------------------------------------------------------------------- cell
+
+
+def measure(spec: CellSpec) -> dict:
+    """Run the cell; always returns a result dict (status ok, oom or error)."""
+    import torch
+
+    from . import environment, memory_model, metrics
+    from .telemetry import GpuSampler, energy_per_token_j, nvtx_range
+
+    torch.set_num_threads(spec.threads)
+    env = environment.collect(spec.device)
+    result: dict = {
+        "schema_version": SCHEMA_VERSION,
+        "cell": asdict(spec),
+        "status": "ok",
+        "error": None,
+        "metrics": {},
+        "samples": {},
+        "telemetry": {},
+        "environment": env,
+    }
+    phase = Phase()
+    model = prompt = None
+    try:
+        cuda = spec.device == "cuda"
+        if cuda and not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' was asked for (config measure.device) but torch sees no CUDA device")
+        clock = Clock(cuda)
+
+        phase.name = "model_build"
+        t0 = time.perf_counter()
+        with nvtx_range("model_build"):
+            model = build_model(spec)
+            clock.sync()
+        build_s = time.perf_counter() - t0
+        weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        arch = model.config.to_dict()
+        prompt = make_prompt(spec, model.config.vocab_size)
+
+        phase.name = "warmup"
+        t0 = time.perf_counter()
+        with torch.inference_mode(), nvtx_range("warmup"):
+            for i in range(spec.warmup):
+                one_request(model, prompt, spec.gen_tokens, clock, f"warmup{i}")
+        warmup_s = time.perf_counter() - t0
+
+        # Peak counters cover the measured reps only.
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        rss_reset = _reset_peak_rss()
+        samples = {"prefill_ms": [], "ttft_ms": [], "decode_step_ms": [], "e2e_ms": []}
+        device_index = torch.cuda.current_device() if cuda else 0
+        sampler = GpuSampler(device_index) if cuda else None
+        phase.name = "measure"
+        if sampler:
+            sampler.start()
+        try:
+            with torch.inference_mode(), nvtx_range("measured"):
+                for i in range(spec.reps):
+                    p, t, steps, e = one_request(model, prompt, spec.gen_tokens, clock, f"rep{i}")
+                    samples["prefill_ms"].append(p)
+                    samples["ttft_ms"].append(t)
+                    samples["decode_step_ms"].append(steps)
+                    samples["e2e_ms"].append(e)
+        finally:
+            if sampler:
+                sampler.stop()
+
+        m = metrics.latency_metrics(
+            samples["prefill_ms"], samples["ttft_ms"], samples["decode_step_ms"], samples["e2e_ms"],
+            batch=spec.batch, seq_len=spec.seq_len, gen_tokens=spec.gen_tokens,
+        )
+        mib = 2**20
+        m["vram_reserved_mb"] = torch.cuda.max_memory_reserved() / mib if cuda else 0.0
+        m["vram_allocated_mb"] = torch.cuda.max_memory_allocated() / mib if cuda else 0.0
+        m["peak_rss_mb"] = _peak_rss_mb()
+        m["peak_rss_covers_measured_reps_only"] = rss_reset
+        m["weights_mb"] = weights_bytes / mib
+        m["model_build_s"] = build_s
+        m["warmup_s"] = warmup_s
+        try:
+            predicted = memory_model.predicted_memory(
+                memory_model.Architecture.from_config(arch), spec.dtype, spec.batch, spec.seq_len,
+                spec.gen_tokens, spec.attn_implementation,
+            )
+            m["predicted_memory_mb"] = predicted["predicted_memory_mb"]
+            m["kv_cache_mb"] = predicted["kv_cache_mb"]
+        except ValueError as exc:  # an architecture the memory model does not cover
+            m["predicted_memory_mb"] = math.nan
+            m["kv_cache_mb"] = math.nan
+            result["memory_model_error"] = str(exc)
+        if sampler:
+            summary = sampler.summary()
+            m.update(summary)
+            m["device_used_mb"] = summary.get("device_used_max_mb")
+            tokens = spec.reps * spec.batch * spec.gen_tokens
+            m["energy_j_per_token"] = energy_per_token_j(summary, tokens)
+            result["telemetry"] = {"available": sampler.available, "reason": sampler.reason,
+                                   "samples": sampler.samples}
+        result["metrics"] = m
+        result["samples"] = samples
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded row
+        oom = is_oom(exc)
+        result["status"] = "oom" if oom else "error"
+        result["error"] = {
+            "type": type(exc).__name__,
+            "message": f"{type(exc).__name__} during {phase.name}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            "phase": phase.name,
+            "memory": cuda_memory_state(),
+            "traceback": traceback.format_exc(),
+        }
+        print(traceback.format_exc(), file=sys.stderr)
+    finally:
+        del model, prompt
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path]:
+    p = argparse.ArgumentParser(prog="python -m latency_sensitivity.runner", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="model name (for the record)")
+    p.add_argument("--model-kind", choices=["architecture", "path"], required=True)
+    p.add_argument("--model-location", required=True, help="architecture JSON or checkpoint folder")
+    p.add_argument("--dtype", choices=sorted(TORCH_DTYPES), required=True)
+    p.add_argument("--backend", choices=["eager"], default="eager")
+    p.add_argument("--device", choices=["cpu", "cuda"], required=True)
+    p.add_argument("--attn-implementation", default="sdpa")
+    p.add_argument("--seq", type=int, required=True)
+    p.add_argument("--batch", type=int, required=True)
+    p.add_argument("--gen-tokens", type=int, required=True)
+    p.add_argument("--warmup", type=int, required=True)
+    p.add_argument("--reps", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True, type=Path)
+    a = p.parse_args(argv)
+    for name in ("seq", "batch", "reps", "threads"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    if a.gen_tokens < 2 or a.warmup < 0:
+        p.error("--gen-tokens must be >= 2 and --warmup >= 0")
+    spec = CellSpec(
+        model=a.model, model_kind=a.model_kind, model_location=a.model_location, dtype=a.dtype,
+        backend=a.backend, device=a.device, attn_implementation=a.attn_implementation, seq_len=a.seq,
+        batch=a.batch, gen_tokens=a.gen_tokens, warmup=a.warmup, reps=a.reps, seed=a.seed, threads=a.threads,
+    )
+    return spec, a.out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .atomic import write_json
+
+    spec, out = parse_args(argv)
+    print(f"cell {spec.model} {spec.dtype} {spec.backend} seq={spec.seq_len} batch={spec.batch} on {spec.device}",
+          file=sys.stderr)
+    result = measure(spec)
+    write_json(out, result)
+    m = result["metrics"]
+    if result["status"] == "ok":
+        print(f"prefill p50 {m['prefill_p50_ms']:.3f} ms, decode p50 {m['decode_p50_ms_per_tok']:.3f} ms/step, "
+              f"total {m['total_tok_s']:.1f} tok/s", file=sys.stderr)
+    else:
+        print(f"cell {result['status']}: {result['error']['message']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

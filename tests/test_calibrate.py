@@ -1,0 +1,115 @@
+"""calibrate.py on the CPU (small sizes), the CLI's JSON, and the CUDA path where a GPU exists."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import statistics
+
+import pytest
+import torch
+
+from latency_sensitivity import calibrate as cal
+from latency_sensitivity.roofline import Architecture, cell_roofline
+
+
+def _finite_pos(x) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+def test_measure_bandwidth_cpu_units():
+    r = cal.measure_bandwidth("cpu", 2**20, 3)
+    assert set(r) >= {"bandwidth_gb_s", "bytes", "reps", "samples_ms"}
+    assert r["bytes"] == 2 * 2**20  # read + written
+    assert r["copy_bytes"] == 2**20
+    assert r["reps"] == 3 and len(r["samples_ms"]) == 3
+    assert all(_finite_pos(s) for s in r["samples_ms"])
+    assert _finite_pos(r["bandwidth_gb_s"])
+    med = statistics.median(r["samples_ms"])
+    assert r["median_ms"] == med
+    assert r["bandwidth_gb_s"] == pytest.approx(r["bytes"] / (med / 1e3) / 1e9)
+    assert 1e-3 < r["bandwidth_gb_s"] < 1e4  # GB/s, not B/s
+    # odd sizes are rounded down to whole fp32 elements
+    assert cal.measure_bandwidth("cpu", 4 * 1000 + 3, 1)["bytes"] == 2 * 4000
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+def test_measure_matmul_cpu_units(dtype):
+    r = cal.measure_matmul("cpu", dtype, 64, 3)
+    assert r["flops"] == 2 * 64**3 == 524_288
+    assert r["n"] == 64 and r["reps"] == 3 and len(r["samples_ms"]) == 3
+    assert r["dtype"] == dtype
+    assert r["computed_dtype"] == {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[dtype]
+    assert (r["note"] != "") == (dtype != "fp32")
+    med = statistics.median(r["samples_ms"])
+    assert r["matmul_tflops"] == pytest.approx(r["flops"] / (med / 1e3) / 1e12)
+    assert _finite_pos(r["matmul_tflops"]) and r["matmul_tflops"] < 1e3  # TFLOP/s, not FLOP/s
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown dtype"):
+        cal.measure_matmul("cpu", "int8", 8, 1)
+    with pytest.raises(ValueError, match="reps"):
+        cal.measure_bandwidth("cpu", 1024, 0)
+    with pytest.raises(ValueError, match="unsupported device"):
+        cal.measure_bandwidth("mps", 1024, 1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_cuda_requested_without_cuda(tmp_path):
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        cal.calibrate("cuda", "fp16", quick=True)
+    assert cal.main(["--device", "cuda", "--dtype", "fp16", "--out", str(tmp_path / "x.json")]) == 1
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_calibrate_cpu_and_feeds_roofline():
+    r = cal.calibrate("cpu", "fp32", quick=False, sizes=(2**20, 64, 2, 2))
+    assert r["device"] == "cpu" and r["dtype"] == "fp32" and r["device_name"]
+    assert r["torch_version"] == torch.__version__
+    assert dt.datetime.fromisoformat(r["timestamp"]).tzinfo is not None
+    assert r["bandwidth"]["bytes"] == 2 * 2**20 and r["matmul"]["n"] == 64
+    assert r["bandwidth_gb_s"] == r["bandwidth"]["bandwidth_gb_s"]
+    assert r["matmul_tflops"] == r["matmul"]["matmul_tflops"]
+    arch = Architecture.from_config(
+        {"model_type": "llama", "num_hidden_layers": 1, "hidden_size": 8, "num_attention_heads": 2,
+         "intermediate_size": 16, "vocab_size": 10}
+    )
+    roof = cell_roofline(arch, "fp32", 4, 1, 2, r)  # the calibration dict is a valid `ceilings`
+    assert _finite_pos(roof["prefill_floor_ms"]) and roof["prefill_bound"] in ("compute", "memory")
+
+
+def test_quick_sizes():
+    assert cal.SIZES[("cpu", False)][:2] == (64 * 2**20, 1024)
+    assert cal.SIZES[("cuda", False)][:2] == (2**30, 8192)
+    assert cal.SIZES[("cpu", True)][0] < cal.SIZES[("cpu", False)][0]
+    assert cal.SIZES[("cuda", True)][1] < cal.SIZES[("cuda", False)][1]
+
+
+def test_main_writes_json_atomically(tmp_path, capsys):
+    out = tmp_path / "results" / "calibration" / "cpu_fp32.json"
+    assert cal.main(["--device", "cpu", "--dtype", "fp32", "--quick", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["device"] == "cpu" and data["dtype"] == "fp32" and data["quick"] is True
+    assert data["bandwidth"]["bytes"] == 2 * 8 * 2**20 and data["matmul"]["n"] == 256
+    assert _finite_pos(data["bandwidth_gb_s"]) and _finite_pos(data["matmul_tflops"])
+    assert [p.name for p in out.parent.iterdir()] == ["cpu_fp32.json"]  # no temporary left behind
+    assert "GB/s" in capsys.readouterr().out
+    # rewriting replaces the file
+    assert cal.main(["--device", "cpu", "--dtype", "bf16", "--quick", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["dtype"] == "bf16"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_quick_calibration(tmp_path):
+    r = cal.calibrate("cuda", "fp16", quick=True)
+    assert r["device"] == "cuda" and r["device_name"] == torch.cuda.get_device_name(0)
+    assert r["bandwidth"]["bytes"] == 2 * 2**28 and r["matmul"]["n"] == 4096
+    assert r["matmul"]["computed_dtype"] == "float16"
+    assert 10 < r["bandwidth_gb_s"] < 20_000
+    assert 1 < r["matmul_tflops"] < 5_000
+    out = tmp_path / "cuda_fp16.json"
+    assert cal.main(["--device", "cuda", "--dtype", "fp16", "--quick", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["device"] == "cuda"

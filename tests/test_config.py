@@ -1,0 +1,96 @@
+import copy
+import json
+
+import pytest
+
+from latency_sensitivity import config as lsconfig
+from latency_sensitivity.config import ConfigError
+
+
+def check(cfg):
+    return lsconfig.validate(copy.deepcopy(cfg), base_dir=".")
+
+
+def test_default_config_is_valid_and_defaults_are_filled(default_config):
+    cfg = copy.deepcopy(default_config)
+    del cfg["measure"]["seed"]
+    out = check(cfg)
+    assert out["measure"]["seed"] == 0
+    assert lsconfig.sweep_axis(out, "seq_sweep") == "seq_len"
+    assert lsconfig.sweep_axis(out, "batch_sweep") == "batch"
+
+
+@pytest.mark.parametrize(
+    "mutate, key, value",
+    [
+        (lambda c: c["sweeps"]["seq_sweep"]["seq"].__setitem__(0, 0), "sweeps.seq_sweep.seq[0]", "0"),
+        (lambda c: c["sweeps"]["batch_sweep"]["batch"].__setitem__(1, -1), "sweeps.batch_sweep.batch[1]", "-1"),
+        (lambda c: c["measure"].__setitem__("dtypes", ["fp8"]), "measure.dtypes[0]", "'fp8'"),
+        (lambda c: c["measure"].__setitem__("device", "tpu"), "measure.device", "'tpu'"),
+        (lambda c: c["measure"].__setitem__("reps", 0), "measure.reps", "0"),
+        (lambda c: c.__setitem__("collapse_factor", 1), "collapse_factor", "1"),
+        (lambda c: c.__setitem__("collapse_factor", 0.5), "collapse_factor", "0.5"),
+        (lambda c: c["measure"].__setitem__("gen_tokens", 1), "measure.gen_tokens", "1"),
+        (lambda c: c["measure"].__setitem__("models", ["nope"]), "measure.models[0]", "'nope'"),
+        (lambda c: c["models"]["tiny-qwen2"].__setitem__("architecture", "missing-arch"),
+         "models.tiny-qwen2.architecture", "'missing-arch'"),
+        (lambda c: c["sweeps"]["seq_sweep"]["seq"].append(4090), "sweeps.seq_sweep.seq[5]", "4090"),
+        (lambda c: c.__setitem__("bogus", 1), "(top level)", "bogus"),
+    ],
+)
+def test_bad_values_name_key_and_value(default_config, mutate, key, value):
+    cfg = copy.deepcopy(default_config)
+    mutate(cfg)
+    with pytest.raises(ConfigError) as err:
+        check(cfg)
+    assert key in str(err.value)
+    assert value in str(err.value)
+
+
+def test_model_needs_exactly_one_source(default_config):
+    cfg = copy.deepcopy(default_config)
+    cfg["models"]["tiny-qwen2"]["path"] = "/somewhere"
+    with pytest.raises(ConfigError, match="exactly one of"):
+        check(cfg)
+
+
+def test_local_checkpoint_path(tmp_path, default_config):
+    ckpt = tmp_path / "ckpt"
+    cfg = copy.deepcopy(default_config)
+    cfg["models"]["local"] = {"path": str(ckpt)}
+    cfg["measure"]["models"] = ["local"]
+    with pytest.raises(ConfigError, match="models.local.path"):
+        check(cfg)
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"model_type": "qwen2", "max_position_embeddings": 128}))
+    with pytest.raises(ConfigError, match="max positions 128"):
+        check(cfg)  # seq 512 does not fit
+    cfg["sweeps"] = {"s": {"seq": [64], "batch": [1]}}
+    out = check(cfg)
+    source = lsconfig.resolve_model("local", out["models"]["local"])
+    assert source.kind == "path" and source.config_json == (ckpt / "config.json").resolve()
+
+
+def test_cells_are_shared_between_sweeps(default_config):
+    cfg = check(default_config)
+    cells = lsconfig.all_cells(cfg)
+    seq = lsconfig.sweep_cells(cfg, "seq_sweep")
+    batch = lsconfig.sweep_cells(cfg, "batch_sweep")
+    assert len(cells) == len(seq) + len(batch) - 1  # seq 32 x batch 1 is in both
+    assert cells[0].path == "results/cells/tiny-qwen2/fp32/eager/seq32_batch1.json"
+
+
+def test_grid_axis_and_alias(default_config):
+    cfg = check(default_config)
+    cfg["sweeps"]["g"] = {"seq": [16, 32], "batch": [1, 2]}
+    assert lsconfig.sweep_axis(cfg, "g") == "grid"
+    assert lsconfig.find_model_by_alias(cfg, "Qwen/Qwen2.5-3B-Instruct") == "qwen2.5-3b"
+    assert lsconfig.find_model_by_alias(cfg, "tiny-qwen2") == "tiny-qwen2"
+    assert lsconfig.find_model_by_alias(cfg, "unknown/model") is None
+
+
+def test_shipped_qwen_architecture_matches_published_shape():
+    arch = json.loads((lsconfig.MODELS_DIR / "qwen2.5-3b.json").read_text())
+    assert (arch["num_hidden_layers"], arch["hidden_size"], arch["num_attention_heads"]) == (36, 2048, 16)
+    assert (arch["num_key_value_heads"], arch["intermediate_size"], arch["vocab_size"]) == (2, 11008, 151936)
+    assert arch["tie_word_embeddings"] is True

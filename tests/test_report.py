@@ -1,0 +1,475 @@
+"""Tests of the markdown report: findings, tables, failures, setup and the atomic write.
+
+The fixtures are the reference study's Tables 1-4 (Qwen2.5-3B fp16 on an RTX 5070), so the expected
+findings can be checked by hand against the published numbers.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from latency_sensitivity import report
+from latency_sensitivity.report import (
+    SweepInput,
+    build_report,
+    decode_table,
+    direction,
+    format_change,
+    format_number,
+    format_relative,
+    format_sig,
+    grid_table,
+    oom_finding,
+    prefill_table,
+    series_findings,
+    sweep_findings,
+    trend_finding,
+    write_report,
+)
+
+# Tables 1 and 2 of the reference study: batch 1, seq_len 128 .. 4096.
+SEQ_TABLE = {
+    "seq_len": [128, 256, 512, 1024, 2048, 3072, 4096],
+    "batch": [1] * 7,
+    "prefill_p50_ms": [34.79, 48.59, 97.41, 248.47, 602.25, 1128.15, 1756.57],
+    "prefill_ms_per_tok": [0.271821, 0.189817, 0.190260, 0.242645, 0.294068, 0.367237, 0.428849],
+    "prefill_tok_s": [3678.9, 5268.2, 5256.0, 4121.2, 3400.6, 2723.0, 2331.8],
+    "decode_p50_ms_per_tok": [26.119, 26.107, 26.433, 26.997, 29.386, 32.294, 36.124],
+    "decode_tok_s": [38.29, 38.30, 37.83, 37.04, 34.03, 30.97, 27.68],
+    "total_tok_s": [183.78, 325.79, 576.71, 949.31, 1348.36, 1435.99, 1417.33],
+    "vram_reserved_mb": [5974.0, 6054.0, 6212.0, 6538.0, 7412.0, 8880.0, 12116.0],
+    "flag": ["ok"] * 7,
+}
+
+# Tables 3 and 4: seq_len 128, batch 1 .. 64.
+BATCH_TABLE = {
+    "seq_len": [128] * 7,
+    "batch": [1, 2, 4, 8, 16, 32, 64],
+    "prefill_p50_ms": [34.18, 46.31, 84.44, 188.99, 361.28, 750.95, 1547.56],
+    "prefill_ms_per_tok": [0.267005, 0.180888, 0.164931, 0.184556, 0.176408, 0.183337, 0.188911],
+    "prefill_tok_s": [3745.2, 5528.3, 6063.1, 5418.4, 5668.7, 5454.4, 5293.5],
+    "decode_p50_ms_per_tok": [26.586, 26.943, 28.164, 28.746, 31.288, 40.461, 64.221],
+    "decode_tok_s": [37.61, 74.23, 142.03, 278.30, 511.38, 790.89, 996.56],
+    "total_tok_s": [180.81, 352.23, 649.29, 1154.35, 1878.90, 2502.82, 2842.37],
+    "vram_reserved_mb": [5974.0, 6054.0, 6216.0, 6538.0, 7154.0, 8342.0, 10716.0],
+    "flag": ["ok"] * 7,
+}
+
+METRICS = ["prefill_p50_ms", "prefill_ms_per_tok", "prefill_tok_s", "decode_p50_ms_per_tok", "decode_tok_s",
+           "total_tok_s", "vram_reserved_mb"]
+OOM_TEXT = "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+COLLAPSE_DETAIL = "decode_p50_ms_per_tok 2.41x the best earlier cell (batch=8)"
+
+
+def seq_frame() -> pd.DataFrame:
+    return pd.DataFrame(SEQ_TABLE)
+
+
+def batch_frame() -> pd.DataFrame:
+    return pd.DataFrame(BATCH_TABLE)
+
+
+def full_batch_frame() -> pd.DataFrame:
+    """Table 3-4 with every optional column, a collapse at batch 64 and OOM at batch 128 and 256."""
+    f = batch_frame()
+    f["model"] = "qwen25_3b"
+    f["dtype"] = "fp16"
+    f["backend"] = "eager"
+    f["device"] = "cuda"
+    f["status"] = "ok"
+    f["flag_detail"] = ""
+    f["error"] = ""
+    f["ttft_p50_ms"] = f["prefill_p50_ms"] + 0.5
+    f["tpot_p50_ms"] = f["decode_p50_ms_per_tok"] + 0.1
+    f["peak_rss_mb"] = 2048.0
+    f["prefill_p50_ci_low_ms"] = f["prefill_p50_ms"] * 0.99
+    f["prefill_p50_ci_high_ms"] = f["prefill_p50_ms"] * 1.01
+    f["decode_p50_ci_low_ms"] = f["decode_p50_ms_per_tok"] * 0.99
+    f["decode_p50_ci_high_ms"] = f["decode_p50_ms_per_tok"] * 1.01
+    # batch 64: decode interval 12% of the median, and flagged as a collapse
+    f.loc[6, "decode_p50_ci_low_ms"] = 64.221 * 0.94
+    f.loc[6, "decode_p50_ci_high_ms"] = 64.221 * 1.06
+    f.loc[6, "flag"] = "collapse"
+    f.loc[6, "flag_detail"] = COLLAPSE_DETAIL
+    oom = {c: np.nan for c in f.columns}
+    oom.update(model="qwen25_3b", dtype="fp16", backend="eager", device="cuda", seq_len=128, status="oom",
+               flag="oom", flag_detail="", peak_rss_mb=np.nan)
+    rows = [dict(oom, batch=128, error=OOM_TEXT), dict(oom, batch=256, error=OOM_TEXT)]
+    return pd.concat([f, pd.DataFrame(rows)], ignore_index=True)
+
+
+def table_lines(table: str) -> list[str]:
+    return table.splitlines()
+
+
+# ---------------------------------------------------------------------------------------------- formatting
+
+
+def test_format_change_percent_and_factor():
+    assert format_change(0.271821, 0.428849) == "0.272 → 0.429 (+58%)"
+    assert format_change(26.119, 36.124) == "26.1 → 36.1 (+38%)"
+    assert format_change(37.61, 996.56) == "37.6 → 996.6 (26.5x)"
+    assert format_change(26.586, 64.221) == "26.6 → 64.2 (2.4x)"
+    assert format_change(5974.0, 10716.0, "MiB") == "5974 → 10716 MiB (+79%)"
+    assert format_change(0.267005, 0.188911) == "0.267 → 0.189 (-29%)"
+    assert format_change(996.56, 37.61) == "996.6 → 37.6 (26.5x lower)"
+    assert format_change(10.0, 10.0) == "10.0 → 10.0 (+0%)"
+
+
+def test_format_change_degenerate():
+    assert format_relative(float("nan"), 1.0) == "n/a"
+    assert format_relative(0.0, 5.0) == "from 0"
+    assert format_relative(3.0, 300.0) == "100x"
+    assert format_number(float("nan")) == "n/a"
+    assert format_number(0.19026) == "0.190"  # trailing zero kept
+    assert format_number(1435.99) == "1436"
+    assert format_sig(0.164931, 4) == "0.1649"
+    assert format_sig(26.119, 4) == "26.12"
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "word"),
+    [(100, 104.9, "stays flat"), (100, 95.1, "stays flat"), (100, 105.1, "rises"), (100, 94.9, "falls"),
+     (0, 0, "stays flat"), (0, 1, "rises")],
+)
+def test_direction_threshold(a, b, word):
+    assert direction(a, b) == word
+
+
+# ---------------------------------------------------------------------------------------------- findings
+
+
+def test_seq_sweep_findings_reference_numbers():
+    assert sweep_findings(seq_frame(), "seq_len") == [
+        "prefill p50 rises 34.8 → 1757 ms (50.5x) from seq_len 128 to 4096, while prompt tokens per batch "
+        "grow 32.0x",
+        "prefill ms/token rises 0.272 → 0.429 (+58%) from seq_len 128 to 4096; range 0.190–0.429, "
+        "lowest at seq_len 256",
+        "decode ms/step rises 26.1 → 36.1 (+38%) from seq_len 128 to 4096",
+        "total tok/s peaks at 1436 at seq_len 3072; at seq_len 4096 it is 1417 (-1%)",
+        "memory (VRAM reserved) grows 5974 → 12116 MiB (2.0x) from seq_len 128 to 4096; "
+        "largest step +3236 MiB, from seq_len 3072 to 4096",
+    ]
+
+
+def test_batch_sweep_findings_reference_numbers():
+    findings = sweep_findings(batch_frame(), "batch")
+    assert ("decode tok/s scales 37.6 → 996.6 (26.5x) from batch 1 to 64 while decode ms/step rises "
+            "26.6 → 64.2 (2.4x)") in findings
+    assert ("prefill ms/token falls 0.267 → 0.189 (-29%) from batch 1 to 64; range 0.165–0.267, "
+            "lowest at batch 4") in findings
+    assert ("memory (VRAM reserved) grows 5974 → 10716 MiB (+79%) from batch 1 to 64; "
+            "largest step +2374 MiB, from batch 32 to 64") in findings
+    assert "total tok/s is highest at the last measured cell: 2842 at batch 64 (+14% over batch 32)" in findings
+    # no failures, collapses or intervals: nothing about them is said
+    assert not any("collapse" in f or "memory from" in f or "noisy" in f for f in findings)
+
+
+def test_direction_words_follow_the_numbers():
+    # same numbers, reversed along the axis: every word must flip
+    f = seq_frame()
+    for c in METRICS:
+        f[c] = f[c].to_numpy()[::-1]
+    findings = series_findings(f, "seq_len")
+    assert "decode ms/step falls 36.1 → 26.1 (-28%) from seq_len 128 to 4096" in findings
+    assert any(s.startswith("prefill ms/token falls 0.429 → 0.272 (-37%)") for s in findings)
+    assert any(s.startswith("memory (VRAM reserved) shrinks 12116 → 5974 MiB (2.0x lower)") for s in findings)
+    assert any(s.startswith("total tok/s peaks at 1436 at seq_len 256") for s in findings)
+
+
+def test_flat_wording_within_tolerance():
+    f = seq_frame().iloc[:3]  # decode 26.119 -> 26.433: +1%
+    assert trend_finding(f, "seq_len", "decode_p50_ms_per_tok") == (
+        "decode ms/step stays flat (within ±5%): 26.1 → 26.4 (+1%) from seq_len 128 to 512"
+    )
+
+
+def test_unsorted_input_is_ordered_along_the_axis():
+    f = seq_frame().sample(frac=1.0, random_state=3)
+    assert sweep_findings(f, "seq_len") == sweep_findings(seq_frame(), "seq_len")
+
+
+def test_collapse_oom_and_noise_findings():
+    findings = sweep_findings(full_batch_frame(), "batch")
+    assert f"first collapse at batch 64: {COLLAPSE_DETAIL}" in findings
+    assert "largest batch that fit: 64; out of memory from batch 128 on" in findings
+    assert ("noisy (bootstrap 95% interval wider than 10% of the median): decode at batch 64 (12%)"
+            in findings)
+    # failed cells do not enter the trends: the scaling still ends at batch 64
+    assert any(s.startswith("decode tok/s scales 37.6 → 996.6 (26.5x) from batch 1 to 64") for s in findings)
+
+
+def test_oom_not_contiguous_is_listed():
+    f = full_batch_frame()
+    f.loc[f["batch"] == 256, ["status", "flag"]] = "ok"
+    f.loc[f["batch"] == 256, ["decode_tok_s", "decode_p50_ms_per_tok"]] = [1100.0, 232.0]
+    assert oom_finding(f, "batch") == "largest batch that fit: 256; out of memory at batch 128"
+
+
+def test_oom_read_from_flag_when_status_missing():
+    f = full_batch_frame().drop(columns=["status"])
+    assert oom_finding(f, "batch") == "largest batch that fit: 64; out of memory from batch 128 on"
+
+
+def test_status_wins_over_a_blank_flag():
+    f = full_batch_frame()
+    f.loc[f["status"] == "oom", "flag"] = ""
+    assert oom_finding(f, "batch") == "largest batch that fit: 64; out of memory from batch 128 on"
+    assert "| 128 | OOM [1] | OOM | OOM | OOM | OOM |" in prefill_table(f, "batch").splitlines()
+
+
+def test_error_cell_finding():
+    f = batch_frame()
+    f["status"] = "ok"
+    f["error"] = ""
+    f.loc[3, ["status", "flag", "error"]] = ["error", "error", "RuntimeError: boom"]
+    f.loc[3, METRICS] = np.nan
+    findings = sweep_findings(f, "batch")
+    assert "1 cell failed with an error: batch 8 (see Collapse and failures)" in findings
+
+
+def test_too_few_cells_gives_no_trend():
+    f = seq_frame().iloc[:1]
+    assert sweep_findings(f, "seq_len") == []
+    with pytest.raises(ValueError):
+        sweep_findings(f, "depth")
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def test_prefill_and_decode_table_rows():
+    pre = table_lines(prefill_table(seq_frame(), "seq_len"))
+    assert pre[0] == "| seq_len | prefill p50 (ms) | prefill (ms/token) | prefill (tok/s) | VRAM reserved (MiB) |"
+    assert pre[2] == "| 128 | 34.79 | 0.2718 | 3678.9 | 5974 |"
+    assert pre[-1] == "| 4096 | 1756.57 | 0.4288 | 2331.8 | 12116 |"
+    dec = table_lines(decode_table(batch_frame(), "batch"))
+    assert dec[0] == "| batch | decode p50 (ms/step) | decode (tok/s) | total (tok/s) | flag |"
+    assert dec[2] == "| 1 | 26.59 | 37.6 | 180.8 | ok |"
+    assert dec[-1] == "| 64 | 64.22 | 996.6 | 2842.4 | ok |"
+
+
+def test_optional_columns_add_ttft_and_tpot():
+    f = full_batch_frame()
+    pre = table_lines(prefill_table(f, "batch"))
+    assert pre[0].endswith("| VRAM reserved (MiB) | TTFT p50 (ms) |")
+    assert pre[2] == "| 1 | 34.18 | 0.2670 | 3745.2 | 5974 | 34.68 |"
+    dec = table_lines(decode_table(f, "batch"))
+    assert dec[0] == "| batch | decode p50 (ms/step) | decode (tok/s) | total (tok/s) | TPOT p50 (ms) | flag |"
+    assert dec[2] == "| 1 | 26.59 | 37.6 | 180.8 | 26.69 | ok |"
+
+
+def test_oom_and_collapse_rendering_with_notes():
+    text = build_report([SweepInput("batch_sweep", "batch", full_batch_frame(), [])], [], {})
+    lines = text.splitlines()
+    # notes numbered as met: the OOM text (shared by both OOM cells) in the prefill table, then the collapse
+    assert "| 128 | OOM [1] | OOM | OOM | OOM | OOM |" in lines
+    assert "| 256 | OOM [1] | OOM | OOM | OOM | OOM |" in lines
+    assert "| 64 | 64.22 | 996.6 | 2842.4 | 64.32 | collapse [2] |" in lines
+    assert "| 128 | OOM [1] | OOM | OOM | OOM | oom [1] |" in lines
+    assert f"1. batch 128, 256: OOM: {OOM_TEXT}" in lines
+    assert f"2. batch 64: collapse: {COLLAPSE_DETAIL}" in lines
+    assert "9 cells: 6 ok, 1 collapse, 2 oom" in text
+
+
+def test_error_text_is_escaped_and_shortened():
+    f = batch_frame()
+    f["status"] = "ok"
+    long = "ValueError: a|b\n" + "x" * 500
+    f.loc[0, ["status", "flag", "error"]] = ["error", "error", long]
+    f.loc[0, METRICS] = np.nan
+    text = build_report([SweepInput("b", "batch", f, [])], [], {})
+    note = next(line for line in text.splitlines() if line.startswith("1. batch 1: error:"))
+    assert "a\\|b x" in note
+    assert note.endswith("…")
+    assert len(note) < 340
+    assert "| 1 | error [1] | error | error | error [1] |" in text.splitlines()  # decode table
+    assert "| 1 | error [1] | error | error | error |" in text.splitlines()  # prefill table
+
+
+def test_missing_optional_columns_only_reference_columns():
+    f = seq_frame()
+    f["vram_reserved_mb"] = 0.0  # CPU run, no RSS column either
+    text = build_report([SweepInput("s", "seq_len", f, [])], [], {})
+    assert "TTFT" not in text.split("## Sweep")[1]
+    assert "TPOT" not in text.split("## Sweep")[1]
+    assert "| 128 | 34.79 | 0.2718 | 3678.9 | 0 |" in text.splitlines()
+    assert "- noisy" not in text
+    assert "### all cells" in text
+
+
+def test_memory_falls_back_to_peak_rss():
+    f = seq_frame()
+    f["vram_reserved_mb"] = 0.0
+    f["peak_rss_mb"] = [7000.0, 7100.0, 7200.0, 7400.0, 7800.0, 8300.0, 9000.0]
+    pre = table_lines(prefill_table(f, "seq_len"))
+    assert pre[0].endswith("| peak RSS (MiB) |")
+    assert pre[2] == "| 128 | 34.79 | 0.2718 | 3678.9 | 7000 |"
+    assert ("memory (peak RSS) grows 7000 → 9000 MiB (+29%) from seq_len 128 to 4096; largest step +700 MiB, "
+            "from seq_len 3072 to 4096") in series_findings(f, "seq_len")
+
+
+def test_memory_in_findings_has_no_decimals():
+    f = seq_frame().iloc[:2].copy()
+    f["vram_reserved_mb"] = [0.0, 0.0]
+    f["peak_rss_mb"] = [900.4, 950.6]
+    assert series_findings(f, "seq_len")[-1] == (
+        "memory (peak RSS) grows 900 → 951 MiB (+6%) from seq_len 128 to 256"
+    )
+
+
+def grid_frame() -> pd.DataFrame:
+    rows = []
+    for s, per_tok in ((128, 0.27), (1024, 0.24)):
+        for b, dec in ((1, 26.0), (4, 28.0), (16, 31.0)):
+            ok = not (s == 1024 and b == 16)
+            rows.append({
+                "seq_len": s, "batch": b,
+                "prefill_p50_ms": per_tok * s * b if ok else np.nan,
+                "prefill_ms_per_tok": per_tok if ok else np.nan,
+                "prefill_tok_s": 1000 / per_tok if ok else np.nan,
+                "decode_p50_ms_per_tok": dec if ok else np.nan,
+                "decode_tok_s": b * 1000 / dec if ok else np.nan,
+                "total_tok_s": b * 100.0 + s / 10 if ok else np.nan,
+                "vram_reserved_mb": 6000.0 + s * b / 10 if ok else np.nan,
+                "flag": "ok" if ok else "oom",
+                "status": "ok" if ok else "oom",
+                "error": "" if ok else OOM_TEXT,
+            })
+    return pd.DataFrame(rows)
+
+
+def test_grid_table_and_findings():
+    f = grid_frame()
+    lines = table_lines(grid_table(f))
+    assert lines[0] == ("| seq_len | batch | prefill p50 (ms) | prefill (ms/token) | decode p50 (ms/step) | "
+                        "decode (tok/s) | total (tok/s) | VRAM reserved (MiB) | flag |")
+    assert lines[2] == "| 128 | 1 | 34.56 | 0.2700 | 26.00 | 38.5 | 112.8 | 6013 | ok |"
+    assert lines[-1] == "| 1024 | 16 | OOM [1] | OOM | OOM | OOM | OOM | OOM | oom [1] |"
+    findings = sweep_findings(f, "grid")
+    assert ("at seq_len 128: decode tok/s scales 38.5 → 516.1 (13.4x) from batch 1 to 16 while decode ms/step "
+            "rises 26.0 → 31.0 (+19%)") in findings
+    assert ("at batch 1: prefill ms/token falls 0.270 → 0.240 (-11%) from seq_len 128 to 1024") in findings
+    assert "total tok/s is highest at 1613 at seq_len 128, batch 16" in findings
+    assert "at seq_len 1024: largest batch that fit: 4; out of memory from batch 16 on" in findings
+    assert ("memory (VRAM reserved) ranges 6013 MiB (seq_len 128, batch 1) to 6410 MiB (seq_len 1024, batch 4)"
+            in findings)
+    text = build_report([SweepInput("grid", "grid", f, [])], [], {})
+    assert "Both seq_len and batch vary." in text
+    assert "Prefill + memory:" not in text
+
+
+def test_several_series_are_split_and_labelled():
+    a = full_batch_frame()
+    b = full_batch_frame()
+    b["dtype"] = "bf16"
+    b[["decode_p50_ms_per_tok"]] = b[["decode_p50_ms_per_tok"]] * 2
+    b["decode_tok_s"] = b["decode_tok_s"] / 2
+    f = pd.concat([a, b], ignore_index=True)
+    text = build_report([SweepInput("batch", "batch", f, [])], [], {})
+    assert "### qwen25_3b · bf16 · eager" in text
+    assert "### qwen25_3b · fp16 · eager" in text
+    findings = sweep_findings(f, "batch")
+    assert ("[qwen25_3b · bf16 · eager] decode tok/s scales 18.8 → 498.3 (26.5x) from batch 1 to 64 while "
+            "decode ms/step rises 53.2 → 128.4 (2.4x)") in findings
+    assert any(s.startswith("[qwen25_3b · fp16 · eager] decode tok/s scales 37.6 → 996.6") for s in findings)
+
+
+def test_seq_sweep_with_several_batches_is_one_series_per_batch():
+    a = seq_frame()
+    b = seq_frame()
+    b["batch"] = 4
+    text = build_report([SweepInput("s", "seq_len", pd.concat([a, b]), [])], [], {})
+    assert "### all cells · batch = 1" in text
+    assert "### all cells · batch = 4" in text
+    assert "seq_len varies; batch takes 1, 4." in text
+
+
+# ---------------------------------------------------------------------------------------------- whole report
+
+
+def test_report_sections_setup_and_figures():
+    envs = [
+        {"hostname": "node1", "python": "3.11.9", "torch": "2.5.1", "device_name": "NVIDIA H100", "gpu_count": 1},
+        {"hostname": "node2", "python": "3.11.9", "torch": "2.5.1"},
+        {"hostname": "node1", "python": "3.11.9", "torch": "2.5.1", "device_name": "NVIDIA H100", "gpu_count": 1},
+    ]
+    settings = {
+        "collapse_factor": 2.0,
+        "models": {"qwen25_3b": {"layers": 36, "hidden": 2048, "kv_heads": 2}},
+        "dtypes": ["fp16", "bf16"],
+        "reps": 7,
+    }
+    sweeps = [
+        SweepInput("seq", "seq_len", seq_frame(), [("Seq sweep: prefill", "figures/seq_prefill.png")]),
+        SweepInput("batch", "batch", full_batch_frame(), []),
+    ]
+    text = build_report(sweeps, envs, settings, title="My report")
+    lines = text.splitlines()
+    assert lines[0] == "# My report"
+    order = [text.index(h) for h in ("## Setup", "## How to read this", "## Sweep `seq`", "## Sweep `batch`",
+                                     "## Collapse and failures")]
+    assert order == sorted(order)
+    assert "The cells ran in 2 distinct environments." in text
+    assert "| `device_name` | NVIDIA H100 | – |" in lines
+    assert "| `dtypes` | fp16, bf16 |" in lines
+    # settings keys in the defined order, models listed with their architecture
+    assert text.index("| `models` |") < text.index("| `dtypes` |") < text.index("| `reps` |") < text.index(
+        "| `collapse_factor` |")
+    assert "| `qwen25_3b` | 36 | 2048 | 2 |" in lines
+    assert "![Seq sweep: prefill](figures/seq_prefill.png)" in lines
+    # definitions come from columns.py
+    assert "- `prefill_ms_per_tok` (ms/token): prefill_p50_ms / (batch × seq_len)." in lines
+    assert "`collapse_factor` = 2.0." in text
+    assert "latencies `prefill_ms_per_tok`, `decode_p50_ms_per_tok` (lower is better)" in text
+    failures = text.split("## Collapse and failures")[1]
+    assert f"| batch | qwen25_3b | fp16 | eager | 128 | 64 | collapse | {COLLAPSE_DETAIL} |" in failures
+    assert f"| batch | qwen25_3b | fp16 | eager | 128 | 128 | oom | {OOM_TEXT} |" in failures
+    assert "seq |" not in failures  # the seq sweep has no flagged cells
+
+
+def test_report_without_failures_says_so():
+    text = build_report([SweepInput("s", "seq_len", seq_frame(), [])], [], {})
+    assert "None of the 7 cells was flagged or failed." in text
+    assert "No environment was recorded." in text
+    assert "No run settings were recorded." in text
+
+
+def test_unknown_axis_is_rejected():
+    with pytest.raises(ValueError, match="unknown axis"):
+        build_report([SweepInput("s", "depth", seq_frame(), [])], [], {})
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def test_write_report_is_atomic(tmp_path):
+    out = tmp_path / "sub" / "report.md"
+    assert write_report("# one\n", out) == out
+    assert out.read_text(encoding="utf-8") == "# one\n"
+    write_report("# two → ü\n", out)
+    assert out.read_text(encoding="utf-8") == "# two → ü\n"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["report.md"]
+
+
+def test_write_report_failure_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
+    out = tmp_path / "report.md"
+    out.write_text("old", encoding="utf-8")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_report("new", out)
+    assert out.read_text(encoding="utf-8") == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]
+
+
+def test_no_nan_leaks_into_report():
+    text = build_report([SweepInput("b", "batch", full_batch_frame(), [])], [], {})
+    assert not re.search(r"\bnan\b", text, flags=re.IGNORECASE)

@@ -1,0 +1,28 @@
+# One job per cell. Every per-cell parameter is a scalar param, so changing one re-measures exactly the
+# cells it applies to (Snakemake's params rerun trigger), and nothing else.
+
+
+rule measure_cell:
+    input:
+        model_config=model_config_file,
+    output:
+        "results/cells/{model}/{dtype}/{backend}/seq{seq}_batch{batch}.json",
+    log:
+        "logs/measure/{model}/{dtype}/{backend}/seq{seq}_batch{batch}.log",
+    params:
+        model_kind=model_kind,
+        model_location=model_location,
+        device=MEASURE["device"],
+        attn_implementation=MEASURE["attn_implementation"],
+        gen_tokens=MEASURE["gen_tokens"],
+        warmup=MEASURE["warmup"],
+        reps=MEASURE["reps"],
+        seed=MEASURE["seed"],
+    threads: MEASURE["threads"]
+    resources:
+        # One measurement at a time per GPU: the default workflow profile caps gpu at 1.
+        gpu=1,
+    conda:
+        "../../envs/measure.yaml"
+    shell:
+        RUNNER + " --out {output} > {log} 2>&1"

@@ -1,0 +1,58 @@
+# Figures per sweep and the markdown report over all sweeps.
+
+
+rule plot_sweep:
+    input:
+        "results/{sweep}/sweep.csv",
+    output:
+        report(
+            "results/{sweep}/combined.png",
+            caption="../report/combined.rst",
+            category="Sweeps",
+            subcategory="{sweep}",
+        ),
+    log:
+        "logs/plot/{sweep}_combined.log",
+    params:
+        axis=sweep_axis,
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../../scripts/plot_sweep.py"
+
+
+rule plot_heatmap:
+    input:
+        "results/{sweep}/sweep.csv",
+    output:
+        report(
+            "results/{sweep}/heatmap.png",
+            caption="../report/heatmap.rst",
+            category="Sweeps",
+            subcategory="{sweep}",
+        ),
+    log:
+        "logs/plot/{sweep}_heatmap.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../../scripts/plot_heatmap.py"
+
+
+rule build_report:
+    input:
+        sweeps=expand("results/{sweep}/sweep.csv", sweep=SWEEPS),
+        figures=[f for sweep in SWEEPS for f in sweep_figures(sweep)],
+        cells=all_cell_files(),
+    output:
+        "results/report.md",
+    log:
+        "logs/report.log",
+    params:
+        sweeps=SWEEPS,
+        axes=[lsconfig.sweep_axis(config, s) for s in SWEEPS],
+        settings=lsconfig.settings_summary(config),
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../../scripts/build_report.py"
