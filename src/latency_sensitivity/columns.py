@@ -85,12 +85,71 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("predicted_memory_mb", "MiB", "Predicted peak: weights + KV cache + kept logits + activation estimate."),
     Column("kv_cache_mb", "MiB", "Predicted KV cache at the end of generation (GQA formula)."),
     Column("weights_mb", "MiB", "Parameter bytes of the model as built."),
+    Column(
+        "peak_rss_covers_measured_reps_only",
+        "",
+        "True when the kernel's peak-RSS counter could be reset after warmup (else peak_rss_mb is the process peak).",
+    ),
     # cost of setting up the cell
     Column("model_build_s", "s", "Time to build (random weights) or load the model onto the device."),
     Column("warmup_s", "s", "Wall time of the warmup reps (kept out of every metric)."),
 )
 
-ALL_COLUMNS: tuple[Column, ...] = REFERENCE_COLUMNS + EXTRA_COLUMNS
+ROOFLINE_NOTE = Column(
+    "roofline_note", "", "Why a cell has no roofline columns, or a warning that it measured faster than its floor."
+)
+
+
+# Roofline floors per cell (roofline.py computes them against the calibrated ceilings).
+ROOFLINE_COLUMNS: tuple[Column, ...] = (
+    Column("prefill_gflop", "GFLOP", "Matmul FLOPs of one prefill forward (linear layers, last-token LM head, causal attention)."),
+    Column("prefill_gbytes", "GB", "Fewest bytes one prefill forward must move: weights once, embedding rows, KV written, kept logits."),
+    Column("prefill_floor_ms", "ms", "Roofline lower bound on prefill time: the larger of FLOPs / matmul ceiling and bytes / bandwidth ceiling."),
+    Column("prefill_bound", "", "Which ceiling sets the prefill floor: `compute` or `memory`."),
+    Column("prefill_efficiency", "ratio", "prefill_floor_ms / prefill_p50_ms: the fraction of the roofline the measured prefill reaches."),
+    Column("decode_gflop_per_step", "GFLOP", "Matmul FLOPs of one decode step, averaged over the gen_tokens - 1 steps."),
+    Column("decode_gbytes_per_step", "GB", "Fewest bytes of one decode step (weights, cached KV read, new KV and logits written), averaged over the steps."),
+    Column("decode_floor_ms", "ms/step", "Roofline lower bound on one decode step's time, averaged over the steps."),
+    Column("decode_bound", "", "Which ceiling sets the decode floor over the steps: `compute` or `memory`."),
+    Column("decode_efficiency", "ratio", "decode_floor_ms / decode_p50_ms_per_tok: the fraction of the roofline the measured decode reaches."),
+)
+
+# GPU telemetry summaries over the measured reps (telemetry.py samples NVML).
+TELEMETRY_COLUMNS: tuple[Column, ...] = (
+    Column(
+        "gpu_util_p50_pct",
+        "%",
+        "Median NVML GPU utilisation (share of time at least one kernel ran) over the samples of the measured reps.",
+    ),
+    Column("gpu_util_max_pct", "%", "Highest NVML GPU utilisation seen in any sample of the measured reps."),
+    Column("sm_clock_p50_mhz", "MHz", "Median SM clock over the samples of the measured reps."),
+    Column("sm_clock_min_mhz", "MHz", "Lowest SM clock seen in any sample (a drop hints at thermal or power throttling)."),
+    Column("sm_clock_start_mhz", "MHz", "SM clock read when sampling started, before the measured reps."),
+    Column("sm_clock_end_mhz", "MHz", "SM clock read when sampling stopped, after the measured reps."),
+    Column("mem_clock_p50_mhz", "MHz", "Median memory clock over the samples of the measured reps."),
+    Column(
+        "power_p50_w",
+        "W",
+        "Median board power draw reported by NVML (on recent GPUs itself an average over about a second).",
+    ),
+    Column("power_max_w", "W", "Highest board power draw seen in any sample of the measured reps."),
+    Column("temperature_max_c", "°C", "Highest GPU core temperature seen in any sample of the measured reps."),
+    Column(
+        "device_used_max_mb",
+        "MiB",
+        "Highest device memory in use according to NVML in any sample (all processes on the GPU).",
+    ),
+    Column(
+        "energy_j",
+        "J",
+        "Energy the board used while sampling ran, from NVML's total-energy counter (stop minus start; Volta or newer).",
+    ),
+    Column("n_samples", "samples", "Number of telemetry samples taken (0 when NVML was not available)."),
+    Column("energy_j_per_token", "J/token", "energy_j divided by the tokens processed in the measured reps."),
+)
+
+
+ALL_COLUMNS: tuple[Column, ...] = REFERENCE_COLUMNS + EXTRA_COLUMNS + ROOFLINE_COLUMNS + (ROOFLINE_NOTE,) + TELEMETRY_COLUMNS
 COLUMNS_BY_NAME: dict[str, Column] = {c.name: c for c in ALL_COLUMNS}
 REFERENCE_NAMES: list[str] = [c.name for c in REFERENCE_COLUMNS]
 

@@ -38,6 +38,27 @@ def cell_row(result: dict) -> dict:
     return row
 
 
+def roofline_row(result: dict, ceilings: dict | None) -> dict:
+    """Floors, bounds and efficiencies of one ok cell against the measured ceilings of its device and dtype."""
+    from . import roofline
+
+    if result["status"] != "ok" or not ceilings or "architecture" not in result:
+        return {}
+    cell, m = result["cell"], result["metrics"]
+    try:
+        arch = roofline.Architecture.from_config(result["architecture"])
+    except ValueError as exc:  # an architecture the roofline model does not cover
+        return {"roofline_note": str(exc)}
+    row = roofline.cell_roofline(
+        arch, cell["dtype"], cell["seq_len"], cell["batch"], cell["gen_tokens"], ceilings,
+        prefill_p50_ms=m.get("prefill_p50_ms"), decode_p50_ms_per_tok=m.get("decode_p50_ms_per_tok"),
+    )
+    beaten = [phase for phase in ("prefill", "decode") if (row.get(f"{phase}_efficiency") or 0) > 1.0]
+    if beaten:
+        row["roofline_note"] = f"measured faster than the floor in {', '.join(beaten)}: check the ceilings"
+    return row
+
+
 def load_results(paths: Iterable[str | Path]) -> list[dict]:
     out = []
     for p in paths:
@@ -46,9 +67,18 @@ def load_results(paths: Iterable[str | Path]) -> list[dict]:
     return out
 
 
-def merge(results: list[dict], sweep: str | None = None) -> pd.DataFrame:
-    """A table of cells sorted along the sweep; `flag` starts as the cell status (collapse.py refines it)."""
-    rows = [cell_row(r) for r in results]
+def merge(results: list[dict], sweep: str | None = None, ceilings: dict | None = None) -> pd.DataFrame:
+    """A table of cells sorted along the sweep; `flag` starts as the cell status (collapse.py refines it).
+
+    ceilings: {(device, dtype): {"bandwidth_gb_s", "matmul_tflops", ...}} from the calibration step; cells
+    with ceilings get roofline columns.
+    """
+    ceilings = ceilings or {}
+    rows = []
+    for r in results:
+        row = cell_row(r)
+        row.update(roofline_row(r, ceilings.get((r["cell"].get("device"), r["cell"]["dtype"]))))
+        rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
         return pd.DataFrame(columns=REFERENCE_NAMES)

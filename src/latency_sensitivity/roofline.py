@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from latency_sensitivity.columns import Column
+from latency_sensitivity.columns import ROOFLINE_COLUMNS, Column  # noqa: F401 (re-exported)
 
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2}
 
@@ -365,15 +365,3 @@ def cell_roofline(
     return out
 
 
-ROOFLINE_COLUMNS: tuple[Column, ...] = (
-    Column("prefill_gflop", "GFLOP", "Matmul FLOPs of one prefill forward (linear layers, last-token LM head, causal attention)."),
-    Column("prefill_gbytes", "GB", "Fewest bytes one prefill forward must move: weights once, embedding rows, KV written, kept logits."),
-    Column("prefill_floor_ms", "ms", "Roofline lower bound on prefill time: the larger of FLOPs / matmul ceiling and bytes / bandwidth ceiling."),
-    Column("prefill_bound", "", "Which ceiling sets the prefill floor: `compute` or `memory`."),
-    Column("prefill_efficiency", "ratio", "prefill_floor_ms / prefill_p50_ms: the fraction of the roofline the measured prefill reaches."),
-    Column("decode_gflop_per_step", "GFLOP", "Matmul FLOPs of one decode step, averaged over the gen_tokens - 1 steps."),
-    Column("decode_gbytes_per_step", "GB", "Fewest bytes of one decode step (weights, cached KV read, new KV and logits written), averaged over the steps."),
-    Column("decode_floor_ms", "ms/step", "Roofline lower bound on one decode step's time, averaged over the steps."),
-    Column("decode_bound", "", "Which ceiling sets the decode floor over the steps: `compute` or `memory`."),
-    Column("decode_efficiency", "ratio", "decode_floor_ms / decode_p50_ms_per_tok: the fraction of the roofline the measured decode reaches."),
-)

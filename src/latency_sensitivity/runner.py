@@ -263,6 +263,7 @@ def measure(spec: CellSpec) -> dict:
         build_s = time.perf_counter() - t0
         weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         arch = model.config.to_dict()
+        result["architecture"] = {k: v for k, v in arch.items() if isinstance(v, (int, float, str, bool, type(None)))}
         prompt = make_prompt(spec, model.config.vocab_size)
 
         phase.name = "warmup"

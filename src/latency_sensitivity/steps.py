@@ -34,10 +34,24 @@ def read_sweep(path: str | os.PathLike) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=True, na_values=[""], dtype={"flag_detail": str, "error": str})
 
 
-def merge_sweep(cell_files: Sequence[str], out_csv: str, sweep: str) -> pd.DataFrame:
+def load_ceilings(calibration_files: Sequence[str]) -> dict:
+    """{(device, dtype): calibration} from the calibration step's files."""
+    out = {}
+    for path in calibration_files:
+        with open(path) as fh:
+            cal = json.load(fh)
+        if "error" in cal:
+            print(f"no ceilings for {cal['device']} {cal['dtype']}: {cal['error']}")
+            continue
+        device = str(cal["device"]).split(":")[0]
+        out[(device, cal["dtype"])] = cal
+    return out
+
+
+def merge_sweep(cell_files: Sequence[str], out_csv: str, sweep: str, calibration_files: Sequence[str] = ()) -> pd.DataFrame:
     from .merge import load_results, merge
 
-    frame = merge(load_results(cell_files), sweep=sweep)
+    frame = merge(load_results(cell_files), sweep=sweep, ceilings=load_ceilings(calibration_files))
     write_csv(out_csv, frame)
     print(f"merged {len(frame)} cells of sweep {sweep} into {out_csv}")
     return frame

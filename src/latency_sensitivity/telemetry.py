@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from latency_sensitivity.columns import Column
+from latency_sensitivity.columns import TELEMETRY_COLUMNS, Column  # noqa: F401 (re-exported)
 
 NVTX_DOMAIN = "latency_sensitivity"
 
@@ -58,38 +58,6 @@ SUMMARY_KEYS: tuple[str, ...] = (
     "n_samples",
 )
 
-TELEMETRY_COLUMNS: tuple[Column, ...] = (
-    Column(
-        "gpu_util_p50_pct",
-        "%",
-        "Median NVML GPU utilisation (share of time at least one kernel ran) over the samples of the measured reps.",
-    ),
-    Column("gpu_util_max_pct", "%", "Highest NVML GPU utilisation seen in any sample of the measured reps."),
-    Column("sm_clock_p50_mhz", "MHz", "Median SM clock over the samples of the measured reps."),
-    Column("sm_clock_min_mhz", "MHz", "Lowest SM clock seen in any sample (a drop hints at thermal or power throttling)."),
-    Column("sm_clock_start_mhz", "MHz", "SM clock read when sampling started, before the measured reps."),
-    Column("sm_clock_end_mhz", "MHz", "SM clock read when sampling stopped, after the measured reps."),
-    Column("mem_clock_p50_mhz", "MHz", "Median memory clock over the samples of the measured reps."),
-    Column(
-        "power_p50_w",
-        "W",
-        "Median board power draw reported by NVML (on recent GPUs itself an average over about a second).",
-    ),
-    Column("power_max_w", "W", "Highest board power draw seen in any sample of the measured reps."),
-    Column("temperature_max_c", "°C", "Highest GPU core temperature seen in any sample of the measured reps."),
-    Column(
-        "device_used_max_mb",
-        "MiB",
-        "Highest device memory in use according to NVML in any sample (all processes on the GPU).",
-    ),
-    Column(
-        "energy_j",
-        "J",
-        "Energy the board used while sampling ran, from NVML's total-energy counter (stop minus start; Volta or newer).",
-    ),
-    Column("n_samples", "samples", "Number of telemetry samples taken (0 when NVML was not available)."),
-    Column("energy_j_per_token", "J/token", "energy_j divided by the tokens processed in the measured reps."),
-)
 
 # NVML errors that mean "this query will never work on this device": the field is not asked again.
 _PERMANENT_ERRORS = ("NVMLError_NotSupported", "NVMLError_FunctionNotFound", "NVMLError_NoPermission")

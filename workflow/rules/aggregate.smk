@@ -4,6 +4,7 @@
 rule merge_sweep:
     input:
         cells=sweep_cell_files,
+        calibration=calibration_files(),
     output:
         "results/{sweep}/merged.csv",
     log:

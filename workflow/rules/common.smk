@@ -34,6 +34,7 @@ wildcard_constraints:
     model="[A-Za-z0-9][A-Za-z0-9._-]*",
     dtype="fp32|fp16|bf16",
     backend="eager",
+    device="cpu|cuda",
     seq="[0-9]+",
     batch="[0-9]+",
     sweep="[A-Za-z0-9][A-Za-z0-9_-]*",
@@ -66,6 +67,10 @@ def sweep_cell_files(wildcards):
 
 def all_cell_files():
     return [cell.path for cell in CELLS]
+
+
+def calibration_files():
+    return [f"results/calibration/{MEASURE['device']}_{dtype}.json" for dtype in MEASURE["dtypes"]]
 
 
 def sweep_axis(wildcards):

@@ -26,3 +26,19 @@ rule measure_cell:
         "../../envs/measure.yaml"
     shell:
         RUNNER + " --out {output} > {log} 2>&1"
+
+
+# The roofline's two ceilings (copy bandwidth, matmul FLOP/s) of the device, once per dtype; cached.
+rule calibrate_device:
+    output:
+        "results/calibration/{device}_{dtype}.json",
+    log:
+        "logs/calibrate/{device}_{dtype}.log",
+    threads: MEASURE["threads"]
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/measure.yaml"
+    shell:
+        "python -m latency_sensitivity.calibrate --device {wildcards.device} --dtype {wildcards.dtype}"
+        " --threads {threads} --out {output} > {log} 2>&1"
