@@ -6,6 +6,7 @@ Used by the workflow (workflow/rules/common.smk) before any job starts, and by t
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -67,7 +68,7 @@ def _fill_defaults(config: dict, schema: dict) -> None:
 def check_schema(config: dict, schema_path: Path | str = SCHEMA_PATH) -> None:
     """Raise ConfigError naming the offending key and value for the first schema violation."""
     schema = load_schema(schema_path)
-    validator = jsonschema.Draft7Validator(schema)
+    validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (list(e.absolute_path), e.message))
     if errors:
         err = jsonschema.exceptions.best_match(errors)
@@ -232,3 +233,9 @@ def settings_summary(config: dict) -> dict:
         "threads": m["threads"],
         "collapse_factor": config["collapse_factor"],
     }
+
+
+def use_source_tree(src: str) -> None:
+    """Put a checkout's package first on PYTHONPATH, so that jobs (subprocesses) import the same code."""
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != src]
+    os.environ["PYTHONPATH"] = os.pathsep.join([src, *parts])

@@ -1,18 +1,17 @@
 # Config validation, cell enumeration and input functions shared by every rule.
 
-import os
-import shlex
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-# The workflow runs the package from its own checkout, whatever else is installed.
+# The workflow and its jobs run the package from this checkout, whatever else is installed.
 SRC = str(Path(workflow.basedir) / "src")
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
 sys.path.insert(0, SRC)
 
 from latency_sensitivity import config as lsconfig  # noqa: E402
+
+lsconfig.use_source_tree(SRC)
 
 # Checked before any job starts. Our checks come first: their messages name the key and the value, and
 # they cover what a schema cannot (model files exist, sequences fit the model's positions).
@@ -95,7 +94,7 @@ def all_targets():
 
 # The runner's command line, shared by the measure rule and the profiler rules (which wrap it).
 RUNNER = (
-    "python -m latency_sensitivity.runner"
+    "python3 -m latency_sensitivity.runner"
     " --model {wildcards.model} --model-kind {params.model_kind} --model-location {params.model_location:q}"
     " --dtype {wildcards.dtype} --backend {wildcards.backend} --device {params.device}"
     " --attn-implementation {params.attn_implementation}"

@@ -25,7 +25,7 @@ rule measure_cell:
     conda:
         "../../envs/measure.yaml"
     shell:
-        RUNNER + " --out {output} > {log} 2>&1"
+        f"{RUNNER} --out {{output}} > {{log}} 2>&1"
 
 
 # The roofline's two ceilings (copy bandwidth, matmul FLOP/s) of the device, once per dtype; cached.
@@ -40,5 +40,5 @@ rule calibrate_device:
     conda:
         "../../envs/measure.yaml"
     shell:
-        "python -m latency_sensitivity.calibrate --device {wildcards.device} --dtype {wildcards.dtype}"
+        "python3 -m latency_sensitivity.calibrate --device {wildcards.device} --dtype {wildcards.dtype}"
         " --threads {threads} --out {output} > {log} 2>&1"

@@ -1,0 +1,191 @@
+"""`latency-sensitivity`: the reference study's command line, as a thin front of the Snakemake pipeline.
+
+    latency-sensitivity sweep --model Qwen/Qwen2.5-3B-Instruct --dtype fp16 --device cuda \\
+        --seq 128,256,512 --batch-sizes 1 --gen-tokens 32 --warmup 3 --reps 7 --collapse-factor 2 --out x.csv
+
+writes a complete config into a work folder (by default beside --out), runs the same Snakefile there (so a
+rerun measures only the cells that changed) and copies the sweep's CSV to --out. The work folder keeps the
+per-cell results, plots and report.
+
+    latency-sensitivity failed-cells [--results results]   # cells that ran out of memory or failed
+    latency-sensitivity columns                             # the metrics table (as in the README)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from . import config as lsconfig
+from .atomic import write_text
+
+SWEEP_NAME = "sweep"
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one value")
+    return values
+
+
+def _default_device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def resolve_model_arg(model: str, repo_config: dict) -> tuple[str, dict]:
+    """--model as a local checkpoint folder, an architecture JSON, or a name/alias from config/config.yaml."""
+    p = Path(model)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise lsconfig.ConfigError(f"--model {model!r}: folder has no config.json (not a local checkpoint)")
+        return _safe_name(p.name), {"path": str(p.resolve())}
+    if p.is_file() and p.suffix == ".json":
+        return _safe_name(p.stem), {"architecture": str(p.resolve())}
+    key = lsconfig.find_model_by_alias(repo_config, model)
+    if key is None:
+        known = sorted(set(repo_config["models"]) | {a for e in repo_config["models"].values() for a in e.get("aliases", [])})
+        raise lsconfig.ConfigError(
+            f"--model {model!r}: not a local checkpoint folder, an architecture JSON, or a model name or alias "
+            f"of config/config.yaml (known: {', '.join(known)}). Nothing is downloaded."
+        )
+    entry = dict(repo_config["models"][key])
+    if "architecture" in entry:
+        entry["architecture"] = str(lsconfig.resolve_model(key, entry, lsconfig.REPO_ROOT).location)
+    elif not Path(entry["path"]).is_absolute():
+        entry["path"] = str((lsconfig.REPO_ROOT / entry["path"]).resolve())
+    return key, entry
+
+
+def _safe_name(name: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", name).lstrip("._-")
+    return name or "model"
+
+
+def sweep_config(args: argparse.Namespace) -> dict:
+    with open(lsconfig.REPO_ROOT / "config" / "config.yaml") as fh:
+        repo_config = yaml.safe_load(fh)
+    name, entry = resolve_model_arg(args.model, repo_config)
+    return {
+        "models": {name: entry},
+        "measure": {
+            "models": [name],
+            "dtypes": [args.dtype],
+            "backends": ["eager"],
+            "device": args.device or _default_device(),
+            "attn_implementation": args.attn_implementation,
+            "gen_tokens": args.gen_tokens,
+            "warmup": args.warmup,
+            "reps": args.reps,
+            "seed": args.seed,
+            "threads": args.threads,
+        },
+        "collapse_factor": args.collapse_factor,
+        "sweeps": {SWEEP_NAME: {"seq": args.seq, "batch": args.batch_sizes}},
+    }
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    workdir = Path(args.workdir) if args.workdir else out.parent / f"{out.stem}.work"
+    try:
+        cfg = sweep_config(args)
+        lsconfig.validate(json.loads(json.dumps(cfg)), base_dir=workdir)
+    except lsconfig.ConfigError as exc:
+        print(f"latency-sensitivity: {exc}", file=sys.stderr)
+        return 2
+    config_path = workdir / "config" / "config.yaml"
+    write_text(config_path, yaml.safe_dump(cfg, sort_keys=False))
+    cmd = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(lsconfig.REPO_ROOT / "Snakefile"),
+        "--directory", str(workdir), "--configfile", str(config_path.resolve()), "--cores", str(args.cores),
+    ]
+    if args.dry_run:
+        cmd.append("--dry-run")
+    cmd.append("all")
+    print("running:", " ".join(cmd), file=sys.stderr)
+    rc = subprocess.call(cmd)
+    if rc != 0 or args.dry_run:
+        return rc
+    produced = workdir / "results" / SWEEP_NAME / "sweep.csv"
+    write_text(out, produced.read_text())
+    print(f"wrote {out} (report: {workdir / 'results' / 'report.md'})", file=sys.stderr)
+    return 0
+
+
+def failed_cells(results: Path) -> list[Path]:
+    out = []
+    for path in sorted(results.glob("cells/**/*.json")):
+        with open(path) as fh:
+            if json.load(fh).get("status") != "ok":
+                out.append(path)
+    return out
+
+
+def cmd_failed_cells(args: argparse.Namespace) -> int:
+    for path in failed_cells(Path(args.results)):
+        print(path)
+    return 0
+
+
+def cmd_columns(args: argparse.Namespace) -> int:
+    from .columns import markdown_table
+
+    print(markdown_table(), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="latency-sensitivity", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sweep", help="measure a seq_len x batch grid and write its CSV")
+    s.add_argument("--model", required=True, help="local checkpoint folder, architecture JSON, or a name/alias")
+    s.add_argument("--dtype", choices=lsconfig.DTYPES, default="fp16")
+    s.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    s.add_argument("--seq", type=_int_list, required=True, help="comma-separated prompt lengths")
+    s.add_argument("--batch-sizes", type=_int_list, default=[1], help="comma-separated batch sizes")
+    s.add_argument("--gen-tokens", type=int, default=32)
+    s.add_argument("--warmup", type=int, default=3)
+    s.add_argument("--reps", type=int, default=7)
+    s.add_argument("--collapse-factor", type=float, default=2.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
+    s.add_argument("--threads", type=int, default=1, help="CPU threads of a measurement")
+    s.add_argument("--cores", type=int, default=1, help="snakemake --cores")
+    s.add_argument("--out", required=True, help="CSV to write")
+    s.add_argument("--workdir", help="where the pipeline runs (default: <out>.work beside --out)")
+    s.add_argument("--dry-run", action="store_true", help="show what would be measured")
+    s.set_defaults(func=cmd_sweep)
+
+    f = sub.add_parser("failed-cells", help="list result files of cells that ran out of memory or failed")
+    f.add_argument("--results", default="results")
+    f.set_defaults(func=cmd_failed_cells)
+
+    c = sub.add_parser("columns", help="print the metrics table")
+    c.set_defaults(func=cmd_columns)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+import math
+
+import pytest
+
+from latency_sensitivity.columns import REFERENCE_NAMES
+from latency_sensitivity.merge import merge
+
+QWEN_3B = {"model_type": "qwen2", "num_hidden_layers": 36, "hidden_size": 2048, "num_attention_heads": 16,
+           "num_key_value_heads": 2, "intermediate_size": 11008, "vocab_size": 151936, "tie_word_embeddings": True}
+
+
+def result(seq, batch, status="ok", **metrics):
+    cell = {"model": "qwen2.5-3b", "dtype": "fp16", "backend": "eager", "device": "cuda", "seq_len": seq,
+            "batch": batch, "gen_tokens": 32, "warmup": 3, "reps": 7, "attn_implementation": "sdpa"}
+    out = {"cell": cell, "status": status, "environment": {"device_name": "NVIDIA H100"}, "architecture": QWEN_3B,
+           "metrics": metrics if status == "ok" else {}}
+    if status != "ok":
+        out["error"] = {"message": "OutOfMemoryError during measure: CUDA out of memory"}
+    return out
+
+
+def test_reference_columns_first_sorted_and_failed_rows_kept():
+    results = [
+        result(256, 1, prefill_p50_ms=20.0, decode_p50_ms_per_tok=25.0),
+        result(128, 1, prefill_p50_ms=10.0, decode_p50_ms_per_tok=24.0, extra_metric=1.5),
+        result(4096, 1, status="oom"),
+    ]
+    df = merge(results, sweep="seq_sweep")
+    assert list(df.columns[: len(REFERENCE_NAMES)]) == REFERENCE_NAMES
+    assert list(df["seq_len"]) == [128, 256, 4096]
+    assert list(df["flag"]) == ["ok", "ok", "oom"]
+    assert df.loc[2, "error"].startswith("OutOfMemoryError")
+    assert math.isnan(df.loc[2, "prefill_p50_ms"])
+    assert df.loc[0, "device_name"] == "NVIDIA H100" and (df["sweep"] == "seq_sweep").all()
+    assert df.loc[0, "extra_metric"] == 1.5  # unknown metrics are kept, after the known columns
+
+
+def test_roofline_columns_from_ceilings():
+    ceilings = {("cuda", "fp16"): {"bandwidth_gb_s": 3000.0, "matmul_tflops": 700.0}}
+    df = merge([result(128, 1, prefill_p50_ms=30.0, decode_p50_ms_per_tok=25.0)], ceilings=ceilings)
+    row = df.iloc[0]
+    assert row["decode_bound"] == "memory"
+    assert row["decode_floor_ms"] == pytest.approx(2.06, abs=0.01)  # 6.17 GB of weights at 3 TB/s
+    assert row["decode_efficiency"] == pytest.approx(row["decode_floor_ms"] / 25.0)
+    assert 0 < row["prefill_efficiency"] < 1
+
+
+def test_faster_than_floor_is_called_out():
+    ceilings = {("cuda", "fp16"): {"bandwidth_gb_s": 3000.0, "matmul_tflops": 700.0}}
+    df = merge([result(128, 1, prefill_p50_ms=30.0, decode_p50_ms_per_tok=1.0)], ceilings=ceilings)
+    assert "faster than the floor in decode" in df.iloc[0]["roofline_note"]
+
+
+def test_no_ceilings_no_roofline_columns():
+    df = merge([result(128, 1, prefill_p50_ms=30.0, decode_p50_ms_per_tok=25.0)])
+    assert "decode_floor_ms" not in df.columns

@@ -1,0 +1,92 @@
+"""The real Snakemake pipeline on the CPU default, in a temporary folder."""
+
+import re
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import small_config, snakemake, write_config
+from latency_sensitivity import cli
+from latency_sensitivity.columns import REFERENCE_NAMES
+
+pytestmark = pytest.mark.e2e
+
+
+def scheduled_cells(proc) -> set[str]:
+    text = proc.stdout + proc.stderr
+    return set(re.findall(r"output: (results/cells/\S+\.json)", text))
+
+
+def test_full_pipeline_then_only_changed_cells_rerun(tmp_path, default_config):
+    cfg = small_config(default_config)
+    config_file = write_config(tmp_path / "cfg" / "config.yaml", cfg)
+    snakemake(tmp_path, "--cores", "2", "all", configfile=config_file)
+
+    for sweep, axis, n in (("seq_sweep", "seq_len", 3), ("batch_sweep", "batch", 3)):
+        df = pd.read_csv(tmp_path / "results" / sweep / "sweep.csv")
+        assert list(df.columns[: len(REFERENCE_NAMES)]) == REFERENCE_NAMES
+        assert len(df) == n and (df["status"] == "ok").all()
+        assert (df["prefill_p50_ms"] > 0).all() and (df["decode_tok_s"] > 0).all()
+        assert df[axis].is_monotonic_increasing
+        assert {"ttft_p50_ms", "tpot_p50_ms", "decode_floor_ms", "decode_efficiency"} <= set(df.columns)
+        png = (tmp_path / "results" / sweep / "combined.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    assert (tmp_path / "results" / "calibration" / "cpu_fp32.json").is_file()
+    assert (tmp_path / "logs" / "measure" / "tiny-qwen2" / "fp32" / "eager" / "seq16_batch1.log").is_file()
+    report = (tmp_path / "results" / "report.md").read_text()
+    for text in ("## Setup", "## Sweep `seq_sweep`", "## Sweep `batch_sweep`", "![", "| 64 |", "Findings"):
+        assert text in report
+    cells = sorted(p.name for p in (tmp_path / "results" / "cells").rglob("*.json"))
+    assert len(cells) == 5  # seq16 x batch1 is shared by both sweeps
+
+    # Nothing changed: nothing runs.
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "all", configfile=config_file)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+    # One seq added to one sweep: exactly that cell is measured; the other sweep is not rebuilt.
+    cfg["sweeps"]["seq_sweep"]["seq"].append(128)
+    write_config(config_file, cfg)
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "all", configfile=config_file)
+    assert scheduled_cells(proc) == {"results/cells/tiny-qwen2/fp32/eager/seq128_batch1.json"}
+    assert "results/batch_sweep/sweep.csv" not in re.findall(r"output: (\S+)", proc.stdout + proc.stderr)
+
+    # A measurement setting changed: every cell is measured again.
+    cfg["measure"]["reps"] = 3
+    write_config(config_file, cfg)
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "all", configfile=config_file)
+    assert len(scheduled_cells(proc)) == 6
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c["sweeps"]["seq_sweep"]["seq"].__setitem__(0, 0), "sweeps.seq_sweep.seq[0]"),
+        (lambda c: c["measure"].__setitem__("dtypes", ["int3"]), "measure.dtypes[0]"),
+        (lambda c: c.__setitem__("collapse_factor", 1.0), "collapse_factor"),
+    ],
+)
+def test_bad_config_stops_before_any_job(tmp_path, default_config, mutate, message):
+    cfg = small_config(default_config)
+    mutate(cfg)
+    config_file = write_config(tmp_path / "cfg" / "config.yaml", cfg)
+    proc = snakemake(tmp_path, "--cores", "1", "all", configfile=config_file, check=False)
+    assert proc.returncode != 0
+    assert "invalid configuration" in proc.stderr and message in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_sweep_finishes_with_failed_cells_recorded(tmp_path):
+    """Cells that fail (here: CUDA asked for on a CPU machine) are rows; the sweep, plots and report finish."""
+    out = tmp_path / "x.csv"
+    rc = cli.main(["sweep", "--model", "Qwen/Qwen2.5-3B-Instruct", "--dtype", "fp16", "--device", "cuda",
+                   "--seq", "128,256", "--batch-sizes", "1", "--gen-tokens", "32", "--warmup", "3", "--reps", "7",
+                   "--collapse-factor", "2", "--out", str(out)])
+    assert rc == 0
+    df = pd.read_csv(out)
+    assert list(df.columns[: len(REFERENCE_NAMES)]) == REFERENCE_NAMES
+    assert list(df["seq_len"]) == [128, 256] and list(df["flag"]) == ["error", "error"]
+    work = tmp_path / "x.work"
+    assert "torch sees no CUDA device" in (work / "results" / "report.md").read_text()
+    assert len(cli.failed_cells(work / "results")) == 2

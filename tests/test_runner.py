@@ -1,0 +1,90 @@
+"""The runner on the CPU: a real tiny model, a local checkpoint, and failures recorded as rows."""
+
+import json
+
+import pytest
+import torch
+
+from latency_sensitivity import runner
+from latency_sensitivity.config import MODELS_DIR
+
+TINY = str(MODELS_DIR / "tiny-qwen2.json")
+
+
+def spec(**kw):
+    base = dict(model="tiny", model_kind="architecture", model_location=TINY, dtype="fp32", backend="eager",
+                device="cpu", attn_implementation="sdpa", seq_len=8, batch=2, gen_tokens=4, warmup=1, reps=3,
+                seed=0, threads=1)
+    base.update(kw)
+    return runner.CellSpec(**base)
+
+
+def test_measures_a_real_tiny_model():
+    r = runner.measure(spec())
+    assert r["status"] == "ok", r["error"]
+    s, m = r["samples"], r["metrics"]
+    assert len(s["prefill_ms"]) == 3 and all(len(steps) == 3 for steps in s["decode_step_ms"])
+    assert all(t > 0 for t in s["prefill_ms"])
+    assert m["decode_tok_s"] == pytest.approx(2 * 1000 / m["decode_p50_ms_per_tok"])
+    assert m["e2e_p50_ms"] >= m["ttft_p50_ms"] > 0
+    assert m["vram_reserved_mb"] == 0.0 and m["peak_rss_mb"] > 0
+    # weights of the tiny architecture, fp32: embedding 8192x256 (tied) + 4 layers + final norm
+    layer = 256 * 256 + 256 + 2 * (256 * 128 + 128) + 256 * 256 + 3 * 256 * 704 + 2 * 256
+    assert m["weights_mb"] == pytest.approx((8192 * 256 + 4 * layer + 256) * 4 / 2**20)
+    assert r["architecture"]["num_hidden_layers"] == 4
+    assert m["kv_cache_mb"] == pytest.approx(2 * 4 * 2 * 64 * 4 * 2 * (8 + 4) / 2**20)
+    assert r["environment"]["torch"] == torch.__version__
+
+
+def test_local_checkpoint_loads_real_weights(tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    arch = json.loads(open(TINY).read())
+    cfg = AutoConfig.for_model(arch.pop("model_type"), **arch)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(tmp_path / "ckpt")
+    r = runner.measure(spec(model_kind="path", model_location=str(tmp_path / "ckpt"), reps=1, warmup=0))
+    assert r["status"] == "ok", r["error"]
+    expected = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    assert r["metrics"]["weights_mb"] == pytest.approx(expected)
+
+
+def test_out_of_memory_is_a_recorded_row(monkeypatch):
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(runner, "one_request", oom)
+    r = runner.measure(spec())
+    assert r["status"] == "oom"
+    assert r["error"]["phase"] == "warmup"
+    assert r["error"]["message"].startswith("OutOfMemoryError during warmup: CUDA out of memory")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+def test_cuda_without_a_gpu_is_an_error_row_and_the_cli_exits_zero(tmp_path):
+    out = tmp_path / "cell.json"
+    argv = ["--model", "tiny", "--model-kind", "architecture", "--model-location", TINY, "--dtype", "fp16",
+            "--device", "cuda", "--seq", "8", "--batch", "1", "--gen-tokens", "2", "--warmup", "0", "--reps", "1",
+            "--out", str(out)]
+    assert runner.main(argv) == 0
+    r = json.loads(out.read_text())
+    assert r["status"] == "error" and "torch sees no CUDA device" in r["error"]["message"]
+    assert r["cell"]["seq_len"] == 8
+
+
+def test_bad_runner_arguments_exit_early():
+    with pytest.raises(SystemExit):
+        runner.parse_args(["--model", "x", "--model-kind", "architecture", "--model-location", TINY, "--dtype", "fp32",
+                           "--device", "cpu", "--seq", "0", "--batch", "1", "--gen-tokens", "4", "--warmup", "0",
+                           "--reps", "1", "--out", "x.json"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_cell_with_telemetry():
+    r = runner.measure(spec(device="cuda", dtype="fp16", seq_len=64, batch=4, gen_tokens=8, reps=3))
+    assert r["status"] == "ok", r["error"]
+    m = r["metrics"]
+    assert m["vram_reserved_mb"] >= m["vram_allocated_mb"] > m["weights_mb"]
+    assert m["n_samples"] >= 2 and m["sm_clock_start_mhz"] is not None
+    assert r["environment"]["device_name"] == torch.cuda.get_device_name()
