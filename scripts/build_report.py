@@ -10,4 +10,5 @@ with steps.logged(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
         cell_files=list(snakemake.input.cells),  # noqa: F821
         settings=dict(snakemake.params.settings),  # noqa: F821
         out_md=snakemake.output[0],  # noqa: F821
+        calibration_files=list(snakemake.input.calibration),  # noqa: F821
     )

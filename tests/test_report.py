@@ -473,3 +473,18 @@ def test_write_report_failure_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
 def test_no_nan_leaks_into_report():
     text = build_report([SweepInput("b", "batch", full_batch_frame(), [])], [], {})
     assert not re.search(r"\bnan\b", text, flags=re.IGNORECASE)
+
+
+def test_roofline_table_and_finding():
+    frame = pd.DataFrame({
+        "seq_len": [128, 256], "batch": [1, 1], "status": ["ok", "ok"], "flag": ["ok", "ok"],
+        "prefill_floor_ms": [1.0, 2.0], "prefill_efficiency": [0.25, 0.5], "prefill_bound": ["memory", "compute"],
+        "decode_floor_ms": [2.06, 2.07], "decode_efficiency": [0.08, 0.1], "decode_bound": ["memory", "memory"],
+    })
+    table = report.roofline_table(frame, "seq_len")
+    assert "| 128 | 1.00 | 25.0% | memory | 2.060 | 8.0% | memory |" in table
+    assert report.roofline_finding(frame) == (
+        "prefill runs at 25.0–50.0% of its roofline floor (compute/memory-bound), i.e. 2.0–4.0x the floor time; "
+        "decode runs at 8.0–10.0% of its roofline floor (memory-bound), i.e. 10.0–12.5x the floor time"
+    )
+    assert report.roofline_table(frame.drop(columns=["decode_floor_ms"]), "seq_len") is None

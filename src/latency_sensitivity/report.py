@@ -905,6 +905,49 @@ def _axis_description(sw: SweepInput) -> str:
     return f"{sw.axis} varies; {other} {word} {fixed}."
 
 
+def _pct(x: Any) -> str:
+    return "–" if _isnan(x) else f"{100 * float(x):.1f}%"
+
+
+def roofline_table(frame: pd.DataFrame, axis: str) -> str | None:
+    """Per cell: each phase's floor (from the calibrated ceilings), efficiency = floor / measured, and bound."""
+    if "decode_floor_ms" not in frame.columns:
+        return None
+    frame = frame.reset_index(drop=True)
+    keys = ["seq_len", "batch"] if axis == "grid" else [axis]
+    headers = keys + ["prefill floor (ms)", "prefill eff.", "prefill bound",
+                      "decode floor (ms/step)", "decode eff.", "decode bound"]
+    extra = [(c, h) for c, h in (("sm_clock_p50_mhz", "SM clock p50 (MHz)"), ("gpu_util_p50_pct", "GPU util p50 (%)"))
+             if c in frame.columns and _col(frame, c).notna().any()]
+    headers += [h for _, h in extra]
+    rows = []
+    for _, row in frame.iterrows():
+        if _isnan(row.get("decode_floor_ms")):
+            continue
+        cells = [format_axis_value(row.get(k)) for k in keys]
+        cells += [fmt_ms(row.get("prefill_floor_ms")), _pct(row.get("prefill_efficiency")), _clean(row.get("prefill_bound")),
+                  format_sig(row.get("decode_floor_ms"), 4), _pct(row.get("decode_efficiency")),
+                  _clean(row.get("decode_bound"))]
+        cells += [format_number(row.get(c)) for c, _ in extra]
+        rows.append(cells)
+    if not rows:
+        return None
+    return markdown_table(headers, rows, [True] * len(keys) + [True, True, False, True, True, False] + [True] * len(extra))
+
+
+def roofline_finding(frame: pd.DataFrame) -> str | None:
+    """How far the measured phases are from their floors, as a range over the series' cells."""
+    parts = []
+    for phase in ("prefill", "decode"):
+        eff = _col(frame, f"{phase}_efficiency").dropna()
+        if eff.empty:
+            continue
+        bounds = sorted(set(_text(frame, f"{phase}_bound").dropna()) - {""})
+        parts.append(f"{phase} runs at {100 * eff.min():.1f}–{100 * eff.max():.1f}% of its roofline floor "
+                     f"({'/'.join(bounds)}-bound), i.e. {1 / eff.max():.1f}–{1 / eff.min():.1f}x the floor time")
+    return "; ".join(parts) or None
+
+
 def sweep_section(sw: SweepInput) -> str:
     if sw.axis not in AXES:
         raise ValueError(f"sweep {sw.name!r}: unknown axis {sw.axis!r}; expected one of {AXES}")
@@ -919,9 +962,16 @@ def sweep_section(sw: SweepInput) -> str:
         else:
             parts += ["Prefill + memory:", "", prefill_table(sub, sw.axis, notes), "",
                       "Decode + throughput:", "", decode_table(sub, sw.axis, notes)]
+        roof = roofline_table(sub, sw.axis)
+        if roof:
+            parts += ["", "Roofline (floor: fewest bytes over the measured copy bandwidth, or FLOPs over the measured "
+                      "matmul rate, whichever is larger; efficiency = floor / measured p50):", "", roof]
         if notes.items:
             parts += ["", "Notes:", "", notes.render()]
         findings = series_findings(sub, sw.axis)
+        rf = roofline_finding(sub)
+        if rf:
+            findings = findings + [rf]
         parts += ["", "Findings:", ""]
         parts += [f"- {f}" for f in findings] if findings else ["- too few measured cells for findings"]
     if sw.figures:

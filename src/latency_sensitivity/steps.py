@@ -105,8 +105,16 @@ def build_report(
     cell_files: Sequence[str],
     settings: dict,
     out_md: str,
+    calibration_files: Sequence[str] = (),
 ) -> str:
     from . import report
+
+    settings = dict(settings)
+    for (device, dtype), cal in sorted(load_ceilings(calibration_files).items()):
+        settings[f"ceilings ({device}, {dtype})"] = (
+            f"{cal['bandwidth_gb_s']:.1f} GB/s copy, {cal['matmul_tflops']:.3g} TFLOP/s matmul "
+            f"on {cal.get('device_name', device)}"
+        )
 
     out_dir = Path(out_md).parent
     sweeps = []

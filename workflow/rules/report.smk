@@ -44,6 +44,7 @@ rule build_report:
         sweeps=expand("results/{sweep}/sweep.csv", sweep=SWEEPS),
         figures=[f for sweep in SWEEPS for f in sweep_figures(sweep)],
         cells=all_cell_files(),
+        calibration=calibration_files(),
     output:
         "results/report.md",
     log:
