@@ -1,0 +1,16 @@
+"""Rebuild results/reference/h100 merge, collapse, plots and report from its committed cell files (no GPU)."""
+import glob, yaml
+from latency_sensitivity import steps, config as lsconfig
+root = "results/reference/h100"
+cfg = lsconfig.validate(yaml.safe_load(open("config/gpu.yaml")))
+cal = sorted(glob.glob(f"{root}/calibration/*.json"))
+names, axes, csvs = [], [], []
+for sweep in cfg["sweeps"]:
+    cells = [f"{root}/{c.path.removeprefix('results/')}" for c in lsconfig.sweep_cells(cfg, sweep)]
+    axis = lsconfig.sweep_axis(cfg, sweep)
+    steps.merge_sweep(cells, f"{root}/{sweep}/merged.csv", sweep, cal)
+    steps.collapse_sweep(f"{root}/{sweep}/merged.csv", f"{root}/{sweep}/sweep.csv", axis, cfg["collapse_factor"])
+    steps.plot_sweep(f"{root}/{sweep}/sweep.csv", f"{root}/{sweep}/combined.png", sweep, axis)
+    names.append(sweep); axes.append(axis); csvs.append(f"{root}/{sweep}/sweep.csv")
+allcells = [f"{root}/{c.path.removeprefix('results/')}" for c in lsconfig.all_cells(cfg)]
+steps.build_report(csvs, names, axes, allcells, lsconfig.settings_summary(cfg), f"{root}/report.md", cal)
