@@ -36,5 +36,9 @@ def small_config(default: dict, **measure) -> dict:
     """The default config shrunk for fast tests."""
     cfg = {k: v for k, v in default.items()}
     cfg["measure"] = dict(default["measure"], gen_tokens=3, warmup=0, reps=2, **measure)
-    cfg["sweeps"] = {"seq_sweep": {"seq": [16, 32, 64], "batch": [1]}, "batch_sweep": {"seq": [16], "batch": [1, 2, 4]}}
+    cfg["sweeps"] = {
+        "seq_sweep": {"seq": [16, 32, 64], "batch": [1]},
+        "batch_sweep": {"seq": [16], "batch": [1, 2, 4]},
+        "grid": {"seq": [16, 32], "batch": [1, 2]},  # adds one cell (seq32 x batch2); the rest are shared
+    }
     return cfg

@@ -32,13 +32,18 @@ def test_full_pipeline_then_only_changed_cells_rerun(tmp_path, default_config):
         assert {"ttft_p50_ms", "tpot_p50_ms", "decode_floor_ms", "decode_efficiency"} <= set(df.columns)
         png = (tmp_path / "results" / sweep / "combined.png").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    grid = pd.read_csv(tmp_path / "results" / "grid" / "sweep.csv")
+    assert sorted(zip(grid["seq_len"], grid["batch"])) == [(16, 1), (16, 2), (32, 1), (32, 2)]
+    assert (tmp_path / "results" / "grid" / "heatmap.png").read_bytes().startswith(b"\x89PNG")
+    assert not (tmp_path / "results" / "seq_sweep" / "heatmap.png").exists()
     assert (tmp_path / "results" / "calibration" / "cpu_fp32.json").is_file()
     assert (tmp_path / "logs" / "measure" / "tiny-qwen2" / "fp32" / "eager" / "seq16_batch1.log").is_file()
     report = (tmp_path / "results" / "report.md").read_text()
-    for text in ("## Setup", "## Sweep `seq_sweep`", "## Sweep `batch_sweep`", "![", "| 64 |", "Findings"):
+    for text in ("## Setup", "## Sweep `seq_sweep`", "## Sweep `batch_sweep`", "## Sweep `grid`", "![", "| 64 |",
+                 "Findings", "Roofline", "ceilings (cpu, fp32)"):
         assert text in report
     cells = sorted(p.name for p in (tmp_path / "results" / "cells").rglob("*.json"))
-    assert len(cells) == 5  # seq16 x batch1 is shared by both sweeps
+    assert len(cells) == 6  # cells shared between sweeps are measured once
 
     # Nothing changed: nothing runs.
     proc = snakemake(tmp_path, "-n", "--cores", "1", "all", configfile=config_file)
@@ -55,7 +60,11 @@ def test_full_pipeline_then_only_changed_cells_rerun(tmp_path, default_config):
     cfg["measure"]["reps"] = 3
     write_config(config_file, cfg)
     proc = snakemake(tmp_path, "-n", "--cores", "1", "all", configfile=config_file)
-    assert len(scheduled_cells(proc)) == 6
+    assert len(scheduled_cells(proc)) == 7
+
+    # The HTML report bundles the registered figures.
+    snakemake(tmp_path, "--report", "results/report.html", configfile=config_file)
+    assert (tmp_path / "results" / "report.html").stat().st_size > 100_000
 
 
 @pytest.mark.parametrize(
