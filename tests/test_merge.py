@@ -54,3 +54,11 @@ def test_faster_than_floor_is_called_out():
 def test_no_ceilings_no_roofline_columns():
     df = merge([result(128, 1, prefill_p50_ms=30.0, decode_p50_ms_per_tok=25.0)])
     assert "decode_floor_ms" not in df.columns
+
+
+def test_regime_columns_from_gpu_busy():
+    ceilings = {("cuda", "fp16"): {"bandwidth_gb_s": 3000.0, "matmul_tflops": 700.0}}
+    r = result(128, 1, prefill_p50_ms=30.0, decode_p50_ms_per_tok=25.0, prefill_gpu_busy=0.8, decode_gpu_busy=0.1)
+    row = merge([r], ceilings=ceilings).iloc[0]
+    assert row["decode_regime"] == "launch-bound"
+    assert row["prefill_regime"] == f"{row['prefill_bound']}-bound"

@@ -488,3 +488,15 @@ def test_roofline_table_and_finding():
         "decode runs at 8.0–10.0% of its roofline floor (memory-bound), i.e. 10.0–12.5x the floor time"
     )
     assert report.roofline_table(frame.drop(columns=["decode_floor_ms"]), "seq_len") is None
+
+
+def test_roofline_table_shows_measured_regime():
+    frame = pd.DataFrame({
+        "batch": [1], "seq_len": [128], "status": ["ok"], "flag": ["ok"],
+        "prefill_floor_ms": [1.0], "prefill_efficiency": [0.06], "prefill_bound": ["memory"],
+        "prefill_gpu_busy": [0.3], "prefill_regime": ["launch-bound"],
+        "decode_floor_ms": [2.06], "decode_efficiency": [0.066], "decode_bound": ["memory"],
+        "decode_gpu_busy": [0.9], "decode_regime": ["memory-bound"],
+    })
+    table = report.roofline_table(frame, "batch")
+    assert "| launch-bound (GPU busy 30.0%) |" in table and "| memory-bound (GPU busy 90.0%) |" in table

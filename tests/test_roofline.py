@@ -291,3 +291,13 @@ def test_roofline_columns_describe_every_key():
     units = {c.name: c.unit for c in ROOFLINE_COLUMNS}
     assert units["prefill_floor_ms"] == "ms" and units["prefill_gflop"] == "GFLOP" and units["decode_gbytes_per_step"] == "GB"
     assert all(math.isfinite(v) for v in r.values() if isinstance(v, float))
+
+
+def test_regime_from_gpu_busy_and_bound():
+    from latency_sensitivity.roofline import regime
+
+    assert regime(0.2, "memory") == "launch-bound"
+    assert regime(0.5, "memory") == "memory-bound"
+    assert regime(0.95, "compute") == "compute-bound"
+    assert regime(None, "memory") == "memory-bound"  # CPU: no kernel time
+    assert regime(None, None) is None

@@ -88,3 +88,7 @@ def test_cuda_cell_with_telemetry():
     assert m["vram_reserved_mb"] >= m["vram_allocated_mb"] > m["weights_mb"]
     assert m["n_samples"] >= 2 and m["sm_clock_start_mhz"] is not None
     assert r["environment"]["device_name"] == torch.cuda.get_device_name()
+    assert "kernel_time_error" not in r, r.get("kernel_time_error")
+    assert 0 < m["decode_kernel_ms_per_step"] and 0 < m["prefill_kernel_ms"]
+    # kernel time cannot exceed the time the phase took (small slack for timer granularity)
+    assert 0 < m["decode_gpu_busy"] <= 1.05 and 0 < m["prefill_gpu_busy"] <= 1.05

@@ -90,6 +90,18 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
         "",
         "True when the kernel's peak-RSS counter could be reset after warmup (else peak_rss_mb is the process peak).",
     ),
+    # host overhead (CUDA): GPU kernel time from a profiled, unmeasured pass, against the measured time
+    Column("prefill_kernel_ms", "ms", "GPU time of the prefill's kernels (profiled once after the measured reps)."),
+    Column("decode_kernel_ms_per_step", "ms/step", "GPU time of one decode step's kernels (profiled once, averaged over steps)."),
+    Column("prefill_gpu_busy", "ratio", "prefill_kernel_ms / prefill_p50_ms: the share of the prefill the GPU was working."),
+    Column("decode_gpu_busy", "ratio", "decode_kernel_ms_per_step / decode_p50_ms_per_tok: the share of a decode step the GPU was working."),
+    Column(
+        "prefill_regime",
+        "",
+        "`launch-bound` when prefill_gpu_busy < 0.5 (the GPU waits on the host), else the roofline bound: "
+        "`memory-bound` or `compute-bound`.",
+    ),
+    Column("decode_regime", "", "As prefill_regime, for a decode step."),
     # cost of setting up the cell
     Column("model_build_s", "s", "Time to build (random weights) or load the model onto the device."),
     Column("warmup_s", "s", "Wall time of the warmup reps (kept out of every metric)."),

@@ -909,14 +909,23 @@ def _pct(x: Any) -> str:
     return "–" if _isnan(x) else f"{100 * float(x):.1f}%"
 
 
+def _where(row: pd.Series, phase: str) -> str:
+    """The phase's regime (launch-, memory- or compute-bound) where measured, else its roofline bound."""
+    regime = row.get(f"{phase}_regime")
+    if isinstance(regime, str) and regime:
+        busy = row.get(f"{phase}_gpu_busy")
+        return f"{regime} (GPU busy {_pct(busy)})" if not _isnan(busy) else regime
+    return _clean(row.get(f"{phase}_bound"))
+
+
 def roofline_table(frame: pd.DataFrame, axis: str) -> str | None:
     """Per cell: each phase's floor (from the calibrated ceilings), efficiency = floor / measured, and bound."""
     if "decode_floor_ms" not in frame.columns:
         return None
     frame = frame.reset_index(drop=True)
     keys = ["seq_len", "batch"] if axis == "grid" else [axis]
-    headers = keys + ["prefill floor (ms)", "prefill eff.", "prefill bound",
-                      "decode floor (ms/step)", "decode eff.", "decode bound"]
+    headers = keys + ["prefill floor (ms)", "prefill eff.", "prefill regime",
+                      "decode floor (ms/step)", "decode eff.", "decode regime"]
     extra = [(c, h) for c, h in (("sm_clock_p50_mhz", "SM clock p50 (MHz)"), ("gpu_util_p50_pct", "GPU util p50 (%)"))
              if c in frame.columns and _col(frame, c).notna().any()]
     headers += [h for _, h in extra]
@@ -925,9 +934,9 @@ def roofline_table(frame: pd.DataFrame, axis: str) -> str | None:
         if _isnan(row.get("decode_floor_ms")):
             continue
         cells = [format_axis_value(row.get(k)) for k in keys]
-        cells += [fmt_ms(row.get("prefill_floor_ms")), _pct(row.get("prefill_efficiency")), _clean(row.get("prefill_bound")),
+        cells += [fmt_ms(row.get("prefill_floor_ms")), _pct(row.get("prefill_efficiency")), _where(row, "prefill"),
                   format_sig(row.get("decode_floor_ms"), 4), _pct(row.get("decode_efficiency")),
-                  _clean(row.get("decode_bound"))]
+                  _where(row, "decode")]
         cells += [format_number(row.get(c)) for c, _ in extra]
         rows.append(cells)
     if not rows:

@@ -365,3 +365,11 @@ def cell_roofline(
     return out
 
 
+LAUNCH_BOUND_BELOW = 0.5  # a phase whose GPU is busy less than half its time is waiting on the host
+
+
+def regime(busy: float | None, bound: str | None) -> str | None:
+    """launch-bound when the GPU idles most of the phase; otherwise the roofline's bound (memory or compute)."""
+    if busy is not None and busy < LAUNCH_BOUND_BELOW:
+        return "launch-bound"
+    return f"{bound}-bound" if bound else None

@@ -171,6 +171,34 @@ def one_request(model, prompt, gen_tokens: int, clock: Clock, rep_name: str):
     return prefill_ms, ttft_ms, steps, e2e_ms
 
 
+def kernel_time_ms(fn) -> float:
+    """GPU time of everything fn() puts on the device (kernels, copies, sets), from a torch.profiler trace.
+
+    Summed over device events, so idle gaps between kernels are not counted: this is what the GPU spent
+    working, whatever the host was doing.
+    """
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    total_us = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA)
+    return total_us / 1000.0
+
+
+def gpu_busy(model, prompt, gen_tokens: int, clock: Clock) -> dict:
+    """Kernel time per phase (one extra, unmeasured prefill and request, after the measured reps)."""
+    prefill_ms = kernel_time_ms(lambda: model(input_ids=prompt, use_cache=True, logits_to_keep=1))
+    request_ms = kernel_time_ms(lambda: one_request(model, prompt, gen_tokens, clock, "kernel_time"))
+    return {
+        "prefill_kernel_ms": prefill_ms,
+        "decode_kernel_ms_per_step": max(request_ms - prefill_ms, 0.0) / (gen_tokens - 1),
+    }
+
+
 # ---------------------------------------------------------------------------------------------- memory
 
 
@@ -318,6 +346,17 @@ def measure(spec: CellSpec) -> dict:
             m["predicted_memory_mb"] = math.nan
             m["kv_cache_mb"] = math.nan
             result["memory_model_error"] = str(exc)
+        if cuda:
+            # Auxiliary: a failure here is recorded and the measured numbers are kept.
+            try:
+                with torch.inference_mode(), nvtx_range("kernel_time"):
+                    k = gpu_busy(model, prompt, spec.gen_tokens, clock)
+                m.update(k)
+                m["prefill_gpu_busy"] = k["prefill_kernel_ms"] / m["prefill_p50_ms"]
+                m["decode_gpu_busy"] = k["decode_kernel_ms_per_step"] / m["decode_p50_ms_per_tok"]
+            except Exception as exc:  # noqa: BLE001
+                result["kernel_time_error"] = f"{type(exc).__name__}: {exc}"
+                print(f"kernel time not measured: {result['kernel_time_error']}", file=sys.stderr)
         if sampler:
             summary = sampler.summary()
             m.update(summary)
