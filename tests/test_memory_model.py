@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -14,21 +15,10 @@ from latency_sensitivity.memory_model import (
     predicted_memory,
     weights_bytes,
 )
+from latency_sensitivity.config import MODELS_DIR
 from latency_sensitivity.roofline import Architecture
 
-QWEN25_3B = Architecture.from_config(
-    {
-        "model_type": "qwen2",
-        "num_hidden_layers": 36,
-        "hidden_size": 2048,
-        "num_attention_heads": 16,
-        "num_key_value_heads": 2,
-        "head_dim": 128,
-        "intermediate_size": 11008,
-        "vocab_size": 151936,
-        "tie_word_embeddings": True,
-    }
-)
+QWEN25_3B = Architecture.from_config(json.loads((MODELS_DIR / "qwen2.5-3b.json").read_text()))
 GIB = 2**30
 MIB = 2**20
 

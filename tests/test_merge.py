@@ -1,12 +1,13 @@
+import json
 import math
 
 import pytest
 
 from latency_sensitivity.columns import REFERENCE_NAMES
+from latency_sensitivity.config import MODELS_DIR
 from latency_sensitivity.merge import merge
 
-QWEN_3B = {"model_type": "qwen2", "num_hidden_layers": 36, "hidden_size": 2048, "num_attention_heads": 16,
-           "num_key_value_heads": 2, "intermediate_size": 11008, "vocab_size": 151936, "tie_word_embeddings": True}
+QWEN_3B = json.loads((MODELS_DIR / "qwen2.5-3b.json").read_text())
 
 
 def result(seq, batch, status="ok", **metrics):

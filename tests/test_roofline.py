@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import dataclasses
 import math
 
@@ -11,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from latency_sensitivity.columns import Column
+from latency_sensitivity.config import MODELS_DIR
 from latency_sensitivity.roofline import (
     ROOFLINE_COLUMNS,
     Architecture,
@@ -27,17 +29,7 @@ from latency_sensitivity.roofline import (
 )
 
 # Qwen2.5-3B's published config.json (the fields that matter here).
-QWEN25_3B = {
-    "model_type": "qwen2",
-    "num_hidden_layers": 36,
-    "hidden_size": 2048,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 2,
-    "head_dim": 128,
-    "intermediate_size": 11008,
-    "vocab_size": 151936,
-    "tie_word_embeddings": True,
-}
+QWEN25_3B = json.loads((MODELS_DIR / "qwen2.5-3b.json").read_text())  # the shipped, published config.json
 QWEN25_3B_PARAMS = 3_085_938_688
 
 TINY = {

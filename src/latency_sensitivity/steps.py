@@ -67,24 +67,20 @@ def collapse_sweep(in_csv: str, out_csv: str, axis: str, factor: float) -> pd.Da
     return frame
 
 
-def _title(frame: pd.DataFrame, sweep: str) -> str:
-    return f"{sweep}"
-
-
 def plot_sweep(in_csv: str, out_png: str, sweep: str, axis: str) -> None:
     from . import plots
 
     frame = read_sweep(in_csv)
     if axis == "grid":  # the combined figure of a grid is drawn along seq_len, one line per batch
         axis = "seq_len"
-    plots.plot_sweep(frame, axis, out_png, title=_title(frame, sweep))
+    plots.plot_sweep(frame, axis, out_png, title=sweep)
 
 
 def plot_heatmap(in_csv: str, out_png: str, sweep: str) -> None:
     from . import plots
 
     frame = read_sweep(in_csv)
-    plots.plot_heatmap(frame, out_png, title=_title(frame, sweep))
+    plots.plot_heatmap(frame, out_png, title=sweep)
 
 
 def distinct_environments(cell_files: Sequence[str]) -> list[dict]:
