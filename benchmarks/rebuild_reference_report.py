@@ -1,4 +1,7 @@
-"""Rebuild results/reference/h100 merge, collapse, plots and report from its committed cell files (no GPU)."""
+"""Rebuild results/reference/h100 merge, collapse, plots and report from its committed cell files (no GPU).
+
+For when the downstream steps change: python benchmarks/rebuild_reference_report.py
+"""
 import glob, yaml
 from latency_sensitivity import steps, config as lsconfig
 root = "results/reference/h100"
