@@ -103,7 +103,8 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     ),
     Column("decode_regime", "", "As prefill_regime, for a decode step."),
     # cost of setting up the cell
-    Column("model_build_s", "s", "Time to build (random weights) or load the model onto the device."),
+    Column("startup_s", "s", "Time to import transformers and the model's code, read its config and create the CUDA context."),
+    Column("model_build_s", "s", "Time to build (random weights) or load the model onto the device, imports excluded."),
     Column("warmup_s", "s", "Wall time of the warmup reps (kept out of every metric)."),
 )
 

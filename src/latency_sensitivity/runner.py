@@ -57,15 +57,13 @@ class Phase:
 # ---------------------------------------------------------------------------------------------- model
 
 
-def build_model(spec: CellSpec):
-    """Random weights from an architecture JSON (like vLLM's dummy load format), or a local checkpoint."""
+def model_config(spec: CellSpec):
+    """The transformers config of the cell's model, with its model class imported (start-up, not build)."""
     import json
 
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    dtype = getattr(torch, TORCH_DTYPES[spec.dtype])
-    device = torch.device(spec.device)
     if spec.model_kind == "architecture":
         with open(spec.model_location) as fh:
             arch = json.load(fh)
@@ -73,6 +71,23 @@ def build_model(spec: CellSpec):
         arch.pop("torch_dtype", None)
         arch.pop("dtype", None)
         cfg = AutoConfig.for_model(model_type, **arch)
+    elif spec.model_kind == "path":
+        cfg = AutoConfig.from_pretrained(spec.model_location, local_files_only=True)
+    else:
+        raise ValueError(f"unknown model kind {spec.model_kind!r}")
+    MODEL_FOR_CAUSAL_LM_MAPPING[type(cfg)]  # transformers imports model modules lazily: do it now
+    return cfg
+
+
+def build_model(spec: CellSpec, cfg=None):
+    """Random weights from an architecture (like vLLM's dummy load format), or a local checkpoint's weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cfg = cfg if cfg is not None else model_config(spec)
+    dtype = getattr(torch, TORCH_DTYPES[spec.dtype])
+    device = torch.device(spec.device)
+    if spec.model_kind == "architecture":
         torch.manual_seed(spec.seed)
         with device:
             try:
@@ -81,15 +96,14 @@ def build_model(spec: CellSpec):
                 model = AutoModelForCausalLM.from_config(
                     cfg, torch_dtype=dtype, attn_implementation=spec.attn_implementation
                 )
-    elif spec.model_kind == "path":
+    else:
         model = AutoModelForCausalLM.from_pretrained(
             spec.model_location,
+            config=cfg,
             dtype=dtype,
             attn_implementation=spec.attn_implementation,
             local_files_only=True,
         ).to(device)
-    else:
-        raise ValueError(f"unknown model kind {spec.model_kind!r}")
     model.eval()
     return model
 
@@ -283,10 +297,19 @@ def measure(spec: CellSpec) -> dict:
             raise RuntimeError("device 'cuda' was asked for (config measure.device) but torch sees no CUDA device")
         clock = Clock(cuda)
 
+        # Imports and the CUDA context are start-up, not model build.
+        phase.name = "startup"
+        t0 = time.perf_counter()
+        cfg = model_config(spec)
+        if cuda:
+            torch.cuda.init()
+            torch.empty(1, device="cuda")
+        startup_s = time.perf_counter() - t0
+
         phase.name = "model_build"
         t0 = time.perf_counter()
         with nvtx_range("model_build"):
-            model = build_model(spec)
+            model = build_model(spec, cfg)
             clock.sync()
         build_s = time.perf_counter() - t0
         weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -333,6 +356,7 @@ def measure(spec: CellSpec) -> dict:
         m["peak_rss_mb"] = _peak_rss_mb()
         m["peak_rss_covers_measured_reps_only"] = rss_reset
         m["weights_mb"] = weights_bytes / mib
+        m["startup_s"] = startup_s
         m["model_build_s"] = build_s
         m["warmup_s"] = warmup_s
         try:
