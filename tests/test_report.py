@@ -500,3 +500,17 @@ def test_roofline_table_shows_measured_regime():
     })
     table = report.roofline_table(frame, "batch")
     assert "| launch-bound (GPU busy 30.0%) |" in table and "| memory-bound (GPU busy 90.0%) |" in table
+
+
+def test_memory_model_finding():
+    frame = pd.DataFrame({
+        "seq_len": [128, 256, 512], "batch": [1, 1, 1], "status": ["ok", "ok", "oom"], "flag": ["ok", "ok", "oom"],
+        "predicted_memory_mb": [5900.0, 6000.0, 9000.0], "vram_allocated_mb": [6018.0, 6240.0, float("nan")],
+        "vram_reserved_mb": [6700.0, 6740.0, float("nan")],
+    })
+    assert report.memory_model_finding(frame) == (
+        "peak allocated memory is 102–104% of the predicted budget (weights + KV cache + kept logits + "
+        "activation estimate); the allocator reserves 500–682 MiB more than that peak"
+    )
+    cpu = frame.assign(vram_allocated_mb=0.0)
+    assert report.memory_model_finding(cpu) is None

@@ -957,6 +957,25 @@ def roofline_finding(frame: pd.DataFrame) -> str | None:
     return "; ".join(parts) or None
 
 
+def memory_model_finding(frame: pd.DataFrame) -> str | None:
+    """Measured peak allocated memory against the predicted budget (weights + KV cache + logits + activations)."""
+    if "predicted_memory_mb" not in frame.columns or "vram_allocated_mb" not in frame.columns:
+        return None
+    ok = ~cell_outcome(frame).isin(FAILED)
+    pred, alloc = _col(frame, "predicted_memory_mb")[ok], _col(frame, "vram_allocated_mb")[ok]
+    keep = pred.notna() & alloc.notna() & (pred > 0) & (alloc > 0)
+    if not keep.any():
+        return None
+    ratio = alloc[keep] / pred[keep]
+    text = (f"peak allocated memory is {100 * ratio.min():.0f}–{100 * ratio.max():.0f}% of the predicted budget "
+            f"(weights + KV cache + kept logits + activation estimate)")
+    reserved = _col(frame, "vram_reserved_mb")[ok][keep]
+    if reserved.notna().all():
+        extra = reserved - alloc[keep]
+        text += f"; the allocator reserves {extra.min():.0f}–{extra.max():.0f} MiB more than that peak"
+    return text
+
+
 def sweep_section(sw: SweepInput) -> str:
     if sw.axis not in AXES:
         raise ValueError(f"sweep {sw.name!r}: unknown axis {sw.axis!r}; expected one of {AXES}")
@@ -978,9 +997,7 @@ def sweep_section(sw: SweepInput) -> str:
         if notes.items:
             parts += ["", "Notes:", "", notes.render()]
         findings = series_findings(sub, sw.axis)
-        rf = roofline_finding(sub)
-        if rf:
-            findings = findings + [rf]
+        findings = findings + [f for f in (roofline_finding(sub), memory_model_finding(sub)) if f]
         parts += ["", "Findings:", ""]
         parts += [f"- {f}" for f in findings] if findings else ["- too few measured cells for findings"]
     if sw.figures:
