@@ -163,12 +163,6 @@ def validate(config: dict, base_dir: Path | str = ".", schema_path: Path | str =
     return config
 
 
-def load(path: Path | str, base_dir: Path | str | None = None) -> dict:
-    with open(path) as fh:
-        config = yaml.safe_load(fh) or {}
-    return validate(config, base_dir if base_dir is not None else Path(path).parent.parent)
-
-
 def sweep_cells(config: dict, sweep: str) -> list[Cell]:
     m = config["measure"]
     s = config["sweeps"][sweep]

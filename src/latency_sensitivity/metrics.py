@@ -88,10 +88,3 @@ def latency_metrics(
         "decode_p50_ci_low_ms": d_lo,
         "decode_p50_ci_high_ms": d_hi,
     }
-
-
-MIB = 2**20
-
-
-def to_mib(nbytes: float | None) -> float:
-    return nbytes / MIB if nbytes is not None else math.nan

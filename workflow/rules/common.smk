@@ -92,7 +92,7 @@ def all_targets():
     return targets
 
 
-# The runner's command line, shared by the measure rule and the profiler rules (which wrap it).
+# The runner's command line: the measure rule runs it; a profiler rule is meant to wrap this same line.
 RUNNER = (
     "python3 -m latency_sensitivity.runner"
     " --model {wildcards.model} --model-kind {params.model_kind} --model-location {params.model_location:q}"
