@@ -11,4 +11,5 @@ with steps.logged(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
         settings=dict(snakemake.params.settings),  # noqa: F821
         out_md=snakemake.output[0],  # noqa: F821
         calibration_files=list(snakemake.input.calibration),  # noqa: F821
+        profile_files=list(snakemake.input.profiles),  # noqa: F821
     )

@@ -27,6 +27,7 @@ def test_default_config_is_valid_and_defaults_are_filled(default_config):
         (lambda c: c["sweeps"]["batch_sweep"]["batch"].__setitem__(1, -1), "sweeps.batch_sweep.batch[1]", "-1"),
         (lambda c: c["measure"].__setitem__("dtypes", ["fp8"]), "measure.dtypes[0]", "'fp8'"),
         (lambda c: c["measure"].__setitem__("device", "tpu"), "measure.device", "'tpu'"),
+        (lambda c: c["measure"].__setitem__("backends", ["eager", "tensorrt"]), "measure.backends[1]", "'tensorrt'"),
         (lambda c: c["measure"].__setitem__("reps", 0), "measure.reps", "0"),
         (lambda c: c.__setitem__("collapse_factor", 1), "collapse_factor", "1"),
         (lambda c: c.__setitem__("collapse_factor", 0.5), "collapse_factor", "0.5"),
@@ -45,6 +46,21 @@ def test_bad_values_name_key_and_value(default_config, mutate, key, value):
         check(cfg)
     assert key in str(err.value)
     assert value in str(err.value)
+
+
+def test_graph_backend_is_a_valid_backend_with_its_own_cells(default_config):
+    cfg = copy.deepcopy(default_config)
+    cfg["measure"]["backends"] = ["eager", "graph"]
+    cells = lsconfig.all_cells(check(cfg))
+    assert {c.backend for c in cells} == {"eager", "graph"}
+    assert "results/cells/tiny-qwen2/fp32/graph/seq32_batch1.json" in {c.path for c in cells}
+
+
+def test_gpu_config_measures_both_backends():
+    import yaml
+
+    gpu = yaml.safe_load((lsconfig.REPO_ROOT / "config" / "gpu.yaml").read_text())
+    assert gpu["measure"]["backends"] == ["eager", "graph"]
 
 
 def test_model_needs_exactly_one_source(default_config):
@@ -66,6 +82,9 @@ def test_local_checkpoint_path(tmp_path, default_config):
     with pytest.raises(ConfigError, match="max positions 128"):
         check(cfg)  # seq 512 does not fit
     cfg["sweeps"] = {"s": {"seq": [64], "batch": [1]}}
+    with pytest.raises(ConfigError, match=r"profile.cells\[1\].seq: seq 512"):
+        check(cfg)  # the profiled cells are checked too
+    cfg["profile"]["cells"] = [{"seq": 64, "batch": 2}]
     out = check(cfg)
     source = lsconfig.resolve_model("local", out["models"]["local"])
     assert source.kind == "path" and source.config_json == (ckpt / "config.json").resolve()

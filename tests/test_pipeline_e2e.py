@@ -67,6 +67,15 @@ def test_full_pipeline_then_only_changed_cells_rerun(tmp_path, default_config):
     assert (tmp_path / "results" / "report.html").stat().st_size > 100_000
 
 
+def test_graph_backend_cells_are_scheduled(tmp_path, default_config):
+    cfg = small_config(default_config, backends=["eager", "graph"])
+    config_file = write_config(tmp_path / "cfg" / "config.yaml", cfg)
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "all", configfile=config_file)
+    cells = scheduled_cells(proc)
+    assert len(cells) == 12  # 6 cells per backend
+    assert "results/cells/tiny-qwen2/fp32/graph/seq16_batch1.json" in cells
+
+
 @pytest.mark.parametrize(
     "mutate, message",
     [

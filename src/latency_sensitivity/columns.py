@@ -53,7 +53,13 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("sweep", "", "Name of the sweep (config `sweeps`) this row belongs to."),
     Column("model", "", "Model name (config `models`)."),
     Column("dtype", "", "Weight and activation dtype: fp32, fp16 or bf16."),
-    Column("backend", "", "Execution backend: `eager` (transformers with its dynamic KV cache)."),
+    Column(
+        "backend",
+        "",
+        "Execution backend: `eager` (transformers with its dynamic KV cache, one Python-launched forward per "
+        "decode step) or `graph` (static KV cache; the decode step replayed as a CUDA graph, on the CPU run "
+        "uncaptured).",
+    ),
     Column("device", "", "Device kind the cell ran on: cpu or cuda."),
     Column("device_name", "", "Device model (GPU name, or the CPU model)."),
     Column("attn_implementation", "", "Attention kernel asked of transformers (sdpa, eager, flash_attention_2)."),
@@ -106,6 +112,12 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("startup_s", "s", "Time to import transformers and the model's code, read its config and create the CUDA context."),
     Column("model_build_s", "s", "Time to build (random weights) or load the model onto the device, imports excluded."),
     Column("warmup_s", "s", "Wall time of the warmup reps (kept out of every metric)."),
+    Column(
+        "backend_setup_s",
+        "s",
+        "Time the backend's per-cell setup took before the warmup reps (graph: static KV cache, warm-up steps "
+        "and CUDA graph capture; eager: none), kept out of every metric.",
+    ),
 )
 
 ROOFLINE_NOTE = Column(

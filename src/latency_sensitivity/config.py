@@ -160,7 +160,41 @@ def validate(config: dict, base_dir: Path | str = ".", schema_path: Path | str =
                             f"{measure['gen_tokens']} exceeds model {name!r}'s max positions {limit} "
                             f"(value: {seq})"
                         )
+    for i, entry in enumerate(config.get("profile", {}).get("cells", [])):
+        cell = _profile_cell(config, entry)
+        key = f"profile.cells[{i}]"
+        if cell.model not in models:
+            raise ConfigError(f"config key {key}.model: unknown model (value: {cell.model!r}; defined: {sorted(models)})")
+        source = resolve_model(cell.model, models[cell.model], base_dir)
+        try:
+            limit = max_positions(source.architecture())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"config key models.{cell.model}: cannot read {source.config_json}: {exc}") from exc
+        if limit is not None and cell.seq + measure["gen_tokens"] > limit:
+            raise ConfigError(
+                f"config key {key}.seq: seq {cell.seq} + gen_tokens {measure['gen_tokens']} exceeds model "
+                f"{cell.model!r}'s max positions {limit} (value: {cell.seq})"
+            )
     return config
+
+
+def _profile_cell(config: dict, entry: dict) -> Cell:
+    m = config["measure"]
+    return Cell(entry.get("model", m["models"][0]), entry.get("dtype", m["dtypes"][0]),
+                entry.get("backend", m["backends"][0]), entry["seq"], entry["batch"])
+
+
+def profile_cells(config: dict) -> list[Cell]:
+    """The cells of profile.cells, defaults filled in, each once."""
+    seen: dict[Cell, None] = {}
+    for entry in config.get("profile", {}).get("cells", []):
+        seen.setdefault(_profile_cell(config, entry), None)
+    return list(seen)
+
+
+def profile_stem(cell: Cell) -> str:
+    """The part of a profile artifact's path that names its cell."""
+    return f"{cell.model}/{cell.dtype}/{cell.backend}/seq{cell.seq}_batch{cell.batch}"
 
 
 def sweep_cells(config: dict, sweep: str) -> list[Cell]:

@@ -12,6 +12,7 @@ timings), telemetry (NVML samples), environment.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -20,6 +21,9 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from . import backends
+from .backends import BACKENDS
 
 # Nothing may reach a model hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -156,7 +160,7 @@ def one_request(model, prompt, gen_tokens: int, clock: Clock, rep_name: str):
     torch = clock.torch
     clock.sync()
     host_start = time.perf_counter()
-    with nvtx_range(f"{rep_name}/prefill"):
+    with nvtx_range(f"{rep_name}.prefill"):
         start = clock.mark()
         out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
         token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
@@ -166,7 +170,7 @@ def one_request(model, prompt, gen_tokens: int, clock: Clock, rep_name: str):
         token.cpu()  # the first token reaches the host: time to first token
         ttft_ms = (time.perf_counter() - host_start) * 1000.0
     marks = []
-    with nvtx_range(f"{rep_name}/decode"):
+    with nvtx_range(f"{rep_name}.decode"):
         for _ in range(gen_tokens - 1):
             a = clock.mark()
             out = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
@@ -203,10 +207,12 @@ def kernel_time_ms(fn) -> float:
     return total_us / 1000.0
 
 
-def gpu_busy(model, prompt, gen_tokens: int, clock: Clock) -> dict:
-    """Kernel time per phase (one extra, unmeasured prefill and request, after the measured reps)."""
-    prefill_ms = kernel_time_ms(lambda: model(input_ids=prompt, use_cache=True, logits_to_keep=1))
-    request_ms = kernel_time_ms(lambda: one_request(model, prompt, gen_tokens, clock, "kernel_time"))
+def gpu_busy(backend, prompt, gen_tokens: int, clock: Clock) -> dict:
+    """Kernel time per phase (one extra, unmeasured prefill and request of the backend, after the measured reps)."""
+    backend.reset()  # emptying a static cache is not part of either phase
+    prefill_ms = kernel_time_ms(lambda: backend.prefill(prompt))
+    backend.reset()
+    request_ms = kernel_time_ms(lambda: backend.request(prompt, gen_tokens, clock, "kernel_time"))
     return {
         "prefill_kernel_ms": prefill_ms,
         "decode_kernel_ms_per_step": max(request_ms - prefill_ms, 0.0) / (gen_tokens - 1),
@@ -270,8 +276,81 @@ def is_oom(exc: BaseException) -> bool:
 # ---------------------------------------------------------------------------------------------- cell
 
 
-def measure(spec: CellSpec) -> dict:
-    """Run the cell; always returns a result dict (status ok, oom or error)."""
+PROFILE_MODES = ("off", "external", "torch")
+
+
+@contextmanager
+def torch_profiling(out_dir: Path | None, cuda: bool):
+    """torch.profiler around the measured reps: a Chrome trace and an op table in `out_dir`.
+
+    While it runs, every NVTX phase range is also a torch record_function, so the trace shows which rep
+    and phase (prefill, decode) each op and kernel belongs to. Writes ``trace.json.gz`` (Chrome/Perfetto
+    format) and ``ops.csv`` (torch's key averages: calls, self and total host and device time per op).
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from . import telemetry
+    from .atomic import write_text
+
+    if out_dir is None:
+        raise ValueError("profile mode 'torch' needs --torch-profile-dir")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    telemetry.RECORD_FUNCTION_RANGES = True
+    try:
+        with profile(activities=activities, acc_events=True) as prof:
+            yield prof
+            if cuda:
+                torch.cuda.synchronize()
+    finally:
+        telemetry.RECORD_FUNCTION_RANGES = False
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "trace.json.gz.tmp.json.gz"
+    prof.export_chrome_trace(str(tmp))
+    os.replace(tmp, out_dir / "trace.json.gz")
+    write_text(out_dir / "ops.csv", op_table_csv(prof.key_averages()))
+
+
+def op_table_csv(averages) -> str:
+    """torch.profiler key averages as CSV (times in ms), most self time first (host, then device)."""
+    import csv
+    import io
+
+    def ms(event, *names):
+        for name in names:
+            if hasattr(event, name):
+                return getattr(event, name) / 1000.0
+        return 0.0
+
+    rows = []
+    for e in averages:
+        rows.append({
+            "name": e.key,
+            "calls": e.count,
+            "self_cpu_ms": ms(e, "self_cpu_time_total"),
+            "cpu_total_ms": ms(e, "cpu_time_total"),
+            "self_device_ms": ms(e, "self_device_time_total", "self_cuda_time_total"),
+            "device_total_ms": ms(e, "device_time_total", "cuda_time_total"),
+        })
+    rows.sort(key=lambda r: (-r["self_device_ms"], -r["self_cpu_ms"]))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["name", "calls", "self_cpu_ms", "cpu_total_ms", "self_device_ms",
+                                        "device_total_ms"], lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path | None = None) -> dict:
+    """Run the cell; always returns a result dict (status ok, oom or error).
+
+    profile_mode: ``off`` (a measurement), ``external`` (nsys or ncu wrap this process: no NVML sampler
+    and no torch.profiler kernel-time pass, which would compete with the profiler for CUPTI) or ``torch``
+    (torch.profiler records the measured reps into `torch_profile_dir`).
+    """
+    if profile_mode not in PROFILE_MODES:
+        raise ValueError(f"profile_mode must be one of {PROFILE_MODES}, not {profile_mode!r}")
     import torch
 
     from . import environment, memory_model, metrics
@@ -288,9 +367,10 @@ def measure(spec: CellSpec) -> dict:
         "samples": {},
         "telemetry": {},
         "environment": env,
+        "profile_mode": profile_mode,
     }
     phase = Phase()
-    model = prompt = None
+    model = prompt = backend = None
     try:
         cuda = spec.device == "cuda"
         if cuda and not torch.cuda.is_available():
@@ -317,11 +397,17 @@ def measure(spec: CellSpec) -> dict:
         result["architecture"] = {k: v for k, v in arch.items() if isinstance(v, (int, float, str, bool, type(None)))}
         prompt = make_prompt(spec, model.config.vocab_size)
 
+        # The backend's per-cell setup (static cache, graph capture) is timed apart from every rep.
+        phase.name = "backend_setup"
+        with nvtx_range("backend_setup"):
+            backend = backends.make(spec.backend, model, prompt, spec.gen_tokens, clock)
+        result["backend_info"] = backend.info()
+
         phase.name = "warmup"
         t0 = time.perf_counter()
         with torch.inference_mode(), nvtx_range("warmup"):
             for i in range(spec.warmup):
-                one_request(model, prompt, spec.gen_tokens, clock, f"warmup{i}")
+                backend.request(prompt, spec.gen_tokens, clock, f"warmup{i}")
         warmup_s = time.perf_counter() - t0
 
         # Peak counters cover the measured reps only.
@@ -330,14 +416,16 @@ def measure(spec: CellSpec) -> dict:
         rss_reset = _reset_peak_rss()
         samples = {"prefill_ms": [], "ttft_ms": [], "decode_step_ms": [], "e2e_ms": []}
         device_index = torch.cuda.current_device() if cuda else 0
-        sampler = GpuSampler(device_index) if cuda else None
+        sampler = GpuSampler(device_index) if cuda and profile_mode == "off" else None
         phase.name = "measure"
         if sampler:
             sampler.start()
         try:
-            with torch.inference_mode(), nvtx_range("measured"):
+            profiling = (torch_profiling(torch_profile_dir, cuda) if profile_mode == "torch"
+                         else contextlib.nullcontext())
+            with torch.inference_mode(), nvtx_range("measured"), profiling:
                 for i in range(spec.reps):
-                    p, t, steps, e = one_request(model, prompt, spec.gen_tokens, clock, f"rep{i}")
+                    p, t, steps, e = backend.request(prompt, spec.gen_tokens, clock, f"rep{i}")
                     samples["prefill_ms"].append(p)
                     samples["ttft_ms"].append(t)
                     samples["decode_step_ms"].append(steps)
@@ -359,6 +447,7 @@ def measure(spec: CellSpec) -> dict:
         m["startup_s"] = startup_s
         m["model_build_s"] = build_s
         m["warmup_s"] = warmup_s
+        m["backend_setup_s"] = backend.setup_s
         try:
             predicted = memory_model.predicted_memory(
                 memory_model.Architecture.from_config(arch), spec.dtype, spec.batch, spec.seq_len,
@@ -370,11 +459,11 @@ def measure(spec: CellSpec) -> dict:
             m["predicted_memory_mb"] = math.nan
             m["kv_cache_mb"] = math.nan
             result["memory_model_error"] = str(exc)
-        if cuda:
+        if cuda and profile_mode == "off":
             # Auxiliary: a failure here is recorded and the measured numbers are kept.
             try:
                 with torch.inference_mode(), nvtx_range("kernel_time"):
-                    k = gpu_busy(model, prompt, spec.gen_tokens, clock)
+                    k = gpu_busy(backend, prompt, spec.gen_tokens, clock)
                 m.update(k)
                 m["prefill_gpu_busy"] = k["prefill_kernel_ms"] / m["prefill_p50_ms"]
                 m["decode_gpu_busy"] = k["decode_kernel_ms_per_step"] / m["decode_p50_ms_per_tok"]
@@ -403,7 +492,9 @@ def measure(spec: CellSpec) -> dict:
         }
         print(traceback.format_exc(), file=sys.stderr)
     finally:
-        del model, prompt
+        if backend is not None:
+            backend.close()
+        del model, prompt, backend
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
     return result
@@ -418,7 +509,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path]:
     p.add_argument("--model-kind", choices=["architecture", "path"], required=True)
     p.add_argument("--model-location", required=True, help="architecture JSON or checkpoint folder")
     p.add_argument("--dtype", choices=sorted(TORCH_DTYPES), required=True)
-    p.add_argument("--backend", choices=["eager"], default="eager")
+    p.add_argument("--backend", choices=BACKENDS, default="eager",
+                   help="eager: dynamic KV cache; graph: static KV cache, decode step replayed as a CUDA graph")
     p.add_argument("--device", choices=["cpu", "cuda"], required=True)
     p.add_argument("--attn-implementation", default="sdpa")
     p.add_argument("--seq", type=int, required=True)
@@ -429,27 +521,50 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--profile-mode", choices=PROFILE_MODES, default="off",
+                   help="off: measure; external: run under nsys/ncu; torch: record a torch.profiler trace")
+    p.add_argument("--torch-profile-dir", type=Path, help="where --profile-mode torch writes its trace")
     a = p.parse_args(argv)
     for name in ("seq", "batch", "reps", "threads"):
         if getattr(a, name) < 1:
             p.error(f"--{name} must be >= 1")
     if a.gen_tokens < 2 or a.warmup < 0:
         p.error("--gen-tokens must be >= 2 and --warmup >= 0")
+    if a.profile_mode == "torch" and a.torch_profile_dir is None:
+        p.error("--profile-mode torch needs --torch-profile-dir")
     spec = CellSpec(
         model=a.model, model_kind=a.model_kind, model_location=a.model_location, dtype=a.dtype,
         backend=a.backend, device=a.device, attn_implementation=a.attn_implementation, seq_len=a.seq,
         batch=a.batch, gen_tokens=a.gen_tokens, warmup=a.warmup, reps=a.reps, seed=a.seed, threads=a.threads,
     )
-    return spec, a.out
+    return spec, a.out, a.profile_mode, a.torch_profile_dir
+
+
+def _ensure_torch_profile_files(folder: Path) -> None:
+    """A cell that failed before its measured reps still leaves a (empty) trace and op table: failure is data."""
+    import gzip
+
+    from .atomic import write_text
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "trace.json.gz").exists():
+        tmp = folder / ".trace.json.gz.tmp"
+        with gzip.open(tmp, "wt") as fh:
+            fh.write('{"traceEvents": []}')
+        os.replace(tmp, folder / "trace.json.gz")
+    if not (folder / "ops.csv").exists():
+        write_text(folder / "ops.csv", "name,calls,self_cpu_ms,cpu_total_ms,self_device_ms,device_total_ms\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     from .atomic import write_json
 
-    spec, out = parse_args(argv)
+    spec, out, profile_mode, torch_profile_dir = parse_args(argv)
     print(f"cell {spec.model} {spec.dtype} {spec.backend} seq={spec.seq_len} batch={spec.batch} on {spec.device}",
           file=sys.stderr)
-    result = measure(spec)
+    result = measure(spec, profile_mode, torch_profile_dir)
+    if profile_mode == "torch":
+        _ensure_torch_profile_files(Path(torch_profile_dir))
     write_json(out, result)
     m = result["metrics"]
     if result["status"] == "ok":

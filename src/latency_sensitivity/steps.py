@@ -102,6 +102,7 @@ def build_report(
     settings: dict,
     out_md: str,
     calibration_files: Sequence[str] = (),
+    profile_files: Sequence[str] = (),
 ) -> str:
     from . import report
 
@@ -120,7 +121,100 @@ def build_report(
         if axis == "grid":
             figures.append(("Heatmap", os.path.relpath(folder / "heatmap.png", out_dir)))
         sweeps.append(report.SweepInput(name=name, axis=axis, frame=read_sweep(csv), figures=figures))
-    text = report.build_report(sweeps, distinct_environments(cell_files), settings)
+    profiles = [json.loads(Path(p).read_text()) for p in profile_files]
+    text = report.build_report(sweeps, distinct_environments(cell_files), settings, profiles=profiles)
     report.write_report(text, out_md)
     print(f"wrote {out_md} ({len(text)} characters)", file=sys.stderr)
+    return text
+
+
+# ------------------------------------------------------------------------------------------ profiles
+
+
+def nsys_stats(nsys: str, report_file: str, out_csvs: dict[str, str]) -> None:
+    """`nsys stats` exports of one report as CSV files: {report name: output path}.
+
+    A report nsys skips (no data of that kind in the capture) becomes a CSV with the header only, so
+    a profile of a failed cell still completes and says what it lacks.
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    from .atomic import write_text
+
+    with tempfile.TemporaryDirectory(dir=Path(report_file).parent) as tmp:
+        prefix = Path(tmp) / "stats"
+        cmd = [nsys, "stats", "--report", ",".join(out_csvs), "--format", "csv", "--output", str(prefix),
+               "--force-export", "true", "--force-overwrite", "true", str(report_file)]
+        print("$", " ".join(cmd))
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        print(proc.stdout)
+        print(proc.stderr, file=sys.stderr)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nsys stats failed with exit code {proc.returncode} (see the log)")
+        for name, out in out_csvs.items():
+            produced = Path(f"{prefix}_{name}.csv")
+            if produced.exists():
+                Path(out).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(produced, out)
+            else:
+                print(f"nsys stats wrote no {name} (nothing of that kind captured): writing an empty table")
+                write_text(out, "")
+
+
+def _cell_record(cell_file: str) -> dict:
+    with open(cell_file) as fh:
+        result = json.load(fh)
+    m = result.get("metrics", {})
+    return {
+        "cell": result.get("cell", {}),
+        "status": result.get("status"),
+        "error": (result.get("error") or {}).get("message"),
+        "under_profiler": {k: m.get(k) for k in ("prefill_p50_ms", "decode_p50_ms_per_tok", "ttft_p50_ms")},
+    }
+
+
+def summarize_profile(tool: str, inputs: dict, cell_file: str, out_json: str) -> dict:
+    """One profile's summary (see profiling.py): kernel classes and idle share per phase, or ncu figures.
+
+    inputs: nsys -> {nvtx_kern_sum, nvtx_gpu_proj_sum}; ncu -> {details}; torch -> {trace}.
+    A cell that failed under the profiler gets a summary with its status and error and no tables.
+    """
+    from . import profiling
+    from .atomic import write_json
+
+    record = _cell_record(cell_file)
+    summary: dict = {"tool": tool}
+    if record["status"] == "ok":
+        if tool == "nsys":
+            summary = profiling.nsys_summary(inputs["nvtx_kern_sum"], inputs["nvtx_gpu_proj_sum"])
+        elif tool == "ncu":
+            summary = profiling.ncu_summary(list(inputs["details"]) if not isinstance(inputs["details"], str)
+                                            else inputs["details"])
+        elif tool == "torch":
+            summary = profiling.torch_summary(inputs["trace"])
+        else:
+            raise ValueError(f"unknown profiler {tool!r}")
+    summary.update(record)
+    summary["inputs"] = {k: [str(x) for x in v] if isinstance(v, (list, tuple)) else str(v) for k, v in inputs.items()}
+    write_json(out_json, summary)
+    print(f"{tool} summary of {cell_file}: status {record['status']}")
+    return summary
+
+
+def profile_report(summary_files: Sequence[str], out_md: str, tables_dir: str) -> str:
+    """results/profiles/report.md plus tidy CSVs (kernel_classes, phases, ncu_kernels) over all profiles."""
+    from . import profiling, report
+    from .atomic import write_text
+
+    summaries = [json.loads(Path(p).read_text()) for p in summary_files]
+    labelled = [(report.profile_label(s), s) for s in summaries]
+    for table in ("classes", "phases", "kernels"):
+        rows = profiling.tidy_rows(labelled, table)
+        name = {"classes": "kernel_classes", "phases": "phases", "kernels": "ncu_kernels"}[table]
+        write_csv(Path(tables_dir) / f"{name}.csv", pd.DataFrame(rows))
+    text = "# Profiles\n\n" + report.profiles_section(summaries, heading_level=2) + "\n"
+    write_text(out_md, text)
+    print(f"wrote {out_md} from {len(summaries)} summaries", file=sys.stderr)
     return text

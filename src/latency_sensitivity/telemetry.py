@@ -66,18 +66,32 @@ _PERMANENT_ERRORS = ("NVMLError_NotSupported", "NVMLError_FunctionNotFound", "NV
 # ----------------------------------------------------------------------------------------------- NVTX
 
 
+# Set by the runner while torch.profiler records: phase ranges then also become record_function ranges.
+RECORD_FUNCTION_RANGES = False
+
+
 def nvtx_range(name: str) -> Any:
     """A context manager marking `name` as an NVTX range in domain ``latency_sensitivity``.
 
     Uses ``nvtx.annotate`` when the `nvtx` package can be imported, else does nothing, so CPU machines
-    without it work unchanged. Usage: ``with nvtx_range("prefill"): ...``.
+    without it work unchanged. While ``RECORD_FUNCTION_RANGES`` is set the same range is also a
+    ``torch.profiler.record_function``, so a torch trace carries the phases too.
+    Usage: ``with nvtx_range("rep0.prefill"): ...``.
     """
     try:
         import nvtx  # type: ignore[import-not-found]
 
-        return nvtx.annotate(name, domain=NVTX_DOMAIN)
+        annotation = nvtx.annotate(name, domain=NVTX_DOMAIN)
     except Exception:  # ImportError, a blocked import, or a broken nvtx build
-        return contextlib.nullcontext()
+        annotation = contextlib.nullcontext()
+    if not RECORD_FUNCTION_RANGES:
+        return annotation
+    from torch.profiler import record_function
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(annotation)
+    stack.enter_context(record_function(name))
+    return stack
 
 
 # ------------------------------------------------------------------------------------ device mapping

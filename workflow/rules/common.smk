@@ -1,5 +1,6 @@
 # Config validation, cell enumeration and input functions shared by every rule.
 
+import shutil
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -10,6 +11,7 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 
 from latency_sensitivity import config as lsconfig  # noqa: E402
+from latency_sensitivity.profiling import NSYS_REPORTS  # noqa: E402
 
 lsconfig.use_source_tree(SRC)
 
@@ -23,8 +25,11 @@ validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 MEASURE = config["measure"]
 SWEEPS = list(config["sweeps"])
+PROFILE = config["profile"]
+PROFILE_CELLS = lsconfig.profile_cells(config)
 MODEL_SOURCES = {
-    name: lsconfig.resolve_model(name, config["models"][name], ".") for name in MEASURE["models"]
+    name: lsconfig.resolve_model(name, config["models"][name], ".")
+    for name in dict.fromkeys([*MEASURE["models"], *(cell.model for cell in PROFILE_CELLS)])
 }
 CELLS = lsconfig.all_cells(config)
 
@@ -32,7 +37,7 @@ CELLS = lsconfig.all_cells(config)
 wildcard_constraints:
     model="[A-Za-z0-9][A-Za-z0-9._-]*",
     dtype="fp32|fp16|bf16",
-    backend="eager",
+    backend="eager|graph",
     device="cpu|cuda",
     seq="[0-9]+",
     batch="[0-9]+",
@@ -92,6 +97,21 @@ def all_targets():
     return targets
 
 
+def profile_targets(tools):
+    """What profile_all (or profile_<tool>) builds: per tool and cell the summary, then the profiles' report."""
+    targets = [
+        f"results/profiles/summary/{tool}/{lsconfig.profile_stem(cell)}.json"
+        for tool in tools
+        for cell in PROFILE_CELLS
+    ]
+    return targets
+
+
+def report_profile_summaries():
+    """The profile summaries the main report shows: those of profile.tools when profile.in_report is set."""
+    return profile_targets(PROFILE["tools"]) if PROFILE["in_report"] else []
+
+
 # The runner's command line: the measure rule runs it; a profiler rule is meant to wrap this same line.
 RUNNER = (
     "python3 -m latency_sensitivity.runner"
@@ -101,4 +121,45 @@ RUNNER = (
     " --seq {wildcards.seq} --batch {wildcards.batch}"
     " --gen-tokens {params.gen_tokens} --warmup {params.warmup} --reps {params.reps}"
     " --seed {params.seed} --threads {threads}"
+)
+
+
+# ------------------------------------------------------------------------------------ profiling
+
+PROFILE_CELL = "{model}/{dtype}/{backend}/seq{seq}_batch{batch}"
+
+
+wildcard_constraints:
+    phase="prefill|decode",
+
+
+def profiler_binary(tool):
+    """An input function that fails the DAG, before any job runs, when the tool's binary is missing."""
+
+    def check(wildcards):
+        path = PROFILE[tool]["path"]
+        if shutil.which(path) is None:
+            raise WorkflowError(
+                f"{tool} binary not found: config key profile.{tool}.path is {path!r}, which is neither an "
+                f"executable file nor a command on PATH. Install it or set profile.{tool}.path; only the "
+                f"profile targets need it."
+            )
+        return []
+
+    return check
+
+
+def _report_prefix(wildcards, output):
+    return str(output.report).rsplit(".", 1)[0]
+
+
+PROFILE_RUNNER_PARAMS = dict(
+    model_kind=model_kind,
+    model_location=model_location,
+    device=MEASURE["device"],
+    attn_implementation=MEASURE["attn_implementation"],
+    gen_tokens=MEASURE["gen_tokens"],
+    warmup=PROFILE["warmup"],
+    reps=PROFILE["reps"],
+    seed=MEASURE["seed"],
 )

@@ -45,6 +45,7 @@ rule build_report:
         figures=[f for sweep in SWEEPS for f in sweep_figures(sweep)],
         cells=all_cell_files(),
         calibration=calibration_files(),
+        profiles=report_profile_summaries(),
     output:
         "results/report.md",
     log:

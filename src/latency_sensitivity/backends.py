@@ -1,0 +1,381 @@
+"""Execution backends: how one request (a prefill, then gen_tokens - 1 greedy decode steps) runs on a model.
+
+Every backend has the same interface, so the runner's warmup and measured loops and its kernel-time pass do
+not care which one runs:
+
+- ``request(prompt, gen_tokens, clock, rep_name) -> (prefill_ms, ttft_ms, [decode step ms], e2e_ms)``: one
+  timed request with the runner's timing semantics (see ``runner.one_request``) and the NVTX ranges
+  ``{rep_name}.prefill`` and ``{rep_name}.decode``;
+- ``prefill(prompt)``: one prefill forward, untimed (the kernel-time pass profiles it);
+- ``generate(prompt, gen_tokens, forced=None) -> (tokens, logits)``: an untimed request that keeps every
+  step's logits, optionally feeding given tokens instead of its own (teacher forcing), for checking one
+  backend against another;
+- ``setup_s``: wall time of the backend's per-cell setup (cache allocation, graph capture), spent before the
+  warmup reps and kept out of every latency metric.
+
+Backends:
+
+``eager``
+    transformers with its dynamic KV cache: one Python-launched forward per decode step
+    (``runner.one_request``). On a GPU this mostly measures the host.
+
+``graph``
+    A static KV cache (transformers' ``StaticCache``, sized ``seq_len + gen_tokens``) and the decode step
+    (forward with ``logits_to_keep=1`` plus the greedy argmax) captured once per cell as a CUDA graph after a
+    few eager warm-up steps on a side stream; each step copies its input token into the graph's static input
+    tensor and replays the graph. Prefill stays eager and writes into the static cache. Positions come from
+    the cache's own device-side length counter (transformers >= 5), or, where the model's forward still takes
+    ``cache_position`` (transformers 4.x), from a static position tensor the graph advances itself; either
+    way a replayed step needs nothing from the host. The cache is reset (``StaticCache.reset()``: zeroed and
+    its length set to 0) before every request, outside the timed region, and its length is checked after
+    every request. The captured step runs transformers' own modules unchanged: on an H100 (Qwen2.5-3B, fp16,
+    batch 1, seq 128, transformers 5.17) its logits equal eager's bit for bit, and a step is 1796 kernels and
+    6.14 ms, 3.0x the 2.06 ms weight-read floor, with the GPU busy 92% of it: what is left is the kernels' own
+    time, not the host.
+
+    ``GraphBackend(fuse_norms=True)`` (off by default; the runner does not use it) runs RMSNorm layers of the
+    Llama/Qwen2 form as ``torch.nn.functional.rms_norm`` plus the weight multiply (~2 kernels instead of ~8 per
+    norm). Measured there: 1358 kernels and 5.42 ms per step (-11%), but the logits are no longer eager's
+    (max abs difference 0.026 on logits up to 4.7, greedy tokens diverging after 23 steps on random weights):
+    the fused kernel does not round exactly as the module does.
+
+    On the CPU the graph backend runs **without capture**: the same static cache and the same step function,
+    called directly per step instead of replayed. That keeps the code path (static cache, positions, reset,
+    timing) testable in CI; its CPU timings are those of static-cache eager decoding, not of a graph.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import types
+
+BACKENDS = ("eager", "graph")
+
+# RMSNorm classes known to compute weight * (x.float() * rsqrt(mean(x.float()^2) + eps)).to(dtype).
+FUSABLE_NORMS = ("Qwen2RMSNorm", "LlamaRMSNorm", "MistralRMSNorm", "Qwen3RMSNorm")
+
+
+class Backend:
+    """The common interface (see the module docstring)."""
+
+    name = "?"
+    setup_s = 0.0
+
+    def request(self, prompt, gen_tokens: int, clock, rep_name: str):
+        raise NotImplementedError
+
+    def prefill(self, prompt):
+        raise NotImplementedError
+
+    def generate(self, prompt, gen_tokens: int, forced=None):
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Empty the backend's KV cache now, if a request left it filled (request and prefill do it too)."""
+
+    def info(self) -> dict:
+        """What the backend set up, for the result file."""
+        return {"name": self.name}
+
+    def close(self) -> None:
+        """Drop what the backend holds on the device (cache, graph)."""
+
+
+def make(name: str, model, prompt, gen_tokens: int, clock) -> Backend:
+    """The backend `name` for this cell, set up (its `setup_s` timed here, device work included)."""
+    import torch
+
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        if name == "eager":
+            backend: Backend = EagerBackend(model)
+        elif name == "graph":
+            backend = GraphBackend(model, batch=prompt.shape[0], seq_len=prompt.shape[1], gen_tokens=gen_tokens)
+            backend.setup(prompt)
+        else:
+            raise ValueError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)})")
+    clock.sync()
+    backend.setup_s = time.perf_counter() - t0
+    return backend
+
+
+# ---------------------------------------------------------------------------------------------- eager
+
+
+class EagerBackend(Backend):
+    """transformers' dynamic KV cache, one Python-launched forward per decode step (runner.one_request)."""
+
+    name = "eager"
+
+    def __init__(self, model):
+        self.model = model
+
+    def request(self, prompt, gen_tokens: int, clock, rep_name: str):
+        from . import runner  # looked up per call, so a patched runner.one_request is what runs
+
+        return runner.one_request(self.model, prompt, gen_tokens, clock, rep_name)
+
+    def prefill(self, prompt):
+        return self.model(input_ids=prompt, use_cache=True, logits_to_keep=1).logits
+
+    def generate(self, prompt, gen_tokens: int, forced=None):
+        import torch
+
+        out = self.model(input_ids=prompt, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        logits = [out.logits[:, -1].float().clone()]
+        token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+        tokens = [token]
+        for i in range(gen_tokens - 1):
+            inp = forced[:, i : i + 1] if forced is not None else token
+            out = self.model(input_ids=inp, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache = out.past_key_values
+            logits.append(out.logits[:, -1].float().clone())
+            token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+            tokens.append(token)
+        return torch.cat(tokens, dim=1), torch.stack(logits, dim=1)
+
+    def close(self) -> None:
+        self.model = None
+
+
+# ---------------------------------------------------------------------------------------------- graph
+
+
+def _static_cache(model, batch: int, max_cache_len: int):
+    from transformers import StaticCache
+
+    try:  # transformers >= 4.56: layers allocate lazily on the first update
+        return StaticCache(config=model.config, max_cache_len=max_cache_len)
+    except TypeError:  # older signature
+        param = next(model.parameters())
+        return StaticCache(config=model.config, max_batch_size=batch, max_cache_len=max_cache_len,
+                           device=param.device, dtype=param.dtype)
+
+
+def _fused_rms_norm_forward(self, hidden_states):
+    import torch
+
+    # fp32 arithmetic inside, one rounding to the input dtype, then the weight: as the module computes it
+    normed = torch.nn.functional.rms_norm(hidden_states, (hidden_states.shape[-1],), None, self.variance_epsilon)
+    return self.weight * normed
+
+
+def fuse_rms_norms(model) -> list:
+    """Swap the forward of known RMSNorm modules for a fused one; returns the swapped modules.
+
+    A module is swapped only when the fused form reproduces its output on a probe input (so a variant with
+    different arithmetic, e.g. (1 + weight), is left alone). `unfuse_rms_norms` undoes it.
+    """
+    import torch
+
+    swapped = []
+    for module in model.modules():
+        if type(module).__name__ not in FUSABLE_NORMS:
+            continue
+        if not (hasattr(module, "weight") and hasattr(module, "variance_epsilon")):
+            continue
+        w = module.weight
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        probe = torch.randn((2, w.shape[-1]), generator=gen).to(device=w.device, dtype=w.dtype)
+        fused = types.MethodType(_fused_rms_norm_forward, module)
+        with torch.no_grad():
+            if not torch.allclose(fused(probe).float(), module(probe).float(), rtol=1e-2, atol=1e-2):
+                continue
+        module.forward = fused
+        swapped.append(module)
+    return swapped
+
+
+def unfuse_rms_norms(modules) -> None:
+    for module in modules:
+        if "forward" in vars(module):
+            del module.forward  # the class's forward again
+
+
+class GraphBackend(Backend):
+    """Static KV cache; the decode step captured as a CUDA graph (on the CPU: the same step, not captured).
+
+    fuse_norms: run RMSNorm layers as a fused normalisation (faster, not bit-identical; see the module
+    docstring); capture: None = capture when the model is on CUDA, False = never (the CPU path), True = always
+    (fails without CUDA).
+    """
+
+    name = "graph"
+
+    def __init__(self, model, batch: int, seq_len: int, gen_tokens: int, *, capture: bool | None = None,
+                 warmup_steps: int = 3, fuse_norms: bool = False):
+        import torch
+
+        if gen_tokens < 2:
+            raise ValueError("gen_tokens must be >= 2")
+        self.torch = torch
+        self.model = model
+        param = next(model.parameters())
+        self.device = param.device
+        self.capture = (self.device.type == "cuda") if capture is None else capture
+        if self.capture and self.device.type != "cuda":
+            raise RuntimeError(f"CUDA graph capture needs CUDA; the model is on {self.device.type}")
+        self.batch, self.seq_len, self.gen_tokens = batch, seq_len, gen_tokens
+        self.max_cache_len = seq_len + gen_tokens
+        self.warmup_steps = max(1, min(warmup_steps, gen_tokens - 1))
+        self.fused_norms = fuse_rms_norms(model) if fuse_norms else []
+        self.cache = _static_cache(model, batch, self.max_cache_len)
+        # transformers 4.x takes positions as `cache_position`; 5.x derives them from the cache on the device.
+        self.explicit_positions = "cache_position" in inspect.signature(model.forward).parameters
+        self.static_in = torch.zeros((batch, 1), dtype=torch.long, device=self.device)
+        self.static_pos = torch.zeros((1,), dtype=torch.long, device=self.device)
+        self.static_logits = None
+        self.static_out = None
+        self.graph = None
+        self._filled = False  # whether the cache holds a request's positions
+
+    # -- the two forwards
+
+    def _prefill(self, prompt):
+        torch = self.torch
+        kw = {}
+        if self.explicit_positions:
+            kw["cache_position"] = torch.arange(prompt.shape[1], device=self.device)
+        out = self.model(input_ids=prompt, past_key_values=self.cache, use_cache=True, logits_to_keep=1, **kw)
+        token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+        if self.explicit_positions:
+            self.static_pos.fill_(prompt.shape[1])
+        return out.logits, token
+
+    def _step(self):
+        """One decode step on the static tensors: static_in -> static_logits, static_out (next token)."""
+        kw = {"cache_position": self.static_pos} if self.explicit_positions else {}
+        out = self.model(input_ids=self.static_in, past_key_values=self.cache, use_cache=True, logits_to_keep=1,
+                         **kw)
+        self.static_logits = out.logits
+        self.static_out = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+        if self.explicit_positions:
+            self.static_pos.add_(1)
+
+    def _replay(self):
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._step()
+
+    def reset(self) -> None:
+        if self._filled:
+            self.cache.reset()
+            self.static_pos.zero_()
+            self._filled = False
+
+    # -- setup
+
+    def setup(self, prompt) -> None:
+        """Fill the cache once (allocates it), run warm-up steps, capture the step; leave the cache reset."""
+        torch = self.torch
+        self._check(prompt, self.gen_tokens)
+        with torch.inference_mode():
+            self.reset()
+            self._filled = True
+            _, token = self._prefill(prompt)
+            self.static_in.copy_(token)
+            if self.capture:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(self.warmup_steps):
+                        self._step()
+                torch.cuda.current_stream().wait_stream(side)
+                # Capture records the step without running it: the cache is where the warm-up left it.
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self._step()
+                self.graph = graph
+            else:
+                for _ in range(self.warmup_steps):
+                    self._step()
+            self.reset()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def _check(self, prompt, gen_tokens: int) -> None:
+        if tuple(prompt.shape) != (self.batch, self.seq_len):
+            raise ValueError(f"prompt shape {tuple(prompt.shape)} is not the backend's ({self.batch}, {self.seq_len})")
+        if self.seq_len + gen_tokens > self.max_cache_len:
+            raise ValueError(f"{self.seq_len} + {gen_tokens} tokens do not fit the static cache of "
+                             f"{self.max_cache_len} positions")
+
+    def _check_length(self, expected: int) -> None:
+        held = int(self.cache.get_seq_length())
+        if held != expected:
+            raise RuntimeError(f"static KV cache holds {held} positions, expected {expected}")
+        if self.explicit_positions and int(self.static_pos) != expected:
+            raise RuntimeError(f"position counter at {int(self.static_pos)}, expected {expected}")
+
+    # -- the interface
+
+    def request(self, prompt, gen_tokens: int, clock, rep_name: str):
+        """As runner.one_request, on the static cache; the cache is reset before the clock starts."""
+        from .telemetry import nvtx_range
+
+        self._check(prompt, gen_tokens)
+        self.reset()
+        self._filled = True
+        clock.sync()
+        host_start = time.perf_counter()
+        with nvtx_range(f"{rep_name}.prefill"):
+            start = clock.mark()
+            logits, token = self._prefill(prompt)
+            prefill_end = clock.mark()
+            del logits
+            token.cpu()  # the first token reaches the host: time to first token
+            ttft_ms = (time.perf_counter() - host_start) * 1000.0
+        marks = []
+        with nvtx_range(f"{rep_name}.decode"):
+            for _ in range(gen_tokens - 1):
+                a = clock.mark()
+                self.static_in.copy_(token)
+                self._replay()
+                token = self.static_out
+                marks.append((a, clock.mark()))
+            clock.sync()
+        e2e_ms = (time.perf_counter() - host_start) * 1000.0
+        prefill_ms = clock.elapsed_ms(start, prefill_end)
+        steps = [clock.elapsed_ms(a, b) for a, b in marks]
+        self._check_length(prompt.shape[1] + gen_tokens - 1)
+        return prefill_ms, ttft_ms, steps, e2e_ms
+
+    def prefill(self, prompt):
+        self._check(prompt, 1)
+        self.reset()
+        self._filled = True
+        logits, _ = self._prefill(prompt)
+        return logits
+
+    def generate(self, prompt, gen_tokens: int, forced=None):
+        torch = self.torch
+        self._check(prompt, gen_tokens)
+        self.reset()
+        self._filled = True
+        logits, token = self._prefill(prompt)
+        all_logits = [logits[:, -1].float().clone()]
+        tokens = [token.clone()]
+        for i in range(gen_tokens - 1):
+            self.static_in.copy_(forced[:, i : i + 1] if forced is not None else token)
+            self._replay()
+            all_logits.append(self.static_logits[:, -1].float().clone())
+            token = self.static_out.clone()
+            tokens.append(token)
+        self._check_length(prompt.shape[1] + gen_tokens - 1)
+        return torch.cat(tokens, dim=1), torch.stack(all_logits, dim=1)
+
+    def info(self) -> dict:
+        return {"name": self.name, "captured": self.graph is not None, "max_cache_len": self.max_cache_len,
+                "capture_warmup_steps": self.warmup_steps, "fused_rms_norms": len(self.fused_norms),
+                "explicit_positions": self.explicit_positions}
+
+    def close(self) -> None:
+        self.graph = None
+        self.cache = None
+        self.static_logits = self.static_out = None
+        unfuse_rms_norms(self.fused_norms)
+        self.fused_norms = []
+        self.model = None
