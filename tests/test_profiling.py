@@ -242,3 +242,31 @@ def test_main_report_includes_profiles_only_when_given():
     without = report.build_report([], [], {})
     with_profiles = report.build_report([], [], {}, profiles=[summary])
     assert "## Profiles" not in without and "## Profiles" in with_profiles
+
+
+S4096 = FIX / "h100_eager_s4096_b1"
+
+
+def test_nsys_and_ncu_from_the_profile_rules():
+    """Exports made by `snakemake profile_all` on the H100 (phase ranges rep<i>.prefill / rep<i>.decode)."""
+    s = profiling.nsys_summary(S4096 / "nvtx_kern_sum.csv", S4096 / "nvtx_gpu_proj_sum.csv")
+    phases = {r["phase"]: r for r in s["phases"]}
+    assert phases["prefill"]["ranges"] == phases["decode"]["ranges"] == 2
+    # 36 layers x 31 decode steps: one attention kernel per layer and step, in each of the 2 reps.
+    attention = [r for r in s["classes"] if r["phase"] == "decode" and r["kernel_class"] == "attention"][0]
+    assert attention["count"] == 2 * 31 * 36
+    assert phases["decode"]["idle_share"] > 0.5 > phases["prefill"]["idle_share"]
+    ncu = profiling.ncu_summary(S4096 / "ncu_decode.details.csv")
+    assert {k["phase"] for k in ncu["kernels"]} == {"decode"}
+    assert all(k["kernel_class"] == "attention" and k["duration_us"] > 0 for k in ncu["kernels"])
+
+
+def test_torch_summary_on_h100_trace():
+    s = profiling.torch_summary(FIX / "h100_torch_eager_s16_b2" / "trace.json.gz")
+    assert s["basis"] == "gpu kernels"
+    phases = {r["phase"]: r for r in s["phases"]}
+    assert phases["prefill"]["ranges"] == phases["decode"]["ranges"] == 1
+    assert 0 < phases["decode"]["busy_ms"] < phases["decode"]["span_ms"]
+    shares = profiling.class_shares(s)
+    assert max(shares["decode"], key=shares["decode"].get) == "GEMM"
+    assert shares["decode"]["attention"] > 0
