@@ -25,6 +25,7 @@ ENVIRONMENT_KEYS: tuple[str, ...] = (
     "device",
     "device_name",
     "device_count",
+    "gpu_uuid",
     "driver",
     "gpu_memory_total_mb",
     "cpu_model",
@@ -145,6 +146,7 @@ def collect(device: str) -> dict[str, Any]:
     if kind == "cuda" and torch is not None:
         info["device_name"] = _safe(lambda: torch.cuda.get_device_name(index))
         info["device_count"] = _safe(torch.cuda.device_count)
+        info["gpu_uuid"] = _safe(lambda: str(torch.cuda.get_device_properties(index).uuid))
         info["gpu_memory_total_mb"] = _safe(
             lambda: round(torch.cuda.get_device_properties(index).total_memory / 2**20, 1)
         )

@@ -560,11 +560,21 @@ def main(argv: list[str] | None = None) -> int:
     from .atomic import write_json
 
     spec, out, profile_mode, torch_profile_dir = parse_args(argv)
+    claim = None
+    if spec.device == "cuda":
+        from .gpu_slots import claim_gpu
+
+        claim = claim_gpu()  # before CUDA starts: this cell gets a GPU of its own
+        if claim is not None:
+            print(f"GPU slot: CUDA_VISIBLE_DEVICES={claim.device} (of {', '.join(claim.devices)}; "
+                  f"waited {claim.waited_s:.1f} s)", file=sys.stderr)
     print(f"cell {spec.model} {spec.dtype} {spec.backend} seq={spec.seq_len} batch={spec.batch} on {spec.device}",
           file=sys.stderr)
     result = measure(spec, profile_mode, torch_profile_dir)
     if profile_mode == "torch":
         _ensure_torch_profile_files(Path(torch_profile_dir))
+    if claim is not None:
+        result["gpu_slot"] = {"device": claim.device, "devices": list(claim.devices), "waited_s": claim.waited_s}
     write_json(out, result)
     m = result["metrics"]
     if result["status"] == "ok":
