@@ -1,6 +1,7 @@
 """Rebuild results/reference/h100 merge, collapse, plots and report from its committed cell files (no GPU).
 
 For when the downstream steps change: python benchmarks/rebuild_reference_report.py
+The report includes the committed profiles' summaries (as profile.in_report would).
 """
 import glob, yaml
 from latency_sensitivity import steps, config as lsconfig
@@ -16,4 +17,6 @@ for sweep in cfg["sweeps"]:
     steps.plot_sweep(f"{root}/{sweep}/sweep.csv", f"{root}/{sweep}/combined.png", sweep, axis)
     names.append(sweep); axes.append(axis); csvs.append(f"{root}/{sweep}/sweep.csv")
 allcells = [f"{root}/{c.path.removeprefix('results/')}" for c in lsconfig.all_cells(cfg)]
-steps.build_report(csvs, names, axes, allcells, lsconfig.settings_summary(cfg), f"{root}/report.md", cal)
+profiles = sorted(glob.glob(f"{root}/profiles/summary/*/**/*.json", recursive=True))
+steps.build_report(csvs, names, axes, allcells, lsconfig.settings_summary(cfg), f"{root}/report.md", cal,
+                   profile_files=profiles)

@@ -514,3 +514,22 @@ def test_memory_model_finding():
     )
     cpu = frame.assign(vram_allocated_mb=0.0)
     assert report.memory_model_finding(cpu) is None
+
+
+def test_backend_comparison_hand_computed():
+    rows = []
+    for backend, decode, eff in (("eager", [40.0, 30.0], [0.05, 0.1]), ("graph", [8.0, 6.0], [0.25, 0.5])):
+        for batch, d, e in zip((1, 8), decode, eff):
+            rows.append({"seq_len": 128, "batch": batch, "model": "m", "dtype": "fp16", "backend": backend,
+                         "status": "ok", "flag": "ok", "decode_p50_ms_per_tok": d, "decode_efficiency": e})
+    rows.append({"seq_len": 128, "batch": 64, "model": "m", "dtype": "fp16", "backend": "graph", "status": "ok",
+                 "flag": "ok", "decode_p50_ms_per_tok": 9.0, "decode_efficiency": 0.2})  # graph only: left out
+    (title, table, findings), = report.backend_comparison(pd.DataFrame(rows))
+    assert title == "m · fp16"
+    assert "| 128 | 1 | 40.00 | 8.00 | 5.00x | 20.0x | 4.0x |" in table
+    assert "| 128 | 8 | 30.00 | 6.00 | 5.00x | 10.0x | 2.0x |" in table and "| 64 |" not in table
+    assert findings[0].startswith("graph decodes 5.0–5.0x faster than eager")
+    assert "eager decode takes 10.0–20.0x its roofline floor" in findings
+    assert "graph decode takes 2.0–4.0x its roofline floor" in findings
+    single = pd.DataFrame([r for r in rows if r["backend"] == "eager"])
+    assert report.backend_comparison(single) == []

@@ -976,6 +976,64 @@ def memory_model_finding(frame: pd.DataFrame) -> str | None:
     return text
 
 
+def backend_comparison(frame: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
+    """Per (model, dtype) measured with several backends: (title, table, findings) comparing decode.
+
+    Rows are the cells (seq_len, batch) that every backend measured; the first backend (eager when present)
+    is the baseline. Columns: decode ms/step per backend, each other backend's speed-up over the baseline,
+    and each backend's decode time as a multiple of the roofline floor (1 / decode_efficiency).
+    """
+    if "backend" not in frame.columns or frame.empty:
+        return []
+    ok = frame[~cell_outcome(frame).isin(FAILED)].copy()
+    ok["backend"] = _text(ok, "backend")
+    out = []
+    group_keys = [k for k in ("model", "dtype") if k in ok.columns]
+    groups = ok.groupby(group_keys, sort=True) if group_keys else [((), ok)]
+    for key, sub in groups:
+        backends = list(dict.fromkeys(sub["backend"]))
+        if len(backends) < 2:
+            continue
+        base = "eager" if "eager" in backends else backends[0]
+        others = [b for b in backends if b != base]
+        backends = [base] + others
+        per = {b: sub[sub["backend"] == b].set_index(["seq_len", "batch"]) for b in backends}
+        cells = sorted(set.intersection(*(set(per[b].index) for b in backends)))
+        if not cells:
+            continue
+        headers = ["seq_len", "batch"] + [f"{b} decode ms/step" for b in backends]
+        headers += [f"{b} speed-up" for b in others] + [f"{b} × floor" for b in backends]
+        rows, speedups = [], {b: [] for b in others}
+        for cell in cells:
+            dec = {b: float(per[b].loc[cell, "decode_p50_ms_per_tok"]) for b in backends}
+            row = [str(cell[0]), str(cell[1])] + [fmt_ms(dec[b]) for b in backends]
+            for b in others:
+                ratio = dec[base] / dec[b] if dec[b] > 0 else math.nan
+                speedups[b].append((ratio, cell))
+                row.append(f"{ratio:.2f}x" if not _isnan(ratio) else "–")
+            for b in backends:
+                eff = per[b].loc[cell].get("decode_efficiency", math.nan)
+                row.append(f"{1 / float(eff):.1f}x" if not _isnan(eff) and float(eff) > 0 else "–")
+            rows.append(row)
+        title = " · ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
+        table = markdown_table(headers, rows, [True] * len(headers))
+        findings = []
+        for b in others:
+            vals = [(r, c) for r, c in speedups[b] if not _isnan(r)]
+            if not vals:
+                continue
+            lo, hi = min(vals), max(vals)
+            findings.append(f"{b} decodes {lo[0]:.1f}–{hi[0]:.1f}x faster than {base} per step (least at seq_len "
+                            f"{lo[1][0]} × batch {lo[1][1]}, most at seq_len {hi[1][0]} × batch {hi[1][1]})")
+        for b in backends:
+            eff = pd.to_numeric(per[b].loc[cells, "decode_efficiency"], errors="coerce").dropna() \
+                if "decode_efficiency" in per[b].columns else pd.Series(dtype=float)
+            if not eff.empty and (eff > 0).all():
+                findings.append(f"{b} decode takes {1 / eff.max():.1f}–{1 / eff.min():.1f}x its roofline floor")
+        out.append((title, table, findings))
+    return out
+
+
 def sweep_section(sw: SweepInput) -> str:
     if sw.axis not in AXES:
         raise ValueError(f"sweep {sw.name!r}: unknown axis {sw.axis!r}; expected one of {AXES}")
@@ -1000,6 +1058,11 @@ def sweep_section(sw: SweepInput) -> str:
         findings = findings + [f for f in (roofline_finding(sub), memory_model_finding(sub)) if f]
         parts += ["", "Findings:", ""]
         parts += [f"- {f}" for f in findings] if findings else ["- too few measured cells for findings"]
+    for title, table, findings in backend_comparison(sw.frame) if not sw.frame.empty else []:
+        parts += ["", f"### Backends compared: {title}", "",
+                  "Decode per step of the cells every backend measured; speed-up = baseline time / backend time; "
+                  "× floor = measured time / roofline floor.", "", table, "", "Findings:", ""]
+        parts += [f"- {f}" for f in findings]
     if sw.figures:
         parts += ["", "### Figures", ""]
         for caption, path in sw.figures:
