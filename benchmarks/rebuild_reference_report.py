@@ -19,4 +19,4 @@ for sweep in cfg["sweeps"]:
 allcells = [f"{root}/{c.path.removeprefix('results/')}" for c in lsconfig.all_cells(cfg)]
 profiles = sorted(glob.glob(f"{root}/profiles/summary/*/**/*.json", recursive=True))
 steps.build_report(csvs, names, axes, allcells, lsconfig.settings_summary(cfg), f"{root}/report.md", cal,
-                   profile_files=profiles)
+                   profile_files=profiles, reference_study=cfg.get("reference_study"))

@@ -12,4 +12,5 @@ with steps.logged(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
         out_md=snakemake.output[0],  # noqa: F821
         calibration_files=list(snakemake.input.calibration),  # noqa: F821
         profile_files=list(snakemake.input.profiles),  # noqa: F821
+        reference_study=snakemake.params.reference_study,  # noqa: F821
     )

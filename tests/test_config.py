@@ -113,3 +113,16 @@ def test_shipped_qwen_architecture_matches_published_shape():
     assert (arch["num_hidden_layers"], arch["hidden_size"], arch["num_attention_heads"]) == (36, 2048, 16)
     assert (arch["num_key_value_heads"], arch["intermediate_size"], arch["vocab_size"]) == (2, 11008, 151936)
     assert arch["tie_word_embeddings"] is True
+
+
+def test_reference_study_checked(default_config):
+    cfg = copy.deepcopy(default_config)
+    cfg["reference_study"] = {"csv": "config/reference_study/rtx5070_qwen2.5-3b_fp16.csv", "label": "x",
+                              "model": "qwen2.5-3b", "dtype": "fp16"}
+    check(cfg)
+    cfg["reference_study"]["model"] = "nope"
+    with pytest.raises(ConfigError, match="reference_study.model"):
+        check(cfg)
+    cfg["reference_study"].update(model="qwen2.5-3b", csv="missing.csv")
+    with pytest.raises(ConfigError, match="reference_study.csv: no such file"):
+        check(cfg)

@@ -160,6 +160,14 @@ def validate(config: dict, base_dir: Path | str = ".", schema_path: Path | str =
                             f"{measure['gen_tokens']} exceeds model {name!r}'s max positions {limit} "
                             f"(value: {seq})"
                         )
+    study = config.get("reference_study")
+    if study:
+        if study["model"] not in models:
+            raise ConfigError(f"config key reference_study.model: unknown model (value: {study['model']!r}; "
+                              f"defined: {sorted(models)})")
+        csv_path = Path(study["csv"])
+        if not (csv_path if csv_path.is_absolute() else Path(base_dir) / csv_path).is_file():
+            raise ConfigError(f"config key reference_study.csv: no such file (value: {study['csv']!r})")
     for i, entry in enumerate(config.get("profile", {}).get("cells", [])):
         cell = _profile_cell(config, entry)
         key = f"profile.cells[{i}]"

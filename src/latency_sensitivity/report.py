@@ -1072,7 +1072,8 @@ def sweep_section(sw: SweepInput) -> str:
 
 
 def build_report(sweeps: list[SweepInput], environments: list[dict], settings: dict,
-                 title: str = "Latency sensitivity report", profiles: Sequence[dict] = ()) -> str:
+                 title: str = "Latency sensitivity report", profiles: Sequence[dict] = (),
+                 claims_text: str | None = None, claims_label: str | None = None) -> str:
     """The whole report as markdown: summary, Setup, How to read this, one section per sweep, failures."""
     total = pd.concat([s.frame for s in sweeps], ignore_index=True) if sweeps else pd.DataFrame()
     lines = [f"# {title}", ""]
@@ -1084,6 +1085,8 @@ def build_report(sweeps: list[SweepInput], environments: list[dict], settings: d
     for sw in sweeps:
         lines += [sweep_section(sw), ""]
     lines += ["## Collapse and failures", "", failures_section(sweeps), ""]
+    if claims_text:
+        lines += [f"## The reference study's claims ({claims_label})", "", claims_text, ""]
     if profiles:
         lines += ["## Profiles", "", profiles_section(profiles, heading_level=3), ""]
     return "\n".join(lines)

@@ -103,6 +103,7 @@ def build_report(
     out_md: str,
     calibration_files: Sequence[str] = (),
     profile_files: Sequence[str] = (),
+    reference_study: dict | None = None,
 ) -> str:
     from . import report
 
@@ -122,7 +123,17 @@ def build_report(
             figures.append(("Heatmap", os.path.relpath(folder / "heatmap.png", out_dir)))
         sweeps.append(report.SweepInput(name=name, axis=axis, frame=read_sweep(csv), figures=figures))
     profiles = [json.loads(Path(p).read_text()) for p in profile_files]
-    text = report.build_report(sweeps, distinct_environments(cell_files), settings, profiles=profiles)
+    claims_text = None
+    if reference_study:
+        from . import claims
+
+        frames = [sw.frame for sw in sweeps if not sw.frame.empty]
+        ours = claims.our_series(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(),
+                                 reference_study["model"], reference_study["dtype"])
+        results = claims.evaluate(claims.load_reference(reference_study["csv"]), reference_study["label"], ours)
+        claims_text = claims.claims_section(results)
+    text = report.build_report(sweeps, distinct_environments(cell_files), settings, profiles=profiles,
+                               claims_text=claims_text, claims_label=(reference_study or {}).get("label"))
     report.write_report(text, out_md)
     print(f"wrote {out_md} ({len(text)} characters)", file=sys.stderr)
     return text

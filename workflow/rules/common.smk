@@ -107,6 +107,12 @@ def profile_targets(tools):
     return targets
 
 
+def reference_study_files():
+    """The reference study's CSV, when the config names one (an input: a changed CSV rebuilds the report)."""
+    study = config.get("reference_study")
+    return [study["csv"]] if study else []
+
+
 def report_profile_summaries():
     """The profile summaries the main report shows: those of profile.tools when profile.in_report is set."""
     return profile_targets(PROFILE["tools"]) if PROFILE["in_report"] else []

@@ -46,6 +46,7 @@ rule build_report:
         cells=all_cell_files(),
         calibration=calibration_files(),
         profiles=report_profile_summaries(),
+        reference_study=reference_study_files(),
     output:
         "results/report.md",
     log:
@@ -54,6 +55,7 @@ rule build_report:
         sweeps=SWEEPS,
         axes=[lsconfig.sweep_axis(config, s) for s in SWEEPS],
         settings=lsconfig.settings_summary(config),
+        reference_study=config.get("reference_study"),
     conda:
         "../../envs/report.yaml"
     script:
