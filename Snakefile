@@ -24,6 +24,26 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/profile.smk"
 
 
+# Light steps run where snakemake runs, also under a cluster executor (profiles/slurm).
+localrules:
+    all,
+    merge_sweep,
+    detect_collapse,
+    plot_sweep,
+    plot_heatmap,
+    build_report,
+    nsys_stats,
+    ncu_export,
+    summarize_nsys,
+    summarize_ncu,
+    summarize_torch,
+    profile_report,
+    profile_all,
+    profile_nsys,
+    profile_ncu,
+    profile_torch,
+
+
 rule all:
     default_target: True
     input:

@@ -2,7 +2,7 @@
 
 Snakemake counts GPUs (`resources: gpu=1` per job, `--resources gpu=N` in all) but does not say *which*
 GPU a job may use. Each GPU job therefore claims a device itself, before CUDA starts: it takes an exclusive,
-non-blocking lock on one file per device (``<lock_dir>/gpu-<id>.lock``), the first free one in order, and
+non-blocking lock on one file per device (``<lock_dir>/gpu-<host>-<id>.lock``), the first free one in order, and
 narrows ``CUDA_VISIBLE_DEVICES`` to that device. The lock is held until the process exits (the kernel
 releases it even when the process is killed), so a device is free again exactly when its job has ended.
 When every device is taken (more concurrent GPU jobs than devices), the claim waits for one.
@@ -57,7 +57,11 @@ def visible_devices(environ: dict | None = None) -> list[str]:
 
 
 def _lock_name(device: str) -> str:
-    return "gpu-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in device) + ".lock"
+    """One lock file per host and device: a lock folder on a shared file system serves every node."""
+    import socket
+
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{socket.gethostname()}-{device}")
+    return f"gpu-{safe}.lock"
 
 
 def try_claim(devices: list[str], lock_dir: str | os.PathLike) -> tuple[str, object] | None:

@@ -25,6 +25,12 @@ validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 MEASURE = config["measure"]
 SWEEPS = list(config["sweeps"])
+# What a measurement job needs from the machine: on CUDA one GPU (the resource a scheduler such as SLURM
+# allocates; the runner then claims a device of its own), on the CPU a `cpu_measurement` token. The default
+# workflow profile caps both at 1, so measurements never run two at a time on one machine.
+MEASURE_RESOURCES = (
+    {"gpu": 1, "cpu_measurement": 0} if MEASURE["device"] == "cuda" else {"gpu": 0, "cpu_measurement": 1}
+)
 PROFILE = config["profile"]
 PROFILE_CELLS = lsconfig.profile_cells(config)
 MODEL_SOURCES = {

@@ -20,8 +20,7 @@ rule measure_cell:
         seed=MEASURE["seed"],
     threads: MEASURE["threads"]
     resources:
-        # One measurement at a time per GPU: the default workflow profile caps gpu at 1.
-        gpu=1,
+        **MEASURE_RESOURCES,
     conda:
         "../../envs/measure.yaml"
     shell:
@@ -36,7 +35,7 @@ rule calibrate_device:
         "logs/calibrate/{device}_{dtype}.log",
     threads: MEASURE["threads"]
     resources:
-        gpu=1,
+        **MEASURE_RESOURCES,
     conda:
         "../../envs/measure.yaml"
     shell:

@@ -19,7 +19,7 @@ rule nsys_profile:
         prefix=_report_prefix,
     threads: MEASURE["threads"]
     resources:
-        gpu=1,
+        **MEASURE_RESOURCES,
     conda:
         "../../envs/measure.yaml"
     shell:
@@ -69,7 +69,7 @@ rule ncu_profile:
         sections=" ".join(f"--section {s}" for s in PROFILE["ncu"]["sections"]),
     threads: MEASURE["threads"]
     resources:
-        gpu=1,
+        **MEASURE_RESOURCES,
     conda:
         "../../envs/measure.yaml"
     shell:
@@ -114,7 +114,7 @@ rule torch_profile:
         folder=lambda wildcards, output: str(Path(output.trace).parent),
     threads: MEASURE["threads"]
     resources:
-        gpu=1,
+        **MEASURE_RESOURCES,
     conda:
         "../../envs/measure.yaml"
     shell:
