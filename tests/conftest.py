@@ -1,4 +1,3 @@
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +41,18 @@ def small_config(default: dict, **measure) -> dict:
         "grid": {"seq": [16, 32], "batch": [1, 2]},  # adds one cell (seq32 x batch2); the rest are shared
     }
     return cfg
+
+
+TINY_ARCHITECTURE = str(REPO / "config" / "models" / "tiny-qwen2.json")
+
+
+def cell_spec(**kw):
+    """A runner CellSpec of the tiny default model on the CPU; keywords override the defaults."""
+    from latency_sensitivity.runner import CellSpec
+
+    base = dict(model="tiny", model_kind="architecture", model_location=TINY_ARCHITECTURE, dtype="fp32",
+                backend="eager", device="cpu", attn_implementation="sdpa", seq_len=8, batch=2, gen_tokens=4,
+                warmup=1, reps=3, seed=0, threads=1)
+    base.update(kw)
+    return CellSpec(**base)
+

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from conftest import cell_spec
 from latency_sensitivity import backends, runner
 from latency_sensitivity.columns import COLUMNS_BY_NAME
 from latency_sensitivity.config import MODELS_DIR
@@ -13,11 +14,7 @@ TINY = str(MODELS_DIR / "tiny-qwen2.json")
 
 
 def spec(**kw):
-    base = dict(model="tiny", model_kind="architecture", model_location=TINY, dtype="fp32", backend="graph",
-                device="cpu", attn_implementation="sdpa", seq_len=12, batch=2, gen_tokens=6, warmup=1, reps=2,
-                seed=0, threads=1)
-    base.update(kw)
-    return runner.CellSpec(**base)
+    return cell_spec(**{"backend": "graph", "seq_len": 12, "gen_tokens": 6, "reps": 2, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from conftest import cell_spec
 from latency_sensitivity import runner
 from latency_sensitivity.config import MODELS_DIR
 
@@ -12,11 +13,7 @@ TINY = str(MODELS_DIR / "tiny-qwen2.json")
 
 
 def spec(**kw):
-    base = dict(model="tiny", model_kind="architecture", model_location=TINY, dtype="fp32", backend="eager",
-                device="cpu", attn_implementation="sdpa", seq_len=8, batch=2, gen_tokens=4, warmup=1, reps=3,
-                seed=0, threads=1)
-    base.update(kw)
-    return runner.CellSpec(**base)
+    return cell_spec(**kw)
 
 
 def test_measures_a_real_tiny_model():

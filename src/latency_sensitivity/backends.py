@@ -100,6 +100,36 @@ def make(name: str, model, prompt, gen_tokens: int, clock) -> Backend:
     return backend
 
 
+def timed_request(prefill, step, gen_tokens: int, clock, rep_name: str):
+    """The request timing every backend shares.
+
+    prefill() runs the prompt's forward and returns the first token (batch, 1); step(token) runs one decode
+    step and returns the next. Prefill is timed by the clock (CUDA events on a GPU, so its time is the
+    device's), TTFT on the host until the first token has reached it, then gen_tokens - 1 decode steps, each
+    timed by the clock, inside NVTX ranges ``{rep_name}.prefill`` and ``{rep_name}.decode``.
+    Returns prefill_ms, ttft_ms, [decode step ms], e2e_ms.
+    """
+    from .telemetry import nvtx_range
+
+    clock.sync()
+    host_start = time.perf_counter()
+    with nvtx_range(f"{rep_name}.prefill"):
+        start = clock.mark()
+        token = prefill()
+        prefill_end = clock.mark()
+        token.cpu()  # the first token reaches the host: time to first token
+        ttft_ms = (time.perf_counter() - host_start) * 1000.0
+    marks = []
+    with nvtx_range(f"{rep_name}.decode"):
+        for _ in range(gen_tokens - 1):
+            a = clock.mark()
+            token = step(token)
+            marks.append((a, clock.mark()))
+        clock.sync()
+    e2e_ms = (time.perf_counter() - host_start) * 1000.0
+    return clock.elapsed_ms(start, prefill_end), ttft_ms, [clock.elapsed_ms(a, b) for a, b in marks], e2e_ms
+
+
 # ---------------------------------------------------------------------------------------------- eager
 
 
@@ -314,34 +344,18 @@ class GraphBackend(Backend):
 
     def request(self, prompt, gen_tokens: int, clock, rep_name: str):
         """As runner.one_request, on the static cache; the cache is reset before the clock starts."""
-        from .telemetry import nvtx_range
-
         self._check(prompt, gen_tokens)
         self.reset()
         self._filled = True
-        clock.sync()
-        host_start = time.perf_counter()
-        with nvtx_range(f"{rep_name}.prefill"):
-            start = clock.mark()
-            logits, token = self._prefill(prompt)
-            prefill_end = clock.mark()
-            del logits
-            token.cpu()  # the first token reaches the host: time to first token
-            ttft_ms = (time.perf_counter() - host_start) * 1000.0
-        marks = []
-        with nvtx_range(f"{rep_name}.decode"):
-            for _ in range(gen_tokens - 1):
-                a = clock.mark()
-                self.static_in.copy_(token)
-                self._replay()
-                token = self.static_out
-                marks.append((a, clock.mark()))
-            clock.sync()
-        e2e_ms = (time.perf_counter() - host_start) * 1000.0
-        prefill_ms = clock.elapsed_ms(start, prefill_end)
-        steps = [clock.elapsed_ms(a, b) for a, b in marks]
+
+        def step(token):
+            self.static_in.copy_(token)
+            self._replay()
+            return self.static_out
+
+        result = timed_request(lambda: self._prefill(prompt)[1], step, gen_tokens, clock, rep_name)
         self._check_length(prompt.shape[1] + gen_tokens - 1)
-        return prefill_ms, ttft_ms, steps, e2e_ms
+        return result
 
     def prefill(self, prompt):
         self._check(prompt, 1)

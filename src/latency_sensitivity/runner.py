@@ -153,40 +153,27 @@ class Clock:
 def one_request(model, prompt, gen_tokens: int, clock: Clock, rep_name: str):
     """Prefill (logits_to_keep=1) then gen_tokens - 1 greedy decode steps on the KV cache, never stopping early.
 
-    Returns prefill_ms, ttft_ms, [decode step ms], e2e_ms.
+    transformers' dynamic KV cache, one forward per step (the eager backend). The timing is
+    backends.timed_request's, shared by every backend. Returns prefill_ms, ttft_ms, [decode step ms], e2e_ms.
     """
-    from .telemetry import nvtx_range
+    state: dict = {}
 
-    torch = clock.torch
-    clock.sync()
-    host_start = time.perf_counter()
-    with nvtx_range(f"{rep_name}.prefill"):
-        start = clock.mark()
+    def prefill():
         out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
-        token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
-        prefill_end = clock.mark()
-        cache = out.past_key_values
-        del out
-        token.cpu()  # the first token reaches the host: time to first token
-        ttft_ms = (time.perf_counter() - host_start) * 1000.0
-    marks = []
-    with nvtx_range(f"{rep_name}.decode"):
-        for _ in range(gen_tokens - 1):
-            a = clock.mark()
-            out = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
-            cache = out.past_key_values
-            del out
-            marks.append((a, clock.mark()))
-        clock.sync()
-    e2e_ms = (time.perf_counter() - host_start) * 1000.0
-    prefill_ms = clock.elapsed_ms(start, prefill_end)
-    steps = [clock.elapsed_ms(a, b) for a, b in marks]
+        state["cache"] = out.past_key_values
+        return out.logits[:, -1].argmax(dim=-1, keepdim=True)
+
+    def step(token):
+        out = model(input_ids=token, past_key_values=state["cache"], use_cache=True, logits_to_keep=1)
+        state["cache"] = out.past_key_values
+        return out.logits[:, -1].argmax(dim=-1, keepdim=True)
+
+    result = backends.timed_request(prefill, step, gen_tokens, clock, rep_name)
+    cache = state.pop("cache")
     expected = prompt.shape[1] + gen_tokens - 1
     if cache.get_seq_length() != expected:
         raise RuntimeError(f"KV cache holds {cache.get_seq_length()} positions, expected {expected}")
-    del cache
-    return prefill_ms, ttft_ms, steps, e2e_ms
+    return result
 
 
 def kernel_time_ms(fn) -> float:
