@@ -270,3 +270,12 @@ def test_torch_summary_on_h100_trace():
     shares = profiling.class_shares(s)
     assert max(shares["decode"], key=shares["decode"].get) == "GEMM"
     assert shares["decode"]["attention"] > 0
+
+
+def test_profile_columns_name_the_backend_when_cells_differ_only_by_it():
+    base = json.loads(json.dumps(profiling.nsys_summary(H100 / "nvtx_kern_sum.csv", H100 / "nvtx_gpu_proj_sum.csv")))
+    cell = {"model": "m", "dtype": "fp16", "seq_len": 128, "batch": 1}
+    a = dict(base, status="ok", cell=dict(cell, backend="eager"))
+    b = dict(base, status="ok", cell=dict(cell, backend="graph"))
+    assert "| s128×b1 eager prefill | s128×b1 eager decode | s128×b1 graph prefill |" in report.profile_classes_table([a, b])
+    assert "| s128×b1 prefill | s128×b1 decode |" in report.profile_classes_table([a])

@@ -1110,9 +1110,14 @@ def profile_label(summary: dict) -> str:
             f"seq {c.get('seq_len', '?')} x batch {c.get('batch', '?')}")
 
 
-def _short_cell(summary: dict) -> str:
+def _short_cell(summary: dict, with_backend: bool = False) -> str:
     c = summary.get("cell", {})
-    return f"s{c.get('seq_len', '?')}×b{c.get('batch', '?')}"
+    text = f"s{c.get('seq_len', '?')}×b{c.get('batch', '?')}"
+    return f"{text} {c.get('backend', '?')}" if with_backend else text
+
+
+def _several_backends(summaries: Sequence[dict]) -> bool:
+    return len({s.get("cell", {}).get("backend") for s in summaries}) > 1
 
 
 def _pct(x: Any) -> str:
@@ -1124,6 +1129,7 @@ def profile_classes_table(summaries: Sequence[dict]) -> str | None:
     from .profiling import KERNEL_CLASSES
 
     columns = []  # (header, shares {class: share}, phase row)
+    with_backend = _several_backends(summaries)
     for s in summaries:
         shares: dict[str, dict[str, float]] = {}
         for row in s.get("classes", []):
@@ -1131,7 +1137,7 @@ def profile_classes_table(summaries: Sequence[dict]) -> str | None:
         phases = {row["phase"]: row for row in s.get("phases", [])}
         for phase in ("prefill", "decode"):
             if phase in shares or phase in phases:
-                columns.append((f"{_short_cell(s)} {phase}", shares.get(phase, {}), phases.get(phase, {})))
+                columns.append((f"{_short_cell(s, with_backend)} {phase}", shares.get(phase, {}), phases.get(phase, {})))
     if not columns:
         return None
     basis = {s.get("basis") for s in summaries}
@@ -1157,9 +1163,10 @@ def _short_kernel(name: str, limit: int = 60) -> str:
 
 def ncu_table(summaries: Sequence[dict]) -> str | None:
     rows = []
+    with_backend = _several_backends(summaries)
     for s in summaries:
         for k in s.get("kernels", []):
-            rows.append([_short_cell(s), k.get("phase") or "–", f"`{_short_kernel(k['kernel'])}`", k["kernel_class"],
+            rows.append([_short_cell(s, with_backend), k.get("phase") or "–", f"`{_short_kernel(k['kernel'])}`", k["kernel_class"],
                          str(k["launches"]), format_number(k["duration_us"]),
                          format_number(k["dram_throughput_pct"]), format_number(k["sm_throughput_pct"]),
                          format_number(k["achieved_occupancy_pct"])])
