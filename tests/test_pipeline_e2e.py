@@ -3,6 +3,7 @@
 import re
 
 import pandas as pd
+import yaml
 import pytest
 import torch
 
@@ -108,3 +109,17 @@ def test_cli_sweep_finishes_with_failed_cells_recorded(tmp_path):
     work = tmp_path / "x.work"
     assert "torch sees no CUDA device" in (work / "results" / "report.md").read_text()
     assert len(cli.failed_cells(work / "results")) == 2
+
+
+def test_cli_backends_option(tmp_path, capsys):
+    """--backends selects the execution backends; a dry run plans one cell per backend; bad names stop early."""
+    out = tmp_path / "b.csv"
+    rc = cli.main(["sweep", "--model", "tiny-qwen2", "--dtype", "fp32", "--device", "cpu", "--seq", "16",
+                   "--batch-sizes", "1,2", "--backends", "eager,graph", "--gen-tokens", "3", "--warmup", "0",
+                   "--reps", "1", "--out", str(out), "--dry-run"])
+    assert rc == 0
+    cfg = yaml.safe_load((tmp_path / "b.work" / "config" / "config.yaml").read_text())
+    assert cfg["measure"]["backends"] == ["eager", "graph"]
+    with pytest.raises(SystemExit):
+        cli.main(["sweep", "--model", "tiny-qwen2", "--seq", "16", "--backends", "tensorrt", "--out", str(out)])
+    assert "backends must be a comma-separated subset of eager, graph" in capsys.readouterr().err

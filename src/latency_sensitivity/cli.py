@@ -71,6 +71,17 @@ def resolve_model_arg(model: str, repo_config: dict) -> tuple[str, dict]:
     return key, entry
 
 
+def _backend_list(text: str) -> list[str]:
+    from .backends import BACKENDS
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in BACKENDS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"backends must be a comma-separated subset of {', '.join(BACKENDS)}"
+                                         f" (got {text!r})")
+    return list(dict.fromkeys(names))
+
+
 def _safe_name(name: str) -> str:
     name = re.sub(r"[^A-Za-z0-9._-]", "-", name).lstrip("._-")
     return name or "model"
@@ -85,7 +96,7 @@ def sweep_config(args: argparse.Namespace) -> dict:
         "measure": {
             "models": [name],
             "dtypes": [args.dtype],
-            "backends": ["eager"],
+            "backends": list(args.backends),
             "device": args.device or _default_device(),
             "attn_implementation": args.attn_implementation,
             "gen_tokens": args.gen_tokens,
@@ -159,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     s.add_argument("--seq", type=_int_list, required=True, help="comma-separated prompt lengths")
     s.add_argument("--batch-sizes", type=_int_list, default=[1], help="comma-separated batch sizes")
+    s.add_argument("--backends", type=_backend_list, default=["eager"],
+                   help="comma-separated: eager (transformers' dynamic KV cache, the reference setup), "
+                        "graph (static KV cache, decode step replayed as a CUDA graph)")
     s.add_argument("--gen-tokens", type=int, default=32)
     s.add_argument("--warmup", type=int, default=3)
     s.add_argument("--reps", type=int, default=7)
