@@ -31,6 +31,7 @@ def test_full_pipeline_then_only_changed_cells_rerun(tmp_path, default_config):
         assert (df["prefill_p50_ms"] > 0).all() and (df["decode_tok_s"] > 0).all()
         assert df[axis].is_monotonic_increasing
         assert {"ttft_p50_ms", "tpot_p50_ms", "decode_floor_ms", "decode_efficiency"} <= set(df.columns)
+        assert (df["tokenize_p50_ms"] > 0).all() and (df["request_p50_ms"] > df["e2e_p50_ms"]).all()
         png = (tmp_path / "results" / sweep / "combined.png").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
     grid = pd.read_csv(tmp_path / "results" / "grid" / "sweep.csv")
@@ -38,10 +39,11 @@ def test_full_pipeline_then_only_changed_cells_rerun(tmp_path, default_config):
     assert (tmp_path / "results" / "grid" / "heatmap.png").read_bytes().startswith(b"\x89PNG")
     assert not (tmp_path / "results" / "seq_sweep" / "heatmap.png").exists()
     assert (tmp_path / "results" / "calibration" / "cpu_fp32.json").is_file()
+    assert (tmp_path / "results" / "tokenizer" / "tokenizer.json").is_file()
     assert (tmp_path / "logs" / "measure" / "tiny-qwen2" / "fp32" / "eager" / "seq16_batch1.log").is_file()
     report = (tmp_path / "results" / "report.md").read_text()
     for text in ("## Setup", "## Sweep `seq_sweep`", "## Sweep `batch_sweep`", "## Sweep `grid`", "![", "| 64 |",
-                 "Findings", "Roofline", "ceilings (cpu, fp32)"):
+                 "Findings", "Roofline", "ceilings (cpu, fp32)", "Request anatomy"):
         assert text in report
     cells = sorted(p.name for p in (tmp_path / "results" / "cells").rglob("*.json"))
     assert len(cells) == 6  # cells shared between sweeps are measured once

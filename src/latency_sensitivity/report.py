@@ -1034,6 +1034,48 @@ def backend_comparison(frame: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
     return out
 
 
+ANATOMY_STAGES = (("tokenise", "tokenize_p50_ms"), ("prefill (TTFT)", "ttft_p50_ms"), ("decode", None),
+                  ("detokenise", "detokenize_p50_ms"))
+
+
+def anatomy_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per ok cell: the request's stages in ms (decode = e2e - TTFT) and the whole request, text to text."""
+    needed = {"tokenize_p50_ms", "detokenize_p50_ms", "ttft_p50_ms", "e2e_p50_ms"}
+    if not needed <= set(frame.columns):
+        return pd.DataFrame()
+    ok = frame[~cell_outcome(frame).isin(FAILED)]
+    out = pd.DataFrame({
+        "tokenise": _col(ok, "tokenize_p50_ms"),
+        "prefill (TTFT)": _col(ok, "ttft_p50_ms"),
+        "decode": _col(ok, "e2e_p50_ms") - _col(ok, "ttft_p50_ms"),
+        "detokenise": _col(ok, "detokenize_p50_ms"),
+    })
+    out = out.dropna()
+    out["request"] = out.sum(axis=1)
+    return out
+
+
+def anatomy_table(frame: pd.DataFrame, axis: str) -> tuple[str, str] | None:
+    """The request anatomy of a series (markdown table) and its finding; None without tokenisation timings."""
+    rows = anatomy_rows(frame)
+    if rows.empty:
+        return None
+    keys = ["seq_len", "batch"] if axis == "grid" else [axis]
+    stages = [name for name, _ in ANATOMY_STAGES]
+    table = []
+    for idx, r in rows.iterrows():
+        largest = max(stages, key=lambda st: r[st])
+        table.append([format_axis_value(frame.loc[idx, k]) for k in keys]
+                     + [fmt_ms(r[st]) for st in stages] + [fmt_ms(r["request"]), largest])
+    text = markdown_table(keys + [f"{st} ms" for st in stages] + ["request ms", "largest stage"], table,
+                          [True] * (len(keys) + len(stages) + 1) + [False])
+    host = (rows["tokenise"] + rows["detokenise"]) / rows["request"]
+    largest = {max(stages, key=lambda st: r[st]) for _, r in rows.iterrows()}
+    finding = (f"tokenising and detokenising take {100 * host.min():.2f}–{100 * host.max():.2f}% of a request "
+               f"(text in, text out, p50 stages); the largest stage is {' / '.join(sorted(largest))}")
+    return text, finding
+
+
 def sweep_section(sw: SweepInput) -> str:
     if sw.axis not in AXES:
         raise ValueError(f"sweep {sw.name!r}: unknown axis {sw.axis!r}; expected one of {AXES}")
@@ -1048,6 +1090,10 @@ def sweep_section(sw: SweepInput) -> str:
         else:
             parts += ["Prefill + memory:", "", prefill_table(sub, sw.axis, notes), "",
                       "Decode + throughput:", "", decode_table(sub, sw.axis, notes)]
+        anatomy = anatomy_table(sub, sw.axis)
+        if anatomy:
+            parts += ["", "Request anatomy (p50 ms per stage, text in and text out; decode = end-to-end minus TTFT; "
+                      "model loading is not part of a request):", "", anatomy[0]]
         roof = roofline_table(sub, sw.axis)
         if roof:
             parts += ["", "Roofline (floor: fewest bytes over the measured copy bandwidth, or FLOPs over the measured "
@@ -1055,7 +1101,8 @@ def sweep_section(sw: SweepInput) -> str:
         if notes.items:
             parts += ["", "Notes:", "", notes.render()]
         findings = series_findings(sub, sw.axis)
-        findings = findings + [f for f in (roofline_finding(sub), memory_model_finding(sub)) if f]
+        findings = findings + [f for f in (roofline_finding(sub), memory_model_finding(sub),
+                                           anatomy[1] if anatomy else None) if f]
         parts += ["", "Findings:", ""]
         parts += [f"- {f}" for f in findings] if findings else ["- too few measured cells for findings"]
     for title, table, findings in backend_comparison(sw.frame) if not sw.frame.empty else []:

@@ -329,7 +329,8 @@ def op_table_csv(averages) -> str:
     return buf.getvalue()
 
 
-def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path | None = None) -> dict:
+def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path | None = None,
+            tokenizer: str | Path | None = None) -> dict:
     """Run the cell; always returns a result dict (status ok, oom or error).
 
     profile_mode: ``off`` (a measurement), ``external`` (nsys or ncu wrap this process: no NVML sampler
@@ -435,6 +436,20 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         m["model_build_s"] = build_s
         m["warmup_s"] = warmup_s
         m["backend_setup_s"] = backend.setup_s
+        if tokenizer is not None:
+            # Host-side stages of a request, timed on texts of the cell's shape (auxiliary: a failure is noted).
+            try:
+                from . import tokenization
+
+                tok = tokenization.measure(tokenization.load_tokenizer(tokenizer), spec.batch, spec.seq_len,
+                                           spec.gen_tokens, spec.reps, spec.seed)
+                samples["tokenize_ms"] = tok.pop("samples")["tokenize_ms"]
+                m.update({k: v for k, v in tok.items() if k != "tokenizer_vocab_size"})
+                m["request_p50_ms"] = m["tokenize_p50_ms"] + m["e2e_p50_ms"] + m["detokenize_p50_ms"]
+                result["tokenizer"] = {"path": str(tokenizer), "vocab_size": tok["tokenizer_vocab_size"]}
+            except Exception as exc:  # noqa: BLE001
+                result["tokenization_error"] = f"{type(exc).__name__}: {exc}"
+                print(f"tokenisation not measured: {result['tokenization_error']}", file=sys.stderr)
         try:
             predicted = memory_model.predicted_memory(
                 memory_model.Architecture.from_config(arch), spec.dtype, spec.batch, spec.seq_len,
@@ -508,6 +523,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--tokenizer", type=Path, help="tokenizer.json (or a folder with one): also time tokenising "
+                   "the batch's texts and detokenising its generated ids")
     p.add_argument("--profile-mode", choices=PROFILE_MODES, default="off",
                    help="off: measure; external: run under nsys/ncu; torch: record a torch.profiler trace")
     p.add_argument("--torch-profile-dir", type=Path, help="where --profile-mode torch writes its trace")
@@ -524,7 +541,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path]:
         backend=a.backend, device=a.device, attn_implementation=a.attn_implementation, seq_len=a.seq,
         batch=a.batch, gen_tokens=a.gen_tokens, warmup=a.warmup, reps=a.reps, seed=a.seed, threads=a.threads,
     )
-    return spec, a.out, a.profile_mode, a.torch_profile_dir
+    return spec, a.out, a.profile_mode, a.torch_profile_dir, a.tokenizer
 
 
 def _ensure_torch_profile_files(folder: Path) -> None:
@@ -546,7 +563,7 @@ def _ensure_torch_profile_files(folder: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     from .atomic import write_json
 
-    spec, out, profile_mode, torch_profile_dir = parse_args(argv)
+    spec, out, profile_mode, torch_profile_dir, tokenizer = parse_args(argv)
     claim = None
     if spec.device == "cuda":
         from .gpu_slots import claim_gpu
@@ -557,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"waited {claim.waited_s:.1f} s)", file=sys.stderr)
     print(f"cell {spec.model} {spec.dtype} {spec.backend} seq={spec.seq_len} batch={spec.batch} on {spec.device}",
           file=sys.stderr)
-    result = measure(spec, profile_mode, torch_profile_dir)
+    result = measure(spec, profile_mode, torch_profile_dir, tokenizer)
     if profile_mode == "torch":
         _ensure_torch_profile_files(Path(torch_profile_dir))
     if claim is not None:

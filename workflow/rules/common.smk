@@ -31,6 +31,13 @@ SWEEPS = list(config["sweeps"])
 MEASURE_RESOURCES = (
     {"gpu": 1, "cpu_measurement": 0} if MEASURE["device"] == "cuda" else {"gpu": 0, "cpu_measurement": 1}
 )
+# The tokenizer every cell times (a local one, or trained once by rule train_tokenizer).
+TOKENIZER = config["tokenizer"]
+TOKENIZER_FILE = (
+    (str(Path(TOKENIZER["path"]) / "tokenizer.json") if Path(TOKENIZER["path"]).is_dir() else TOKENIZER["path"])
+    if "path" in TOKENIZER
+    else "results/tokenizer/tokenizer.json"
+)
 PROFILE = config["profile"]
 PROFILE_CELLS = lsconfig.profile_cells(config)
 MODEL_SOURCES = {
@@ -132,7 +139,7 @@ RUNNER = (
     " --attn-implementation {params.attn_implementation}"
     " --seq {wildcards.seq} --batch {wildcards.batch}"
     " --gen-tokens {params.gen_tokens} --warmup {params.warmup} --reps {params.reps}"
-    " --seed {params.seed} --threads {threads}"
+    " --seed {params.seed} --threads {threads} --tokenizer {input.tokenizer:q}"
 )
 
 

@@ -5,6 +5,7 @@
 rule measure_cell:
     input:
         model_config=model_config_file,
+        tokenizer=TOKENIZER_FILE,
     output:
         "results/cells/{model}/{dtype}/{backend}/seq{seq}_batch{batch}.json",
     log:
@@ -41,3 +42,20 @@ rule calibrate_device:
     shell:
         "python3 -m latency_sensitivity.calibrate --device {wildcards.device} --dtype {wildcards.dtype}"
         " --threads {threads} --out {output} > {log} 2>&1"
+
+
+# The default tokenizer: byte-level BPE trained once on generated text (no download); see tokenization.py.
+rule train_tokenizer:
+    output:
+        "results/tokenizer/tokenizer.json",
+    log:
+        "logs/tokenizer.log",
+    params:
+        vocab_size=TOKENIZER["vocab_size"],
+        corpus_chars=TOKENIZER["corpus_chars"],
+        seed=TOKENIZER["seed"],
+    conda:
+        "../../envs/measure.yaml"
+    shell:
+        "python3 -m latency_sensitivity.tokenization --out {output} --vocab-size {params.vocab_size}"
+        " --corpus-chars {params.corpus_chars} --seed {params.seed} > {log} 2>&1"

@@ -7,6 +7,7 @@
 rule nsys_profile:
     input:
         model_config=model_config_file,
+        tokenizer=TOKENIZER_FILE,
         binary=profiler_binary("nsys"),
     output:
         report=f"results/profiles/nsys/{PROFILE_CELL}.nsys-rep",
@@ -53,6 +54,7 @@ rule nsys_stats:
 rule ncu_profile:
     input:
         model_config=model_config_file,
+        tokenizer=TOKENIZER_FILE,
         binary=profiler_binary("ncu"),
     output:
         report=f"results/profiles/ncu/{PROFILE_CELL}/{{phase}}.ncu-rep",
@@ -103,6 +105,7 @@ rule ncu_export:
 rule torch_profile:
     input:
         model_config=model_config_file,
+        tokenizer=TOKENIZER_FILE,
     output:
         trace=f"results/profiles/torch/{PROFILE_CELL}/trace.json.gz",
         ops=f"results/profiles/torch/{PROFILE_CELL}/ops.csv",

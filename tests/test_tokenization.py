@@ -1,0 +1,63 @@
+"""Tokenisation stages: the generated corpus, the trained tokenizer, texts of an exact shape, the timings,
+the runner's request total and the report's request anatomy."""
+
+import pandas as pd
+import pytest
+
+from conftest import cell_spec
+from latency_sensitivity import report, runner, tokenization
+
+
+@pytest.fixture(scope="module")
+def tokenizer_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    tokenization.train_tokenizer(path, vocab_size=600, corpus_chars=60_000, seed=1)
+    return path
+
+
+def test_corpus_is_deterministic_and_long_enough():
+    a, b = tokenization.generate_corpus(5000, seed=3), tokenization.generate_corpus(5000, seed=3)
+    assert a == b and len(a) >= 5000 and a != tokenization.generate_corpus(5000, seed=4)
+
+
+def test_trained_tokenizer_round_trips_and_texts_have_the_exact_shape(tokenizer_file):
+    tok = tokenization.load_tokenizer(tokenizer_file.parent)  # a folder with a tokenizer.json works too
+    assert tok.get_vocab_size() == 600
+    text = "Kalomi ter, 42 anduve."
+    assert tok.decode(tok.encode(text).ids) == text  # byte-level: lossless
+    texts = tokenization.texts_of_shape(tok, batch=3, seq_len=50, seed=0)
+    assert len(set(texts)) == 3
+    assert [len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)] == [50, 50, 50]
+
+
+def test_measure_reports_medians_and_rates(tokenizer_file):
+    tok = tokenization.load_tokenizer(tokenizer_file)
+    m = tokenization.measure(tok, batch=2, seq_len=40, gen_tokens=5, reps=3)
+    assert len(m["samples"]["tokenize_ms"]) == 3 and m["tokenize_p50_ms"] > 0 and m["detokenize_p50_ms"] > 0
+    assert m["tokenize_tok_s"] == pytest.approx(2 * 40 * 1000 / m["tokenize_p50_ms"])
+
+
+def test_missing_tokenizer_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        tokenization.load_tokenizer(tmp_path)
+
+
+def test_runner_adds_the_host_stages_to_a_request(tokenizer_file):
+    r = runner.measure(cell_spec(seq_len=16, batch=2, gen_tokens=3, reps=2), tokenizer=tokenizer_file)
+    assert r["status"] == "ok", r["error"]
+    m = r["metrics"]
+    assert m["request_p50_ms"] == pytest.approx(m["tokenize_p50_ms"] + m["e2e_p50_ms"] + m["detokenize_p50_ms"])
+    assert r["tokenizer"]["vocab_size"] == 600 and len(r["samples"]["tokenize_ms"]) == 2
+    broken = runner.measure(cell_spec(seq_len=16, batch=1, gen_tokens=3, reps=1), tokenizer=tokenizer_file.parent / "x")
+    assert broken["status"] == "ok" and "tokenization_error" in broken and "request_p50_ms" not in broken["metrics"]
+
+
+def test_report_request_anatomy_hand_computed():
+    frame = pd.DataFrame({"seq_len": [128, 4096], "batch": [1, 1], "status": ["ok", "ok"], "flag": ["ok", "ok"],
+                          "tokenize_p50_ms": [0.1, 2.0], "ttft_p50_ms": [30.0, 60.0], "e2e_p50_ms": [100.0, 1060.0],
+                          "detokenize_p50_ms": [0.1, 0.1]})
+    table, finding = report.anatomy_table(frame, "seq_len")
+    assert "| 128 | 0.10 | 30.00 | 70.00 | 0.10 | 100.20 | decode |" in table
+    assert "| 4096 | 2.00 | 60.00 | 1000.00 | 0.10 | 1062.10 | decode |" in table
+    assert finding.startswith("tokenising and detokenising take 0.20–0.20% of a request")
+    assert report.anatomy_table(frame.drop(columns=["tokenize_p50_ms"]), "seq_len") is None
