@@ -22,6 +22,7 @@ include: "workflow/rules/measure.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/profile.smk"
+include: "workflow/rules/loading.smk"
 
 
 # Light steps run where snakemake runs, also under a cluster executor (profiles/slurm).

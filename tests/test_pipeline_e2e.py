@@ -1,5 +1,6 @@
 """The real Snakemake pipeline on the CPU default, in a temporary folder."""
 
+import json
 import re
 
 import pandas as pd
@@ -40,10 +41,12 @@ def test_full_pipeline_then_only_changed_cells_rerun(tmp_path, default_config):
     assert not (tmp_path / "results" / "seq_sweep" / "heatmap.png").exists()
     assert (tmp_path / "results" / "calibration" / "cpu_fp32.json").is_file()
     assert (tmp_path / "results" / "tokenizer" / "tokenizer.json").is_file()
+    load = json.loads((tmp_path / "results" / "loading" / "tiny-qwen2" / "fp32" / "cpu.json").read_text())
+    assert load["status"] == "ok" and load["bytes"] > 0 and load["read_s"] > 0
     assert (tmp_path / "logs" / "measure" / "tiny-qwen2" / "fp32" / "eager" / "seq16_batch1.log").is_file()
     report = (tmp_path / "results" / "report.md").read_text()
     for text in ("## Setup", "## Sweep `seq_sweep`", "## Sweep `batch_sweep`", "## Sweep `grid`", "![", "| 64 |",
-                 "Findings", "Roofline", "ceilings (cpu, fp32)", "Request anatomy"):
+                 "Findings", "Roofline", "ceilings (cpu, fp32)", "Request anatomy", "## Model loading"):
         assert text in report
     cells = sorted(p.name for p in (tmp_path / "results" / "cells").rglob("*.json"))
     assert len(cells) == 6  # cells shared between sweeps are measured once

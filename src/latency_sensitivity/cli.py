@@ -106,6 +106,7 @@ def sweep_config(args: argparse.Namespace) -> dict:
             "threads": args.threads,
         },
         "collapse_factor": args.collapse_factor,
+        "loading": {"enabled": bool(args.loading)},
         "sweeps": {SWEEP_NAME: {"seq": args.seq, "batch": args.batch_sizes}},
     }
 
@@ -173,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backends", type=_backend_list, default=["eager"],
                    help="comma-separated: eager (transformers' dynamic KV cache, the reference setup), "
                         "graph (static KV cache, decode step replayed as a CUDA graph)")
+    s.add_argument("--loading", action="store_true",
+                   help="also measure model loading stage by stage (writes the model's random weights once as a "
+                        "safetensors checkpoint in the work folder: about 2 bytes per parameter in fp16)")
     s.add_argument("--gen-tokens", type=int, default=32)
     s.add_argument("--warmup", type=int, default=3)
     s.add_argument("--reps", type=int, default=7)

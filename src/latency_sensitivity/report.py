@@ -1120,7 +1120,8 @@ def sweep_section(sw: SweepInput) -> str:
 
 def build_report(sweeps: list[SweepInput], environments: list[dict], settings: dict,
                  title: str = "Latency sensitivity report", profiles: Sequence[dict] = (),
-                 claims_text: str | None = None, claims_label: str | None = None) -> str:
+                 claims_text: str | None = None, claims_label: str | None = None,
+                 loading: Sequence[dict] = ()) -> str:
     """The whole report as markdown: summary, Setup, How to read this, one section per sweep, failures."""
     total = pd.concat([s.frame for s in sweeps], ignore_index=True) if sweeps else pd.DataFrame()
     lines = [f"# {title}", ""]
@@ -1131,6 +1132,8 @@ def build_report(sweeps: list[SweepInput], environments: list[dict], settings: d
     lines += ["## How to read this", "", how_to_read_section(settings), ""]
     for sw in sweeps:
         lines += [sweep_section(sw), ""]
+    if loading:
+        lines += ["## Model loading", "", loading_section(loading), ""]
     lines += ["## Collapse and failures", "", failures_section(sweeps), ""]
     if claims_text:
         lines += [f"## The reference study's claims ({claims_label})", "", claims_text, ""]
@@ -1275,4 +1278,43 @@ def profiles_section(summaries: Sequence[dict], heading_level: int = 3) -> str:
                   f"{_shorten(_clean(s.get('error') or ''))}" for s in failed]
     if not summaries:
         parts += ["", "No profiles: profile.cells is empty."]
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def _gb_s(x: Any) -> str:
+    return "–" if x is None or _isnan(x) else f"{float(x):.2f} GB/s"
+
+
+def loading_section(results: Sequence[dict]) -> str:
+    """Model loading stage by stage, with the read and copy rates beside this machine's measured ceilings."""
+    parts = ["A model's weights loaded the way a server's cold start does (latency_sensitivity.loading): read "
+             "from storage (after dropping the file from the page cache), deserialise, instantiate the modules, "
+             "copy to the device, then a first and a second (warm) prefill forward. Ceilings: a cold sequential "
+             "read of a scratch file of the same size, and pinned / pageable host-to-device copies."]
+    rows, failed = [], []
+    for r in results:
+        if r.get("status") != "ok":
+            failed.append(f"{r.get('checkpoint')} on {r.get('device')}: {_shorten(_clean(r.get('error', '')))}")
+            continue
+        stages = ["read_s", "deserialise_s", "instantiate_s", "host_to_device_s", "first_forward_s"]
+        largest = max(stages, key=lambda k: r[k]).removesuffix("_s").replace("_", " ")
+        h2d_ceiling = " / ".join(_gb_s(r.get(k)) for k in ("h2d_pinned_gb_s", "h2d_pageable_gb_s") if r.get(k))
+        rows.append([
+            str(r.get("model", "")), r.get("dtype", ""), r.get("device", ""), f"{r['bytes'] / 2**20:.0f}",
+            f"{r['read_s']:.3f} ({_gb_s(r['read_gb_s'])}; ceiling {_gb_s(r.get('disk_read_gb_s'))}"
+            f"{'' if r.get('read_cold') else ', page cache not dropped'})",
+            f"{r['deserialise_s']:.3f}", f"{r['instantiate_s']:.3f}",
+            f"{r['host_to_device_s']:.3f}" + (f" ({_gb_s(r.get('host_to_device_gb_s'))}; ceiling {h2d_ceiling})"
+                                             if r.get("host_to_device_gb_s") else ""),
+            f"{r['first_forward_s']:.3f} (warm {r['warm_forward_s']:.3f})", f"{r['load_total_s']:.3f}", largest,
+        ])
+    if rows:
+        parts += ["", markdown_table(["model", "dtype", "device", "MiB", "read s", "deserialise s", "instantiate s",
+                                      "host-to-device s", "first forward s", "total s", "largest stage"], rows,
+                                     [False, False, False, True, True, True, True, True, True, True, False])]
+    if failed:
+        parts += ["", "Failed:", ""] + [f"- {f}" for f in failed]
     return "\n".join(parts)

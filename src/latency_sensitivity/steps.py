@@ -104,6 +104,7 @@ def build_report(
     calibration_files: Sequence[str] = (),
     profile_files: Sequence[str] = (),
     reference_study: dict | None = None,
+    loading_files: Sequence[str] = (),
 ) -> str:
     from . import report
 
@@ -132,8 +133,10 @@ def build_report(
                                  reference_study["model"], reference_study["dtype"])
         results = claims.evaluate(claims.load_reference(reference_study["csv"]), reference_study["label"], ours)
         claims_text = claims.claims_section(results)
+    loading = [json.loads(Path(p).read_text()) for p in loading_files]
     text = report.build_report(sweeps, distinct_environments(cell_files), settings, profiles=profiles,
-                               claims_text=claims_text, claims_label=(reference_study or {}).get("label"))
+                               claims_text=claims_text, claims_label=(reference_study or {}).get("label"),
+                               loading=loading)
     report.write_report(text, out_md)
     print(f"wrote {out_md} ({len(text)} characters)", file=sys.stderr)
     return text

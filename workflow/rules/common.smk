@@ -38,6 +38,7 @@ TOKENIZER_FILE = (
     if "path" in TOKENIZER
     else "results/tokenizer/tokenizer.json"
 )
+LOADING = config["loading"]
 PROFILE = config["profile"]
 PROFILE_CELLS = lsconfig.profile_cells(config)
 MODEL_SOURCES = {
@@ -107,7 +108,23 @@ def all_targets():
         targets.append(f"results/{sweep}/sweep.csv")
         targets.extend(sweep_figures(sweep))
     targets.append("results/report.md")
+    targets.extend(loading_files())
     return targets
+
+
+def loading_checkpoint(wildcards):
+    """The checkpoint a loading measurement reads: a local model's own folder, else the materialised one."""
+    source = MODEL_SOURCES[wildcards.model]
+    if source.kind == "path":
+        return _shown_path(source.location)
+    return f"results/checkpoints/{wildcards.model}/{wildcards.dtype}"
+
+
+def loading_files():
+    """One loading measurement per measured model and dtype, on the measurement device (when enabled)."""
+    if not LOADING["enabled"]:
+        return []
+    return [f"results/loading/{m}/{d}/{MEASURE['device']}.json" for m in MEASURE["models"] for d in MEASURE["dtypes"]]
 
 
 def profile_targets(tools):

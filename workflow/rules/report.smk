@@ -47,6 +47,7 @@ rule build_report:
         calibration=calibration_files(),
         profiles=report_profile_summaries(),
         reference_study=reference_study_files(),
+        loading=loading_files(),
     output:
         "results/report.md",
     log:

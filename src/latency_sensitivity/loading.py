@@ -1,0 +1,252 @@
+"""Model loading, measured in its stages like a real deployment's cold start.
+
+A checkpoint (safetensors) is loaded the way a server does it, each stage timed on its own:
+
+1. read: the file's bytes from storage into host memory, after asking the kernel to drop the file from
+   its page cache (``posix_fadvise(DONTNEED)``, no root needed; whether the read was cold is recorded);
+2. deserialise: ``safetensors.torch.load`` of those bytes into host tensors;
+3. instantiate: the model's modules built without allocating weights (meta device) and the host tensors
+   assigned to them (``load_state_dict(assign=True)``);
+4. host-to-device: the model moved to the device (on the CPU: nothing to copy);
+5. first forward: the first prefill on the device (kernel selection, allocator growth, lazy init) against a
+   second, warm one.
+
+Bytes per second of read and host-to-device are set beside ceilings measured on the same machine in the same
+run: a cold sequential read of a scratch file of the same size on the same file system, and a pinned and a
+pageable host-to-device copy (CUDA only). `materialize` writes a model's random weights once as such a
+checkpoint (``save_pretrained``, safetensors), so loading is measured without downloading anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+GB = 1e9
+
+
+def materialize(spec, out_dir: str | Path) -> dict:
+    """Build the cell's model (random weights from its architecture) and save it as a safetensors checkpoint."""
+    from . import runner
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    model = runner.build_model(spec)
+    model.save_pretrained(tmp, safe_serialization=True, max_shard_size="100GB")
+    if out_dir.exists():
+        import shutil
+
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    files = sorted(out_dir.glob("*.safetensors"))
+    return {"checkpoint": str(out_dir), "files": [f.name for f in files], "bytes": sum(f.stat().st_size for f in files)}
+
+
+def drop_from_page_cache(path: str | Path) -> bool:
+    """Ask the kernel to forget the file's cached pages; True when the request was accepted."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return True
+    except (OSError, AttributeError):
+        return False
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path) -> bytes:
+    with open(path, "rb", buffering=0) as fh:
+        return fh.read()
+
+
+def disk_read_ceiling(folder: Path, size: int) -> dict:
+    """Cold sequential read GB/s of a scratch file of `size` bytes written in `folder` (then removed)."""
+    scratch = folder / ".read_ceiling.bin"
+    chunk = os.urandom(1 << 20)
+    try:
+        with open(scratch, "wb") as fh:
+            for _ in range(max(1, size >> 20)):
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        dropped = drop_from_page_cache(scratch)
+        t0 = time.perf_counter()
+        n = len(_read(scratch))
+        seconds = time.perf_counter() - t0
+    finally:
+        scratch.unlink(missing_ok=True)
+    return {"disk_read_gb_s": n / seconds / GB, "disk_read_bytes": n, "disk_read_cold": dropped}
+
+
+def h2d_ceiling(size: int, device: str) -> dict:
+    """Pinned and pageable host-to-device copy GB/s of `size` bytes (CUDA only)."""
+    import torch
+
+    if device != "cuda":
+        return {}
+    out = {}
+    for kind, pin in (("pinned", True), ("pageable", False)):
+        host = torch.empty(size, dtype=torch.uint8, pin_memory=pin)
+        dev = torch.empty(size, dtype=torch.uint8, device="cuda")
+        dev.copy_(host, non_blocking=pin)  # warm
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        dev.copy_(host, non_blocking=pin)
+        torch.cuda.synchronize()
+        out[f"h2d_{kind}_gb_s"] = size / (time.perf_counter() - t0) / GB
+        del host, dev
+    torch.cuda.empty_cache()
+    return out
+
+
+def _no_init_weights():
+    """transformers' context that skips weight initialisation (its module moved between versions)."""
+    import contextlib
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:  # initialised then: counted in instantiate_s
+            return contextlib.nullcontext()
+    return no_init_weights()
+
+
+def measure_loading(checkpoint: str | Path, device: str, dtype: str, seq_len: int = 128, seed: int = 0) -> dict:
+    """The stages of loading `checkpoint` onto `device` (see the module docstring), with the ceilings."""
+    import safetensors.torch
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .runner import TORCH_DTYPES
+
+    checkpoint = Path(checkpoint)
+    files = sorted(checkpoint.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {checkpoint}")
+    total = sum(f.stat().st_size for f in files)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    stages: dict[str, float] = {}
+
+    cold = all(drop_from_page_cache(f) for f in files)
+    t0 = time.perf_counter()
+    blobs = [_read(f) for f in files]
+    stages["read_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    state: dict = {}
+    for blob in blobs:
+        state.update(safetensors.torch.load(blob))
+    stages["deserialise_s"] = time.perf_counter() - t0
+    del blobs
+
+    # Start-up, not loading: the config and the model's code (transformers imports it lazily).
+    cfg = AutoConfig.from_pretrained(checkpoint, local_files_only=True)
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    MODEL_FOR_CAUSAL_LM_MAPPING[type(cfg)]
+    t0 = time.perf_counter()
+    with _no_init_weights():  # allocate, do not initialise: the checkpoint's tensors replace them
+        model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, TORCH_DTYPES[dtype]))
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if getattr(cfg, "tie_word_embeddings", False):
+        model.tie_weights()
+    loaded = {t.data_ptr() for t in state.values()}
+    not_loaded = [n for n, p in model.named_parameters() if p.data_ptr() not in loaded]
+    if not_loaded or unexpected:
+        raise RuntimeError(f"checkpoint does not fit the model: not loaded {not_loaded[:5]}, "
+                           f"unexpected {list(unexpected)[:5]}")
+    model.eval()
+    stages["instantiate_s"] = time.perf_counter() - t0
+    del state
+
+    t0 = time.perf_counter()
+    model.to(device)
+    sync()
+    stages["host_to_device_s"] = time.perf_counter() - t0
+
+    gen = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, cfg.vocab_size, (1, seq_len), generator=gen).to(device)
+    times = []
+    with torch.inference_mode():
+        for _ in range(2):
+            sync()
+            t0 = time.perf_counter()
+            model(input_ids=prompt, logits_to_keep=1)
+            sync()
+            times.append(time.perf_counter() - t0)
+    stages["first_forward_s"], stages["warm_forward_s"] = times
+    result = {
+        "model": cfg.model_type,
+        "checkpoint": str(checkpoint),
+        "device": device,
+        "dtype": dtype,
+        "bytes": total,
+        "read_cold": cold,
+        **stages,
+        "read_gb_s": total / stages["read_s"] / GB,
+        "host_to_device_gb_s": total / stages["host_to_device_s"] / GB if device == "cuda" else None,
+        "load_total_s": sum(v for k, v in stages.items() if k != "warm_forward_s"),
+    }
+    result.update(disk_read_ceiling(checkpoint, total))
+    result.update(h2d_ceiling(total, device))
+    result["_model"] = model  # for callers that check what was loaded; dropped before writing
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m latency_sensitivity.loading materialize|measure ..."""
+    import argparse
+
+    from .atomic import write_json
+    from .runner import CellSpec
+
+    p = argparse.ArgumentParser(prog="python -m latency_sensitivity.loading", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("materialize", help="write a model's random weights as a safetensors checkpoint")
+    m.add_argument("--model", required=True)
+    m.add_argument("--model-kind", choices=["architecture", "path"], required=True)
+    m.add_argument("--model-location", required=True)
+    m.add_argument("--dtype", required=True)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--out", required=True, type=Path)
+    r = sub.add_parser("measure", help="time loading a checkpoint onto a device, stage by stage")
+    r.add_argument("--checkpoint", required=True, type=Path)
+    r.add_argument("--device", choices=["cpu", "cuda"], required=True)
+    r.add_argument("--dtype", required=True)
+    r.add_argument("--seq", type=int, default=128)
+    r.add_argument("--out", required=True, type=Path)
+    a = p.parse_args(argv)
+    if a.command == "materialize":
+        spec = CellSpec(model=a.model, model_kind=a.model_kind, model_location=a.model_location, dtype=a.dtype,
+                        backend="eager", device="cpu", attn_implementation="sdpa", seq_len=1, batch=1,
+                        gen_tokens=2, warmup=0, reps=1, seed=a.seed, threads=1)
+        info = materialize(spec, a.out)
+        print(json.dumps(info), file=sys.stderr)
+        return 0
+    if a.device == "cuda":
+        from .gpu_slots import claim_gpu
+
+        claim_gpu()
+    try:
+        result = measure_loading(a.checkpoint, a.device, a.dtype, a.seq)
+        result.pop("_model")
+        result["status"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - recorded, not fatal: the report says what failed
+        result = {"checkpoint": str(a.checkpoint), "device": a.device, "dtype": a.dtype, "status": "error",
+                  "error": f"{type(exc).__name__}: {exc}"}
+        print(result["error"], file=sys.stderr)
+    write_json(a.out, result)
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""Model loading stage by stage: a materialised random-weight checkpoint loads back to the same model."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import cell_spec
+from latency_sensitivity import loading, report, runner
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    info = loading.materialize(cell_spec(), out)
+    assert info["files"] == ["model.safetensors"] and info["bytes"] > 1_000_000
+    return out
+
+
+def test_loaded_model_is_the_materialised_one(checkpoint):
+    r = loading.measure_loading(checkpoint, "cpu", "fp32", seq_len=16)
+    model = r.pop("_model")
+    reference = runner.build_model(cell_spec())
+    prompt = torch.randint(0, model.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(model(input_ids=prompt).logits, reference(input_ids=prompt).logits)
+    for stage in ("read_s", "deserialise_s", "instantiate_s", "host_to_device_s", "first_forward_s", "warm_forward_s"):
+        assert r[stage] >= 0
+    assert r["bytes"] == (checkpoint / "model.safetensors").stat().st_size
+    assert r["read_gb_s"] == pytest.approx(r["bytes"] / r["read_s"] / 1e9)
+    assert r["disk_read_gb_s"] > 0 and r["host_to_device_gb_s"] is None  # nothing to copy on the CPU
+    assert r["load_total_s"] == pytest.approx(sum(r[k] for k in ("read_s", "deserialise_s", "instantiate_s",
+                                                                 "host_to_device_s", "first_forward_s")))
+
+
+def test_cli_records_a_failure_as_data(tmp_path):
+    out = tmp_path / "load.json"
+    assert loading.main(["measure", "--checkpoint", str(tmp_path), "--device", "cpu", "--dtype", "fp32",
+                         "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["status"] == "error" and "no *.safetensors" in r["error"]
+    text = report.loading_section([r])
+    assert "Failed:" in text and "safetensors" in text
+
+
+def test_loading_section_hand_made():
+    r = {"status": "ok", "model": "qwen2", "dtype": "fp16", "device": "cuda", "bytes": 6 * 2**30, "read_cold": True,
+         "read_s": 3.0, "read_gb_s": 2.147, "disk_read_gb_s": 2.5, "deserialise_s": 0.5, "instantiate_s": 0.1,
+         "host_to_device_s": 0.6, "host_to_device_gb_s": 10.7, "h2d_pinned_gb_s": 25.0, "h2d_pageable_gb_s": 12.0,
+         "first_forward_s": 0.9, "warm_forward_s": 0.03, "load_total_s": 5.1}
+    text = report.loading_section([r])
+    assert "| qwen2 | fp16 | cuda | 6144 | 3.000 (2.15 GB/s; ceiling 2.50 GB/s) |" in text
+    assert "0.600 (10.70 GB/s; ceiling 25.00 GB/s / 12.00 GB/s)" in text and "| read |" in text
