@@ -33,6 +33,7 @@ def test_full_pipeline_then_only_changed_cells_rerun(tmp_path, default_config):
         assert df[axis].is_monotonic_increasing
         assert {"ttft_p50_ms", "tpot_p50_ms", "decode_floor_ms", "decode_efficiency"} <= set(df.columns)
         assert (df["tokenize_p50_ms"] > 0).all() and (df["request_p50_ms"] > df["e2e_p50_ms"]).all()
+        assert (tmp_path / "results" / sweep / "anatomy.png").read_bytes().startswith(b"\x89PNG")
         png = (tmp_path / "results" / sweep / "combined.png").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
     grid = pd.read_csv(tmp_path / "results" / "grid" / "sweep.csv")

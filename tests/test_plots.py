@@ -392,3 +392,16 @@ def test_plot_sweep_and_plot_heatmap_write_files(tmp_path: Path):
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "heat.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["heat.png", "sweep.png"]
+
+
+def test_anatomy_figure(tmp_path):
+    from latency_sensitivity import plots
+
+    df = pd.DataFrame({"seq_len": [128, 4096], "batch": [1, 1], "backend": ["eager", "eager"], "status": "ok",
+                       "flag": "ok", "tokenize_p50_ms": [0.1, 2.0], "ttft_p50_ms": [30.0, 60.0],
+                       "e2e_p50_ms": [100.0, 1060.0], "detokenize_p50_ms": [0.1, 0.1]})
+    out = tmp_path / "anatomy.png"
+    plots.plot_anatomy(df, out, "seq_sweep")
+    assert out.read_bytes().startswith(b"\x89PNG") and out.stat().st_size > 5000
+    plots.plot_anatomy(df.drop(columns=["tokenize_p50_ms"]), tmp_path / "empty.png", "x")  # says: no data
+    assert (tmp_path / "empty.png").exists()

@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--out", required=True, type=Path)
     r = sub.add_parser("measure", help="time loading a checkpoint onto a device, stage by stage")
     r.add_argument("--checkpoint", required=True, type=Path)
+    r.add_argument("--model", help="the model's name in the config (for the record; default: its model_type)")
     r.add_argument("--device", choices=["cpu", "cuda"], required=True)
     r.add_argument("--dtype", required=True)
     r.add_argument("--seq", type=int, default=128)
@@ -238,9 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = measure_loading(a.checkpoint, a.device, a.dtype, a.seq)
         result.pop("_model")
+        result["model"] = a.model or result["model"]
         result["status"] = "ok"
     except Exception as exc:  # noqa: BLE001 - recorded, not fatal: the report says what failed
-        result = {"checkpoint": str(a.checkpoint), "device": a.device, "dtype": a.dtype, "status": "error",
+        result = {"model": a.model, "checkpoint": str(a.checkpoint), "device": a.device, "dtype": a.dtype,
+                  "status": "error",
                   "error": f"{type(exc).__name__}: {exc}"}
         print(result["error"], file=sys.stderr)
     write_json(a.out, result)

@@ -83,6 +83,12 @@ def plot_heatmap(in_csv: str, out_png: str, sweep: str) -> None:
     plots.plot_heatmap(frame, out_png, title=sweep)
 
 
+def plot_anatomy(in_csv: str, out_png: str, sweep: str) -> None:
+    from . import plots
+
+    plots.plot_anatomy(read_sweep(in_csv), out_png, title=sweep)
+
+
 def distinct_environments(cell_files: Sequence[str]) -> list[dict]:
     """The environments the cells ran in, once each (timestamps and thread counts aside)."""
     seen: dict[str, dict] = {}
@@ -120,6 +126,8 @@ def build_report(
     for csv, name, axis in zip(sweep_csvs, sweep_names, axes):
         folder = Path(csv).parent
         figures = [("Combined figure", os.path.relpath(folder / "combined.png", out_dir))]
+        if (folder / "anatomy.png").exists():
+            figures.append(("Request anatomy", os.path.relpath(folder / "anatomy.png", out_dir)))
         if axis == "grid":
             figures.append(("Heatmap", os.path.relpath(folder / "heatmap.png", out_dir)))
         sweeps.append(report.SweepInput(name=name, axis=axis, frame=read_sweep(csv), figures=figures))

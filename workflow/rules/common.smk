@@ -96,7 +96,7 @@ def sweep_axis(wildcards):
 
 
 def sweep_figures(sweep):
-    figures = [f"results/{sweep}/combined.png"]
+    figures = [f"results/{sweep}/combined.png", f"results/{sweep}/anatomy.png"]
     if lsconfig.sweep_axis(config, sweep) == "grid":
         figures.append(f"results/{sweep}/heatmap.png")
     return figures

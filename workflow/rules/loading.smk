@@ -35,5 +35,6 @@ rule measure_loading:
     conda:
         "../../envs/measure.yaml"
     shell:
-        "python3 -m latency_sensitivity.loading measure --checkpoint {input.checkpoint:q} --device {wildcards.device}"
+        "python3 -m latency_sensitivity.loading measure --model {wildcards.model} --checkpoint {input.checkpoint:q}"
+        " --device {wildcards.device}"
         " --dtype {wildcards.dtype} --seq {params.seq} --out {output} > {log} 2>&1"

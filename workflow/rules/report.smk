@@ -39,6 +39,24 @@ rule plot_heatmap:
         "../../scripts/plot_heatmap.py"
 
 
+rule plot_anatomy:
+    input:
+        "results/{sweep}/sweep.csv",
+    output:
+        report(
+            "results/{sweep}/anatomy.png",
+            caption="../report/anatomy.rst",
+            category="Sweeps",
+            subcategory="{sweep}",
+        ),
+    log:
+        "logs/plot/{sweep}_anatomy.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../../scripts/plot_anatomy.py"
+
+
 rule build_report:
     input:
         sweeps=expand("results/{sweep}/sweep.csv", sweep=SWEEPS),
