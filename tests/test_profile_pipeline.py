@@ -85,13 +85,13 @@ def test_profile_targets_plan_the_wrapped_runner(tmp_path, default_config):
         (fake / tool).write_text("#!/bin/sh\nexit 0\n")
         (fake / tool).chmod(0o755)
     cfg = profiled_config(default_config, tools=["nsys", "ncu"], nsys={"path": str(fake / "nsys")},
-                          ncu={"path": str(fake / "ncu"), "launch_count": 3})
+                          ncu={"path": str(fake / "ncu"), "launch_count": 3, "set": "detailed"})
     config_file = write_config(tmp_path / "cfg" / "config.yaml", cfg)
     proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "profile_all", configfile=config_file)
     text = proc.stdout + proc.stderr
     assert "--capture-range nvtx --nvtx-capture measured@latency_sensitivity" in text
     assert "--clock-control none" in text and "latency_sensitivity@rep0.decode/" in text
-    assert "--launch-count 3" in text and "--section SpeedOfLight" in text
+    assert "--launch-count 3" in text and "--section SpeedOfLight" in text and "--set detailed" in text
     assert text.count("-m latency_sensitivity.runner") >= 6  # 2 cells x (nsys + ncu prefill + ncu decode)
     assert text.count("--profile-mode external") >= 6
     planned = outputs(proc)

@@ -68,7 +68,8 @@ rule ncu_profile:
         kernel_name=f"regex:{PROFILE['ncu']['kernel_regex']}",
         launch_skip=PROFILE["ncu"]["launch_skip"],
         launch_count=PROFILE["ncu"]["launch_count"],
-        sections=" ".join(f"--section {s}" for s in PROFILE["ncu"]["sections"]),
+        sections=" ".join([f"--section {s}" for s in PROFILE["ncu"]["sections"]]
+                          + ([f"--set {PROFILE['ncu']['set']}"] if PROFILE["ncu"]["set"] else [])),
     threads: MEASURE["threads"]
     resources:
         **MEASURE_RESOURCES,
