@@ -18,8 +18,7 @@ def checkpoint(tmp_path_factory):
 
 
 def test_loaded_model_is_the_materialised_one(checkpoint):
-    r = loading.measure_loading(checkpoint, "cpu", "fp32", seq_len=16)
-    model = r.pop("_model")
+    r, model = loading.measure_loading(checkpoint, "cpu", "fp32", seq_len=16)
     reference = runner.build_model(cell_spec())
     prompt = torch.randint(0, model.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():

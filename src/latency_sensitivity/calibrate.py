@@ -231,10 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "cuda":  # an explicit cuda:N keeps the device it names
-        from .gpu_slots import claim_gpu
+    from .gpu_slots import claim_for
 
-        claim_gpu()  # before CUDA starts: calibration gets a GPU of its own, like a measurement
+    claim_for(args.device)  # before CUDA starts: calibration gets a GPU of its own, like a measurement
     try:
         result = calibrate(args.device, args.dtype, quick=args.quick)
     except (RuntimeError, ValueError) as e:

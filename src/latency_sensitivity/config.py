@@ -143,23 +143,10 @@ def validate(config: dict, base_dir: Path | str = ".", schema_path: Path | str =
                 f"config key measure.models[{i}]: unknown model (value: {name!r}; defined: {sorted(models)})"
             )
     for name in measure["models"]:
-        source = resolve_model(name, models[name], base_dir)
-        try:
-            arch = source.architecture()
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"config key models.{name}: cannot read {source.config_json}: {exc}") from exc
-        if "model_type" not in arch:
-            raise ConfigError(f"config key models.{name}: {source.config_json} has no model_type")
-        limit = max_positions(arch)
-        if limit is not None:
-            for sweep_name, sweep in config["sweeps"].items():
-                for i, seq in enumerate(sweep["seq"]):
-                    if seq + measure["gen_tokens"] > limit:
-                        raise ConfigError(
-                            f"config key sweeps.{sweep_name}.seq[{i}]: seq {seq} + gen_tokens "
-                            f"{measure['gen_tokens']} exceeds model {name!r}'s max positions {limit} "
-                            f"(value: {seq})"
-                        )
+        limit = max_positions(_architecture(name, models[name], base_dir))
+        for sweep_name, sweep in config["sweeps"].items():
+            for i, seq in enumerate(sweep["seq"]):
+                _check_fits(f"sweeps.{sweep_name}.seq[{i}]", seq, measure["gen_tokens"], name, limit)
     study = config.get("reference_study")
     if study:
         if study["model"] not in models:
@@ -173,17 +160,27 @@ def validate(config: dict, base_dir: Path | str = ".", schema_path: Path | str =
         key = f"profile.cells[{i}]"
         if cell.model not in models:
             raise ConfigError(f"config key {key}.model: unknown model (value: {cell.model!r}; defined: {sorted(models)})")
-        source = resolve_model(cell.model, models[cell.model], base_dir)
-        try:
-            limit = max_positions(source.architecture())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"config key models.{cell.model}: cannot read {source.config_json}: {exc}") from exc
-        if limit is not None and cell.seq + measure["gen_tokens"] > limit:
-            raise ConfigError(
-                f"config key {key}.seq: seq {cell.seq} + gen_tokens {measure['gen_tokens']} exceeds model "
-                f"{cell.model!r}'s max positions {limit} (value: {cell.seq})"
-            )
+        limit = max_positions(_architecture(cell.model, models[cell.model], base_dir))
+        _check_fits(f"{key}.seq", cell.seq, measure["gen_tokens"], cell.model, limit)
     return config
+
+
+def _architecture(name: str, entry: dict, base_dir: Path | str) -> dict:
+    """A configured model's architecture (config.json); ConfigError naming the key when it cannot be read."""
+    source = resolve_model(name, entry, base_dir)
+    try:
+        arch = source.architecture()
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"config key models.{name}: cannot read {source.config_json}: {exc}") from exc
+    if "model_type" not in arch:
+        raise ConfigError(f"config key models.{name}: {source.config_json} has no model_type")
+    return arch
+
+
+def _check_fits(key: str, seq: int, gen_tokens: int, model: str, limit: int | None) -> None:
+    if limit is not None and seq + gen_tokens > limit:
+        raise ConfigError(f"config key {key}: seq {seq} + gen_tokens {gen_tokens} exceeds model {model!r}'s max "
+                          f"positions {limit} (value: {seq})")
 
 
 def _profile_cell(config: dict, entry: dict) -> Cell:

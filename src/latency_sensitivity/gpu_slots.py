@@ -108,3 +108,19 @@ def claim_gpu(lock_dir: str | os.PathLike | None = None, devices: list[str] | No
         if timeout_s is not None and time.monotonic() - start > timeout_s:
             raise TimeoutError(f"no free GPU among {devices} after {timeout_s:.0f} s (locks in {lock_dir})")
         time.sleep(poll_s)
+
+
+def claim_for(device: str) -> Claim | None:
+    """What a GPU job calls first: on device "cuda" claim a GPU (and say which on stderr); else nothing.
+
+    An explicit "cuda:N" keeps the device it names.
+    """
+    if device != "cuda":
+        return None
+    import sys
+
+    claim = claim_gpu()
+    if claim is not None:
+        print(f"GPU slot: CUDA_VISIBLE_DEVICES={claim.device} (of {', '.join(claim.devices)}; "
+              f"waited {claim.waited_s:.1f} s)", file=sys.stderr)
+    return claim

@@ -119,8 +119,11 @@ def _no_init_weights():
     return no_init_weights()
 
 
-def measure_loading(checkpoint: str | Path, device: str, dtype: str, seq_len: int = 128, seed: int = 0) -> dict:
-    """The stages of loading `checkpoint` onto `device` (see the module docstring), with the ceilings."""
+def measure_loading(checkpoint: str | Path, device: str, dtype: str, seq_len: int = 128, seed: int = 0):
+    """The stages of loading `checkpoint` onto `device` (see the module docstring), with the ceilings.
+
+    Returns (result dict, the loaded model).
+    """
     import safetensors.torch
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -197,8 +200,7 @@ def measure_loading(checkpoint: str | Path, device: str, dtype: str, seq_len: in
     }
     result.update(disk_read_ceiling(checkpoint, total))
     result.update(h2d_ceiling(total, device))
-    result["_model"] = model  # for callers that check what was loaded; dropped before writing
-    return result
+    return result, model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,13 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         info = materialize(spec, a.out)
         print(json.dumps(info), file=sys.stderr)
         return 0
-    if a.device == "cuda":
-        from .gpu_slots import claim_gpu
+    from .gpu_slots import claim_for
 
-        claim_gpu()
+    claim_for(a.device)
     try:
-        result = measure_loading(a.checkpoint, a.device, a.dtype, a.seq)
-        result.pop("_model")
+        result, _ = measure_loading(a.checkpoint, a.device, a.dtype, a.seq)
         result["model"] = a.model or result["model"]
         result["status"] = "ok"
     except Exception as exc:  # noqa: BLE001 - recorded, not fatal: the report says what failed

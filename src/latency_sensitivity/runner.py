@@ -557,21 +557,16 @@ def _ensure_torch_profile_files(folder: Path) -> None:
             fh.write('{"traceEvents": []}')
         os.replace(tmp, folder / "trace.json.gz")
     if not (folder / "ops.csv").exists():
-        write_text(folder / "ops.csv", "name,calls,self_cpu_ms,cpu_total_ms,self_device_ms,device_total_ms\n")
+        write_text(folder / "ops.csv", op_table_csv([]))
 
 
 def main(argv: list[str] | None = None) -> int:
     from .atomic import write_json
 
     spec, out, profile_mode, torch_profile_dir, tokenizer = parse_args(argv)
-    claim = None
-    if spec.device == "cuda":
-        from .gpu_slots import claim_gpu
+    from .gpu_slots import claim_for
 
-        claim = claim_gpu()  # before CUDA starts: this cell gets a GPU of its own
-        if claim is not None:
-            print(f"GPU slot: CUDA_VISIBLE_DEVICES={claim.device} (of {', '.join(claim.devices)}; "
-                  f"waited {claim.waited_s:.1f} s)", file=sys.stderr)
+    claim = claim_for(spec.device)  # before CUDA starts: this cell gets a GPU of its own
     print(f"cell {spec.model} {spec.dtype} {spec.backend} seq={spec.seq_len} batch={spec.batch} on {spec.device}",
           file=sys.stderr)
     result = measure(spec, profile_mode, torch_profile_dir, tokenizer)

@@ -212,8 +212,7 @@ def summarize_profile(tool: str, inputs: dict, cell_file: str, out_json: str) ->
         if tool == "nsys":
             summary = profiling.nsys_summary(inputs["nvtx_kern_sum"], inputs["nvtx_gpu_proj_sum"])
         elif tool == "ncu":
-            summary = profiling.ncu_summary(list(inputs["details"]) if not isinstance(inputs["details"], str)
-                                            else inputs["details"])
+            summary = profiling.ncu_summary(inputs["details"])
         elif tool == "torch":
             summary = profiling.torch_summary(inputs["trace"])
         else:

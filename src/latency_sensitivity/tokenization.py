@@ -63,13 +63,17 @@ def train_tokenizer(out_file: str | Path, vocab_size: int = 32000, corpus_chars:
     return tokenizer
 
 
+def tokenizer_file(path: str | Path) -> Path:
+    """The tokenizer.json a configured tokenizer path means: the file itself, or the one in a folder."""
+    path = Path(path)
+    return path / "tokenizer.json" if path.is_dir() else path
+
+
 def load_tokenizer(path: str | Path):
     """A `tokenizers.Tokenizer` from a tokenizer.json, or from a local folder holding one."""
     from tokenizers import Tokenizer
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / "tokenizer.json"
+    path = tokenizer_file(path)
     if not path.is_file():
         raise FileNotFoundError(f"no tokenizer.json at {path} (a local tokenizer is needed; nothing is downloaded)")
     return Tokenizer.from_file(str(path))

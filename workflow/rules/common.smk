@@ -12,6 +12,7 @@ sys.path.insert(0, SRC)
 
 from latency_sensitivity import config as lsconfig  # noqa: E402
 from latency_sensitivity.profiling import NSYS_REPORTS  # noqa: E402
+from latency_sensitivity.tokenization import tokenizer_file  # noqa: E402
 
 lsconfig.use_source_tree(SRC)
 
@@ -34,9 +35,7 @@ MEASURE_RESOURCES = (
 # The tokenizer every cell times (a local one, or trained once by rule train_tokenizer).
 TOKENIZER = config["tokenizer"]
 TOKENIZER_FILE = (
-    (str(Path(TOKENIZER["path"]) / "tokenizer.json") if Path(TOKENIZER["path"]).is_dir() else TOKENIZER["path"])
-    if "path" in TOKENIZER
-    else "results/tokenizer/tokenizer.json"
+    str(tokenizer_file(TOKENIZER["path"])) if "path" in TOKENIZER else "results/tokenizer/tokenizer.json"
 )
 LOADING = config["loading"]
 PROFILE = config["profile"]
@@ -128,13 +127,8 @@ def loading_files():
 
 
 def profile_targets(tools):
-    """What profile_all (or profile_<tool>) builds: per tool and cell the summary, then the profiles' report."""
-    targets = [
-        f"results/profiles/summary/{tool}/{lsconfig.profile_stem(cell)}.json"
-        for tool in tools
-        for cell in PROFILE_CELLS
-    ]
-    return targets
+    """The profile summaries of these tools, one per profiled cell (profile_all adds the profiles' report)."""
+    return [f"results/profiles/summary/{tool}/{lsconfig.profile_stem(cell)}.json" for tool in tools for cell in PROFILE_CELLS]
 
 
 def reference_study_files():
@@ -148,7 +142,7 @@ def report_profile_summaries():
     return profile_targets(PROFILE["tools"]) if PROFILE["in_report"] else []
 
 
-# The runner's command line: the measure rule runs it; a profiler rule is meant to wrap this same line.
+# The runner's command line: the measure rule runs it and the profile rules (profile.smk) wrap it.
 RUNNER = (
     "python3 -m latency_sensitivity.runner"
     " --model {wildcards.model} --model-kind {params.model_kind} --model-location {params.model_location:q}"
