@@ -13,11 +13,15 @@ rule materialize_checkpoint:
         model_kind=model_kind,
         model_location=model_location,
         seed=MEASURE["seed"],
+        device=MEASURE["device"],
+    resources:
+        **MEASURE_RESOURCES,
     conda:
         "../../envs/measure.yaml"
     shell:
         "python3 -m latency_sensitivity.loading materialize --model {wildcards.model} --model-kind {params.model_kind}"
         " --model-location {params.model_location:q} --dtype {wildcards.dtype} --seed {params.seed}"
+        " --device {params.device}"
         " --out {output:q} > {log} 2>&1"
 
 
