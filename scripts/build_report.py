@@ -14,4 +14,5 @@ with steps.logged(snakemake.log[0]):  # noqa: F821 - injected by Snakemake
         profile_files=list(snakemake.input.profiles),  # noqa: F821
         reference_study=snakemake.params.reference_study,  # noqa: F821
         loading_files=list(snakemake.input.loading),  # noqa: F821
+        compare_devices=list(snakemake.params.compare_devices),  # noqa: F821
     )

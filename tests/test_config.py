@@ -126,3 +126,16 @@ def test_reference_study_checked(default_config):
     cfg["reference_study"].update(model="qwen2.5-3b", csv="missing.csv")
     with pytest.raises(ConfigError, match="reference_study.csv: no such file"):
         check(cfg)
+
+
+def test_compare_devices_checked(default_config, tmp_path):
+    cfg = copy.deepcopy(default_config)
+    cfg["compare_devices"] = [{"label": "H200", "results": str(tmp_path)}]
+    with pytest.raises(ConfigError, match=r"compare_devices\[0\].results: no sweep.csv of this config's sweeps"):
+        check(cfg)
+    (tmp_path / "batch_sweep").mkdir()
+    (tmp_path / "batch_sweep" / "sweep.csv").write_text("seq_len,batch\n")
+    check(cfg)
+    cfg["compare_devices"] = [{"label": "H200"}]
+    with pytest.raises(ConfigError, match="results"):
+        check(cfg)

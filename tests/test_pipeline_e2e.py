@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import pandas as pd
 import yaml
@@ -55,6 +56,15 @@ def test_full_pipeline_then_only_changed_cells_rerun(tmp_path, default_config):
     # Nothing changed: nothing runs.
     proc = snakemake(tmp_path, "-n", "--cores", "1", "all", configfile=config_file)
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+    # Another run of the same sweeps (as if on another device) added to the report: only the report is rebuilt.
+    shutil.copytree(tmp_path / "results", tmp_path / "other_run")
+    cfg["compare_devices"] = [{"label": "other run", "results": "other_run"}]
+    write_config(config_file, cfg)
+    proc = snakemake(tmp_path, "--cores", "1", "all", configfile=config_file)
+    assert re.findall(r"rule (\w+):", proc.stdout + proc.stderr) == ["build_report", "all"]
+    report = (tmp_path / "results" / "report.md").read_text()
+    assert "## Devices compared" in report and "### other run: sweep `grid` · tiny-qwen2 · fp32 · eager" in report
 
     # One seq added to one sweep: exactly that cell is measured; the other sweep is not rebuilt.
     cfg["sweeps"]["seq_sweep"]["seq"].append(128)

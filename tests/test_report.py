@@ -533,3 +533,50 @@ def test_backend_comparison_hand_computed():
     assert "graph decode takes 2.0–4.0x its roofline floor" in findings
     single = pd.DataFrame([r for r in rows if r["backend"] == "eager"])
     assert report.backend_comparison(single) == []
+
+
+def _device_rows(device: str, prefill: list[float], decode: list[float], eff: list[float],
+                 flags: list[str] | None = None) -> pd.DataFrame:
+    rows = []
+    flags = flags or ["ok"] * len(prefill)
+    for batch, p, d, e, f in zip((1, 8, 64), prefill, decode, eff, flags):
+        rows.append({"seq_len": 128, "batch": batch, "model": "m", "dtype": "fp16", "backend": "graph",
+                     "device_name": device, "status": "oom" if f == "oom" else "ok", "flag": f,
+                     "prefill_p50_ms": p, "decode_p50_ms_per_tok": d, "decode_efficiency": e})
+    return pd.DataFrame(rows)
+
+
+def test_device_comparison_hand_computed():
+    h100 = _device_rows("GPU A", [20.0, 40.0, 80.0], [10.0, 12.0, 16.0], [0.5, 0.25, 0.2])
+    # the other device: batch 64 ran out of memory there, so only batches 1 and 8 are compared
+    h200 = _device_rows("GPU B", [10.0, 30.0, 0.0], [9.0, 6.0, 0.0], [0.25, 0.5, 0.0], ["ok", "ok", "oom"])
+    (title, table, findings), = report.device_comparison(h100, h200, "A", "B")
+    assert title == "m · fp16 · graph"
+    assert "| 128 | 1 | 20.00 | 10.00 | 0.50x | 10.00 | 9.00 | 0.90x | 2.0x | 4.0x |" in table
+    assert "| 128 | 8 | 40.00 | 30.00 | 0.75x | 12.00 | 6.00 | 0.50x | 4.0x | 2.0x |" in table
+    assert "| 64 |" not in table
+    assert findings[0] == ("prefill: B takes 0.50–0.75x (median 0.62x) of A's time; its largest gain is at "
+                           "seq_len 128 × batch 1")
+    assert findings[1].startswith("decode: B takes 0.50–0.90x (median 0.70x)") and findings[1].endswith("batch 8")
+    assert findings[2] == "decode as a multiple of each device's own roofline floor: A 2.0–4.0x, B 2.0–4.0x"
+    other_backend = h200.assign(backend="eager")
+    assert report.device_comparison(h100, other_backend, "A", "B") == []
+
+
+def test_devices_section_labels_ceilings_and_missing_sweeps():
+    this = report.SweepInput(name="batch_sweep", axis="batch",
+                             frame=_device_rows("GPU A", [20.0, 40.0, 80.0], [10.0, 12.0, 16.0], [0.5, 0.25, 0.2]))
+    missing = report.SweepInput(name="seq_sweep", axis="seq_len", frame=this.frame)
+    other = report.OtherDevice("B", {"batch_sweep": _device_rows("GPU B", [10.0, 30.0, 60.0], [9.0, 6.0, 8.0],
+                                                                 [0.25, 0.5, 0.4])},
+                               {("cuda", "fp16"): {"bandwidth_gb_s": 4200.0, "matmul_tflops": 660.0}})
+    text = report.devices_section([this, missing], [other],
+                                  {("cuda", "fp16"): {"bandwidth_gb_s": 3000.0, "matmul_tflops": 666.0}})
+    assert "- GPU A (this run): 3000 GB/s copy, 666 TFLOP/s matmul (cuda, fp16)" in text
+    assert "- B: 4200 GB/s copy, 660 TFLOP/s matmul (cuda, fp16)" in text
+    assert "### B: sweep `batch_sweep` · m · fp16 · graph" in text
+    assert "| prefill ms: GPU A | prefill ms: B |" in text
+    assert "No cells of sweep `seq_sweep` in B." in text
+    full = report.build_report([this], [], {}, other_devices=[other])
+    assert "## Devices compared" in full and full.index("## Devices compared") < full.index("## Collapse")
+    assert "## Devices compared" not in report.build_report([this], [], {})

@@ -155,6 +155,13 @@ def validate(config: dict, base_dir: Path | str = ".", schema_path: Path | str =
         csv_path = Path(study["csv"])
         if not (csv_path if csv_path.is_absolute() else Path(base_dir) / csv_path).is_file():
             raise ConfigError(f"config key reference_study.csv: no such file (value: {study['csv']!r})")
+    for i, other in enumerate(config.get("compare_devices", [])):
+        folder = Path(other["results"])
+        folder = folder if folder.is_absolute() else Path(base_dir) / folder
+        found = [s for s in config["sweeps"] if (folder / s / "sweep.csv").is_file()]
+        if not found:
+            raise ConfigError(f"config key compare_devices[{i}].results: no sweep.csv of this config's sweeps "
+                              f"({', '.join(config['sweeps'])}) under {other['results']!r}")
     for i, entry in enumerate(config.get("profile", {}).get("cells", [])):
         cell = _profile_cell(config, entry)
         key = f"profile.cells[{i}]"

@@ -1034,6 +1034,120 @@ def backend_comparison(frame: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
     return out
 
 
+@dataclass
+class OtherDevice:
+    """Another run of the same sweeps (config key compare_devices): its label, sweeps and ceilings."""
+
+    label: str
+    sweeps: dict[str, pd.DataFrame]
+    ceilings: dict = field(default_factory=dict)  # {(device, dtype): calibration}
+
+
+def device_label(frame: pd.DataFrame, fallback: str) -> str:
+    """The GPU (or CPU) a frame's cells ran on, from their device_name; fallback when absent or mixed."""
+    names = _text(frame, "device_name").dropna().unique() if "device_name" in frame.columns else []
+    names = [n for n in names if n and n != "nan"]
+    return names[0] if len(names) == 1 else fallback
+
+
+def _ratio_range(pairs: list[tuple[float, tuple]]) -> str:
+    vals = sorted(r for r, _ in pairs)
+    return f"{vals[0]:.2f}–{vals[-1]:.2f}x (median {float(np.median(vals)):.2f}x)"
+
+
+def device_comparison(this: pd.DataFrame, other: pd.DataFrame, this_label: str, other_label: str
+                      ) -> list[tuple[str, str, list[str]]]:
+    """(title, table, findings) per (model, dtype, backend) over the cells both runs measured (ok in both).
+
+    Time ratios are the other run's p50 over this run's: below 1 the other device is faster. "× floor" is a
+    cell's measured time over its own device's roofline floor (1 / efficiency).
+    """
+    keys = [k for k in ("model", "dtype", "backend") if k in this.columns and k in other.columns]
+    ok_a = this[~cell_outcome(this).isin(FAILED)]
+    ok_b = other[~cell_outcome(other).isin(FAILED)]
+    out = []
+    groups = ok_a.groupby(keys, sort=True) if keys else [((), ok_a)]
+    for key, sub_a in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        sub_b = ok_b
+        for k, v in zip(keys, key):
+            sub_b = sub_b[_text(sub_b, k) == str(v)]
+        a = sub_a.drop_duplicates(["seq_len", "batch"]).set_index(["seq_len", "batch"])
+        b = sub_b.drop_duplicates(["seq_len", "batch"]).set_index(["seq_len", "batch"])
+        cells = sorted(set(a.index) & set(b.index))
+        if not cells:
+            continue
+        headers = ["seq_len", "batch",
+                   f"prefill ms: {this_label}", f"prefill ms: {other_label}", "prefill ratio",
+                   f"decode ms/step: {this_label}", f"decode ms/step: {other_label}", "decode ratio",
+                   f"decode × floor: {this_label}", f"decode × floor: {other_label}"]
+        rows, ratios = [], {"prefill": [], "decode": []}
+        floors = {this_label: [], other_label: []}
+        for cell in cells:
+            row = [str(cell[0]), str(cell[1])]
+            for phase, column, fmt in (("prefill", "prefill_p50_ms", fmt_ms), ("decode", "decode_p50_ms_per_tok", fmt_ms)):
+                va, vb = float(a.loc[cell, column]), float(b.loc[cell, column])
+                ratio = vb / va if va > 0 else math.nan
+                if not _isnan(ratio):
+                    ratios[phase].append((ratio, cell))
+                row += [fmt(va), fmt(vb), f"{ratio:.2f}x" if not _isnan(ratio) else "–"]
+            for label, frame in ((this_label, a), (other_label, b)):
+                eff = pd.to_numeric(pd.Series([frame.loc[cell].get("decode_efficiency", math.nan)]),
+                                    errors="coerce").iloc[0]
+                if not _isnan(eff) and eff > 0:
+                    floors[label].append(1 / float(eff))
+                row.append(f"{1 / float(eff):.1f}x" if not _isnan(eff) and eff > 0 else "–")
+            rows.append(row)
+        findings = []
+        for phase in ("prefill", "decode"):
+            if ratios[phase]:
+                fastest = min(ratios[phase])
+                findings.append(f"{phase}: {other_label} takes {_ratio_range(ratios[phase])} of {this_label}'s "
+                                f"time; its largest gain is at seq_len {fastest[1][0]} × batch {fastest[1][1]}")
+        if floors[this_label] and floors[other_label]:
+            findings.append(f"decode as a multiple of each device's own roofline floor: {this_label} "
+                            f"{min(floors[this_label]):.1f}–{max(floors[this_label]):.1f}x, {other_label} "
+                            f"{min(floors[other_label]):.1f}–{max(floors[other_label]):.1f}x")
+        title = " · ".join(str(k) for k in key)
+        out.append((title, markdown_table(headers, rows, [True] * len(headers)), findings))
+    return out
+
+
+def _ceilings_text(ceilings: dict) -> str:
+    return "; ".join(f"{cal['bandwidth_gb_s']:.0f} GB/s copy, {cal['matmul_tflops']:.3g} TFLOP/s matmul ({dev}, {dt})"
+                     for (dev, dt), cal in sorted(ceilings.items())) or "not calibrated"
+
+
+def devices_section(sweeps: Sequence["SweepInput"], others: Sequence[OtherDevice], ceilings: dict | None = None) -> str:
+    """This run's sweeps beside other runs of the same sweeps (other devices), cell by cell."""
+    parts = ["Each other run's cells beside this run's, matched by model, dtype, backend, seq_len and batch (cells "
+             "that failed in either run are left out). Ratio = the other run's p50 / this run's: below 1 the "
+             "other device is faster. × floor = measured time / that device's own roofline floor."]
+    this_label = device_label(pd.concat([s.frame for s in sweeps], ignore_index=True), "this run") \
+        if sweeps else "this run"
+    parts += ["", f"- {this_label} (this run): {_ceilings_text(ceilings or {})}"]
+    for od in others:
+        parts += [f"- {od.label}: {_ceilings_text(od.ceilings)}"]
+    for od in others:
+        frames = [f for f in od.sweeps.values() if not f.empty]
+        other_label = od.label
+        if frames and device_label(pd.concat(frames, ignore_index=True), od.label) == this_label:
+            other_label = f"{od.label} (same device name)"
+        for sw in sweeps:
+            frame = od.sweeps.get(sw.name)
+            if frame is None or sw.frame.empty or frame.empty:
+                parts += ["", f"### {od.label}: sweep `{sw.name}`", "", f"No cells of sweep `{sw.name}` in {od.label}."]
+                continue
+            for title, table, findings in device_comparison(sw.frame, frame, this_label, other_label) or \
+                    [(None, None, None)]:
+                if title is None:
+                    parts += ["", f"### {od.label}: sweep `{sw.name}`", "", "No cells measured by both runs."]
+                    continue
+                parts += ["", f"### {od.label}: sweep `{sw.name}` · {title}", "", table, "", "Findings:", ""]
+                parts += [f"- {f}" for f in findings]
+    return "\n".join(parts)
+
+
 ANATOMY_STAGES = (("tokenise", "tokenize_p50_ms"), ("prefill (TTFT)", "ttft_p50_ms"), ("decode", None),
                   ("detokenise", "detokenize_p50_ms"))
 
@@ -1121,7 +1235,8 @@ def sweep_section(sw: SweepInput) -> str:
 def build_report(sweeps: list[SweepInput], environments: list[dict], settings: dict,
                  title: str = "Latency sensitivity report", profiles: Sequence[dict] = (),
                  claims_text: str | None = None, claims_label: str | None = None,
-                 loading: Sequence[dict] = ()) -> str:
+                 loading: Sequence[dict] = (), other_devices: Sequence[OtherDevice] = (),
+                 ceilings: dict | None = None) -> str:
     """The whole report as markdown: summary, Setup, How to read this, one section per sweep, failures."""
     total = pd.concat([s.frame for s in sweeps], ignore_index=True) if sweeps else pd.DataFrame()
     lines = [f"# {title}", ""]
@@ -1132,6 +1247,8 @@ def build_report(sweeps: list[SweepInput], environments: list[dict], settings: d
     lines += ["## How to read this", "", how_to_read_section(settings), ""]
     for sw in sweeps:
         lines += [sweep_section(sw), ""]
+    if other_devices:
+        lines += ["## Devices compared", "", devices_section(sweeps, other_devices, ceilings), ""]
     if loading:
         lines += ["## Model loading", "", loading_section(loading), ""]
     lines += ["## Collapse and failures", "", failures_section(sweeps), ""]

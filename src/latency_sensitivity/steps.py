@@ -6,6 +6,7 @@ Nothing here imports torch: these steps run in the light `report` environment.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import sys
@@ -111,7 +112,9 @@ def build_report(
     profile_files: Sequence[str] = (),
     reference_study: dict | None = None,
     loading_files: Sequence[str] = (),
+    compare_devices: Sequence[dict] = (),
 ) -> str:
+    """The markdown report; compare_devices: [{label, results}] other runs of the same sweeps (see the schema)."""
     from . import report
 
     settings = dict(settings)
@@ -142,9 +145,17 @@ def build_report(
         results = claims.evaluate(claims.load_reference(reference_study["csv"]), reference_study["label"], ours)
         claims_text = claims.claims_section(results)
     loading = [json.loads(Path(p).read_text()) for p in loading_files]
+    others = []
+    for other in compare_devices:
+        folder = Path(other["results"])
+        frames = {sw.name: read_sweep(folder / sw.name / "sweep.csv") for sw in sweeps
+                  if (folder / sw.name / "sweep.csv").is_file()}
+        others.append(report.OtherDevice(other["label"], frames,
+                                         load_ceilings(sorted(glob.glob(str(folder / "calibration" / "*.json"))))))
     text = report.build_report(sweeps, distinct_environments(cell_files), settings, profiles=profiles,
                                claims_text=claims_text, claims_label=(reference_study or {}).get("label"),
-                               loading=loading)
+                               loading=loading, other_devices=others,
+                               ceilings=load_ceilings(calibration_files))
     report.write_report(text, out_md)
     print(f"wrote {out_md} ({len(text)} characters)", file=sys.stderr)
     return text

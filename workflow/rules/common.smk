@@ -137,6 +137,16 @@ def reference_study_files():
     return [study["csv"]] if study else []
 
 
+def compare_device_files():
+    """The other runs' sweep tables the report compares with (compare_devices): a changed one rebuilds it."""
+    return [
+        str(Path(other["results"]) / sweep / "sweep.csv")
+        for other in config.get("compare_devices", [])
+        for sweep in SWEEPS
+        if (Path(other["results"]) / sweep / "sweep.csv").is_file()
+    ]
+
+
 def report_profile_summaries():
     """The profile summaries the main report shows: those of profile.tools when profile.in_report is set."""
     return profile_targets(PROFILE["tools"]) if PROFILE["in_report"] else []

@@ -66,6 +66,7 @@ rule build_report:
         profiles=report_profile_summaries(),
         reference_study=reference_study_files(),
         loading=loading_files(),
+        compare_devices=compare_device_files(),
     output:
         "results/report.md",
     log:
@@ -75,6 +76,7 @@ rule build_report:
         axes=[lsconfig.sweep_axis(config, s) for s in SWEEPS],
         settings=lsconfig.settings_summary(config),
         reference_study=config.get("reference_study"),
+        compare_devices=config.get("compare_devices", []),
     conda:
         "../../envs/report.yaml"
     script:
