@@ -1,7 +1,8 @@
 """Rebuild results/reference/h100 merge, collapse, plots and report from its committed cell files (no GPU).
 
 For when the downstream steps change: python benchmarks/rebuild_reference_report.py
-The report includes the committed profiles' summaries (as profile.in_report would).
+The report includes the committed profiles' summaries (as profile.in_report would) and, in "Devices
+compared", the same sweeps measured on an H200 (results/reference/h200, as compare_devices would).
 """
 import glob, yaml
 from latency_sensitivity import steps, config as lsconfig
@@ -19,4 +20,5 @@ for sweep in cfg["sweeps"]:
 allcells = [f"{root}/{c.path.removeprefix('results/')}" for c in lsconfig.all_cells(cfg)]
 profiles = sorted(glob.glob(f"{root}/profiles/summary/*/**/*.json", recursive=True))
 steps.build_report(csvs, names, axes, allcells, lsconfig.settings_summary(cfg), f"{root}/report.md", cal,
-                   profile_files=profiles, reference_study=cfg.get("reference_study"))
+                   profile_files=profiles, reference_study=cfg.get("reference_study"),
+                   compare_devices=[{"label": "H200", "results": "results/reference/h200"}])
