@@ -24,14 +24,20 @@ def tiny():
     return model, runner.make_prompt(s, model.config.vocab_size)
 
 
-@pytest.mark.parametrize("fuse_norms", [False, True])
-def test_static_cache_path_matches_eager_for_every_request(tiny, fuse_norms):
+@pytest.mark.parametrize("fuse_norms, pack_gqa", [(False, None), (True, None), (False, True)])
+def test_static_cache_path_matches_eager_for_every_request(tiny, fuse_norms, pack_gqa):
     model, prompt = tiny
     with torch.inference_mode():
         want_tokens, want_logits = backends.EagerBackend(model).generate(prompt, 6)
-        graph = backends.GraphBackend(model, batch=2, seq_len=12, gen_tokens=6, fuse_norms=fuse_norms)
+        graph = backends.GraphBackend(model, batch=2, seq_len=12, gen_tokens=6, fuse_norms=fuse_norms,
+                                      pack_gqa=pack_gqa)
         try:
             assert graph.capture is False  # the CPU runs the step uncaptured
+            if pack_gqa:  # forced here; by default only where transformers does not pack itself
+                assert graph.packed_gqa and model.config._attn_implementation == backends.PACKED_GQA
+                assert graph.info()["decode_attention"] == "sdpa, packed GQA"
+            else:
+                assert graph.packed_gqa == (not backends.transformers_packs_gqa())
             graph.setup(prompt)
             assert len(graph.fused_norms) == (9 if fuse_norms else 0)  # 2 per layer + the final norm
             for _ in range(3):  # positions must be right after every reset, not only the first time
@@ -49,9 +55,54 @@ def test_static_cache_path_matches_eager_for_every_request(tiny, fuse_norms):
         finally:
             graph.close()
     assert not any("forward" in vars(m) for m in model.modules())  # fused norms undone
+    assert model.config._attn_implementation == "sdpa"  # packed GQA undone
     with torch.inference_mode():
         tokens, logits = backends.EagerBackend(model).generate(prompt, 6)
     assert torch.equal(tokens, want_tokens) and torch.equal(logits, want_logits)
+
+
+def test_packed_gqa_attention_equals_repeated_kv():
+    """One query token over a padded static cache: packing the query heads per KV head = repeating K/V."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    class Module:  # what the attention function reads of the layer
+        num_key_value_groups = 4
+
+    gen = torch.Generator().manual_seed(0)
+    b, kv, groups, length, d = 3, 2, 4, 10, 8
+    q = torch.randn(b, kv * groups, 1, d, generator=gen)
+    k, v = torch.randn(b, kv, length, d, generator=gen), torch.randn(b, kv, length, d, generator=gen)
+    mask = torch.zeros(b, 1, 1, length, dtype=torch.bool)
+    mask[..., :7] = True  # 7 filled positions, 3 of padding
+    k[..., 7:, :] = 1e4  # the padding must not count
+    want = torch.nn.functional.scaled_dot_product_attention(q, repeat_kv(k, groups), repeat_kv(v, groups),
+                                                            attn_mask=mask, scale=0.3).transpose(1, 2)
+    got, weights = backends.packed_gqa_sdpa_forward(Module(), q, k, v, mask, scaling=0.3)
+    assert weights is None and got.shape == (b, 1, kv * groups, d)
+    torch.testing.assert_close(got, want)
+    # a prefill (several query tokens) goes to transformers' own path, with the same result as its sdpa
+    q2 = torch.randn(b, kv * groups, 5, d, generator=gen)
+    got2, _ = backends.packed_gqa_sdpa_forward(Module(), q2, k[..., :5, :], v[..., :5, :], None, scaling=0.3,
+                                               is_causal=True)
+    want2 = torch.nn.functional.scaled_dot_product_attention(
+        q2, repeat_kv(k[..., :5, :], groups), repeat_kv(v[..., :5, :], groups), is_causal=True, scale=0.3)
+    torch.testing.assert_close(got2, want2.transpose(1, 2))
+
+
+def test_packed_gqa_only_for_sdpa_models_with_fewer_kv_heads(tiny):
+    model, _ = tiny
+    cfg = model.config
+    kv = cfg.num_key_value_heads
+    try:
+        cfg.num_key_value_heads = cfg.num_attention_heads  # plain multi-head attention: nothing to pack
+        assert backends.pack_gqa_decode(model, force=True) is False
+    finally:
+        cfg.num_key_value_heads = kv
+    model.set_attn_implementation("eager")
+    try:
+        assert backends.pack_gqa_decode(model, force=True) is False
+    finally:
+        model.set_attn_implementation("sdpa")
 
 
 def test_a_cache_that_is_not_reset_is_caught(tiny, monkeypatch):
@@ -113,6 +164,8 @@ def test_runner_measures_a_graph_cell_on_the_cpu():
     assert m["backend_setup_s"] > 0 and m["decode_p50_ms_per_tok"] > 0
     info = dict(r["backend_info"])
     assert isinstance(info.pop("explicit_positions"), bool)  # True on transformers 4.x
+    assert info.pop("decode_attention") == ("sdpa" if backends.transformers_packs_gqa() else "sdpa, packed GQA")
+    assert m["decode_attention"] == r["backend_info"]["decode_attention"]
     assert info == {"name": "graph", "captured": False, "max_cache_len": 18, "capture_warmup_steps": 3,
                     "fused_rms_norms": 0}
 
@@ -139,14 +192,16 @@ def test_cli_backend_choice(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_captured_graph_matches_eager_on_cuda():
+@pytest.mark.parametrize("pack_gqa", [None, True, False])
+def test_captured_graph_matches_eager_on_cuda(pack_gqa):
     s = spec(device="cuda", dtype="fp16", seq_len=32, batch=4, gen_tokens=8)
     model = runner.build_model(s)
     prompt = runner.make_prompt(s, model.config.vocab_size)
     with torch.inference_mode():
         want_tokens, want_logits = backends.EagerBackend(model).generate(prompt, 8)
-        graph = backends.make("graph", model, prompt, 8, runner.Clock(True))
-        assert graph.graph is not None and graph.setup_s > 0
+        graph = backends.GraphBackend(model, batch=4, seq_len=32, gen_tokens=8, pack_gqa=pack_gqa)
+        graph.setup(prompt)
+        assert graph.graph is not None
         for _ in range(2):
             _, logits = graph.generate(prompt, 8, forced=want_tokens)
             torch.testing.assert_close(logits, want_logits, rtol=2e-2, atol=2e-2)

@@ -117,6 +117,13 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("model_build_s", "s", "Time to build (random weights) or load the model onto the device, imports excluded."),
     Column("warmup_s", "s", "Wall time of the warmup reps (kept out of every metric)."),
     Column(
+        "decode_attention",
+        "",
+        "How a decode step's attention ran: the attn_implementation as transformers runs it, or `sdpa, packed "
+        "GQA` where the graph backend runs a one-token query on the KV heads because the installed transformers "
+        "would copy the static cache's keys and values once per query head (versions without `pack_gqa`).",
+    ),
+    Column(
         "backend_setup_s",
         "s",
         "Time the backend's per-cell setup took before the warmup reps (graph: static KV cache, warm-up steps "

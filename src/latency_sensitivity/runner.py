@@ -436,6 +436,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         m["model_build_s"] = build_s
         m["warmup_s"] = warmup_s
         m["backend_setup_s"] = backend.setup_s
+        m["decode_attention"] = backend.info().get("decode_attention", spec.attn_implementation)
         if tokenizer is not None:
             # Host-side stages of a request, timed on texts of the cell's shape (auxiliary: a failure is noted).
             try:
