@@ -1,12 +1,23 @@
-"""Rebuild results/reference/h100 merge, collapse, plots and report from its committed cell files (no GPU).
+"""Rebuild a reference folder's merge, collapse, plots and report from its committed cell files (no GPU).
 
-For when the downstream steps change: python benchmarks/rebuild_reference_report.py
-The report includes the committed profiles' summaries (as profile.in_report would) and, in "Devices
-compared", the same sweeps measured on an H200 (results/reference/h200, as compare_devices would).
+For when the downstream steps change:
+
+    python benchmarks/rebuild_reference_report.py            # results/reference/h100, compared with the H200
+    python benchmarks/rebuild_reference_report.py h200       # results/reference/h200, compared with the H100
+
+The report includes the folder's committed profile summaries (as profile.in_report would), its loading
+measurement, and, in "Devices compared", the other device's run of the same sweeps (as compare_devices would).
 """
-import glob, yaml
-from latency_sensitivity import steps, config as lsconfig
-root = "results/reference/h100"
+import glob
+import sys
+
+import yaml
+
+from latency_sensitivity import config as lsconfig, steps
+
+OTHER = {"h100": ("H200", "results/reference/h200"), "h200": ("H100", "results/reference/h100")}
+device = sys.argv[1] if len(sys.argv) > 1 else "h100"
+root = f"results/reference/{device}"
 cfg = lsconfig.validate(yaml.safe_load(open("config/gpu.yaml")))
 cal = sorted(glob.glob(f"{root}/calibration/*.json"))
 names, axes, csvs = [], [], []
@@ -16,9 +27,13 @@ for sweep in cfg["sweeps"]:
     steps.merge_sweep(cells, f"{root}/{sweep}/merged.csv", sweep, cal)
     steps.collapse_sweep(f"{root}/{sweep}/merged.csv", f"{root}/{sweep}/sweep.csv", axis, cfg["collapse_factor"])
     steps.plot_sweep(f"{root}/{sweep}/sweep.csv", f"{root}/{sweep}/combined.png", sweep, axis)
+    if glob.glob(f"{root}/{sweep}/anatomy.png"):
+        steps.plot_anatomy(f"{root}/{sweep}/sweep.csv", f"{root}/{sweep}/anatomy.png", sweep)
     names.append(sweep); axes.append(axis); csvs.append(f"{root}/{sweep}/sweep.csv")
 allcells = [f"{root}/{c.path.removeprefix('results/')}" for c in lsconfig.all_cells(cfg)]
 profiles = sorted(glob.glob(f"{root}/profiles/summary/*/**/*.json", recursive=True))
+label, other = OTHER[device]
 steps.build_report(csvs, names, axes, allcells, lsconfig.settings_summary(cfg), f"{root}/report.md", cal,
                    profile_files=profiles, reference_study=cfg.get("reference_study"),
-                   compare_devices=[{"label": "H200", "results": "results/reference/h200"}])
+                   loading_files=sorted(glob.glob(f"{root}/loading/*/*/*.json")),
+                   compare_devices=[{"label": label, "results": other}])

@@ -50,3 +50,21 @@ def test_loading_section_hand_made():
     text = report.loading_section([r])
     assert "| qwen2 | fp16 | cuda | 6144 | 3.000 (2.15 GB/s; ceiling 2.50 GB/s) |" in text
     assert "0.600 (10.70 GB/s; ceiling 25.00 GB/s / 12.00 GB/s)" in text and "| read |" in text
+    assert "Amortised" not in text  # without the run's cells
+
+    import pandas as pd
+
+    cells = pd.DataFrame([
+        {"model": "qwen2", "dtype": "fp16", "backend": "graph", "seq_len": 128, "batch": 1, "status": "ok",
+         "flag": "ok", "request_p50_ms": 200.0, "e2e_p50_ms": 190.0},
+        {"model": "qwen2", "dtype": "fp16", "backend": "eager", "seq_len": 4096, "batch": 1, "status": "ok",
+         "flag": "ok", "request_p50_ms": 1275.0, "e2e_p50_ms": 1200.0},
+        {"model": "qwen2", "dtype": "fp16", "backend": "eager", "seq_len": 8192, "batch": 64, "status": "oom",
+         "flag": "oom", "request_p50_ms": None, "e2e_p50_ms": None},
+        {"model": "other", "dtype": "fp16", "backend": "eager", "seq_len": 128, "batch": 1, "status": "ok",
+         "flag": "ok", "request_p50_ms": 1.0, "e2e_p50_ms": 1.0},  # another model: not this load's requests
+    ])
+    text = report.loading_section([r], cells)
+    assert ("- qwen2 fp16: the 5.10 s cold start costs as much as 4.0–26 requests of this run (seq_len 4096 × "
+            "batch 1 eager, 1275.00 ms – seq_len 128 × batch 1 graph, 200.00 ms, p50 per request); spread over "
+            "1000 requests it adds 5.10 ms to each") in text

@@ -555,9 +555,10 @@ def test_device_comparison_hand_computed():
     assert "| 128 | 1 | 20.00 | 10.00 | 0.50x | 10.00 | 9.00 | 0.90x | 2.0x | 4.0x |" in table
     assert "| 128 | 8 | 40.00 | 30.00 | 0.75x | 12.00 | 6.00 | 0.50x | 4.0x | 2.0x |" in table
     assert "| 64 |" not in table
-    assert findings[0] == ("prefill: B takes 0.50–0.75x (median 0.62x) of A's time; its largest gain is at "
-                           "seq_len 128 × batch 1")
-    assert findings[1].startswith("decode: B takes 0.50–0.90x (median 0.70x)") and findings[1].endswith("batch 8")
+    assert findings[0] == ("prefill: B takes 0.50–0.75x (median 0.62x) of A's time (lowest at seq_len 128 × "
+                           "batch 1, highest at seq_len 128 × batch 8)")
+    assert findings[1].startswith("decode: B takes 0.50–0.90x (median 0.70x)")
+    assert findings[1].endswith("(lowest at seq_len 128 × batch 8, highest at seq_len 128 × batch 1)")
     assert findings[2] == "decode as a multiple of each device's own roofline floor: A 2.0–4.0x, B 2.0–4.0x"
     other_backend = h200.assign(backend="eager")
     assert report.device_comparison(h100, other_backend, "A", "B") == []

@@ -1101,9 +1101,10 @@ def device_comparison(this: pd.DataFrame, other: pd.DataFrame, this_label: str, 
         findings = []
         for phase in ("prefill", "decode"):
             if ratios[phase]:
-                fastest = min(ratios[phase])
+                lo, hi = min(ratios[phase]), max(ratios[phase])
                 findings.append(f"{phase}: {other_label} takes {_ratio_range(ratios[phase])} of {this_label}'s "
-                                f"time; its largest gain is at seq_len {fastest[1][0]} × batch {fastest[1][1]}")
+                                f"time (lowest at seq_len {lo[1][0]} × batch {lo[1][1]}, highest at seq_len "
+                                f"{hi[1][0]} × batch {hi[1][1]})")
         if floors[this_label] and floors[other_label]:
             findings.append(f"decode as a multiple of each device's own roofline floor: {this_label} "
                             f"{min(floors[this_label]):.1f}–{max(floors[this_label]):.1f}x, {other_label} "
@@ -1250,7 +1251,7 @@ def build_report(sweeps: list[SweepInput], environments: list[dict], settings: d
     if other_devices:
         lines += ["## Devices compared", "", devices_section(sweeps, other_devices, ceilings), ""]
     if loading:
-        lines += ["## Model loading", "", loading_section(loading), ""]
+        lines += ["## Model loading", "", loading_section(loading, total), ""]
     lines += ["## Collapse and failures", "", failures_section(sweeps), ""]
     if claims_text:
         lines += [f"## The reference study's claims ({claims_label})", "", claims_text, ""]
@@ -1405,8 +1406,41 @@ def _gb_s(x: Any) -> str:
     return "–" if x is None or _isnan(x) else f"{float(x):.2f} GB/s"
 
 
-def loading_section(results: Sequence[dict]) -> str:
-    """Model loading stage by stage, with the read and copy rates beside this machine's measured ceilings."""
+def loading_amortised(result: dict, cells: pd.DataFrame) -> str | None:
+    """A cold start in requests: how many of the run's requests (same model and dtype) it costs, per cell kind.
+
+    Uses each ok cell's request_p50_ms (text in, text out), or e2e_p50_ms where tokenisation was not timed.
+    """
+    if cells.empty or result.get("status") != "ok":
+        return None
+    sub = cells[~cell_outcome(cells).isin(FAILED)]
+    for key in ("model", "dtype"):
+        if key in sub.columns and result.get(key) is not None:
+            sub = sub[_text(sub, key) == str(result[key])]
+    column = "request_p50_ms" if "request_p50_ms" in sub.columns and _col(sub, "request_p50_ms").notna().any() \
+        else "e2e_p50_ms"
+    if column not in sub.columns:
+        return None
+    req = _col(sub, column)
+    sub, req = sub[req.notna() & (req > 0)], req[req.notna() & (req > 0)]
+    if req.empty:
+        return None
+    total_ms = 1000 * float(result["load_total_s"])
+
+    def where(i):
+        row = sub.loc[i]
+        backend = f" {row['backend']}" if "backend" in sub.columns else ""
+        return f"seq_len {row['seq_len']} × batch {row['batch']}{backend}, {fmt_ms(req[i])} ms"
+
+    lo, hi = req.idxmin(), req.idxmax()
+    return (f"{result.get('model')} {result.get('dtype')}: the {total_ms / 1000:.2f} s cold start costs as much as "
+            f"{total_ms / req[hi]:.1f}–{total_ms / req[lo]:.0f} requests of this run ({where(hi)} – {where(lo)}, "
+            f"p50 per request); spread over 1000 requests it adds {total_ms / 1000:.2f} ms to each")
+
+
+def loading_section(results: Sequence[dict], cells: pd.DataFrame | None = None) -> str:
+    """Model loading stage by stage, with the read and copy rates beside this machine's measured ceilings,
+    and (given the run's cells) the cold start amortised over requests."""
     parts = ["A model's weights loaded the way a server's cold start does (latency_sensitivity.loading): read "
              "from storage (after dropping the file from the page cache), deserialise, instantiate the modules, "
              "copy to the device, then a first and a second (warm) prefill forward. Ceilings: a cold sequential "
@@ -1432,6 +1466,10 @@ def loading_section(results: Sequence[dict]) -> str:
         parts += ["", markdown_table(["model", "dtype", "device", "MiB", "read s", "deserialise s", "instantiate s",
                                       "host-to-device s", "first forward s", "total s", "largest stage"], rows,
                                      [False, False, False, True, True, True, True, True, True, True, False])]
+    amortised = [a for a in (loading_amortised(r, cells) for r in results) if a] if cells is not None else []
+    if amortised:
+        parts += ["", "Amortised (loading is not part of a request; a server pays it once per start):", ""]
+        parts += [f"- {a}" for a in amortised]
     if failed:
         parts += ["", "Failed:", ""] + [f"- {f}" for f in failed]
     return "\n".join(parts)
