@@ -104,7 +104,7 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("prefill_kernel_ms", "ms", "GPU time of the prefill's kernels (profiled once after the measured reps)."),
     Column("decode_kernel_ms_per_step", "ms/step", "GPU time of one decode step's kernels (profiled once, averaged over steps)."),
     Column("prefill_gpu_busy", "ratio", "prefill_kernel_ms / prefill_p50_ms: the share of the prefill the GPU was working."),
-    Column("decode_gpu_busy", "ratio", "decode_kernel_ms_per_step / decode_p50_ms_per_tok: the share of a decode step the GPU was working."),
+    Column("decode_gpu_busy", "ratio", "decode_kernel_ms_per_step / decode_p50_ms_per_tok: the share of a decode step the GPU was working. The kernel time comes from one extra profiled request and the step time from the measured median, so a GPU busy throughout can read slightly above 1 (up to 1.03 in the H100 grid)."),
     Column(
         "prefill_regime",
         "",
