@@ -139,6 +139,8 @@ def test_unknown_backend(tiny):
     model, prompt = tiny
     with pytest.raises(ValueError, match="unknown backend 'nope'"):
         backends.make("nope", model, prompt, 4, runner.Clock(False))
+    with pytest.raises(ValueError, match="eager backend takes no options"):
+        backends.make("eager", model, prompt, 4, runner.Clock(False), pack_gqa=True)
 
 
 def test_norm_with_other_arithmetic_is_left_alone():
@@ -199,9 +201,8 @@ def test_captured_graph_matches_eager_on_cuda(pack_gqa):
     prompt = runner.make_prompt(s, model.config.vocab_size)
     with torch.inference_mode():
         want_tokens, want_logits = backends.EagerBackend(model).generate(prompt, 8)
-        graph = backends.GraphBackend(model, batch=4, seq_len=32, gen_tokens=8, pack_gqa=pack_gqa)
-        graph.setup(prompt)
-        assert graph.graph is not None
+        graph = backends.make("graph", model, prompt, 8, runner.Clock(True), pack_gqa=pack_gqa)
+        assert graph.graph is not None and graph.setup_s > 0
         for _ in range(2):
             _, logits = graph.generate(prompt, 8, forced=want_tokens)
             torch.testing.assert_close(logits, want_logits, rtol=2e-2, atol=2e-2)

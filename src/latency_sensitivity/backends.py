@@ -89,16 +89,21 @@ class Backend:
         """Drop what the backend holds on the device (cache, graph)."""
 
 
-def make(name: str, model, prompt, gen_tokens: int, clock) -> Backend:
-    """The backend `name` for this cell, set up (its `setup_s` timed here, device work included)."""
+def make(name: str, model, prompt, gen_tokens: int, clock, **options) -> Backend:
+    """The backend `name` for this cell, set up (its `setup_s` timed here, device work included).
+
+    options: the graph backend's keyword options (capture, fuse_norms, pack_gqa)."""
     import torch
 
     t0 = time.perf_counter()
     with torch.inference_mode():
         if name == "eager":
+            if options:
+                raise ValueError(f"the eager backend takes no options (given: {', '.join(options)})")
             backend: Backend = EagerBackend(model)
         elif name == "graph":
-            backend = GraphBackend(model, batch=prompt.shape[0], seq_len=prompt.shape[1], gen_tokens=gen_tokens)
+            backend = GraphBackend(model, batch=prompt.shape[0], seq_len=prompt.shape[1], gen_tokens=gen_tokens,
+                                   **options)
             backend.setup(prompt)
         else:
             raise ValueError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)})")
@@ -330,7 +335,7 @@ class GraphBackend(Backend):
         self.warmup_steps = max(1, min(warmup_steps, gen_tokens - 1))
         self.fused_norms = fuse_rms_norms(model) if fuse_norms else []
         # None: pack where transformers does not (see transformers_packs_gqa); True: always; False: never.
-        self.packed_gqa = pack_gqa_decode(model, force=bool(pack_gqa)) if pack_gqa is not False else False
+        self.packed_gqa = pack_gqa is not False and pack_gqa_decode(model, force=pack_gqa is True)
         self.cache = _static_cache(model, batch, self.max_cache_len)
         # transformers 4.x takes positions as `cache_position`; 5.x derives them from the cache on the device.
         self.explicit_positions = "cache_position" in inspect.signature(model.forward).parameters
@@ -467,8 +472,7 @@ class GraphBackend(Backend):
                 "explicit_positions": self.explicit_positions, "decode_attention": self.decode_attention()}
 
     def decode_attention(self) -> str:
-        attn = "sdpa" if self.packed_gqa else str(getattr(self.model.config, "_attn_implementation", "?"))
-        return f"{attn}, packed GQA" if self.packed_gqa else attn
+        return "sdpa, packed GQA" if self.packed_gqa else str(getattr(self.model.config, "_attn_implementation", "?"))
 
     def close(self) -> None:
         self.graph = None

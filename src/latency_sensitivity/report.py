@@ -1085,18 +1085,17 @@ def device_comparison(this: pd.DataFrame, other: pd.DataFrame, this_label: str, 
         floors = {this_label: [], other_label: []}
         for cell in cells:
             row = [str(cell[0]), str(cell[1])]
-            for phase, column, fmt in (("prefill", "prefill_p50_ms", fmt_ms), ("decode", "decode_p50_ms_per_tok", fmt_ms)):
+            for phase, column in (("prefill", "prefill_p50_ms"), ("decode", "decode_p50_ms_per_tok")):
                 va, vb = float(a.loc[cell, column]), float(b.loc[cell, column])
                 ratio = vb / va if va > 0 else math.nan
                 if not _isnan(ratio):
                     ratios[phase].append((ratio, cell))
-                row += [fmt(va), fmt(vb), f"{ratio:.2f}x" if not _isnan(ratio) else "–"]
+                row += [fmt_ms(va), fmt_ms(vb), f"{ratio:.2f}x" if not _isnan(ratio) else "–"]
             for label, frame in ((this_label, a), (other_label, b)):
-                eff = pd.to_numeric(pd.Series([frame.loc[cell].get("decode_efficiency", math.nan)]),
-                                    errors="coerce").iloc[0]
-                if not _isnan(eff) and eff > 0:
-                    floors[label].append(1 / float(eff))
-                row.append(f"{1 / float(eff):.1f}x" if not _isnan(eff) and eff > 0 else "–")
+                eff = float(pd.to_numeric(frame.loc[cell].get("decode_efficiency", math.nan), errors="coerce"))
+                if eff > 0:  # False for NaN too
+                    floors[label].append(1 / eff)
+                row.append(f"{1 / eff:.1f}x" if eff > 0 else "–")
             rows.append(row)
         findings = []
         for phase in ("prefill", "decode"):
@@ -1139,11 +1138,10 @@ def devices_section(sweeps: Sequence["SweepInput"], others: Sequence[OtherDevice
             if frame is None or sw.frame.empty or frame.empty:
                 parts += ["", f"### {od.label}: sweep `{sw.name}`", "", f"No cells of sweep `{sw.name}` in {od.label}."]
                 continue
-            for title, table, findings in device_comparison(sw.frame, frame, this_label, other_label) or \
-                    [(None, None, None)]:
-                if title is None:
-                    parts += ["", f"### {od.label}: sweep `{sw.name}`", "", "No cells measured by both runs."]
-                    continue
+            comparisons = device_comparison(sw.frame, frame, this_label, other_label)
+            if not comparisons:
+                parts += ["", f"### {od.label}: sweep `{sw.name}`", "", "No cells measured by both runs."]
+            for title, table, findings in comparisons:
                 parts += ["", f"### {od.label}: sweep `{sw.name}` · {title}", "", table, "", "Findings:", ""]
                 parts += [f"- {f}" for f in findings]
     return "\n".join(parts)
@@ -1421,8 +1419,8 @@ def loading_amortised(result: dict, cells: pd.DataFrame) -> str | None:
         else "e2e_p50_ms"
     if column not in sub.columns:
         return None
-    req = _col(sub, column)
-    sub, req = sub[req.notna() & (req > 0)], req[req.notna() & (req > 0)]
+    measured = _col(sub, column) > 0  # False for NaN too
+    sub, req = sub[measured], _col(sub, column)[measured]
     if req.empty:
         return None
     total_ms = 1000 * float(result["load_total_s"])

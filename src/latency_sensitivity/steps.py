@@ -118,7 +118,8 @@ def build_report(
     from . import report
 
     settings = dict(settings)
-    for (device, dtype), cal in sorted(load_ceilings(calibration_files).items()):
+    ceilings = load_ceilings(calibration_files)
+    for (device, dtype), cal in sorted(ceilings.items()):
         settings[f"ceilings ({device}, {dtype})"] = (
             f"{cal['bandwidth_gb_s']:.1f} GB/s copy, {cal['matmul_tflops']:.3g} TFLOP/s matmul "
             f"on {cal.get('device_name', device)}"
@@ -155,7 +156,7 @@ def build_report(
     text = report.build_report(sweeps, distinct_environments(cell_files), settings, profiles=profiles,
                                claims_text=claims_text, claims_label=(reference_study or {}).get("label"),
                                loading=loading, other_devices=others,
-                               ceilings=load_ceilings(calibration_files))
+                               ceilings=ceilings)
     report.write_report(text, out_md)
     print(f"wrote {out_md} ({len(text)} characters)", file=sys.stderr)
     return text
