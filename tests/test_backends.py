@@ -157,6 +157,65 @@ def test_norm_with_other_arithmetic_is_left_alone():
     assert backends.fuse_rms_norms(model) == []
 
 
+def test_fused_projections_are_one_gemm_on_the_same_weights(tiny):
+    model, prompt = tiny
+    params = {n: p.clone() for n, p in model.named_parameters()}
+    with torch.inference_mode():
+        want = model(input_ids=prompt).logits
+        calls = []
+        real_linear = torch.nn.functional.linear
+        groups = backends.fuse_sibling_projections(model)
+        try:
+            assert len(groups) == 8  # q/k/v and gate/up in each of 4 layers
+            attn = model.model.layers[0].self_attn
+            fused = groups[0] if groups[0].modules[0] is attn.q_proj else groups[1]
+            assert [m.out_features for m in fused.modules] == [256, 128, 128]
+            # the modules' weights are views of the fused weight: no second copy, the same values
+            assert attn.k_proj.weight.data_ptr() == fused.weight.data_ptr() + 256 * 256 * fused.weight.element_size()
+            for name, p in model.named_parameters():
+                assert torch.equal(p, params[name]), name
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(torch.nn.functional, "linear",
+                           lambda x, w, b=None: calls.append(w.shape) or real_linear(x, w, b))
+                got = model(input_ids=prompt).logits
+            # per layer: q/k/v, o, gate/up, down; then the LM head
+            assert calls[:4] == [(512, 256), (256, 256), (1408, 256), (256, 704)] and len(calls) == 4 * 4 + 1
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            assert all(g.input is None and g.output is None for g in groups)  # nothing held after a forward
+        finally:
+            backends.unfuse_sibling_projections(groups)
+        assert not any("forward" in vars(m) for m in model.modules())
+        torch.testing.assert_close(model(input_ids=prompt).logits, want, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_backend_matches_eager_on_the_cpu(tiny, monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # compile here, not from an earlier run's cache
+    model, prompt = tiny
+    extern_calls = {}
+    with torch.inference_mode():
+        want_tokens, want_logits = backends.EagerBackend(model).generate(prompt, 6)
+        for fuse in (True, False):
+            compiled = backends.make("compiled", model, prompt, 6, runner.Clock(False), fuse_projections=fuse)
+            try:
+                info = compiled.info()
+                assert info["name"] == "compiled" and info["compiled"]
+                assert info["fused_projections"] == (8 if fuse else 0)
+                assert compiled.setup_s >= info["compile_s"] > 0
+                assert info["compile_stats"]["graphs"] == 1  # the whole step, no graph break (fullgraph)
+                extern_calls[fuse] = info["compile_stats"]["extern_calls"]
+                for _ in range(2):
+                    tokens, logits = compiled.generate(prompt, 6)
+                    assert torch.equal(tokens, want_tokens)
+                    torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-4)
+                p, t, steps, e = compiled.request(prompt, 6, runner.Clock(False), "rep0")
+                assert len(steps) == 5 and p > 0 and e >= t > 0
+            finally:
+                compiled.close()
+            assert not any("forward" in vars(m) or "fused_group" in vars(m) for m in model.modules())
+    # fused, the compiled step calls one matmul for q/k/v (not 3) and one for gate/up (not 2) in each of 4 layers
+    assert extern_calls[False] - extern_calls[True] == 4 * 3
+
+
 def test_runner_measures_a_graph_cell_on_the_cpu():
     r = runner.measure(spec())
     assert r["status"] == "ok", r["error"]
@@ -169,7 +228,9 @@ def test_runner_measures_a_graph_cell_on_the_cpu():
     assert info.pop("decode_attention") == ("sdpa" if backends.transformers_packs_gqa() else "sdpa, packed GQA")
     assert m["decode_attention"] == r["backend_info"]["decode_attention"]
     assert info == {"name": "graph", "captured": False, "max_cache_len": 18, "capture_warmup_steps": 3,
-                    "fused_rms_norms": 0}
+                    "fused_rms_norms": 0, "fused_projections": 0, "compiled": False, "compile_s": None,
+                    "compile_stats": {}}
+    assert m["backend_compile_s"] is None
 
 
 def test_eager_cell_records_its_setup_time_too():
@@ -207,6 +268,23 @@ def test_captured_graph_matches_eager_on_cuda(pack_gqa):
             _, logits = graph.generate(prompt, 8, forced=want_tokens)
             torch.testing.assert_close(logits, want_logits, rtol=2e-2, atol=2e-2)
         graph.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_step_matches_eager_on_cuda():
+    s = spec(device="cuda", dtype="fp16", seq_len=32, batch=4, gen_tokens=8)
+    model = runner.build_model(s)
+    prompt = runner.make_prompt(s, model.config.vocab_size)
+    with torch.inference_mode():
+        want_tokens, want_logits = backends.EagerBackend(model).generate(prompt, 8)
+        compiled = backends.make("compiled", model, prompt, 8, runner.Clock(True))
+        info = compiled.info()
+        assert compiled.graph is not None and info["compile_s"] > 0 and info["fused_projections"] == 8
+        for _ in range(2):
+            _, logits = compiled.generate(prompt, 8, forced=want_tokens)
+            torch.testing.assert_close(logits, want_logits, rtol=2e-2, atol=2e-2)
+        compiled.close()
 
 
 @pytest.mark.gpu

@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-sizes", type=_int_list, default=[1], help="comma-separated batch sizes")
     s.add_argument("--backends", type=_backend_list, default=["eager"],
                    help="comma-separated: eager (transformers' dynamic KV cache, the reference setup), "
-                        "graph (static KV cache, decode step replayed as a CUDA graph)")
+                        "graph (static KV cache, decode step replayed as a CUDA graph), compiled (graph with fused "
+                        "projections and the step compiled by torch.compile)")
     s.add_argument("--loading", action="store_true",
                    help="also measure model loading stage by stage (writes the model's random weights once as a "
                         "safetensors checkpoint in the work folder: about 2 bytes per parameter in fp16)")

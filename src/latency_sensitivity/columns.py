@@ -57,8 +57,9 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
         "backend",
         "",
         "Execution backend: `eager` (transformers with its dynamic KV cache, one Python-launched forward per "
-        "decode step) or `graph` (static KV cache; the decode step replayed as a CUDA graph, on the CPU run "
-        "uncaptured).",
+        "decode step), `graph` (static KV cache; the decode step replayed as a CUDA graph, on the CPU run "
+        "uncaptured) or `compiled` (graph, with q/k/v and gate/up each one GEMM and the step compiled by "
+        "torch.compile before capture).",
     ),
     Column("device", "", "Device kind the cell ran on: cpu or cuda."),
     Column("device_name", "", "Device model (GPU name, or the CPU model)."),
@@ -127,7 +128,13 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
         "backend_setup_s",
         "s",
         "Time the backend's per-cell setup took before the warmup reps (graph: static KV cache, warm-up steps "
-        "and CUDA graph capture; eager: none), kept out of every metric.",
+        "and CUDA graph capture; compiled: the same and torch.compile; eager: none), kept out of every metric.",
+    ),
+    Column(
+        "backend_compile_s",
+        "s",
+        "The compiled backend's first decode step, where torch.compile traces and compiles it (part of "
+        "backend_setup_s; short when inductor's on-disk cache holds the same shapes). Empty for other backends.",
     ),
 )
 

@@ -436,6 +436,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         m["model_build_s"] = build_s
         m["warmup_s"] = warmup_s
         m["backend_setup_s"] = backend.setup_s
+        m["backend_compile_s"] = backend.info().get("compile_s")
         m["decode_attention"] = backend.info().get("decode_attention", spec.attn_implementation)
         if tokenizer is not None:
             # Host-side stages of a request, timed on texts of the cell's shape (auxiliary: a failure is noted).
@@ -513,7 +514,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path]:
     p.add_argument("--model-location", required=True, help="architecture JSON or checkpoint folder")
     p.add_argument("--dtype", choices=sorted(TORCH_DTYPES), required=True)
     p.add_argument("--backend", choices=BACKENDS, default="eager",
-                   help="eager: dynamic KV cache; graph: static KV cache, decode step replayed as a CUDA graph")
+                   help="eager: dynamic KV cache; graph: static KV cache, decode step replayed as a CUDA graph; "
+                   "compiled: graph with fused projections and the step compiled by torch.compile")
     p.add_argument("--device", choices=["cpu", "cuda"], required=True)
     p.add_argument("--attn-implementation", default="sdpa")
     p.add_argument("--seq", type=int, required=True)

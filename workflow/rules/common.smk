@@ -50,7 +50,7 @@ CELLS = lsconfig.all_cells(config)
 wildcard_constraints:
     model="[A-Za-z0-9][A-Za-z0-9._-]*",
     dtype="fp32|fp16|bf16",
-    backend="eager|graph",
+    backend="eager|graph|compiled",
     device="cpu|cuda",
     seq="[0-9]+",
     batch="[0-9]+",
