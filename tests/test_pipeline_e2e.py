@@ -84,13 +84,15 @@ def test_full_pipeline_then_only_changed_cells_rerun(tmp_path, default_config):
     assert (tmp_path / "results" / "report.html").stat().st_size > 100_000
 
 
-def test_graph_backend_cells_are_scheduled(tmp_path, default_config):
-    cfg = small_config(default_config, backends=["eager", "graph"])
+def test_graph_and_compiled_backend_cells_are_scheduled(tmp_path, default_config):
+    cfg = small_config(default_config, backends=["eager", "graph", "compiled"])
     config_file = write_config(tmp_path / "cfg" / "config.yaml", cfg)
     proc = snakemake(tmp_path, "-n", "--cores", "1", "all", configfile=config_file)
     cells = scheduled_cells(proc)
-    assert len(cells) == 12  # 6 cells per backend
+    assert len(cells) == 18  # 6 cells per backend
     assert "results/cells/tiny-qwen2/fp32/graph/seq16_batch1.json" in cells
+    assert "results/cells/tiny-qwen2/fp32/compiled/seq16_batch1.json" in cells
+    assert "--backend compiled" in proc.stdout + proc.stderr  # the wildcard reaches the runner
 
 
 @pytest.mark.parametrize(
@@ -138,4 +140,4 @@ def test_cli_backends_option(tmp_path, capsys):
     assert cfg["measure"]["backends"] == ["eager", "graph"]
     with pytest.raises(SystemExit):
         cli.main(["sweep", "--model", "tiny-qwen2", "--seq", "16", "--backends", "tensorrt", "--out", str(out)])
-    assert "backends must be a comma-separated subset of eager, graph" in capsys.readouterr().err
+    assert "backends must be a comma-separated subset of eager, graph, compiled" in capsys.readouterr().err

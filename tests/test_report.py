@@ -533,6 +533,11 @@ def test_backend_comparison_hand_computed():
     assert "graph decode takes 2.0–4.0x its roofline floor" in findings
     single = pd.DataFrame([r for r in rows if r["backend"] == "eager"])
     assert report.backend_comparison(single) == []
+    # columns in the backends' own order (eager, graph, compiled), whatever order the rows come in
+    compiled = [dict(r, backend="compiled", decode_p50_ms_per_tok=4.0) for r in rows if r["backend"] == "graph"]
+    (_, table, _), = report.backend_comparison(pd.DataFrame(compiled + rows))
+    assert "| seq_len | batch | eager decode ms/step | graph decode ms/step | compiled decode ms/step |" in table
+    assert "| 128 | 1 | 40.00 | 8.00 | 4.00 | 5.00x | 10.00x |" in table
 
 
 def _device_rows(device: str, prefill: list[float], decode: list[float], eff: list[float],

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from latency_sensitivity.atomic import write_text
+from latency_sensitivity.backends import BACKENDS
 from latency_sensitivity.columns import COLUMNS_BY_NAME, LATENCY_METRICS, THROUGHPUT_METRICS
 
 FLAT_TOLERANCE = 0.05
@@ -991,7 +992,9 @@ def backend_comparison(frame: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
     group_keys = [k for k in ("model", "dtype") if k in ok.columns]
     groups = ok.groupby(group_keys, sort=True) if group_keys else [((), ok)]
     for key, sub in groups:
-        backends = list(dict.fromkeys(sub["backend"]))
+        # eager, graph, compiled (the order of backends.BACKENDS), then any other in order of appearance
+        backends = sorted(dict.fromkeys(sub["backend"]),
+                          key=lambda b: BACKENDS.index(b) if b in BACKENDS else len(BACKENDS))
         if len(backends) < 2:
             continue
         base = "eager" if "eager" in backends else backends[0]
