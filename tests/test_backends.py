@@ -255,36 +255,23 @@ def test_cli_backend_choice(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("pack_gqa", [None, True, False])
-def test_captured_graph_matches_eager_on_cuda(pack_gqa):
+@pytest.mark.parametrize("name, options", [("graph", {"pack_gqa": None}), ("graph", {"pack_gqa": True}),
+                                           ("graph", {"pack_gqa": False}), ("compiled", {})])
+def test_captured_step_matches_eager_on_cuda(name, options):
     s = spec(device="cuda", dtype="fp16", seq_len=32, batch=4, gen_tokens=8)
     model = runner.build_model(s)
     prompt = runner.make_prompt(s, model.config.vocab_size)
     with torch.inference_mode():
         want_tokens, want_logits = backends.EagerBackend(model).generate(prompt, 8)
-        graph = backends.make("graph", model, prompt, 8, runner.Clock(True), pack_gqa=pack_gqa)
-        assert graph.graph is not None and graph.setup_s > 0
+        backend = backends.make(name, model, prompt, 8, runner.Clock(True), **options)
+        assert backend.graph is not None and backend.setup_s > 0
+        if name == "compiled":
+            info = backend.info()
+            assert info["compile_s"] > 0 and info["fused_projections"] == 8
         for _ in range(2):
-            _, logits = graph.generate(prompt, 8, forced=want_tokens)
+            _, logits = backend.generate(prompt, 8, forced=want_tokens)
             torch.testing.assert_close(logits, want_logits, rtol=2e-2, atol=2e-2)
-        graph.close()
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_compiled_step_matches_eager_on_cuda():
-    s = spec(device="cuda", dtype="fp16", seq_len=32, batch=4, gen_tokens=8)
-    model = runner.build_model(s)
-    prompt = runner.make_prompt(s, model.config.vocab_size)
-    with torch.inference_mode():
-        want_tokens, want_logits = backends.EagerBackend(model).generate(prompt, 8)
-        compiled = backends.make("compiled", model, prompt, 8, runner.Clock(True))
-        info = compiled.info()
-        assert compiled.graph is not None and info["compile_s"] > 0 and info["fused_projections"] == 8
-        for _ in range(2):
-            _, logits = compiled.generate(prompt, 8, forced=want_tokens)
-            torch.testing.assert_close(logits, want_logits, rtol=2e-2, atol=2e-2)
-        compiled.close()
+        backend.close()
 
 
 @pytest.mark.gpu

@@ -50,9 +50,9 @@ Backends:
     The graph backend with the decode step rewritten for speed, where ``graph`` keeps transformers' modules
     unchanged: sibling projections that read the same input run as one GEMM (``fuse_sibling_projections``:
     q/k/v, and gate/up, as vLLM's QKVParallelLinear and MergedColumnParallelLinear do; the modules' weights
-    become views of the fused weight, so no memory is added), and the step is compiled by ``torch.compile`` (inductor, its own
-    CUDA graphs off) before it is captured as above, so normalisation, rotary embedding, activation and residual
-    additions run as a few fused kernels instead of ~40 per layer. Prefill runs the same modules eagerly (with
+    become views of the fused weight, so no memory is added), and the step is compiled by ``torch.compile``
+    (inductor, its own CUDA graphs off) before it is captured as above, so normalisation, rotary embedding,
+    activation and residual additions run as a few fused kernels instead of ~40 per layer. Prefill runs the same modules eagerly (with
     the fused projections). Compiling is part of the backend's setup (``setup_s``; ``compile_s`` apart), never
     of a measured rep; inductor's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, default under /tmp) serves later
     cells of the same shapes. The step compiles as one graph (``fullgraph``) or the setup fails: a graph break
@@ -120,7 +120,7 @@ def make(name: str, model, prompt, gen_tokens: int, clock, **options) -> Backend
                 raise ValueError(f"the eager backend takes no options (given: {', '.join(options)})")
             backend: Backend = EagerBackend(model)
         elif name in ("graph", "compiled"):
-            cls = GraphBackend if name == "graph" else CompiledBackend
+            cls = {"graph": GraphBackend, "compiled": CompiledBackend}[name]
             backend = cls(model, batch=prompt.shape[0], seq_len=prompt.shape[1], gen_tokens=gen_tokens, **options)
             backend.setup(prompt)
         else:
@@ -361,7 +361,7 @@ def fuse_sibling_projections(model) -> list:
 
     Only plain nn.Linear members with the same input size, dtype, device and bias presence are fused. Their
     weights (and biases) become views of the concatenated tensor, so the model holds no second copy.
-    `unfuse_sibling_projections` restores the modules' own forward (the weights stay views, with the same values).
+    `unfuse_sibling_projections` restores the modules' own forward (the weights stay views, same values).
     """
     import torch
 
@@ -371,26 +371,26 @@ def fuse_sibling_projections(model) -> list:
             members = [getattr(parent, n, None) for n in names]
             if not all(type(m) is torch.nn.Linear for m in members):
                 continue
-            w0 = members[0].weight
-            if any(m.in_features != members[0].in_features or m.weight.dtype != w0.dtype
-                   or m.weight.device != w0.device or (m.bias is None) != (members[0].bias is None) for m in members):
+            first = members[0]
+            if any(m.in_features != first.in_features or m.weight.dtype != first.weight.dtype
+                   or m.weight.device != first.weight.device or (m.bias is None) != (first.bias is None)
+                   for m in members):
                 continue
             with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, usable outside inference mode
                 weight = torch.cat([m.weight for m in members])
-                bias = None if members[0].bias is None else torch.cat([m.bias for m in members])
-            group = _ProjectionGroup(members, weight, bias)
-            start = 0
-            for m in members:
-                stop = start + m.out_features
-                with torch.inference_mode(False):
+                bias = None if first.bias is None else torch.cat([m.bias for m in members])
+                group = _ProjectionGroup(members, weight, bias)
+                start = 0
+                for m in members:
+                    stop = start + m.out_features
                     m.weight = torch.nn.Parameter(weight[start:stop], requires_grad=False)
                     if bias is not None:
                         m.bias = torch.nn.Parameter(bias[start:stop], requires_grad=False)
-                # a plain function bound to the module (torch.compile traces it; a functools.partial it does not,
-                # in torch 2.11)
-                m.fused_group, m.fused_span = group, (start, stop)
-                m.forward = types.MethodType(_fused_projection_forward, m)
-                start = stop
+                    # a plain function bound to the module (torch.compile traces it; a functools.partial it does
+                    # not, in torch 2.11)
+                    m.fused_group, m.fused_span = group, (start, stop)
+                    m.forward = types.MethodType(_fused_projection_forward, m)
+                    start = stop
             groups.append(group)
     return groups
 

@@ -436,8 +436,8 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         m["model_build_s"] = build_s
         m["warmup_s"] = warmup_s
         m["backend_setup_s"] = backend.setup_s
-        m["backend_compile_s"] = backend.info().get("compile_s")
-        m["decode_attention"] = backend.info().get("decode_attention", spec.attn_implementation)
+        m["backend_compile_s"] = result["backend_info"].get("compile_s")
+        m["decode_attention"] = result["backend_info"].get("decode_attention", spec.attn_implementation)
         if tokenizer is not None:
             # Host-side stages of a request, timed on texts of the cell's shape (auxiliary: a failure is noted).
             try:
