@@ -216,6 +216,33 @@ def test_compiled_backend_matches_eager_on_the_cpu(tiny, monkeypatch, tmp_path):
     assert extern_calls[False] - extern_calls[True] == 4 * 3
 
 
+def test_gemv_routing_keeps_the_tokens_and_is_undone(tiny, monkeypatch):
+    model, prompt = tiny
+    monkeypatch.setattr(backends, "gemv_available", lambda: False)
+    with pytest.raises(RuntimeError, match="needs Triton"):
+        backends.make("graph", model, prompt, 6, runner.Clock(False), gemv=True)
+    assert not any("forward" in vars(m) or "fused_group" in vars(m) for m in model.modules())  # setup undone
+    # by default only on CUDA: the CPU keeps torch's linear, and says so
+    compiled_default = backends.CompiledBackend(model, batch=2, seq_len=12, gen_tokens=6)
+    assert compiled_default.info()["gemv"] is False
+    compiled_default.close()
+    monkeypatch.undo()
+    pytest.importorskip("triton")
+    with torch.inference_mode():
+        want_tokens, want_logits = backends.EagerBackend(model).generate(prompt, 6)
+        graph = backends.make("graph", model, prompt, 6, runner.Clock(False), gemv=True, fuse_projections=True)
+        try:
+            # o and down in each of 4 layers, and the LM head; q/k/v and gate/up through their fused groups
+            assert graph.info()["gemv"] and len(graph.gemv_linears) == 4 * 2 + 1
+            assert all(g.linear is not None for g in graph.fused_projections)
+            tokens, logits = graph.generate(prompt, 6)
+            assert torch.equal(tokens, want_tokens)
+            torch.testing.assert_close(logits, want_logits, rtol=1e-5, atol=1e-5)
+        finally:
+            graph.close()
+    assert not any(key in vars(m) for m in model.modules() for key in ("forward", "gemv_linear", "fused_group"))
+
+
 def test_runner_measures_a_graph_cell_on_the_cpu():
     r = runner.measure(spec())
     assert r["status"] == "ok", r["error"]
@@ -229,7 +256,7 @@ def test_runner_measures_a_graph_cell_on_the_cpu():
     assert m["decode_attention"] == r["backend_info"]["decode_attention"]
     assert info == {"name": "graph", "captured": False, "max_cache_len": 18, "capture_warmup_steps": 3,
                     "fused_rms_norms": 0, "fused_projections": 0, "compiled": False, "compile_s": None,
-                    "compile_stats": {}}
+                    "compile_stats": {}, "compile_options": {}, "gemv": False}
     assert m["backend_compile_s"] is None
 
 
@@ -255,10 +282,11 @@ def test_cli_backend_choice(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name, options", [("graph", {"pack_gqa": None}), ("graph", {"pack_gqa": True}),
-                                           ("graph", {"pack_gqa": False}), ("compiled", {})])
-def test_captured_step_matches_eager_on_cuda(name, options):
-    s = spec(device="cuda", dtype="fp16", seq_len=32, batch=4, gen_tokens=8)
+@pytest.mark.parametrize("name, options, batch", [
+    ("graph", {"pack_gqa": None}, 4), ("graph", {"pack_gqa": True}, 4), ("graph", {"pack_gqa": False}, 4),
+    ("compiled", {}, 4), ("compiled", {}, 1)])
+def test_captured_step_matches_eager_on_cuda(name, options, batch):
+    s = spec(device="cuda", dtype="fp16", seq_len=32, batch=batch, gen_tokens=8)
     model = runner.build_model(s)
     prompt = runner.make_prompt(s, model.config.vocab_size)
     with torch.inference_mode():
@@ -268,6 +296,7 @@ def test_captured_step_matches_eager_on_cuda(name, options):
         if name == "compiled":
             info = backend.info()
             assert info["compile_s"] > 0 and info["fused_projections"] == 8
+            assert info["gemv"] is (batch == 1)  # the Triton GEMV kernel where products have one row
         for _ in range(2):
             _, logits = backend.generate(prompt, 8, forced=want_tokens)
             torch.testing.assert_close(logits, want_logits, rtol=2e-2, atol=2e-2)

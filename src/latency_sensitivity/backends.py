@@ -50,16 +50,17 @@ Backends:
     The graph backend with the decode step rewritten for speed, where ``graph`` keeps transformers' modules
     unchanged: sibling projections that read the same input run as one GEMM (``fuse_sibling_projections``:
     q/k/v, and gate/up, as vLLM's QKVParallelLinear and MergedColumnParallelLinear do; the modules' weights
-    become views of the fused weight, so no memory is added), and the step is compiled by ``torch.compile``
-    (inductor, its own CUDA graphs off) before it is captured as above, so normalisation, rotary embedding,
-    activation and residual additions run as a few fused kernels instead of ~40 per layer. Prefill runs the same modules eagerly (with
-    the fused projections). Compiling is part of the backend's setup (``setup_s``; ``compile_s`` apart), never
-    of a measured rep; inductor's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, default under /tmp) serves later
-    cells of the same shapes. The step compiles as one graph (``fullgraph``) or the setup fails: a graph break
-    would leave parts of it eager and recompiled per layer, silently. The logits match eager's within fp16
-    rounding, not bit for bit. On the H100 (Qwen2.5-3B, fp16, seq 128 x batch 1) the compiled step took 4.12 ms
-    with separate projections against graph's 6.06 ms (2.0x and 2.9x the 2.06 ms floor); its GEMMs alone are
-    about 1.3x the floor (benchmarks/README.md, "compiled").
+    become views of the fused weight, so no memory is added); at batch 1 on CUDA every projection and the LM
+    head run as the Triton GEMV kernel of ``kernels`` (``route_linears_to_gemv``); and the step is compiled by
+    ``torch.compile`` (inductor, its own CUDA graphs off) before it is captured as above, so normalisation,
+    rotary embedding, activation and residual additions run as a few fused kernels instead of ~40 per layer.
+    Prefill runs the same modules eagerly. Compiling is part of the backend's setup (``setup_s``;
+    ``compile_s`` apart), never of a measured rep; inductor's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``,
+    default under /tmp) serves later cells of the same shapes. The step compiles as one graph (``fullgraph``)
+    or the setup fails: a graph break would leave parts of it eager and recompiled per layer, silently. The
+    logits match eager's within fp16 rounding, not bit for bit. On the H100 (Qwen2.5-3B, fp16, seq 128 x
+    batch 1) the compiled step took 3.23-3.30 ms against graph's 6.09 ms (1.6x and 3.0x the 2.06 ms floor):
+    473 kernels, of which the GEMVs take 2.33 ms (benchmarks/README.md, "compiled").
 
     On the CPU the graph backend runs **without capture**: the same static cache and the same step function,
     called directly per step instead of replayed. That keeps the code path (static cache, positions, reset,
@@ -122,7 +123,11 @@ def make(name: str, model, prompt, gen_tokens: int, clock, **options) -> Backend
         elif name in ("graph", "compiled"):
             cls = {"graph": GraphBackend, "compiled": CompiledBackend}[name]
             backend = cls(model, batch=prompt.shape[0], seq_len=prompt.shape[1], gen_tokens=gen_tokens, **options)
-            backend.setup(prompt)
+            try:
+                backend.setup(prompt)
+            except BaseException:
+                backend.close()  # leave the model as it was (projections, attention, compiled code)
+                raise
         else:
             raise ValueError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)})")
     clock.sync()
@@ -337,12 +342,14 @@ class _ProjectionGroup:
         self.modules, self.weight, self.bias = modules, weight, bias
         self.input = self.output = None
         self.left = 0
+        self.linear = None  # torch's linear; kernels.linear once routed to the gemv kernel
 
     def product(self, x):
         import torch
 
         if self.input is not x:
-            self.input, self.output = x, torch.nn.functional.linear(x, self.weight, self.bias)
+            linear = self.linear or torch.nn.functional.linear
+            self.input, self.output = x, linear(x, self.weight, self.bias)
             self.left = len(self.modules)
         out = self.output
         self.left -= 1
@@ -404,20 +411,63 @@ def unfuse_sibling_projections(groups) -> None:
             vars(module).pop("fused_span", None)
 
 
+def gemv_available() -> bool:
+    """Whether the Triton gemv kernel can be used (Triton comes with torch's CUDA builds)."""
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
+def _gemv_linear_forward(self, x):
+    return self.gemv_linear(x, self.weight, self.bias)
+
+
+def route_linears_to_gemv(model, groups) -> list:
+    """Run the model's nn.Linear layers (and the fused groups) through `kernels.linear`: one-row products on
+    CUDA as the Triton gemv kernel, others as before. Returns the rerouted modules; `unroute_linears` undoes it."""
+    import torch
+
+    if not gemv_available():
+        raise RuntimeError("the gemv kernel needs Triton, which is not installed (it comes with torch's CUDA builds)")
+    from . import kernels
+
+    in_groups = set()
+    for group in groups:
+        group.linear = kernels.linear
+        in_groups.update(id(m) for m in group.modules)
+    routed = []
+    for module in model.modules():
+        if type(module) is torch.nn.Linear and id(module) not in in_groups:
+            module.gemv_linear = kernels.linear  # an attribute, so torch.compile traces into it
+            module.forward = types.MethodType(_gemv_linear_forward, module)
+            routed.append(module)
+    return routed
+
+
+def unroute_linears(modules, groups) -> None:
+    for group in groups:
+        group.linear = None
+    for module in modules:
+        vars(module).pop("forward", None)
+        vars(module).pop("gemv_linear", None)
+
+
 class GraphBackend(Backend):
     """Static KV cache; the decode step captured as a CUDA graph (on the CPU: the same step, not captured).
 
     fuse_norms: run RMSNorm layers as a fused normalisation (faster, not bit-identical; see the module
     docstring); capture: None = capture when the model is on CUDA, False = never (the CPU path), True = always
-    (fails without CUDA); fuse_projections: q/k/v and gate/up as one GEMM each; compile: the step compiled by
-    torch.compile before capture (the last two are the compiled backend's).
+    (fails without CUDA); fuse_projections: q/k/v and gate/up as one GEMM each; gemv: one-row products (batch
+    1 decode) on CUDA as the Triton kernel of `kernels` (None: at batch 1 on CUDA); compile: the step compiled by torch.compile before
+    capture, with inductor's compile_options (the last four are the compiled backend's).
     """
 
     name = "graph"
 
     def __init__(self, model, batch: int, seq_len: int, gen_tokens: int, *, capture: bool | None = None,
                  warmup_steps: int = 3, fuse_norms: bool = False, pack_gqa: bool | None = None,
-                 fuse_projections: bool = False, compile: bool = False):
+                 fuse_projections: bool = False, gemv: bool | None = False, compile: bool = False,
+                 compile_options: dict | None = None):
         import torch
 
         if gen_tokens < 2:
@@ -434,7 +484,16 @@ class GraphBackend(Backend):
         self.warmup_steps = max(1, min(warmup_steps, gen_tokens - 1))
         self.fused_norms = fuse_rms_norms(model) if fuse_norms else []
         self.fused_projections = fuse_sibling_projections(model) if fuse_projections else []
+        # None: where it applies (batch 1 on CUDA, with Triton installed: a decode step's products have one
+        # row per sequence); True: always (products of several rows, or on the CPU, keep torch's linear, but the
+        # routing is in place); False: never
+        if gemv is None:
+            gemv = batch == 1 and self.device.type == "cuda" and gemv_available()
+        self.gemv_linears = route_linears_to_gemv(model, self.fused_projections) if gemv else []
+        self.gemv = bool(gemv)
         self.compile = compile
+        # inductor settings: torch.compile's `options` (e.g. {"coordinate_descent_tuning": True})
+        self.compile_options = dict(compile_options or {})
         self.compile_s = None  # wall time of the first (compiling) step
         self.compile_stats: dict = {}
         self._step_fn = self._step
@@ -442,7 +501,8 @@ class GraphBackend(Backend):
             # inductor without its own CUDA graphs: the backend captures the compiled step itself
             # fullgraph: one compiled graph for the whole step, or an error (a graph break would leave parts of
             # the step to run eagerly, each recompiled per layer until dynamo's limit, and say nothing)
-            self._step_fn = torch.compile(self._step, mode="default", dynamic=False, fullgraph=True)
+            self._step_fn = torch.compile(self._step, dynamic=False, fullgraph=True,
+                                          options=self.compile_options or None)
         # None: pack where transformers does not (see transformers_packs_gqa); True: always; False: never.
         self.packed_gqa = pack_gqa is not False and pack_gqa_decode(model, force=pack_gqa is True)
         self.cache = _static_cache(model, batch, self.max_cache_len)
@@ -605,7 +665,8 @@ class GraphBackend(Backend):
                 "capture_warmup_steps": self.warmup_steps, "fused_rms_norms": len(self.fused_norms),
                 "explicit_positions": self.explicit_positions, "decode_attention": self.decode_attention(),
                 "fused_projections": len(self.fused_projections), "compiled": self.compile,
-                "compile_s": self.compile_s, "compile_stats": self.compile_stats}
+                "compile_s": self.compile_s, "compile_stats": self.compile_stats,
+                "compile_options": self.compile_options, "gemv": self.gemv}
 
     def decode_attention(self) -> str:
         return "sdpa, packed GQA" if self.packed_gqa else str(getattr(self.model.config, "_attn_implementation", "?"))
@@ -619,6 +680,8 @@ class GraphBackend(Backend):
             self.torch._dynamo.reset()
         unfuse_rms_norms(self.fused_norms)
         self.fused_norms = []
+        unroute_linears(self.gemv_linears, self.fused_projections)
+        self.gemv_linears = []
         unfuse_sibling_projections(self.fused_projections)
         self.fused_projections = []
         if self.packed_gqa:
@@ -634,5 +697,6 @@ class CompiledBackend(GraphBackend):
 
     def __init__(self, model, batch: int, seq_len: int, gen_tokens: int, **options):
         options.setdefault("fuse_projections", True)
+        options.setdefault("gemv", None)
         options.setdefault("compile", True)
         super().__init__(model, batch, seq_len, gen_tokens, **options)

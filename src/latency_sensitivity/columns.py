@@ -58,7 +58,8 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
         "",
         "Execution backend: `eager` (transformers with its dynamic KV cache, one Python-launched forward per "
         "decode step), `graph` (static KV cache; the decode step replayed as a CUDA graph, on the CPU run "
-        "uncaptured) or `compiled` (graph, with q/k/v and gate/up each one GEMM and the step compiled by "
+        "uncaptured) or `compiled` (graph, with q/k/v and gate/up each one GEMM, batch-1 projections as a Triton "
+        "GEMV kernel, and the step compiled by "
         "torch.compile before capture).",
     ),
     Column("device", "", "Device kind the cell ran on: cpu or cuda."),
