@@ -528,9 +528,14 @@ def test_backend_comparison_hand_computed():
     assert title == "m · fp16"
     assert "| 128 | 1 | 40.00 | 8.00 | 5.00x | 20.0x | 4.0x |" in table
     assert "| 128 | 8 | 30.00 | 6.00 | 5.00x | 10.0x | 2.0x |" in table and "| 64 |" not in table
-    assert findings[0].startswith("graph decodes 5.0–5.0x faster than eager")
+    assert findings[0] == ("graph decodes 5.0x faster than eager per step (least at seq_len 128 × batch 1, "
+                           "most at seq_len 128 × batch 8)")
     assert "eager decode takes 10.0–20.0x its roofline floor" in findings
     assert "graph decode takes 2.0–4.0x its roofline floor" in findings
+    one_cell = pd.DataFrame([r for r in rows if r["batch"] == 1])
+    (_, _, findings), = report.backend_comparison(one_cell)
+    assert findings == ["graph decodes 5.0x faster than eager per step (seq_len 128 × batch 1)",
+                        "eager decode takes 20.0x its roofline floor", "graph decode takes 4.0x its roofline floor"]
     single = pd.DataFrame([r for r in rows if r["backend"] == "eager"])
     assert report.backend_comparison(single) == []
     # columns in the backends' own order (eager, graph, compiled), whatever order the rows come in

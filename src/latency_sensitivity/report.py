@@ -93,6 +93,12 @@ class SweepInput:
 # number formatting
 
 
+def _span(lo: float, hi: float, spec: str = ".1f") -> str:
+    """`lo–hi` in the given format, or one number where both print the same (a single cell)."""
+    a, b = format(lo, spec), format(hi, spec)
+    return a if a == b else f"{a}–{b}"
+
+
 def _isnan(x: Any) -> bool:
     if x is None:
         return True
@@ -953,8 +959,8 @@ def roofline_finding(frame: pd.DataFrame) -> str | None:
         if eff.empty:
             continue
         bounds = sorted(set(_text(frame, f"{phase}_bound").dropna()) - {""})
-        parts.append(f"{phase} runs at {100 * eff.min():.1f}–{100 * eff.max():.1f}% of its roofline floor "
-                     f"({'/'.join(bounds)}-bound), i.e. {1 / eff.max():.1f}–{1 / eff.min():.1f}x the floor time")
+        parts.append(f"{phase} runs at {_span(100 * eff.min(), 100 * eff.max())}% of its roofline floor "
+                     f"({'/'.join(bounds)}-bound), i.e. {_span(1 / eff.max(), 1 / eff.min())}x the floor time")
     return "; ".join(parts) or None
 
 
@@ -1026,13 +1032,14 @@ def backend_comparison(frame: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
             if not vals:
                 continue
             lo, hi = min(vals), max(vals)
-            findings.append(f"{b} decodes {lo[0]:.1f}–{hi[0]:.1f}x faster than {base} per step (least at seq_len "
-                            f"{lo[1][0]} × batch {lo[1][1]}, most at seq_len {hi[1][0]} × batch {hi[1][1]})")
+            where = (f"seq_len {lo[1][0]} × batch {lo[1][1]}" if len(vals) == 1 else
+                     f"least at seq_len {lo[1][0]} × batch {lo[1][1]}, most at seq_len {hi[1][0]} × batch {hi[1][1]}")
+            findings.append(f"{b} decodes {_span(lo[0], hi[0])}x faster than {base} per step ({where})")
         for b in backends:
             eff = pd.to_numeric(per[b].loc[cells, "decode_efficiency"], errors="coerce").dropna() \
                 if "decode_efficiency" in per[b].columns else pd.Series(dtype=float)
             if not eff.empty and (eff > 0).all():
-                findings.append(f"{b} decode takes {1 / eff.max():.1f}–{1 / eff.min():.1f}x its roofline floor")
+                findings.append(f"{b} decode takes {_span(1 / eff.max(), 1 / eff.min())}x its roofline floor")
         out.append((title, table, findings))
     return out
 
