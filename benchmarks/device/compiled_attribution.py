@@ -1,13 +1,18 @@
 """Device: which part of the compiled backend's decode speed-up comes from what (issue 3).
 
-Qwen2.5-3B architecture, random fp16 weights, seq 128 x batch 1 on CUDA; the captured decode step replayed
-200 times per variant and timed with CUDA events (median per step):
-graph (transformers' modules), graph + fused projections, compiled without fused projections, compiled.
-    python3 benchmarks/device/compiled_attribution.py OUT.json
+Qwen2.5-3B architecture, random fp16 weights, seq 128 x batch 1 on CUDA. Per variant: the captured decode
+step replayed 200 times and timed with CUDA events (median per step); its kernels from 20 replays under
+torch.profiler (count and time per step, GEMM / attention / other); the eager prefill (median of 10); the
+setup and compile times; the greedy tokens' agreement with eager's over 32 steps.
+    [GC_FREEZE=1] python3 benchmarks/device/compiled_attribution.py OUT.json [VARIANT ...]
+GC_FREEZE=1: as the runner does, freeze the garbage collector's heap after each backend's setup.
 """
+import gc
 import json
+import os
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
@@ -15,33 +20,107 @@ import torch
 from latency_sensitivity import backends, runner
 from latency_sensitivity.runner import CellSpec
 
+VARIANTS = {
+    "graph": ("graph", {}),
+    "graph + fused projections": ("graph", {"fuse_projections": True}),
+    "compiled, projections unfused": ("compiled", {"fuse_projections": False}),
+    "compiled": ("compiled", {}),
+    "compiled, coordinate descent": ("compiled", {"compile_options": {"coordinate_descent_tuning": True}}),
+    "compiled, max-autotune": ("compiled", {"compile_options": {"max_autotune": True}}),
+    "compiled + gemv": ("compiled", {"gemv": True}),
+    "compiled + gemv, coordinate descent": ("compiled", {"gemv": True,
+                                                         "compile_options": {"coordinate_descent_tuning": True}}),
+    # the graph backend again, in a process where a compiled backend has run (its prefill is eager, like graph's)
+    "graph, after compiled": ("graph", {}),
+}
+GEMM = ("gemm", "gemv", "cutlass", "xmma", "nvjet", "triton_tem", "splitk", "cublas")
+ATTENTION = ("fmha", "flash", "sdpa", "attention")
+
+
+def kind(name: str) -> str:
+    low = name.lower()
+    if low.startswith(("triton_poi", "triton_red", "triton_per")):  # inductor's fused elementwise/reductions
+        return "other"
+    if any(t in low for t in ATTENTION):
+        return "attention"
+    return "gemm" if any(t in low for t in GEMM) else "other"
+
+
+def kernel_breakdown(replay, steps=20):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            replay()
+        torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "trace.json")
+        prof.export_chrome_trace(path)
+        events = [e for e in json.load(open(path))["traceEvents"] if e.get("cat") == "kernel"]
+    per_kind, per_name = {}, {}
+    for e in events:
+        k = kind(e["name"])
+        c, t = per_kind.get(k, (0, 0.0))
+        per_kind[k] = (c + 1, t + e["dur"])
+        c, t = per_name.get(e["name"], (0, 0.0))
+        per_name[e["name"]] = (c + 1, t + e["dur"])
+    top = sorted(per_name.items(), key=lambda kv: -kv[1][1])[:15]
+    return {"kernels_per_step": len(events) / steps,
+            "kernel_us_per_step": sum(e["dur"] for e in events) / steps,
+            "by_kind": {k: {"kernels": c / steps, "us": t / steps} for k, (c, t) in per_kind.items()},
+            "top": [{"name": n[:120], "kind": kind(n), "per_step": c / steps, "us_per_step": t / steps}
+                    for n, (c, t) in top]}
+
+
 spec = CellSpec(model="qwen2.5-3b", model_kind="architecture", model_location="config/models/qwen2.5-3b.json",
                 dtype="fp16", backend="graph", device="cuda", attn_implementation="sdpa", seq_len=128, batch=1,
                 gen_tokens=32, warmup=0, reps=1, seed=0, threads=1)
 model = runner.build_model(spec)
 prompt = runner.make_prompt(spec, model.config.vocab_size)
-variants = {
-    "graph": ("graph", {}),
-    "graph + fused projections": ("graph", {"fuse_projections": True}),
-    "compiled, projections unfused": ("compiled", {"fuse_projections": False}),
-    "compiled": ("compiled", {}),
-}
-out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "variants": {}}
-for label, (name, options) in variants.items():
-    with torch.inference_mode():
-        b = backends.make(name, model, prompt, 32, runner.Clock(True), **options)
-        b.prefill(prompt)  # reset, then fill the static cache
-        times = []
-        for _ in range(200):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record(); b.graph.replay(); end.record(); end.synchronize()
-            times.append(start.elapsed_time(end))
-            if len(times) % 30 == 0:  # stay inside the static cache: refill it
-                b.prefill(prompt)
-        info = b.info()
-        b.close()
-    out["variants"][label] = {"step_ms_p50": statistics.median(times), "step_ms_min": min(times),
-                              "setup_s": b.setup_s, "compile_s": info["compile_s"],
-                              "fused_projections": info["fused_projections"]}
-    print(label, out["variants"][label], flush=True)
-json.dump(out, open(sys.argv[1], "w"), indent=1)
+with torch.inference_mode():
+    eager = backends.make("eager", model, prompt, 32, runner.Clock(True))
+    eager_tokens, _ = eager.generate(prompt, 32)
+    eager.close()
+chosen = sys.argv[2:] or list(VARIANTS)
+freeze = os.environ.get("GC_FREEZE") == "1"
+out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "gc_freeze": freeze, "variants": {}}
+for label in chosen:
+    name, options = VARIANTS[label]
+    row = {"backend": name, "options": options}
+    try:
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            b = backends.make(name, model, prompt, 32, runner.Clock(True), **options)
+            row["setup_s"] = time.perf_counter() - t0
+            if freeze:
+                gc.collect()
+                gc.freeze()
+            tokens, _ = b.generate(prompt, 32)
+            row["tokens_equal_eager"] = int((tokens == eager_tokens).sum()), tokens.numel()
+            prefill = []
+            for _ in range(10):
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record(); b.prefill(prompt); e.record(); e.synchronize()
+                prefill.append(s.elapsed_time(e))
+            row["prefill_ms_p50"] = statistics.median(prefill)
+            row["prefill_kernels"] = kernel_breakdown(lambda: b.prefill(prompt), steps=5)
+            b.prefill(prompt)  # reset, then fill the static cache
+            times = []
+            for _ in range(200):
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record(); b.graph.replay(); e.record(); e.synchronize()
+                times.append(s.elapsed_time(e))
+                if len(times) % 30 == 0:  # stay inside the static cache: refill it
+                    b.prefill(prompt)
+            b.prefill(prompt)
+            row["kernels"] = kernel_breakdown(b.graph.replay)
+            info = b.info()
+            b.close()
+            gc.unfreeze()
+        row.update(step_ms_p50=statistics.median(times), step_ms_min=min(times), compile_s=info["compile_s"],
+                   compile_stats=info["compile_stats"], fused_projections=info["fused_projections"])
+    except Exception as exc:  # record and go on to the next variant
+        row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        torch._dynamo.reset()
+    out["variants"][label] = row
+    print(label, {k: v for k, v in row.items() if k not in ("kernels", "prefill_kernels")},
+          {k: v for k, v in row.get("kernels", {}).items() if k != "top"}, flush=True)
+    json.dump(out, open(sys.argv[1], "w"), indent=1)

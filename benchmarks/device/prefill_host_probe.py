@@ -1,0 +1,42 @@
+"""Device: where the host time of an eager prefill goes, graph against compiled backend (issue 3).
+
+Qwen2.5-3B architecture, random fp16 weights, seq 128 x batch 1 (a host-bound prefill). Per backend: the
+garbage collector frozen after setup (as the runner does), 3 untimed prefills, then 10 under cProfile; prints
+the wall time per prefill and the 25 functions with the most own time.
+    python3 benchmarks/device/prefill_host_probe.py [BACKEND ...]
+"""
+import cProfile
+import gc
+import pstats
+import sys
+import time
+
+import torch
+
+from latency_sensitivity import backends, runner
+from latency_sensitivity.runner import CellSpec
+
+spec = CellSpec(model="qwen2.5-3b", model_kind="architecture", model_location="config/models/qwen2.5-3b.json",
+                dtype="fp16", backend="graph", device="cuda", attn_implementation="sdpa", seq_len=128, batch=1,
+                gen_tokens=32, warmup=0, reps=1, seed=0, threads=1)
+model = runner.build_model(spec)
+prompt = runner.make_prompt(spec, model.config.vocab_size)
+for name in sys.argv[1:] or ["graph", "compiled"]:
+    with torch.inference_mode():
+        b = backends.make(name, model, prompt, 32, runner.Clock(True))
+        gc.collect()
+        gc.freeze()
+        for _ in range(3):
+            b.prefill(prompt)
+        torch.cuda.synchronize()
+        prof = cProfile.Profile()
+        t0 = time.perf_counter()
+        prof.enable()
+        for _ in range(10):
+            b.prefill(prompt)
+        torch.cuda.synchronize()
+        prof.disable()
+        print(f"== {name}: {(time.perf_counter() - t0) * 100:.1f} ms per prefill under cProfile", b.info()["gemv"])
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        b.close()
+        gc.unfreeze()
