@@ -220,9 +220,9 @@ def test_gemv_routing_keeps_the_tokens_and_is_undone(tiny, monkeypatch):
     model, prompt = tiny
     monkeypatch.setattr(backends, "gemv_available", lambda: False)
     with pytest.raises(RuntimeError, match="needs Triton"):
-        backends.make("graph", model, prompt, 6, runner.Clock(False), gemv=True)
-    assert not any("forward" in vars(m) or "fused_group" in vars(m) for m in model.modules())  # setup undone
-    # by default only on CUDA: the CPU keeps torch's linear, and says so
+        backends.make("compiled", model, prompt, 6, runner.Clock(False), gemv=True)
+    assert not any("forward" in vars(m) or "fused_group" in vars(m) for m in model.modules())  # model untouched
+    # by default only at batch 1 on CUDA: the CPU keeps torch's linear, and says so
     compiled_default = backends.CompiledBackend(model, batch=2, seq_len=12, gen_tokens=6)
     assert compiled_default.info()["gemv"] is False
     compiled_default.close()

@@ -119,6 +119,7 @@ for label in chosen:
                    compile_stats=info["compile_stats"], fused_projections=info["fused_projections"])
     except Exception as exc:  # record and go on to the next variant
         row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        gc.unfreeze()
         torch._dynamo.reset()
     out["variants"][label] = row
     print(label, {k: v for k, v in row.items() if k not in ("kernels", "prefill_kernels")},

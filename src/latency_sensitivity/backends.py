@@ -427,8 +427,6 @@ def route_linears_to_gemv(model, groups) -> list:
     CUDA as the Triton gemv kernel, others as before. Returns the rerouted modules; `unroute_linears` undoes it."""
     import torch
 
-    if not gemv_available():
-        raise RuntimeError("the gemv kernel needs Triton, which is not installed (it comes with torch's CUDA builds)")
     from . import kernels
 
     in_groups = set()
@@ -482,13 +480,16 @@ class GraphBackend(Backend):
         self.batch, self.seq_len, self.gen_tokens = batch, seq_len, gen_tokens
         self.max_cache_len = seq_len + gen_tokens
         self.warmup_steps = max(1, min(warmup_steps, gen_tokens - 1))
-        self.fused_norms = fuse_rms_norms(model) if fuse_norms else []
-        self.fused_projections = fuse_sibling_projections(model) if fuse_projections else []
         # None: where it applies (batch 1 on CUDA, with Triton installed: a decode step's products have one
         # row per sequence); True: always (products of several rows, or on the CPU, keep torch's linear, but the
-        # routing is in place); False: never
+        # routing is in place); False: never. Checked before the model is touched.
         if gemv is None:
             gemv = batch == 1 and self.device.type == "cuda" and gemv_available()
+        elif gemv and not gemv_available():
+            raise RuntimeError("the gemv kernel needs Triton, which is not installed (it comes with torch's CUDA "
+                               "builds)")
+        self.fused_norms = fuse_rms_norms(model) if fuse_norms else []
+        self.fused_projections = fuse_sibling_projections(model) if fuse_projections else []
         self.gemv_linears = route_linears_to_gemv(model, self.fused_projections) if gemv else []
         self.gemv = bool(gemv)
         self.compile = compile
