@@ -75,6 +75,19 @@ import types
 
 BACKENDS = ("eager", "graph", "compiled")
 
+# One line per backend, for help texts and the column documentation.
+DESCRIPTIONS = {
+    "eager": "transformers with its dynamic KV cache, one Python-launched forward per decode step",
+    "graph": "static KV cache; the decode step replayed as a CUDA graph, on the CPU run uncaptured",
+    "compiled": "graph, with q/k/v and gate/up each one GEMM, batch-1 projections as a Triton GEMV kernel, and "
+                "the step compiled by torch.compile before capture",
+}
+
+
+def describe(markdown: bool = False) -> str:
+    """The backends and what each is, in one sentence part (`markdown`: names as code)."""
+    return "; ".join(f"`{name}` ({text})" if markdown else f"{name}: {text}" for name, text in DESCRIPTIONS.items())
+
 # Sibling projections that read the same input, fused into one GEMM by the compiled backend.
 PROJECTION_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
@@ -324,10 +337,15 @@ def fuse_rms_norms(model) -> list:
     return swapped
 
 
-def unfuse_rms_norms(modules) -> None:
+def _restore_forward(modules, *attributes: str) -> None:
+    """Undo a swapped forward: the class's forward again, and the attributes the swap set dropped."""
     for module in modules:
-        if "forward" in vars(module):
-            del module.forward  # the class's forward again
+        for name in ("forward", *attributes):
+            vars(module).pop(name, None)
+
+
+def unfuse_rms_norms(modules) -> None:
+    _restore_forward(modules)
 
 
 class _ProjectionGroup:
@@ -403,12 +421,7 @@ def fuse_sibling_projections(model) -> list:
 
 
 def unfuse_sibling_projections(groups) -> None:
-    for group in groups:
-        for module in group.modules:
-            if "forward" in vars(module):
-                del module.forward
-            vars(module).pop("fused_group", None)
-            vars(module).pop("fused_span", None)
+    _restore_forward([m for group in groups for m in group.modules], "fused_group", "fused_span")
 
 
 def gemv_available() -> bool:
@@ -445,9 +458,7 @@ def route_linears_to_gemv(model, groups) -> list:
 def unroute_linears(modules, groups) -> None:
     for group in groups:
         group.linear = None
-    for module in modules:
-        vars(module).pop("forward", None)
-        vars(module).pop("gemv_linear", None)
+    _restore_forward(modules, "gemv_linear")
 
 
 class GraphBackend(Backend):
@@ -456,8 +467,8 @@ class GraphBackend(Backend):
     fuse_norms: run RMSNorm layers as a fused normalisation (faster, not bit-identical; see the module
     docstring); capture: None = capture when the model is on CUDA, False = never (the CPU path), True = always
     (fails without CUDA); fuse_projections: q/k/v and gate/up as one GEMM each; gemv: one-row products (batch
-    1 decode) on CUDA as the Triton kernel of `kernels` (None: at batch 1 on CUDA); compile: the step compiled by torch.compile before
-    capture, with inductor's compile_options (the last four are the compiled backend's).
+    1 decode) on CUDA as the Triton kernel of `kernels` (None: at batch 1 on CUDA); compile: the step compiled
+    by torch.compile before capture, with inductor's compile_options (the last four are the compiled backend's).
     """
 
     name = "graph"
@@ -568,6 +579,11 @@ class GraphBackend(Backend):
             "extern_calls": after["extern_calls"] - before.get("extern_calls", 0),
         }
 
+    def _warm_up(self):
+        self._first_step()
+        for _ in range(self.warmup_steps - 1):
+            self._step_fn()
+
     def reset(self) -> None:
         if self._filled:
             self.cache.reset()
@@ -589,9 +605,7 @@ class GraphBackend(Backend):
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(side):
-                    self._first_step()
-                    for _ in range(self.warmup_steps - 1):
-                        self._step_fn()
+                    self._warm_up()
                 torch.cuda.current_stream().wait_stream(side)
                 # Capture records the step without running it: the cache is where the warm-up left it.
                 graph = torch.cuda.CUDAGraph()
@@ -599,9 +613,7 @@ class GraphBackend(Backend):
                     self._step_fn()
                 self.graph = graph
             else:
-                self._first_step()
-                for _ in range(self.warmup_steps - 1):
-                    self._step_fn()
+                self._warm_up()
             self.reset()
         if self.device.type == "cuda":
             torch.cuda.synchronize()

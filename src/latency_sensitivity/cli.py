@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from . import backends
 from . import config as lsconfig
 from .atomic import write_text
 
@@ -72,13 +73,11 @@ def resolve_model_arg(model: str, repo_config: dict) -> tuple[str, dict]:
 
 
 def _backend_list(text: str) -> list[str]:
-    from .backends import BACKENDS
-
     names = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [n for n in names if n not in BACKENDS]
+    unknown = [n for n in names if n not in backends.BACKENDS]
     if not names or unknown:
-        raise argparse.ArgumentTypeError(f"backends must be a comma-separated subset of {', '.join(BACKENDS)}"
-                                         f" (got {text!r})")
+        raise argparse.ArgumentTypeError(f"backends must be a comma-separated subset of "
+                                         f"{', '.join(backends.BACKENDS)} (got {text!r})")
     return list(dict.fromkeys(names))
 
 
@@ -172,9 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seq", type=_int_list, required=True, help="comma-separated prompt lengths")
     s.add_argument("--batch-sizes", type=_int_list, default=[1], help="comma-separated batch sizes")
     s.add_argument("--backends", type=_backend_list, default=["eager"],
-                   help="comma-separated: eager (transformers' dynamic KV cache, the reference setup), "
-                        "graph (static KV cache, decode step replayed as a CUDA graph), compiled (graph with fused "
-                        "projections and the step compiled by torch.compile)")
+                   help=f"comma-separated (eager is the reference study's setup): {backends.describe()}")
     s.add_argument("--loading", action="store_true",
                    help="also measure model loading stage by stage (writes the model's random weights once as a "
                         "safetensors checkpoint in the work folder: about 2 bytes per parameter in fp16)")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import backends
+
 
 @dataclass(frozen=True)
 class Column:
@@ -56,11 +58,7 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column(
         "backend",
         "",
-        "Execution backend: `eager` (transformers with its dynamic KV cache, one Python-launched forward per "
-        "decode step), `graph` (static KV cache; the decode step replayed as a CUDA graph, on the CPU run "
-        "uncaptured) or `compiled` (graph, with q/k/v and gate/up each one GEMM, batch-1 projections as a Triton "
-        "GEMV kernel, and the step compiled by "
-        "torch.compile before capture).",
+        f"Execution backend: {backends.describe(markdown=True)}.",
     ),
     Column("device", "", "Device kind the cell ran on: cpu or cuda."),
     Column("device_name", "", "Device model (GPU name, or the CPU model)."),

@@ -521,9 +521,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path]:
     p.add_argument("--model-kind", choices=["architecture", "path"], required=True)
     p.add_argument("--model-location", required=True, help="architecture JSON or checkpoint folder")
     p.add_argument("--dtype", choices=sorted(TORCH_DTYPES), required=True)
-    p.add_argument("--backend", choices=BACKENDS, default="eager",
-                   help="eager: dynamic KV cache; graph: static KV cache, decode step replayed as a CUDA graph; "
-                   "compiled: graph with fused projections and the step compiled by torch.compile")
+    p.add_argument("--backend", choices=BACKENDS, default="eager", help=backends.describe())
     p.add_argument("--device", choices=["cpu", "cuda"], required=True)
     p.add_argument("--attn-implementation", default="sdpa")
     p.add_argument("--seq", type=int, required=True)
