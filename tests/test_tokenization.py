@@ -59,5 +59,5 @@ def test_report_request_anatomy_hand_computed():
     table, finding = report.anatomy_table(frame, "seq_len")
     assert "| 128 | 0.10 | 30.00 | 70.00 | 0.10 | 100.20 | decode |" in table
     assert "| 4096 | 2.00 | 60.00 | 1000.00 | 0.10 | 1062.10 | decode |" in table
-    assert finding.startswith("tokenising and detokenising take 0.20–0.20% of a request")
+    assert finding.startswith("tokenising and detokenising take 0.20% of a request")
     assert report.anatomy_table(frame.drop(columns=["tokenize_p50_ms"]), "seq_len") is None

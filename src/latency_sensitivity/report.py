@@ -974,12 +974,12 @@ def memory_model_finding(frame: pd.DataFrame) -> str | None:
     if not keep.any():
         return None
     ratio = alloc[keep] / pred[keep]
-    text = (f"peak allocated memory is {100 * ratio.min():.0f}–{100 * ratio.max():.0f}% of the predicted budget "
+    text = (f"peak allocated memory is {_span(100 * ratio.min(), 100 * ratio.max(), '.0f')}% of the predicted budget "
             f"(weights + KV cache + kept logits + activation estimate)")
     reserved = _col(frame, "vram_reserved_mb")[ok][keep]
     if reserved.notna().all():
         extra = reserved - alloc[keep]
-        text += f"; the allocator reserves {extra.min():.0f}–{extra.max():.0f} MiB more than that peak"
+        text += f"; the allocator reserves {_span(extra.min(), extra.max(), '.0f')} MiB more than that peak"
     return text
 
 
@@ -1062,7 +1062,7 @@ def device_label(frame: pd.DataFrame, fallback: str) -> str:
 
 def _ratio_range(pairs: list[tuple[float, tuple]]) -> str:
     vals = sorted(r for r, _ in pairs)
-    return f"{vals[0]:.2f}–{vals[-1]:.2f}x (median {float(np.median(vals)):.2f}x)"
+    return f"{_span(vals[0], vals[-1], '.2f')}x (median {float(np.median(vals)):.2f}x)"
 
 
 def device_comparison(this: pd.DataFrame, other: pd.DataFrame, this_label: str, other_label: str
@@ -1116,8 +1116,8 @@ def device_comparison(this: pd.DataFrame, other: pd.DataFrame, this_label: str, 
                                 f"{hi[1][0]} × batch {hi[1][1]})")
         if floors[this_label] and floors[other_label]:
             findings.append(f"decode as a multiple of each device's own roofline floor: {this_label} "
-                            f"{min(floors[this_label]):.1f}–{max(floors[this_label]):.1f}x, {other_label} "
-                            f"{min(floors[other_label]):.1f}–{max(floors[other_label]):.1f}x")
+                            f"{_span(min(floors[this_label]), max(floors[this_label]))}x, {other_label} "
+                            f"{_span(min(floors[other_label]), max(floors[other_label]))}x")
         title = " · ".join(str(k) for k in key)
         out.append((title, markdown_table(headers, rows, [True] * len(headers)), findings))
     return out
@@ -1194,7 +1194,7 @@ def anatomy_table(frame: pd.DataFrame, axis: str) -> tuple[str, str] | None:
                           [True] * (len(keys) + len(stages) + 1) + [False])
     host = (rows["tokenise"] + rows["detokenise"]) / rows["request"]
     largest = {max(stages, key=lambda st: r[st]) for _, r in rows.iterrows()}
-    finding = (f"tokenising and detokenising take {100 * host.min():.2f}–{100 * host.max():.2f}% of a request "
+    finding = (f"tokenising and detokenising take {_span(100 * host.min(), 100 * host.max(), '.2f')}% of a request "
                f"(text in, text out, p50 stages); the largest stage is {' / '.join(sorted(largest))}")
     return text, finding
 
