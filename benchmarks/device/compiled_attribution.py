@@ -70,58 +70,70 @@ def kernel_breakdown(replay, steps=20):
                     for n, (c, t) in top]}
 
 
-spec = CellSpec(model="qwen2.5-3b", model_kind="architecture", model_location="config/models/qwen2.5-3b.json",
+# The measured cell: Qwen2.5-3B architecture, random fp16 weights, seq 128 x batch 1 on CUDA.
+SPEC = CellSpec(model="qwen2.5-3b", model_kind="architecture", model_location="config/models/qwen2.5-3b.json",
                 dtype="fp16", backend="graph", device="cuda", attn_implementation="sdpa", seq_len=128, batch=1,
                 gen_tokens=32, warmup=0, reps=1, seed=0, threads=1)
-model = runner.build_model(spec)
-prompt = runner.make_prompt(spec, model.config.vocab_size)
-with torch.inference_mode():
-    eager = backends.make("eager", model, prompt, 32, runner.Clock(True))
-    eager_tokens, _ = eager.generate(prompt, 32)
-    eager.close()
-chosen = sys.argv[2:] or list(VARIANTS)
-freeze = os.environ.get("GC_FREEZE") == "1"
-out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "gc_freeze": freeze, "variants": {}}
-for label in chosen:
-    name, options = VARIANTS[label]
-    row = {"backend": name, "options": options}
-    try:
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            b = backends.make(name, model, prompt, 32, runner.Clock(True), **options)
-            row["setup_s"] = time.perf_counter() - t0
-            if freeze:
-                gc.collect()
-                gc.freeze()
-            tokens, _ = b.generate(prompt, 32)
-            row["tokens_equal_eager"] = int((tokens == eager_tokens).sum()), tokens.numel()
-            prefill = []
-            for _ in range(10):
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record(); b.prefill(prompt); e.record(); e.synchronize()
-                prefill.append(s.elapsed_time(e))
-            row["prefill_ms_p50"] = statistics.median(prefill)
-            row["prefill_kernels"] = kernel_breakdown(lambda: b.prefill(prompt), steps=5)
-            b.prefill(prompt)  # reset, then fill the static cache
-            times = []
-            for _ in range(200):
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record(); b.graph.replay(); e.record(); e.synchronize()
-                times.append(s.elapsed_time(e))
-                if len(times) % 30 == 0:  # stay inside the static cache: refill it
-                    b.prefill(prompt)
-            b.prefill(prompt)
-            row["kernels"] = kernel_breakdown(b.graph.replay)
-            info = b.info()
-            b.close()
+
+
+def model_and_prompt(spec=SPEC):
+    model = runner.build_model(spec)
+    return model, runner.make_prompt(spec, model.config.vocab_size)
+
+
+def main():
+    model, prompt = model_and_prompt()
+    with torch.inference_mode():
+        eager = backends.make("eager", model, prompt, 32, runner.Clock(True))
+        eager_tokens, _ = eager.generate(prompt, 32)
+        eager.close()
+    chosen = sys.argv[2:] or list(VARIANTS)
+    freeze = os.environ.get("GC_FREEZE") == "1"
+    out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "gc_freeze": freeze, "variants": {}}
+    for label in chosen:
+        name, options = VARIANTS[label]
+        row = {"backend": name, "options": options}
+        try:
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                b = backends.make(name, model, prompt, 32, runner.Clock(True), **options)
+                row["setup_s"] = time.perf_counter() - t0
+                if freeze:
+                    gc.collect()
+                    gc.freeze()
+                tokens, _ = b.generate(prompt, 32)
+                row["tokens_equal_eager"] = int((tokens == eager_tokens).sum()), tokens.numel()
+                prefill = []
+                for _ in range(10):
+                    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    s.record(); b.prefill(prompt); e.record(); e.synchronize()
+                    prefill.append(s.elapsed_time(e))
+                row["prefill_ms_p50"] = statistics.median(prefill)
+                row["prefill_kernels"] = kernel_breakdown(lambda: b.prefill(prompt), steps=5)
+                b.prefill(prompt)  # reset, then fill the static cache
+                times = []
+                for _ in range(200):
+                    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    s.record(); b.graph.replay(); e.record(); e.synchronize()
+                    times.append(s.elapsed_time(e))
+                    if len(times) % 30 == 0:  # stay inside the static cache: refill it
+                        b.prefill(prompt)
+                b.prefill(prompt)
+                row["kernels"] = kernel_breakdown(b.graph.replay)
+                info = b.info()
+                b.close()
+                gc.unfreeze()
+            row.update(step_ms_p50=statistics.median(times), step_ms_min=min(times), compile_s=info["compile_s"],
+                       compile_stats=info["compile_stats"], fused_projections=info["fused_projections"])
+        except Exception as exc:  # record and go on to the next variant
+            row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
             gc.unfreeze()
-        row.update(step_ms_p50=statistics.median(times), step_ms_min=min(times), compile_s=info["compile_s"],
-                   compile_stats=info["compile_stats"], fused_projections=info["fused_projections"])
-    except Exception as exc:  # record and go on to the next variant
-        row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-        gc.unfreeze()
-        torch._dynamo.reset()
-    out["variants"][label] = row
-    print(label, {k: v for k, v in row.items() if k not in ("kernels", "prefill_kernels")},
-          {k: v for k, v in row.get("kernels", {}).items() if k != "top"}, flush=True)
-    json.dump(out, open(sys.argv[1], "w"), indent=1)
+            torch._dynamo.reset()
+        out["variants"][label] = row
+        print(label, {k: v for k, v in row.items() if k not in ("kernels", "prefill_kernels")},
+              {k: v for k, v in row.get("kernels", {}).items() if k != "top"}, flush=True)
+        json.dump(out, open(sys.argv[1], "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -15,7 +15,11 @@ import torch
 
 from latency_sensitivity import kernels
 
-HIDDEN, INTER, LAYERS, VOCAB, Q, KV = 2048, 11008, 36, 151936, 2048, 256
+ARCH = json.load(open("config/models/qwen2.5-3b.json"))
+HIDDEN, INTER, LAYERS, VOCAB = (ARCH[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                  "vocab_size"))
+HEAD = HIDDEN // ARCH["num_attention_heads"]
+Q, KV = HIDDEN, ARCH["num_key_value_heads"] * HEAD
 SHAPES = {  # name: (N, K, bias, per step)
     "qkv": (Q + 2 * KV, HIDDEN, True, LAYERS),
     "o": (HIDDEN, Q, False, LAYERS),

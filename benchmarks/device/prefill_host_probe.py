@@ -13,14 +13,10 @@ import time
 
 import torch
 
+from compiled_attribution import model_and_prompt  # the same cell, from the script beside this one
 from latency_sensitivity import backends, runner
-from latency_sensitivity.runner import CellSpec
 
-spec = CellSpec(model="qwen2.5-3b", model_kind="architecture", model_location="config/models/qwen2.5-3b.json",
-                dtype="fp16", backend="graph", device="cuda", attn_implementation="sdpa", seq_len=128, batch=1,
-                gen_tokens=32, warmup=0, reps=1, seed=0, threads=1)
-model = runner.build_model(spec)
-prompt = runner.make_prompt(spec, model.config.vocab_size)
+model, prompt = model_and_prompt()
 for name in sys.argv[1:] or ["graph", "compiled"]:
     with torch.inference_mode():
         b = backends.make(name, model, prompt, 32, runner.Clock(True))
