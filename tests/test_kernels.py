@@ -1,4 +1,5 @@
-"""The Triton gemv kernel against torch's linear: on CUDA (autotuned), or in Triton's CPU interpreter."""
+"""The Triton kernels against torch: the gemv kernel against torch's linear, its fused forms and the decode
+attention against the torch forms of fused_decode; on CUDA (autotuned), or in Triton's CPU interpreter."""
 
 import os
 import subprocess
@@ -30,9 +31,59 @@ def test_gemv_matches_linear_on_cuda(k, n, bias, dtype):
         kernels.gemv(torch.randn(2, k, device="cuda", dtype=dtype), w)
 
 
+def check_fused_forms(device, tiling):
+    """Every fused form of the gemv kernel and the decode attention against fused_decode's torch forms.
+
+    tiling: {} on CUDA (autotuned); fixed block sizes in the interpreter."""
+    from latency_sensitivity import fused_decode as fd
+    from latency_sensitivity import kernels
+
+    torch.manual_seed(0)
+    hidden, n = 96, 80
+
+    def rand(*shape):
+        return torch.randn(*shape, device=device).half()
+
+    w, bias, g = rand(n, hidden) * 0.1, rand(n), (torch.rand(hidden, device=device) + 0.5).half()
+    for x_mode, x in ((fd.X_ROW, rand(1, 1, hidden)), (fd.X_PAIR, rand(1, 1, 2, hidden)),
+                      (fd.X_SILU_MUL, rand(1, 1, 2 * hidden))):
+        for norm in (None, g):
+            for residual in (None, rand(1, 1, n), rand(1, 1, 2, n)):
+                kw = {"x_mode": x_mode, "norm_weight": norm, "eps": 1e-6, "residual": residual}
+                want = fd.linear(x.float(), w.float(), bias.float(), **{**kw, "norm_weight": None if norm is None
+                                                                             else norm.float()})
+                got = kernels.gemv(x, w, bias, **kw, **tiling.get("gemv", {}))
+                assert got.shape == want.shape and got.dtype == torch.float16
+                torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
+    with pytest.raises(ValueError, match="does not match"):
+        kernels.gemv(rand(1, 1, hidden), w, residual=rand(1, 1, 3, n))
+    # one query token on 8 heads over 2 KV heads: one split (a single kernel) and several (partials combined)
+    for length, batch in ((40, 1), (700, 1), (300, 2)):
+        q, k, v = rand(batch, 8, 1, 32), rand(batch, 2, length, 32), rand(batch, 2, length, 32)
+        mask = torch.zeros(batch, 1, 1, length, dtype=torch.bool, device=device)
+        mask[..., : length - 7] = True
+        mask[-1, ..., :3] = False  # rows may differ
+        for m in (None, mask):
+            want = fd.attention(q.float(), k.float(), v.float(), m, 0.17)
+            got = kernels.decode_attention(q, k, v, m, 0.17, **tiling.get("attention", {}))
+            assert got.shape == want.shape == (batch, 1, 8, 32)
+            torch.testing.assert_close(got.float(), want, rtol=1e-2, atol=1e-2)
+    assert kernels.attention_splits(96, 2) == (1, 3, 32)  # up to 4 blocks: one kernel
+    assert kernels.attention_splits(160, 2) == (5, 1, 32)  # the seq 128 cell: 5 splits of 32, then combined
+    assert kernels.attention_splits(8224, 2) == (43, 3, 64)  # seq 8192: 129 blocks of 64, 43 x 2 programs
+    assert kernels.attention_splits(160, 2, 64, single_split_blocks=1 << 20) == (1, 3, 64)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fused_forms_match_torch_on_cuda():
+    check_fused_forms("cuda", {})
+
+
 INTERPRETED = """
 import torch
 from latency_sensitivity import kernels
+from test_kernels import check_fused_forms
 torch.manual_seed(0)
 for k, n, bias in {shapes}:
     x = torch.randn(1, k).half(); w = torch.randn(n, k).half(); b = torch.randn(n).half() if bias else None
@@ -40,6 +91,7 @@ for k, n, bias in {shapes}:
     for block_n, block_k in ((2, 256), (8, 512)):
         got = kernels.gemv(x, w, b, block_n=block_n, block_k=block_k)
         torch.testing.assert_close(got.float(), want, rtol=1e-2, atol=1e-2 * k ** 0.5)
+check_fused_forms("cpu", {{"gemv": {{"block_n": 4, "block_k": 64}}, "attention": {{"block_l": 16}}}})
 print("ok")
 """
 
@@ -49,7 +101,8 @@ def test_gemv_matches_linear_in_the_triton_interpreter():
     numpy = pytest.importorskip("numpy")
     if tuple(int(p) for p in numpy.__version__.split(".")[:2]) >= (2, 3):
         pytest.skip("Triton 3.6's interpreter fails on numpy >= 2.3 (int() of a one-element array)")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
     code = INTERPRETED.format(shapes=SHAPES[:3])
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

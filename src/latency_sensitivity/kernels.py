@@ -8,6 +8,12 @@ cuBLAS streamed the weights at 1.3-2.8 TB/s and this kernel at 1.7-3.1 TB/s; a s
 through cuBLAS and 2.48 ms through the kernel (benchmarks/README.md, "compiled"). ``linear`` takes the kernel
 where it applies (``takes_gemv``) and ``F.linear`` elsewhere.
 
+The gemv kernel also has the fused forms of fused_decode's rewritten layers (an input row given as a residual
+pair or as gate/up for SiLU-and-multiply, RMSNorm of the input, the residual pair as output), and
+``decode_attention`` runs a one-token query on a KV cache, the query heads of a KV head as the rows of one
+tl.dot, over splits of the cache combined by a second kernel: on the H100, 4.1 us at 160 cached positions and
+11.4 us at 8224, where torch's SDPA took 14.2 and 170 us (benchmarks/device/decode_kernels.py).
+
 The kernels are plain Triton functions, which torch.compile traces into its graph. Importing this module needs
 Triton (it comes with CUDA builds of torch).
 """
@@ -23,52 +29,239 @@ GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w)
                 for bn in (2, 4, 8, 16) for bk in (512, 1024) for w in (4, 8) if bn * bk <= 16384]
 
 
+# How the fused kernel reads its input row (X_MODE) and what it writes (RESIDUAL).
+X_ROW, X_PAIR, X_SILU_MUL = 0, 1, 2
+OUT_ROW, OUT_PAIR_FROM_ROW, OUT_PAIR_FROM_PAIR = 0, 1, 2
+
+
 @triton.jit
-def gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_wn,
-                HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """y[n] = sum_k x[k] * w[n, k] (+ b[n]) for BLOCK_N rows n per program; fp32 accumulation."""
+def gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, g_ptr, r_ptr, N, K, stride_wn, eps,
+                HAS_BIAS: tl.constexpr, X_MODE: tl.constexpr, NORM: tl.constexpr, RESIDUAL: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """y[n] = sum_k x[k] * w[n, k] (+ b[n]) for BLOCK_N rows n per program; fp32 accumulation.
+
+    X_MODE: x is the row (0); the sum of two rows x[0] + x[1], rounded to the input dtype as torch's addition
+    is (1, a residual stream kept as a pair); silu(x[:K]) * x[K:], rounded as torch rounds each (2, the gated
+    MLP's activation). NORM: x is RMS-normalised first, x * rsqrt(mean(x^2) + eps) * g; the mean is taken in
+    the same loop and applied to the sum at the end (normalisation is linear), so it costs no pass of its own.
+    RESIDUAL: y alone (0), or the pair [r, y] (1) or [r[0] + r[1], y] (2), each row N long: the residual
+    addition after the product, carried into the next kernel's X_MODE 1 instead of a kernel of its own.
+    """
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
+    dtype = y_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    squares = tl.zeros((BLOCK_K,), dtype=tl.float32)
     for k in range(0, K, BLOCK_K):
         offs_k = k + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
         w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :],
                     mask=mask_n[:, None] & mask_k[None, :], other=0.0, eviction_policy="evict_first")
-        x = tl.load(x_ptr + offs_k, mask=mask_k, other=0.0)
-        acc += w.to(tl.float32) * x[None, :].to(tl.float32)
+        x = tl.load(x_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+        if X_MODE == 1:
+            x = (x + tl.load(x_ptr + K + offs_k, mask=mask_k, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
+        elif X_MODE == 2:
+            up = tl.load(x_ptr + K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+            x = (x * tl.sigmoid(x)).to(dtype).to(tl.float32)
+            x = (x * up).to(dtype).to(tl.float32)
+        if NORM:
+            squares += x * x
+            x = x * tl.load(g_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+        acc += w.to(tl.float32) * x[None, :]
     y = tl.sum(acc, axis=1)
+    if NORM:
+        y = y * tl.rsqrt((tl.sum(squares, axis=0) / K + eps).to(tl.float32))  # eps may come as fp64
     if HAS_BIAS:
         y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
+    if RESIDUAL == 0:
+        tl.store(y_ptr + offs_n, y.to(dtype), mask=mask_n)
+    else:
+        r = tl.load(r_ptr + offs_n, mask=mask_n, other=0.0)
+        if RESIDUAL == 2:
+            r = (r.to(tl.float32) + tl.load(r_ptr + N + offs_n, mask=mask_n, other=0.0).to(tl.float32)).to(dtype)
+        tl.store(y_ptr + offs_n, r, mask=mask_n)
+        tl.store(y_ptr + N + offs_n, y.to(dtype), mask=mask_n)
 
 
-# the same kernel, its tiling chosen per weight shape by timing every config once
-gemv_kernel_autotuned = triton.autotune(configs=GEMV_CONFIGS, key=["N", "K"])(gemv_kernel)
+# the same kernel, its tiling chosen per weight shape (and mode) by timing every config once
+gemv_kernel_autotuned = triton.autotune(configs=GEMV_CONFIGS,
+                                        key=["N", "K", "X_MODE", "NORM", "RESIDUAL"])(gemv_kernel)
 
 
-def gemv(x, weight, bias=None, *, block_n: int | None = None, block_k: int = 256):
-    """x @ weight.T (+ bias) for x of shape (..., K) holding one row in all; weight (N, K), contiguous rows.
+def gemv(x, weight, bias=None, *, x_mode: int = X_ROW, norm_weight=None, eps: float = 0.0, residual=None,
+         block_n: int | None = None, block_k: int = 256):
+    """x @ weight.T (+ bias) for one input row; weight (N, K) with contiguous rows.
 
+    x_mode (X_ROW, X_PAIR, X_SILU_MUL: see gemv_kernel) says how x, of shape (..., K), (..., 2, K) or
+    (..., 2K), holds the row; norm_weight: RMS-normalise it first (with eps); residual: return the pair
+    (..., 2, N) [residual, product], where residual is a row (..., N) or a pair (..., 2, N) summed.
     block_n, block_k: a fixed tiling instead of the autotuned one (Triton's CPU interpreter cannot autotune).
     """
-    K = x.shape[-1]
-    N = weight.shape[0]
-    if x.numel() != K:
-        raise ValueError(f"gemv takes one input row; got shape {tuple(x.shape)}")
+    N, K = weight.shape
+    lead = x.shape[:-2] if x_mode == X_PAIR else x.shape[:-1]
+    row_width = 2 * K if x_mode != X_ROW else K
+    if x.numel() != row_width or (x_mode == X_PAIR and x.shape[-2:] != (2, K)):
+        raise ValueError(f"gemv takes one input row of {K} (mode {x_mode}); got shape {tuple(x.shape)}")
     if weight.stride(1) != 1:
         raise ValueError("gemv needs the weight's rows contiguous")
     x = x.contiguous()
-    y = torch.empty((*x.shape[:-1], N), dtype=x.dtype, device=x.device)
+    out_mode = OUT_ROW
+    if residual is not None:
+        out_mode = OUT_PAIR_FROM_PAIR if residual.numel() == 2 * N else OUT_PAIR_FROM_ROW
+        if residual.numel() != N * (2 if out_mode == OUT_PAIR_FROM_PAIR else 1):
+            raise ValueError(f"residual of shape {tuple(residual.shape)} does not match {N} outputs")
+        residual = residual.contiguous()
+    y = torch.empty((*lead, 2, N) if residual is not None else (*lead, N), dtype=x.dtype, device=x.device)
     b = bias if bias is not None else weight  # not read without a bias
+    g = norm_weight if norm_weight is not None else weight  # not read without a norm
+    r = residual if residual is not None else weight  # not read without a residual
+    args = (x, weight, b, y, g, r, N, K, weight.stride(0), float(eps))
+    modes = {"HAS_BIAS": bias is not None, "X_MODE": x_mode, "NORM": norm_weight is not None,
+             "RESIDUAL": out_mode}
     if block_n is None:
-        gemv_kernel_autotuned[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)](
-            x, weight, b, y, N, K, weight.stride(0), HAS_BIAS=bias is not None)
+        gemv_kernel_autotuned[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)](*args, **modes)
     else:
-        gemv_kernel[(triton.cdiv(N, block_n),)](
-            x, weight, b, y, N, K, weight.stride(0), HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k)
+        gemv_kernel[(triton.cdiv(N, block_n),)](*args, **modes, BLOCK_N=block_n, BLOCK_K=block_k)
     return y
+
+
+@triton.jit
+def decode_attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, part_ptr, stats_ptr, L, scale,
+                            stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl, stride_mb,
+                            H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr,
+                            BLOCK_L: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr, SPLITS: tl.constexpr,
+                            HAS_MASK: tl.constexpr):
+    """One query token's attention for the query heads of one KV head, over one split of the cached positions.
+
+    Program (b * HKV + kv head, split): the G = H / HKV query heads sharing the KV head are the rows of one
+    tl.dot (padded to BLOCK_G), so every key and value is read once; online softmax over BLOCK_L positions at a
+    time. With one split the program writes the normalised output; with several it writes its unnormalised
+    sum and (max, sum of exponentials), which decode_attention_combine merges.
+    """
+    G: tl.constexpr = H // HKV
+    bh = tl.program_id(0)
+    split = tl.program_id(1)
+    b = bh // HKV
+    kvh = bh % HKV
+    offs_g = tl.arange(0, BLOCK_G)
+    mask_g = offs_g < G
+    offs_d = tl.arange(0, D)
+    heads = b * H + kvh * G + offs_g
+    q = tl.load(q_ptr + heads[:, None] * D + offs_d[None, :], mask=mask_g[:, None], other=0.0)
+    m_i = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_G, D), dtype=tl.float32)
+    for i in range(BLOCKS_PER_SPLIT):
+        offs_l = (split * BLOCKS_PER_SPLIT + i) * BLOCK_L + tl.arange(0, BLOCK_L)
+        in_range = offs_l < L
+        valid = in_range
+        if HAS_MASK:
+            valid = valid & (tl.load(mask_ptr + b * stride_mb + offs_l, mask=in_range, other=0) != 0)
+        k = tl.load(k_ptr + b * stride_kb + kvh * stride_kh + offs_l[:, None] * stride_kl + offs_d[None, :],
+                    mask=in_range[:, None], other=0.0)
+        scores = (tl.dot(q, tl.trans(k)) * scale).to(tl.float32)  # scale may come as fp64 (inductor's launch)
+        scores = tl.where(valid[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing valid yet adds nothing
+        p = tl.exp(scores - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_ptr + b * stride_vb + kvh * stride_vh + offs_l[:, None] * stride_vl + offs_d[None, :],
+                    mask=in_range[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    if SPLITS == 1:
+        out = acc / l_i[:, None]
+        tl.store(o_ptr + heads[:, None] * D + offs_d[None, :], out.to(o_ptr.dtype.element_ty), mask=mask_g[:, None])
+    else:
+        rows = heads * SPLITS + split
+        tl.store(part_ptr + rows[:, None] * D + offs_d[None, :], acc, mask=mask_g[:, None])
+        tl.store(stats_ptr + rows * 2, m_i, mask=mask_g)
+        tl.store(stats_ptr + rows * 2 + 1, l_i, mask=mask_g)
+
+
+@triton.jit
+def decode_attention_combine(part_ptr, stats_ptr, o_ptr, SPLITS: tl.constexpr, BLOCK_S: tl.constexpr,
+                             D: tl.constexpr):
+    """Merge one head's split partial sums: sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s."""
+    head = tl.program_id(0)
+    offs_s = tl.arange(0, BLOCK_S)
+    mask_s = offs_s < SPLITS
+    offs_d = tl.arange(0, D)
+    rows = head * SPLITS + offs_s
+    m = tl.load(stats_ptr + rows * 2, mask=mask_s, other=float("-inf"))
+    l = tl.load(stats_ptr + rows * 2 + 1, mask=mask_s, other=0.0)
+    m_max = tl.max(m, axis=0)
+    weight = tl.where(m == float("-inf"), 0.0, tl.exp(m - m_max))
+    part = tl.load(part_ptr + rows[:, None] * D + offs_d[None, :], mask=mask_s[:, None], other=0.0)
+    out = tl.sum(part * weight[:, None], axis=0) / tl.sum(l * weight, axis=0)
+    tl.store(o_ptr + head * D + offs_d, out.to(o_ptr.dtype.element_ty))
+
+
+def _cdiv(a: int, b: int) -> int:  # plain Python, as torch.compile traces it (not triton.cdiv)
+    return -(-a // b)
+
+
+def attention_splits(length: int, programs: int, block_l: int | None = None, target: int = 128,
+                     single_split_blocks: int = 4) -> tuple[int, int, int]:
+    """(splits, blocks per split, positions per block) for `length` cached positions and `programs` (batch x
+    KV heads) programs.
+
+    Blocks of 32 positions up to 1024 positions, of 64 beyond (block_l: fixed). Short caches (up to
+    `single_split_blocks` blocks) run as one split, so one kernel; longer ones split until about `target`
+    programs run, each at least one block, so a long context at batch 1 still streams from every SM. On the
+    H100, one query on 2 KV heads (Qwen2.5-3B): 4.1 us at 160 positions (5 splits of 32), 11.4 us at 8224,
+    where torch's SDPA took 14.2 and 170 us (benchmarks/device/decode_kernels.py).
+    """
+    if block_l is None:
+        block_l = 32 if length <= 1024 else 64
+    blocks = _cdiv(length, block_l)
+    if blocks <= single_split_blocks:
+        return 1, blocks, block_l
+    per_split = _cdiv(blocks, max(1, min(blocks, target // max(programs, 1))))
+    return _cdiv(blocks, per_split), per_split, block_l
+
+
+def decode_attention(query, key, value, mask=None, scale: float | None = None, *, block_l: int | None = None,
+                     single_split_blocks: int = 4):
+    """Attention of a one-token query on a KV cache, grouped-query heads read once per KV head.
+
+    query (B, H, 1, D); key, value (B, HKV, L, D) with contiguous rows; mask: None (every position) or a
+    boolean (B or 1, 1, 1, L), True where a position is attended. Returns (B, 1, H, D), as transformers'
+    attention functions do. D must be a power of two, at least 16 (tl.dot).
+    """
+    B, H, q_len, D = query.shape
+    HKV, L = key.shape[1], key.shape[2]
+    if q_len != 1 or H % HKV or key.stride(-1) != 1 or value.stride(-1) != 1:
+        raise ValueError("decode_attention takes one query token, H a multiple of the KV heads, contiguous rows")
+    groups = H // HKV
+    block_g = max(16, 1 << (groups - 1).bit_length())
+    query = query.contiguous()
+    out = torch.empty((B, 1, H, D), dtype=query.dtype, device=query.device)
+    splits, per_split, block_l = attention_splits(L, B * HKV, block_l, single_split_blocks=single_split_blocks)
+    if splits > 1:
+        part = torch.empty((B * H * splits, D), dtype=torch.float32, device=query.device)
+        stats = torch.empty((B * H * splits, 2), dtype=torch.float32, device=query.device)
+    else:
+        part = stats = out  # not written with one split
+    has_mask = mask is not None
+    if has_mask:
+        if mask.dtype != torch.bool or mask.shape[-1] != L or mask.stride(-1) != 1:
+            raise ValueError("decode_attention takes a boolean mask over the cache's positions")
+        stride_mb = mask.stride(0) if mask.shape[0] > 1 else 0
+    else:
+        mask, stride_mb = out, 0  # not read
+    scale = D ** -0.5 if scale is None else scale
+    decode_attention_kernel[(B * HKV, splits)](
+        query, key, value, mask, out, part, stats, L, float(scale),
+        key.stride(0), key.stride(1), key.stride(2), value.stride(0), value.stride(1), value.stride(2), stride_mb,
+        H=H, HKV=HKV, D=D, BLOCK_G=block_g, BLOCK_L=block_l, BLOCKS_PER_SPLIT=per_split, SPLITS=splits,
+        HAS_MASK=has_mask)
+    if splits > 1:
+        decode_attention_combine[(B * H,)](part, stats, out, SPLITS=splits,
+                                           BLOCK_S=1 << (splits - 1).bit_length(), D=D)
+    return out
 
 
 def takes_gemv(x, weight) -> bool:
