@@ -194,15 +194,17 @@ def test_compiled_backend_matches_eager_on_the_cpu(tiny, monkeypatch, tmp_path):
     extern_calls = {}
     with torch.inference_mode():
         want_tokens, want_logits = backends.EagerBackend(model).generate(prompt, 6)
-        for fuse in (True, False):
-            compiled = backends.make("compiled", model, prompt, 6, runner.Clock(False), fuse_projections=fuse)
+        for fuse, fuse_layers in ((True, False), (False, False), (True, True)):
+            compiled = backends.make("compiled", model, prompt, 6, runner.Clock(False), fuse_projections=fuse,
+                                     fuse_layers=fuse_layers)
             try:
                 info = compiled.info()
                 assert info["name"] == "compiled" and info["compiled"]
                 assert info["fused_projections"] == (8 if fuse else 0)
+                assert info["fused_layers"] == (4 if fuse_layers else 0)  # on the CPU, in their torch forms
                 assert compiled.setup_s >= info["compile_s"] > 0
                 assert info["compile_stats"]["graphs"] == 1  # the whole step, no graph break (fullgraph)
-                extern_calls[fuse] = info["compile_stats"]["extern_calls"]
+                extern_calls[fuse, fuse_layers] = info["compile_stats"]["extern_calls"]
                 for _ in range(2):
                     tokens, logits = compiled.generate(prompt, 6)
                     assert torch.equal(tokens, want_tokens)
@@ -213,7 +215,7 @@ def test_compiled_backend_matches_eager_on_the_cpu(tiny, monkeypatch, tmp_path):
                 compiled.close()
             assert not any("forward" in vars(m) or "fused_group" in vars(m) for m in model.modules())
     # fused, the compiled step calls one matmul for q/k/v (not 3) and one for gate/up (not 2) in each of 4 layers
-    assert extern_calls[False] - extern_calls[True] == 4 * 3
+    assert extern_calls[False, False] - extern_calls[True, False] == 4 * 3
 
 
 def test_gemv_routing_keeps_the_tokens_and_is_undone(tiny, monkeypatch):
@@ -243,6 +245,59 @@ def test_gemv_routing_keeps_the_tokens_and_is_undone(tiny, monkeypatch):
     assert not any(key in vars(m) for m in model.modules() for key in ("forward", "gemv_linear", "fused_group"))
 
 
+def test_fused_decode_layers_keep_the_tokens_and_are_undone(tiny):
+    """The rewritten one-token layers (fused_decode), in their torch forms on the CPU, against eager."""
+    model, prompt = tiny
+    with pytest.raises(ValueError, match="needs fuse_projections"):
+        backends.GraphBackend(model, batch=2, seq_len=12, gen_tokens=6, fuse_layers=True)
+    assert not any("forward" in vars(m) for m in model.modules())
+    with torch.inference_mode():
+        want_tokens, want_logits = backends.EagerBackend(model).generate(prompt, 6)
+        graph = backends.make("graph", model, prompt, 6, runner.Clock(False), fuse_projections=True,
+                              fuse_layers=True)
+        try:
+            assert graph.info()["fused_layers"] == 4
+            assert graph.info()["decode_attention"] == "sdpa, packed GQA"  # the kernel only on CUDA
+            layer = model.model.layers[0]
+            assert layer.fused_decode_plan.sizes == [m.out_features for m in (layer.self_attn.q_proj,
+                                                                               layer.self_attn.k_proj,
+                                                                               layer.self_attn.v_proj)]
+            for forced in (None, want_tokens):
+                tokens, logits = graph.generate(prompt, 6, forced=forced)
+                assert torch.equal(tokens, want_tokens)
+                torch.testing.assert_close(logits, want_logits, rtol=1e-5, atol=1e-5)
+        finally:
+            graph.close()
+    assert not any(key in vars(m) for m in model.modules() for key in ("forward", "fused_decode_plan",
+                                                                       "fused_group"))
+
+
+def test_layers_of_another_form_keep_their_forward(tiny):
+    from latency_sensitivity import fused_decode
+
+    model, _ = tiny
+    groups = backends.fuse_sibling_projections(model)
+    try:
+        assert fused_decode.fuse_decode_layers(model, [], backends.FUSABLE_NORMS) == []  # no fused q/k/v
+        assert fused_decode.fuse_decode_layers(model, groups, ()) == []  # a norm of unknown arithmetic
+        model.config.hidden_act = "gelu"
+        assert fused_decode.fuse_decode_layers(model, groups, backends.FUSABLE_NORMS) == []
+        model.config.hidden_act = "silu"
+        model.model.layers[1].self_attn.sliding_window = 4  # all layers or none: the pair crosses every layer
+        assert fused_decode.fuse_decode_layers(model, groups, backends.FUSABLE_NORMS) == []
+        model.model.layers[1].self_attn.sliding_window = None
+        model.config._attn_implementation = "flash_attention_2"  # 2-D masks
+        assert fused_decode.fuse_decode_layers(model, groups, backends.FUSABLE_NORMS) == []
+        model.config._attn_implementation = "sdpa"
+        changed = fused_decode.fuse_decode_layers(model, groups, backends.FUSABLE_NORMS)
+        assert len(changed) == 5 and changed[-1] is model.model.norm
+        fused_decode.unfuse_decode_layers(changed)
+    finally:
+        model.config.hidden_act, model.config._attn_implementation = "silu", "sdpa"
+        backends.unfuse_sibling_projections(groups)
+    assert not any(key in vars(m) for m in model.modules() for key in ("forward", "fused_decode_plan"))
+
+
 def test_runner_measures_a_graph_cell_on_the_cpu():
     r = runner.measure(spec())
     assert r["status"] == "ok", r["error"]
@@ -256,7 +311,7 @@ def test_runner_measures_a_graph_cell_on_the_cpu():
     assert m["decode_attention"] == r["backend_info"]["decode_attention"]
     assert info == {"name": "graph", "captured": False, "max_cache_len": 18, "capture_warmup_steps": 3,
                     "fused_rms_norms": 0, "fused_projections": 0, "compiled": False, "compile_s": None,
-                    "compile_stats": {}, "compile_options": {}, "gemv": False}
+                    "compile_stats": {}, "compile_options": {}, "gemv": False, "fused_layers": 0}
     assert m["backend_compile_s"] is None
 
 
@@ -297,6 +352,8 @@ def test_captured_step_matches_eager_on_cuda(name, options, batch):
             info = backend.info()
             assert info["compile_s"] > 0 and info["fused_projections"] == 8
             assert info["gemv"] is (batch == 1)  # the Triton GEMV kernel where products have one row
+            assert info["fused_layers"] == (4 if batch == 1 else 0)  # and the rewritten decoder layers
+            assert (info["decode_attention"] == "decode kernel, packed GQA") is (batch == 1)
         for _ in range(2):
             _, logits = backend.generate(prompt, 8, forced=want_tokens)
             torch.testing.assert_close(logits, want_logits, rtol=2e-2, atol=2e-2)

@@ -59,8 +59,14 @@ Backends:
     default under /tmp) serves later cells of the same shapes. The step compiles as one graph (``fullgraph``)
     or the setup fails: a graph break would leave parts of it eager and recompiled per layer, silently. The
     logits match eager's within fp16 rounding, not bit for bit. On the H100 (Qwen2.5-3B, fp16, seq 128 x
-    batch 1) the compiled step took 3.23-3.30 ms against graph's 6.09 ms (1.6x and 3.0x the 2.06 ms floor):
-    473 kernels, of which the GEMVs take 2.33 ms (benchmarks/README.md, "compiled").
+    batch 1) that step took 3.23-3.30 ms against graph's 6.09 ms (1.6x and 3.0x the 2.06 ms floor): 473
+    kernels, of which the GEMVs take 2.33 ms (benchmarks/README.md, "compiled").
+
+    At batch 1 on CUDA the compiled backend also rewrites decoder layers of the Llama/Qwen2 form for one-token
+    steps (``fuse_layers``, see ``fused_decode``): normalisation, activation and residual additions folded into
+    the GEMV kernels, attention as a Triton decode kernel. There: 402 kernels and 3.02-3.19 ms per step at seq
+    128 (1.47-1.55x the floor), and 3.40 ms at seq 8192 against graph's 11.65 ms (benchmarks/README.md,
+    "decoder layers rewritten").
 
     On the CPU the graph backend runs **without capture**: the same static cache and the same step function,
     called directly per step instead of replayed. That keeps the code path (static cache, positions, reset,
@@ -79,8 +85,8 @@ BACKENDS = ("eager", "graph", "compiled")
 DESCRIPTIONS = {
     "eager": "transformers with its dynamic KV cache, one Python-launched forward per decode step",
     "graph": "static KV cache; the decode step replayed as a CUDA graph, on the CPU run uncaptured",
-    "compiled": "graph, with q/k/v and gate/up each one GEMM, batch-1 projections as a Triton GEMV kernel, and "
-                "the step compiled by torch.compile before capture",
+    "compiled": "graph, with q/k/v and gate/up each one GEMM, the step compiled by torch.compile before capture, "
+                "and at batch 1 the decoder layers rewritten around Triton GEMV and decode-attention kernels",
 }
 
 
@@ -467,16 +473,18 @@ class GraphBackend(Backend):
     fuse_norms: run RMSNorm layers as a fused normalisation (faster, not bit-identical; see the module
     docstring); capture: None = capture when the model is on CUDA, False = never (the CPU path), True = always
     (fails without CUDA); fuse_projections: q/k/v and gate/up as one GEMM each; gemv: one-row products (batch
-    1 decode) on CUDA as the Triton kernel of `kernels` (None: at batch 1 on CUDA); compile: the step compiled
-    by torch.compile before capture, with inductor's compile_options (the last four are the compiled backend's).
+    1 decode) on CUDA as the Triton kernel of `kernels` (None: at batch 1 on CUDA); fuse_layers: decoder layers
+    given fused_decode's one-token forward (None: at batch 1 on CUDA, with fuse_projections; True: also on the
+    CPU, in torch); compile: the step compiled by torch.compile before capture, with inductor's compile_options
+    (the last five are the compiled backend's).
     """
 
     name = "graph"
 
     def __init__(self, model, batch: int, seq_len: int, gen_tokens: int, *, capture: bool | None = None,
                  warmup_steps: int = 3, fuse_norms: bool = False, pack_gqa: bool | None = None,
-                 fuse_projections: bool = False, gemv: bool | None = False, compile: bool = False,
-                 compile_options: dict | None = None):
+                 fuse_projections: bool = False, gemv: bool | None = False, fuse_layers: bool | None = False,
+                 compile: bool = False, compile_options: dict | None = None):
         import torch
 
         if gen_tokens < 2:
@@ -499,10 +507,20 @@ class GraphBackend(Backend):
         elif gemv and not gemv_available():
             raise RuntimeError("the gemv kernel needs Triton, which is not installed (it comes with torch's CUDA "
                                "builds)")
+        # the same default for the rewritten decoder layers (fused_decode); True runs them on the CPU too, in torch
+        if fuse_layers is None:
+            fuse_layers = fuse_projections and batch == 1 and self.device.type == "cuda" and gemv_available()
+        if fuse_layers and not fuse_projections:
+            raise ValueError("fuse_layers needs fuse_projections (the layers read the fused q/k/v and gate/up weights)")
         self.fused_norms = fuse_rms_norms(model) if fuse_norms else []
         self.fused_projections = fuse_sibling_projections(model) if fuse_projections else []
         self.gemv_linears = route_linears_to_gemv(model, self.fused_projections) if gemv else []
         self.gemv = bool(gemv)
+        self.fused_layers = []
+        if fuse_layers:
+            from . import fused_decode
+
+            self.fused_layers = fused_decode.fuse_decode_layers(model, self.fused_projections, FUSABLE_NORMS)
         self.compile = compile
         # inductor settings: torch.compile's `options` (e.g. {"coordinate_descent_tuning": True})
         self.compile_options = dict(compile_options or {})
@@ -679,9 +697,15 @@ class GraphBackend(Backend):
                 "explicit_positions": self.explicit_positions, "decode_attention": self.decode_attention(),
                 "fused_projections": len(self.fused_projections), "compiled": self.compile,
                 "compile_s": self.compile_s, "compile_stats": self.compile_stats,
-                "compile_options": self.compile_options, "gemv": self.gemv}
+                "compile_options": self.compile_options, "gemv": self.gemv,
+                # decoder layers given the fused one-token forward (the final norm is not counted)
+                "fused_layers": max(0, len(self.fused_layers) - 1)}
 
     def decode_attention(self) -> str:
+        if self.fused_layers:
+            from . import fused_decode
+
+            return fused_decode.attention_name(self.model)
         return "sdpa, packed GQA" if self.packed_gqa else str(getattr(self.model.config, "_attn_implementation", "?"))
 
     def close(self) -> None:
@@ -691,6 +715,11 @@ class GraphBackend(Backend):
         self._step_fn = None
         if self.compile:  # dynamo's compiled code is kept per code object: the next backend compiles afresh
             self.torch._dynamo.reset()
+        if self.fused_layers:
+            from . import fused_decode
+
+            fused_decode.unfuse_decode_layers(self.fused_layers)
+            self.fused_layers = []
         unfuse_rms_norms(self.fused_norms)
         self.fused_norms = []
         unroute_linears(self.gemv_linears, self.fused_projections)
@@ -711,5 +740,6 @@ class CompiledBackend(GraphBackend):
     def __init__(self, model, batch: int, seq_len: int, gen_tokens: int, **options):
         options.setdefault("fuse_projections", True)
         options.setdefault("gemv", None)
+        options.setdefault("fuse_layers", None)
         options.setdefault("compile", True)
         super().__init__(model, batch, seq_len, gen_tokens, **options)

@@ -121,7 +121,9 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
         "",
         "How a decode step's attention ran: the attn_implementation as transformers runs it, or `sdpa, packed "
         "GQA` where the graph backend runs a one-token query on the KV heads because the installed transformers "
-        "would copy the static cache's keys and values once per query head (versions without `pack_gqa`).",
+        "would copy the static cache's keys and values once per query head (versions without `pack_gqa`), or "
+        "`decode kernel, packed GQA` where the compiled backend's rewritten layers run it as the Triton decode "
+        "attention kernel (batch 1 on CUDA).",
     ),
     Column(
         "backend_setup_s",
