@@ -24,12 +24,14 @@ VARIANTS = {
     "graph": ("graph", {}),
     "graph + fused projections": ("graph", {"fuse_projections": True}),
     "compiled, projections unfused": ("compiled", {"fuse_projections": False}),
+    # the default at batch 1 on CUDA: decoder layers rewritten (fused_decode), products as the Triton GEMV
     "compiled": ("compiled", {}),
+    # the layers as transformers has them, the products still through the GEMV kernel (the default until the
+    # layers were rewritten)
+    "compiled, layers unfused": ("compiled", {"fuse_layers": False}),
+    "compiled, cuBLAS": ("compiled", {"fuse_layers": False, "gemv": False}),
     "compiled, coordinate descent": ("compiled", {"compile_options": {"coordinate_descent_tuning": True}}),
     "compiled, max-autotune": ("compiled", {"compile_options": {"max_autotune": True}}),
-    "compiled + gemv": ("compiled", {"gemv": True}),
-    "compiled + gemv, coordinate descent": ("compiled", {"gemv": True,
-                                                         "compile_options": {"coordinate_descent_tuning": True}}),
     # the graph backend again, in a process where a compiled backend has run (its prefill is eager, like graph's)
     "graph, after compiled": ("graph", {}),
 }
@@ -63,7 +65,15 @@ def kernel_breakdown(replay, steps=20):
         c, t = per_name.get(e["name"], (0, 0.0))
         per_name[e["name"]] = (c + 1, t + e["dur"])
     top = sorted(per_name.items(), key=lambda kv: -kv[1][1])[:15]
-    return {"kernels_per_step": len(events) / steps,
+    # the GEMV kernels in step order: per step 4 per layer (q/k/v, o, gate/up, down) and the LM head last
+    gemvs = [e for e in sorted(events, key=lambda e: e["ts"]) if e["name"] == "gemv_kernel"]
+    per_step = len(gemvs) // steps
+    by_role = {}
+    if per_step and per_step % 4 == 1 and len(gemvs) == per_step * steps:
+        roles = ("qkv", "o", "gate_up", "down") * (per_step // 4) + ("lm_head",)
+        for i, e in enumerate(gemvs):
+            by_role[roles[i % per_step]] = by_role.get(roles[i % per_step], 0.0) + e["dur"] / steps
+    return {"gemv_us_per_step_by_role": by_role,"kernels_per_step": len(events) / steps,
             "kernel_us_per_step": sum(e["dur"] for e in events) / steps,
             "by_kind": {k: {"kernels": c / steps, "us": t / steps} for k, (c, t) in per_kind.items()},
             "top": [{"name": n[:120], "kind": kind(n), "per_step": c / steps, "us_per_step": t / steps}

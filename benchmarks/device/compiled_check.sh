@@ -2,8 +2,10 @@
 # Device call (issue 3): the GPU tests, then benchmarks/configs/compiled_h100.yaml through snakemake: graph and
 # compiled backends at seq 128 x batch 1 and seq 2048 x batch 32, the device's calibration, the report, and
 # Nsight Systems profiles of both backends at seq 128 x batch 1.
-# Usage: [SKIP_TESTS=1] bash benchmarks/device/compiled_check.sh [LIMIT_S]
+# Usage: [SKIP_TESTS=1] [CONFIG=benchmarks/configs/....yaml] [TARGETS="all"] bash benchmarks/device/compiled_check.sh [LIMIT_S]
 limit=${1:-480}
+config=${CONFIG:-benchmarks/configs/compiled_h100.yaml}
+targets=${TARGETS:-all profile_all}
 source .device-carry/on-device.sh && export PYTHONPATH=src:$PYTHONPATH
 start=$(date +%s)
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
@@ -15,7 +17,7 @@ if [ -z "$SKIP_TESTS" ]; then
   python3 -m pytest -q -m gpu -p no:cacheprovider tests > $OUT/gpu-pytest.log 2>&1
   echo "pytest rc=$? after $(( $(date +%s) - start )) s" >> $OUT/gpu-pytest.log; tail -3 $OUT/gpu-pytest.log
 fi
-( time timeout $limit python3 -m snakemake --cores 1 all profile_all --configfile benchmarks/configs/compiled_h100.yaml ) \
+( time timeout $limit python3 -m snakemake --cores 1 $targets --configfile $config ) \
   > $OUT/snakemake.log 2>&1
 echo "snakemake rc=$? after $(( $(date +%s) - start )) s" | tee -a $OUT/snakemake.log
 tail -4 $OUT/snakemake.log

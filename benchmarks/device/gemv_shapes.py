@@ -8,10 +8,10 @@ qkv, o, gate_up, down; one lm_head).
     python3 benchmarks/device/gemv_shapes.py OUT.json
 """
 import json
-import statistics
 import sys
 
 import torch
+from graph_timing import time_calls
 
 from latency_sensitivity import kernels
 
@@ -31,20 +31,8 @@ torch.manual_seed(0)
 dev = "cuda"
 
 
-def time_calls(fn, weights, biases, x, replays=20):
-    for w, b in zip(weights, biases):  # autotune / warm up outside the graph
-        fn(x, w, b)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for w, b in zip(weights, biases):
-            fn(x, w, b)
-    times = []
-    for _ in range(replays):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record(); g.replay(); e.record(); e.synchronize()
-        times.append(s.elapsed_time(e) * 1000 / len(weights))
-    return statistics.median(times)
+def time_way(fn, weights, biases, x):
+    return time_calls([lambda w=w, b=b: fn(x, w, b) for w, b in zip(weights, biases)])
 
 
 out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "shapes": {}, "step_us": {}}
@@ -60,7 +48,7 @@ for name, (n, k, bias, per_step) in SHAPES.items():
     for way, fn in ways.items():
         torch.backends.cuda.preferred_blas_library("cublaslt" if way == "cublaslt" else "cublas")
         err = (fn(x, weights[0], biases[0]).float() - ref).abs().max().item()
-        us = time_calls(fn, weights, biases, x)
+        us = time_way(fn, weights, biases, x)
         row[way] = {"us": us, "GB_s": nbytes / us / 1e3, "max_abs_err": err}
     torch.backends.cuda.preferred_blas_library("cublas")
     best = kernels.gemv_kernel_autotuned.cache
