@@ -272,6 +272,21 @@ def test_fused_decode_layers_keep_the_tokens_and_are_undone(tiny):
                                                                        "fused_group"))
 
 
+def test_a_failed_setup_leaves_the_model_as_it_was(tiny, monkeypatch):
+    model, _ = tiny
+
+    def no_cache(*args, **kwargs):
+        raise MemoryError("no room for the cache")
+
+    monkeypatch.setattr(backends, "_static_cache", no_cache)
+    with pytest.raises(MemoryError, match="no room"):
+        backends.GraphBackend(model, batch=2, seq_len=12, gen_tokens=6, fuse_norms=True, fuse_projections=True,
+                              fuse_layers=True, pack_gqa=True)
+    assert not any(key in vars(m) for m in model.modules() for key in ("forward", "fused_decode_plan",
+                                                                       "fused_group"))
+    assert model.config._attn_implementation == "sdpa"
+
+
 def test_layers_of_another_form_keep_their_forward(tiny):
     from latency_sensitivity import fused_decode
 

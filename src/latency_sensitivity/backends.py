@@ -512,38 +512,49 @@ class GraphBackend(Backend):
             fuse_layers = fuse_projections and batch == 1 and self.device.type == "cuda" and gemv_available()
         if fuse_layers and not fuse_projections:
             raise ValueError("fuse_layers needs fuse_projections (the layers read the fused q/k/v and gate/up weights)")
-        self.fused_norms = fuse_rms_norms(model) if fuse_norms else []
-        self.fused_projections = fuse_sibling_projections(model) if fuse_projections else []
-        self.gemv_linears = route_linears_to_gemv(model, self.fused_projections) if gemv else []
         self.gemv = bool(gemv)
-        self.fused_layers = []
-        if fuse_layers:
-            from . import fused_decode
-
-            self.fused_layers = fused_decode.fuse_decode_layers(model, self.fused_projections, FUSABLE_NORMS)
         self.compile = compile
         # inductor settings: torch.compile's `options` (e.g. {"coordinate_descent_tuning": True})
         self.compile_options = dict(compile_options or {})
         self.compile_s = None  # wall time of the first (compiling) step
         self.compile_stats: dict = {}
+        # what close() undoes, empty until the model is changed
+        self.fused_norms, self.fused_projections, self.gemv_linears, self.fused_layers = [], [], [], []
+        self.packed_gqa = False
+        self.graph = self.cache = self.static_logits = self.static_out = None
         self._step_fn = self._step
-        if compile:
-            # inductor without its own CUDA graphs: the backend captures the compiled step itself
-            # fullgraph: one compiled graph for the whole step, or an error (a graph break would leave parts of
-            # the step to run eagerly, each recompiled per layer until dynamo's limit, and say nothing)
-            self._step_fn = torch.compile(self._step, dynamic=False, fullgraph=True,
-                                          options=self.compile_options or None)
+        self._filled = False  # whether the cache holds a request's positions
+        try:  # a failure from here on leaves the model as it was
+            self._change_model(model, fuse_norms, fuse_projections, gemv, fuse_layers, pack_gqa)
+            if compile:
+                # inductor without its own CUDA graphs: the backend captures the compiled step itself
+                # fullgraph: one compiled graph for the whole step, or an error (a graph break would leave parts
+                # of the step to run eagerly, each recompiled per layer until dynamo's limit, and say nothing)
+                self._step_fn = torch.compile(self._step, dynamic=False, fullgraph=True,
+                                              options=self.compile_options or None)
+            self.cache = _static_cache(model, batch, self.max_cache_len)
+            # transformers 4.x takes positions as `cache_position`; 5.x derives them from the cache on the device
+            self.explicit_positions = "cache_position" in inspect.signature(model.forward).parameters
+            self.static_in = torch.zeros((batch, 1), dtype=torch.long, device=self.device)
+            self.static_pos = torch.zeros((1,), dtype=torch.long, device=self.device)
+        except BaseException:
+            self.close()
+            raise
+
+    def _change_model(self, model, fuse_norms, fuse_projections, gemv, fuse_layers, pack_gqa) -> None:
+        """The model changes the options ask for, each recorded as it is made (close() undoes them)."""
+        if fuse_norms:
+            self.fused_norms = fuse_rms_norms(model)
+        if fuse_projections:
+            self.fused_projections = fuse_sibling_projections(model)
+        if gemv:
+            self.gemv_linears = route_linears_to_gemv(model, self.fused_projections)
+        if fuse_layers:
+            from . import fused_decode
+
+            self.fused_layers = fused_decode.fuse_decode_layers(model, self.fused_projections, FUSABLE_NORMS)
         # None: pack where transformers does not (see transformers_packs_gqa); True: always; False: never.
         self.packed_gqa = pack_gqa is not False and pack_gqa_decode(model, force=pack_gqa is True)
-        self.cache = _static_cache(model, batch, self.max_cache_len)
-        # transformers 4.x takes positions as `cache_position`; 5.x derives them from the cache on the device.
-        self.explicit_positions = "cache_position" in inspect.signature(model.forward).parameters
-        self.static_in = torch.zeros((batch, 1), dtype=torch.long, device=self.device)
-        self.static_pos = torch.zeros((1,), dtype=torch.long, device=self.device)
-        self.static_logits = None
-        self.static_out = None
-        self.graph = None
-        self._filled = False  # whether the cache holds a request's positions
 
     # -- the two forwards
 

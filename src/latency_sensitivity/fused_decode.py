@@ -200,9 +200,8 @@ def _rewritable(layer, groups_by_module, norm_names) -> bool:
                                                                              "post_attention_layernorm")):
         return False
     qkv, gate_up = groups_by_module.get(id(attn.q_proj)), groups_by_module.get(id(mlp.gate_proj))
-    return (qkv is not None and [m is attn.get_submodule(n) for m, n in zip(qkv.modules, ("q_proj", "k_proj",
-                                                                                             "v_proj"))] == [True] * 3
-            and gate_up is not None and gate_up.modules[0] is mlp.gate_proj and gate_up.modules[1] is mlp.up_proj
+    return (qkv is not None and list(qkv.modules) == [attn.q_proj, attn.k_proj, attn.v_proj]
+            and gate_up is not None and list(gate_up.modules) == [mlp.gate_proj, mlp.up_proj]
             and type(attn.o_proj) is torch.nn.Linear and type(mlp.down_proj) is torch.nn.Linear)
 
 
