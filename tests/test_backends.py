@@ -285,6 +285,14 @@ def test_a_failed_setup_leaves_the_model_as_it_was(tiny, monkeypatch):
     assert not any(key in vars(m) for m in model.modules() for key in ("forward", "fused_decode_plan",
                                                                        "fused_group"))
     assert model.config._attn_implementation == "sdpa"
+    monkeypatch.undo()
+    model.config.hidden_act = "gelu"  # not the form: asked for, the rewrite is an error, and undone
+    try:
+        with pytest.raises(ValueError, match="not of the Llama/Qwen2 form"):
+            backends.GraphBackend(model, batch=2, seq_len=12, gen_tokens=6, fuse_projections=True, fuse_layers=True)
+    finally:
+        model.config.hidden_act = "silu"
+    assert not any(key in vars(m) for m in model.modules() for key in ("forward", "fused_group"))
 
 
 def test_layers_of_another_form_keep_their_forward(tiny):

@@ -474,8 +474,8 @@ class GraphBackend(Backend):
     docstring); capture: None = capture when the model is on CUDA, False = never (the CPU path), True = always
     (fails without CUDA); fuse_projections: q/k/v and gate/up as one GEMM each; gemv: one-row products (batch
     1 decode) on CUDA as the Triton kernel of `kernels` (None: at batch 1 on CUDA); fuse_layers: decoder layers
-    given fused_decode's one-token forward (None: at batch 1 on CUDA, with fuse_projections; True: also on the
-    CPU, in torch); compile: the step compiled by torch.compile before capture, with inductor's compile_options
+    given fused_decode's one-token forward (None: at batch 1 on CUDA, with fuse_projections, where the model has
+    the form; True: also on the CPU, in torch, and a model without the form is an error); compile: the step compiled by torch.compile before capture, with inductor's compile_options
     (the last five are the compiled backend's).
     """
 
@@ -508,6 +508,7 @@ class GraphBackend(Backend):
             raise RuntimeError("the gemv kernel needs Triton, which is not installed (it comes with torch's CUDA "
                                "builds)")
         # the same default for the rewritten decoder layers (fused_decode); True runs them on the CPU too, in torch
+        layers_asked = fuse_layers is True  # asked for, not only where it applies: a model without the form fails
         if fuse_layers is None:
             fuse_layers = fuse_projections and batch == 1 and self.device.type == "cuda" and gemv_available()
         if fuse_layers and not fuse_projections:
@@ -526,6 +527,9 @@ class GraphBackend(Backend):
         self._filled = False  # whether the cache holds a request's positions
         try:  # a failure from here on leaves the model as it was
             self._change_model(model, fuse_norms, fuse_projections, gemv, fuse_layers, pack_gqa)
+            if layers_asked and not self.fused_layers:
+                raise ValueError("fuse_layers: the model's decoder layers are not of the Llama/Qwen2 form that "
+                                 "fused_decode rewrites (see fused_decode.fuse_decode_layers)")
             if compile:
                 # inductor without its own CUDA graphs: the backend captures the compiled step itself
                 # fullgraph: one compiled graph for the whole step, or an error (a graph break would leave parts
