@@ -75,6 +75,7 @@ Backends:
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import time
 import types
@@ -280,14 +281,22 @@ def packed_gqa_sdpa_forward(module, query, key, value, attention_mask, dropout: 
                                              and attention_mask.shape[2] == 1)
     if groups > 1 and query.shape[2] == 1 and shared_mask and kwargs.get("position_bias") is None \
             and kwargs.get("cache") is None and key.shape[1] * groups == query.shape[1]:
-        b, h, _, d = query.shape
-        out = torch.nn.functional.scaled_dot_product_attention(
-            query.reshape(b, h // groups, groups, d), key, value, attn_mask=attention_mask, dropout_p=dropout,
-            scale=scaling,
-        )
-        return out.reshape(b, h, 1, d).transpose(1, 2).contiguous(), None
+        return packed_sdpa(query, key, value, attention_mask, scaling, dropout).contiguous(), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                   is_causal=is_causal, **kwargs)
+
+
+def packed_sdpa(query, key, value, mask, scale, dropout: float = 0.0):
+    """SDPA of a one-token query (B, H, 1, D) on keys and values (B, HKV, L, D), the query heads of each KV
+    group as that KV head's query rows, so each key and value is read once; a mask shared by the heads
+    broadcasts as it is. Returns (B, 1, H, D), as transformers' attention functions do."""
+    import torch
+
+    b, h, _, d = query.shape
+    hkv = key.shape[1]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query.reshape(b, hkv, h // hkv, d), key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
+    return out.reshape(b, h, 1, d).transpose(1, 2)
 
 
 def pack_gqa_decode(model, force: bool = False) -> bool:
@@ -430,11 +439,13 @@ def unfuse_sibling_projections(groups) -> None:
     _restore_forward([m for group in groups for m in group.modules], "fused_group", "fused_span")
 
 
-def gemv_available() -> bool:
-    """Whether the Triton gemv kernel can be used (Triton comes with torch's CUDA builds)."""
-    import importlib.util
+# Looked up once: torch.compile cannot trace importlib's lookup inside a step (fused_decode asks per call).
+_TRITON = importlib.util.find_spec("triton") is not None
 
-    return importlib.util.find_spec("triton") is not None
+
+def gemv_available() -> bool:
+    """Whether the Triton kernels of `kernels` can be used (Triton comes with torch's CUDA builds)."""
+    return _TRITON
 
 
 def _gemv_linear_forward(self, x):
@@ -474,9 +485,10 @@ class GraphBackend(Backend):
     docstring); capture: None = capture when the model is on CUDA, False = never (the CPU path), True = always
     (fails without CUDA); fuse_projections: q/k/v and gate/up as one GEMM each; gemv: one-row products (batch
     1 decode) on CUDA as the Triton kernel of `kernels` (None: at batch 1 on CUDA); fuse_layers: decoder layers
-    given fused_decode's one-token forward (None: at batch 1 on CUDA, with fuse_projections, where the model has
-    the form; True: also on the CPU, in torch, and a model without the form is an error); compile: the step compiled by torch.compile before capture, with inductor's compile_options
-    (the last five are the compiled backend's).
+    given fused_decode's one-token forward (None: at batch 1 on CUDA, with fuse_projections, where the model
+    has the form; True: also on the CPU, in torch, and a model without the form is an error); compile: the
+    step compiled by torch.compile before capture, with inductor's compile_options (the last five are the
+    compiled backend's).
     """
 
     name = "graph"

@@ -30,16 +30,14 @@ inside the step (benchmarks/README.md, "decoder layers rewritten").
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import types
 
-from .backends import _restore_forward
+from . import backends
 
-# Looked up once: torch.compile cannot trace importlib's lookup inside the step.
-TRITON = importlib.util.find_spec("triton") is not None
-
-X_ROW, X_PAIR, X_SILU_MUL = 0, 1, 2  # as kernels.X_ROW, ... (kernels needs Triton to import)
+# How a fused product's input holds its row (kernels.gemv_kernel's X_MODE; defined here, as kernels needs
+# Triton to import): the row; a residual pair to add; gate/up for SiLU(gate) * up.
+X_ROW, X_PAIR, X_SILU_MUL = 0, 1, 2
 
 # Attention implementations whose masks are 4-D (boolean or additive), as `attention` takes them.
 MASKED_ATTENTION = ("sdpa", "eager", "sdpa_packed_gqa")
@@ -57,7 +55,12 @@ def _kernels_apply(x, *tensors) -> bool:
 
     if not x.is_cuda or x.dtype not in (torch.float16, torch.bfloat16):
         return False
-    return TRITON and all(t is None or t.dtype == x.dtype for t in tensors)
+    return backends.gemv_available() and all(t is None or t.dtype == x.dtype for t in tensors)
+
+
+def _decode_kernel_takes(head_dim: int, x, *tensors) -> bool:
+    """Whether kernels.decode_attention takes heads of head_dim (a power of two, >= 16 for tl.dot) for x."""
+    return head_dim >= 16 and head_dim & (head_dim - 1) == 0 and _kernels_apply(x, *tensors)
 
 
 def _row(x, x_mode: int):
@@ -108,23 +111,19 @@ def attention(query, key, value, mask, scale: float):
     """A one-token query (B, H, 1, D) on cached keys and values (B, HKV, L, D); mask None, boolean (True:
     attend) or additive, broadcasting to (B, 1, 1, L). Returns (B, 1, H, D).
 
-    kernels.decode_attention where it applies; otherwise SDPA with the query heads of a KV group as that KV
-    head's query rows (the same arithmetic as repeating the keys and values per query head).
+    kernels.decode_attention where it applies; otherwise backends.packed_sdpa (the same arithmetic as
+    repeating the keys and values per query head).
     """
     import torch
 
-    b, h, _, d = query.shape
-    hkv = key.shape[1]
     boolean_mask = mask is None or (mask.dtype == torch.bool and mask.shape[-1] == key.shape[2]
                                     and mask.dim() == 4 and mask.shape[1:3] == (1, 1))
-    if (boolean_mask and d >= 16 and d & (d - 1) == 0 and key.stride(-1) == 1 and value.stride(-1) == 1
-            and _kernels_apply(query, key, value)):
+    if (boolean_mask and key.stride(-1) == 1 and value.stride(-1) == 1
+            and _decode_kernel_takes(query.shape[-1], query, key, value)):
         from . import kernels
 
         return kernels.decode_attention(query, key, value, None if mask is None else mask.contiguous(), scale)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        query.reshape(b, hkv, h // hkv, d), key, value, attn_mask=mask, scale=scale)
-    return out.reshape(b, h, 1, d).transpose(1, 2)
+    return backends.packed_sdpa(query, key, value, mask, scale)
 
 
 def add_pair(x):
@@ -171,18 +170,20 @@ def _fused_decoder_layer_forward(self, hidden_states, attention_mask=None, posit
 
 def attention_name(model) -> str:
     """How the rewritten layers run a decode step's attention on this model (for the result file)."""
-    import torch
-
-    param = next(model.parameters())
-    head_dim = getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
-    if (param.is_cuda and param.dtype in (torch.float16, torch.bfloat16) and TRITON and head_dim >= 16
-            and head_dim & (head_dim - 1) == 0 and model.config._attn_implementation != "eager"):
-        return "decode kernel, packed GQA"
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    if cfg._attn_implementation != "eager" and _decode_kernel_takes(head_dim, next(model.parameters())):
+        return "decode kernel, packed GQA"  # eager attention's masks are additive: those go to SDPA
     return "sdpa, packed GQA"
 
 
 def _pair_norm_forward(self, hidden_states):
     return type(self).forward(self, add_pair(hidden_states))
+
+
+def _rotary(attn):
+    """The rotary embedding function of the attention module's modeling file (transformers' own)."""
+    return getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", None)
 
 
 def _rewritable(layer, groups_by_module, norm_names) -> bool:
@@ -194,7 +195,7 @@ def _rewritable(layer, groups_by_module, norm_names) -> bool:
     attn, mlp = children["self_attn"], children["mlp"]
     if set(dict(attn.named_children())) != ATTENTION_CHILDREN or set(dict(mlp.named_children())) != MLP_CHILDREN:
         return False
-    if getattr(attn, "sliding_window", None) is not None or not hasattr(attn, "layer_idx"):
+    if getattr(attn, "sliding_window", None) is not None or not hasattr(attn, "layer_idx") or _rotary(attn) is None:
         return False
     if any(type(layer.get_submodule(n)).__name__ not in norm_names for n in ("input_layernorm",
                                                                              "post_attention_layernorm")):
@@ -232,12 +233,8 @@ def fuse_decode_layers(model, groups, norm_names) -> list:
     changed = []
     for layer in layers:
         attn = layer.self_attn
-        rotary = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", None)
-        if rotary is None:
-            unfuse_decode_layers(changed)
-            return []
         layer.fused_decode_plan = _LayerPlan(layer, by_module[id(attn.q_proj)], by_module[id(layer.mlp.gate_proj)],
-                                             rotary)
+                                             _rotary(attn))
         layer.forward = types.MethodType(_fused_decoder_layer_forward, layer)
         changed.append(layer)
     final_norm.forward = types.MethodType(_pair_norm_forward, final_norm)
@@ -246,4 +243,4 @@ def fuse_decode_layers(model, groups, norm_names) -> list:
 
 
 def unfuse_decode_layers(modules) -> None:
-    _restore_forward(modules, "fused_decode_plan")
+    backends._restore_forward(modules, "fused_decode_plan")

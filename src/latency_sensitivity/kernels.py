@@ -24,13 +24,15 @@ import torch
 import triton
 import triton.language as tl
 
+from .fused_decode import X_PAIR, X_ROW, X_SILU_MUL  # noqa: F401 - how gemv's input holds its row
+
 # On the H100 the Qwen2.5-3B shapes chose BLOCK_K 512 or 1024 of (256, 512, 1024) and BLOCK_N 2 to 16
 GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w)
                 for bn in (2, 4, 8, 16) for bk in (512, 1024) for w in (4, 8) if bn * bk <= 16384]
 
 
-# How the fused kernel reads its input row (X_MODE) and what it writes (RESIDUAL).
-X_ROW, X_PAIR, X_SILU_MUL = 0, 1, 2
+# What the fused kernel writes (RESIDUAL): the product; the pair [residual row, product]; [residual pair summed,
+# product].
 OUT_ROW, OUT_PAIR_FROM_ROW, OUT_PAIR_FROM_PAIR = 0, 1, 2
 
 
@@ -108,9 +110,9 @@ def gemv(x, weight, bias=None, *, x_mode: int = X_ROW, norm_weight=None, eps: fl
     x = x.contiguous()
     out_mode = OUT_ROW
     if residual is not None:
-        out_mode = OUT_PAIR_FROM_PAIR if residual.numel() == 2 * N else OUT_PAIR_FROM_ROW
-        if residual.numel() != N * (2 if out_mode == OUT_PAIR_FROM_PAIR else 1):
+        if residual.numel() not in (N, 2 * N):
             raise ValueError(f"residual of shape {tuple(residual.shape)} does not match {N} outputs")
+        out_mode = OUT_PAIR_FROM_PAIR if residual.numel() == 2 * N else OUT_PAIR_FROM_ROW
         residual = residual.contiguous()
     y = torch.empty((*lead, 2, N) if residual is not None else (*lead, N), dtype=x.dtype, device=x.device)
     b = bias if bias is not None else weight  # not read without a bias
