@@ -156,10 +156,7 @@ def validate(config: dict, base_dir: Path | str = ".", schema_path: Path | str =
         if not (csv_path if csv_path.is_absolute() else Path(base_dir) / csv_path).is_file():
             raise ConfigError(f"config key reference_study.csv: no such file (value: {study['csv']!r})")
     for i, other in enumerate(config.get("compare_devices", [])):
-        folder = Path(other["results"])
-        folder = folder if folder.is_absolute() else Path(base_dir) / folder
-        found = [s for s in config["sweeps"] if (folder / s / "sweep.csv").is_file()]
-        if not found:
+        if not compare_device_sweeps(other, config["sweeps"], base_dir):
             raise ConfigError(f"config key compare_devices[{i}].results: no sweep.csv of this config's sweeps "
                               f"({', '.join(config['sweeps'])}) under {other['results']!r}")
     for i, entry in enumerate(config.get("profile", {}).get("cells", [])):
@@ -170,6 +167,18 @@ def validate(config: dict, base_dir: Path | str = ".", schema_path: Path | str =
         limit = max_positions(_architecture(cell.model, models[cell.model], base_dir))
         _check_fits(f"{key}.seq", cell.seq, measure["gen_tokens"], cell.model, limit)
     return config
+
+
+def compare_device_folder(other: dict, base_dir: Path | str = ".") -> Path:
+    """A compare_devices entry's results folder (relative to base_dir unless absolute)."""
+    folder = Path(other["results"])
+    return folder if folder.is_absolute() else Path(base_dir) / folder
+
+
+def compare_device_sweeps(other: dict, sweeps: Iterable[str], base_dir: Path | str = ".") -> dict[str, Path]:
+    """The sweep tables a compare_devices entry holds for these sweeps: {sweep name: its sweep.csv}."""
+    folder = compare_device_folder(other, base_dir)
+    return {s: folder / s / "sweep.csv" for s in sweeps if (folder / s / "sweep.csv").is_file()}
 
 
 def _architecture(name: str, entry: dict, base_dir: Path | str) -> dict:

@@ -115,6 +115,7 @@ def build_report(
     compare_devices: Sequence[dict] = (),
 ) -> str:
     """The markdown report; compare_devices: [{label, results}] other runs of the same sweeps (see the schema)."""
+    from . import config as lsconfig
     from . import report
 
     settings = dict(settings)
@@ -148,11 +149,11 @@ def build_report(
     loading = [json.loads(Path(p).read_text()) for p in loading_files]
     others = []
     for other in compare_devices:
-        folder = Path(other["results"])
-        frames = {sw.name: read_sweep(folder / sw.name / "sweep.csv") for sw in sweeps
-                  if (folder / sw.name / "sweep.csv").is_file()}
+        frames = {name: read_sweep(path)
+                  for name, path in lsconfig.compare_device_sweeps(other, [sw.name for sw in sweeps]).items()}
+        calibration = lsconfig.compare_device_folder(other) / "calibration"
         others.append(report.OtherDevice(other["label"], frames,
-                                         load_ceilings(sorted(glob.glob(str(folder / "calibration" / "*.json"))))))
+                                         load_ceilings(sorted(glob.glob(str(calibration / "*.json"))))))
     text = report.build_report(sweeps, distinct_environments(cell_files), settings, profiles=profiles,
                                claims_text=claims_text, claims_label=(reference_study or {}).get("label"),
                                loading=loading, other_devices=others,

@@ -140,10 +140,9 @@ def reference_study_files():
 def compare_device_files():
     """The other runs' sweep tables the report compares with (compare_devices): a changed one rebuilds it."""
     return [
-        str(Path(other["results"]) / sweep / "sweep.csv")
+        str(path)
         for other in config.get("compare_devices", [])
-        for sweep in SWEEPS
-        if (Path(other["results"]) / sweep / "sweep.csv").is_file()
+        for path in lsconfig.compare_device_sweeps(other, SWEEPS).values()
     ]
 
 
