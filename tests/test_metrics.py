@@ -51,3 +51,10 @@ def test_bootstrap_interval_is_deterministic_and_degenerate_cases():
 def test_empty_samples_give_nan_not_errors():
     m = metrics.latency_metrics([], [], [], [], batch=1, seq_len=8, gen_tokens=2)
     assert math.isnan(m["prefill_p50_ms"]) and math.isnan(m["prefill_tok_s"]) and math.isnan(m["decode_tok_s"])
+
+
+def test_covered_length_counts_overlaps_once():
+    assert metrics.covered_length([]) == 0
+    assert metrics.covered_length([(0, 2), (5, 6)]) == 3  # gaps are not counted
+    # kernels that overlap (programmatic dependent launch), one inside another, and touching
+    assert metrics.covered_length([(4, 7), (0, 2), (1, 3), (4, 5), (7, 8)]) == 3 + 4

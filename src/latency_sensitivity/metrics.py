@@ -23,6 +23,16 @@ def iqr(values: Sequence[float]) -> float:
     return pct(values, 75) - pct(values, 25)
 
 
+def covered_length(intervals) -> float:
+    """Length of the union of (start, end) intervals: time covered by at least one, overlaps counted once."""
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
 def bootstrap_median_ci(
     values: Sequence[float], n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:

@@ -180,19 +180,22 @@ def one_request(model, prompt, gen_tokens: int, clock: Clock, rep_name: str):
 def kernel_time_ms(fn) -> float:
     """GPU time of everything fn() puts on the device (kernels, copies, sets), from a torch.profiler trace.
 
-    Summed over device events, so idle gaps between kernels are not counted: this is what the GPU spent
-    working, whatever the host was doing.
+    The union of the device events' intervals, so idle gaps between kernels are not counted, and kernels that
+    overlap (launched with programmatic dependent launch, one starts as the previous finishes) count once:
+    this is the time the GPU spent working, whatever the host was doing.
     """
     import torch
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
+    from . import metrics
+
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    total_us = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA)
-    return total_us / 1000.0
+    spans = [(e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA]
+    return metrics.covered_length(spans) / 1000.0
 
 
 def gpu_busy(backend, prompt, gen_tokens: int, clock: Clock) -> dict:
