@@ -194,17 +194,23 @@ def test_compiled_backend_matches_eager_on_the_cpu(tiny, monkeypatch, tmp_path):
     extern_calls = {}
     with torch.inference_mode():
         want_tokens, want_logits = backends.EagerBackend(model).generate(prompt, 6)
-        for fuse, fuse_layers in ((True, False), (False, False), (True, True)):
+        # compile None (the default): compiled unless the layers are rewritten; True: the rewritten layers' torch
+        # forms traced too
+        for fuse, fuse_layers, compile in ((True, False, None), (False, False, None), (True, True, True),
+                                           (True, True, None)):
             compiled = backends.make("compiled", model, prompt, 6, runner.Clock(False), fuse_projections=fuse,
-                                     fuse_layers=fuse_layers)
+                                     fuse_layers=fuse_layers, compile=compile)
             try:
                 info = compiled.info()
-                assert info["name"] == "compiled" and info["compiled"]
+                assert info["name"] == "compiled" and info["compiled"] is (compile or not fuse_layers)
                 assert info["fused_projections"] == (8 if fuse else 0)
                 assert info["fused_layers"] == (4 if fuse_layers else 0)  # on the CPU, in their torch forms
-                assert compiled.setup_s >= info["compile_s"] > 0
-                assert info["compile_stats"]["graphs"] == 1  # the whole step, no graph break (fullgraph)
-                extern_calls[fuse, fuse_layers] = info["compile_stats"]["extern_calls"]
+                if info["compiled"]:
+                    assert compiled.setup_s >= info["compile_s"] > 0
+                    assert info["compile_stats"]["graphs"] == 1  # the whole step, no graph break (fullgraph)
+                    extern_calls[fuse, fuse_layers] = info["compile_stats"]["extern_calls"]
+                else:
+                    assert info["compile_s"] is None and info["compile_stats"] == {}
                 for _ in range(2):
                     tokens, logits = compiled.generate(prompt, 6)
                     assert torch.equal(tokens, want_tokens)
@@ -245,9 +251,14 @@ def test_gemv_routing_keeps_the_tokens_and_is_undone(tiny, monkeypatch):
     assert not any(key in vars(m) for m in model.modules() for key in ("forward", "gemv_linear", "fused_group"))
 
 
-def test_fused_decode_layers_keep_the_tokens_and_are_undone(tiny):
+def test_fused_decode_layers_keep_the_tokens_and_are_undone(tiny, monkeypatch):
     """The rewritten one-token layers (fused_decode), in their torch forms on the CPU, against eager."""
+    from latency_sensitivity import fused_decode
+
     model, prompt = tiny
+    qkv_rope_calls = []
+    qkv_rope = fused_decode.qkv_rope
+    monkeypatch.setattr(fused_decode, "qkv_rope", lambda *a, **kw: qkv_rope_calls.append(1) or qkv_rope(*a, **kw))
     with pytest.raises(ValueError, match="needs fuse_projections"):
         backends.GraphBackend(model, batch=2, seq_len=12, gen_tokens=6, fuse_layers=True)
     assert not any("forward" in vars(m) for m in model.modules())
@@ -266,6 +277,7 @@ def test_fused_decode_layers_keep_the_tokens_and_are_undone(tiny):
                 tokens, logits = graph.generate(prompt, 6, forced=forced)
                 assert torch.equal(tokens, want_tokens)
                 torch.testing.assert_close(logits, want_logits, rtol=1e-5, atol=1e-5)
+            assert len(qkv_rope_calls) >= 2 * 5 * 4  # the cache written by qkv_rope: every layer, every step
         finally:
             graph.close()
     assert not any(key in vars(m) for m in model.modules() for key in ("forward", "fused_decode_plan",
@@ -334,7 +346,7 @@ def test_runner_measures_a_graph_cell_on_the_cpu():
     assert m["decode_attention"] == r["backend_info"]["decode_attention"]
     assert info == {"name": "graph", "captured": False, "max_cache_len": 18, "capture_warmup_steps": 3,
                     "fused_rms_norms": 0, "fused_projections": 0, "compiled": False, "compile_s": None,
-                    "compile_stats": {}, "compile_options": {}, "gemv": False, "fused_layers": 0}
+                    "compile_stats": {}, "compile_options": {}, "gemv": False, "pdl": False, "fused_layers": 0}
     assert m["backend_compile_s"] is None
 
 
@@ -362,7 +374,8 @@ def test_cli_backend_choice(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name, options, batch", [
     ("graph", {"pack_gqa": None}, 4), ("graph", {"pack_gqa": True}, 4), ("graph", {"pack_gqa": False}, 4),
-    ("compiled", {}, 4), ("compiled", {}, 1)])
+    ("compiled", {}, 4), ("compiled", {}, 1), ("compiled", {"compile": True}, 1),
+    ("graph", {"fuse_projections": True, "gemv": True, "fuse_layers": True}, 1)])
 def test_captured_step_matches_eager_on_cuda(name, options, batch):
     s = spec(device="cuda", dtype="fp16", seq_len=32, batch=batch, gen_tokens=8)
     model = runner.build_model(s)
@@ -371,12 +384,21 @@ def test_captured_step_matches_eager_on_cuda(name, options, batch):
         want_tokens, want_logits = backends.EagerBackend(model).generate(prompt, 8)
         backend = backends.make(name, model, prompt, 8, runner.Clock(True), **options)
         assert backend.graph is not None and backend.setup_s > 0
+        info = backend.info()
+        hopper = torch.cuda.get_device_capability()[0] >= 9
         if name == "compiled":
-            info = backend.info()
-            assert info["compile_s"] > 0 and info["fused_projections"] == 8
+            assert info["fused_projections"] == 8
             assert info["gemv"] is (batch == 1)  # the Triton GEMV kernel where products have one row
             assert info["fused_layers"] == (4 if batch == 1 else 0)  # and the rewritten decoder layers
             assert (info["decode_attention"] == "decode kernel, packed GQA") is (batch == 1)
+            # torch.compile where the layers are not rewritten (or when asked); else Triton launches the kernels,
+            # with programmatic dependent launch on Hopper
+            compiled = batch != 1 or options.get("compile") is True
+            assert info["compiled"] is compiled and ((info["compile_s"] or 0) > 0) is compiled
+            assert info["pdl"] is (not compiled and hopper)
+        elif options.get("fuse_layers"):  # the rewritten layers' kernels, launched by Triton
+            assert info["fused_layers"] == 4 and info["decode_attention"] == "decode kernel, packed GQA"
+            assert info["pdl"] is hopper
         for _ in range(2):
             _, logits = backend.generate(prompt, 8, forced=want_tokens)
             torch.testing.assert_close(logits, want_logits, rtol=2e-2, atol=2e-2)

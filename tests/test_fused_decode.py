@@ -54,3 +54,44 @@ def test_attention_is_repeated_kv_attention(mask_kind):
     got = fd.attention(q, k, v, mask, 0.3)
     assert got.shape == (b, 1, h, d)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_qkv_rope_is_the_projection_rotation_and_cache_update():
+    """qkv_rope's torch form against the three steps as transformers runs them: the q/k/v projections,
+    apply_rotary_pos_emb, the static cache layer's update."""
+    from transformers.cache_utils import StaticLayer
+    from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+    torch.manual_seed(0)
+    heads, kv_heads, d, hidden, pos = 4, 2, 16, 24, 5
+    rows = (heads + 2 * kv_heads) * d
+    w, b, g = torch.randn(rows, hidden), torch.randn(rows), torch.rand(hidden)
+    x, cos, sin = torch.randn(1, 1, 2, hidden), torch.randn(1, 1, d), torch.randn(1, 1, d)
+    want_layer, got_layer = StaticLayer(max_cache_len=9), StaticLayer(max_cache_len=9)
+    for layer in (want_layer, got_layer):  # allocated, `pos` positions held
+        layer.lazy_initialization(torch.zeros(1, kv_heads, 1, d), torch.zeros(1, kv_heads, 1, d))
+        layer.cumulative_length.fill_(pos)
+    qkv = fd.linear(x, w, b, x_mode=fd.X_PAIR, norm_weight=g, eps=1e-6)
+    q, k, v = (t.view(1, 1, -1, d).transpose(1, 2) for t in qkv.split([heads * d, kv_heads * d, kv_heads * d], -1))
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    want_layer.update(k, v)
+    got = fd.qkv_rope(x, w, b, heads=heads, kv_heads=kv_heads, cos=cos, sin=sin, position=torch.tensor([[pos]]),
+                      keys=got_layer.keys, values=got_layer.values, length=got_layer.cumulative_length,
+                      x_mode=fd.X_PAIR, norm_weight=g, eps=1e-6)
+    assert torch.equal(got, q)
+    assert torch.equal(got_layer.keys, want_layer.keys) and torch.equal(got_layer.values, want_layer.values)
+    assert int(got_layer.cumulative_length) == int(want_layer.cumulative_length) == pos + 1
+
+
+def test_the_rotary_form_is_recognised():
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as llama
+    from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb as qwen2
+
+    def interleaved(q, k, cos, sin):  # pairs (2i, 2i + 1) rotated, as some models do: not rotate_half's
+        def rot(x):
+            return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+        return q * cos.unsqueeze(1) + rot(q) * sin.unsqueeze(1), k * cos.unsqueeze(1) + rot(k) * sin.unsqueeze(1)
+
+    assert fd._rotates_half(qwen2) and fd._rotates_half(llama)
+    assert not fd._rotates_half(interleaved)
+    assert not fd._rotates_half(lambda q, k, cos, sin, position_ids: (q, k))  # another signature

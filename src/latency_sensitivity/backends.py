@@ -64,9 +64,12 @@ Backends:
 
     At batch 1 on CUDA the compiled backend also rewrites decoder layers of the Llama/Qwen2 form for one-token
     steps (``fuse_layers``, see ``fused_decode``): normalisation, activation and residual additions folded into
-    the GEMV kernels, attention as a Triton decode kernel. There: 402 kernels and 3.02-3.19 ms per step at seq
-    128 (1.47-1.55x the floor), and 3.40 ms at seq 8192 against graph's 11.65 ms (benchmarks/README.md,
-    "decoder layers rewritten").
+    the GEMV kernels, rotary embedding and cache write into the q/k/v kernel, attention as a Triton decode
+    kernel. Those layers are not compiled (``compile=None``: their kernels are fused already, and inductor would
+    recompute the rotary tables and mask per layer and launch the kernels itself); Triton launches their
+    kernels with programmatic dependent launch on Hopper (``pdl``). On the H100: 210 kernels and 2.595 ms per
+    step at seq 128 through the pipeline (1.26x the 2.06 ms floor), and 3.26 ms at seq 8192 against graph's
+    11.68 ms (benchmarks/README.md, "q/k/v with rotation and cache write in one kernel, PDL").
 
     On the CPU the graph backend runs **without capture**: the same static cache and the same step function,
     called directly per step instead of replayed. That keeps the code path (static cache, positions, reset,
@@ -86,8 +89,9 @@ BACKENDS = ("eager", "graph", "compiled")
 DESCRIPTIONS = {
     "eager": "transformers with its dynamic KV cache, one Python-launched forward per decode step",
     "graph": "static KV cache; the decode step replayed as a CUDA graph, on the CPU run uncaptured",
-    "compiled": "graph, with q/k/v and gate/up each one GEMM, the step compiled by torch.compile before capture, "
-                "and at batch 1 the decoder layers rewritten around Triton GEMV and decode-attention kernels",
+    "compiled": "graph, with q/k/v and gate/up each one GEMM; at batch 1 the decoder layers rewritten around "
+                "Triton kernels (GEMV, q/k/v with rotation and cache write, decode attention), elsewhere the step "
+                "compiled by torch.compile before capture",
 }
 
 
@@ -487,8 +491,11 @@ class GraphBackend(Backend):
     1 decode) on CUDA as the Triton kernel of `kernels` (None: at batch 1 on CUDA); fuse_layers: decoder layers
     given fused_decode's one-token forward (None: at batch 1 on CUDA, with fuse_projections, where the model
     has the form; True: also on the CPU, in torch, and a model without the form is an error); compile: the
-    step compiled by torch.compile before capture, with inductor's compile_options (the last five are the
-    compiled backend's).
+    step compiled by torch.compile before capture, with inductor's compile_options (None: unless the layers
+    are rewritten, whose kernels are fused already; the last five are the compiled backend's); pdl: the
+    rewritten layers' kernels launched with programmatic dependent launch, each starting while the previous
+    one finishes (None: where they run on a GPU of compute capability 9.0 or later and the step is not
+    compiled, as torch.compile launches the kernels itself).
     """
 
     name = "graph"
@@ -496,7 +503,7 @@ class GraphBackend(Backend):
     def __init__(self, model, batch: int, seq_len: int, gen_tokens: int, *, capture: bool | None = None,
                  warmup_steps: int = 3, fuse_norms: bool = False, pack_gqa: bool | None = None,
                  fuse_projections: bool = False, gemv: bool | None = False, fuse_layers: bool | None = False,
-                 compile: bool = False, compile_options: dict | None = None):
+                 compile: bool | None = False, compile_options: dict | None = None, pdl: bool | None = None):
         import torch
 
         if gen_tokens < 2:
@@ -525,8 +532,15 @@ class GraphBackend(Backend):
             fuse_layers = fuse_projections and batch == 1 and self.device.type == "cuda" and gemv_available()
         if fuse_layers and not fuse_projections:
             raise ValueError("fuse_layers needs fuse_projections (the layers read the fused q/k/v and gate/up weights)")
+        hopper = self.device.type == "cuda" and torch.cuda.get_device_capability(self.device)[0] >= 9
+        if pdl is None:
+            pdl = bool(fuse_layers) and hopper and gemv_available() and compile is not True
+        elif pdl and (compile or not hopper or not fuse_layers or not gemv_available()):
+            raise ValueError("pdl needs the rewritten layers' Triton kernels on a GPU of compute capability 9.0 or "
+                             "later, launched by Triton (not compile)")
+        self.pdl = bool(pdl)
         self.gemv = bool(gemv)
-        self.compile = compile
+        self.compile = compile  # None: decided once the layers are (or are not) rewritten
         # inductor settings: torch.compile's `options` (e.g. {"coordinate_descent_tuning": True})
         self.compile_options = dict(compile_options or {})
         self.compile_s = None  # wall time of the first (compiling) step
@@ -542,7 +556,9 @@ class GraphBackend(Backend):
             if layers_asked and not self.fused_layers:
                 raise ValueError("fuse_layers: the model's decoder layers are not of the Llama/Qwen2 form that "
                                  "fused_decode rewrites (see fused_decode.fuse_decode_layers)")
-            if compile:
+            if self.compile is None:
+                self.compile = not self.fused_layers
+            if self.compile:
                 # inductor without its own CUDA graphs: the backend captures the compiled step itself
                 # fullgraph: one compiled graph for the whole step, or an error (a graph break would leave parts
                 # of the step to run eagerly, each recompiled per layer until dynamo's limit, and say nothing)
@@ -568,7 +584,9 @@ class GraphBackend(Backend):
         if fuse_layers:
             from . import fused_decode
 
-            self.fused_layers = fused_decode.fuse_decode_layers(model, self.fused_projections, FUSABLE_NORMS)
+            self.fused_layers = fused_decode.fuse_decode_layers(model, self.fused_projections, FUSABLE_NORMS,
+                                                                pdl=self.pdl)
+        self.pdl = self.pdl and bool(self.fused_layers)  # only the rewritten layers' kernels launch so
         # None: pack where transformers does not (see transformers_packs_gqa); True: always; False: never.
         self.packed_gqa = pack_gqa is not False and pack_gqa_decode(model, force=pack_gqa is True)
 
@@ -724,7 +742,7 @@ class GraphBackend(Backend):
                 "explicit_positions": self.explicit_positions, "decode_attention": self.decode_attention(),
                 "fused_projections": len(self.fused_projections), "compiled": self.compile,
                 "compile_s": self.compile_s, "compile_stats": self.compile_stats,
-                "compile_options": self.compile_options, "gemv": self.gemv,
+                "compile_options": self.compile_options, "gemv": self.gemv, "pdl": self.pdl,
                 # decoder layers given the fused one-token forward (the final norm is not counted)
                 "fused_layers": max(0, len(self.fused_layers) - 1)}
 
@@ -768,5 +786,5 @@ class CompiledBackend(GraphBackend):
         options.setdefault("fuse_projections", True)
         options.setdefault("gemv", None)
         options.setdefault("fuse_layers", None)
-        options.setdefault("compile", True)
+        options.setdefault("compile", None)
         super().__init__(model, batch, seq_len, gen_tokens, **options)

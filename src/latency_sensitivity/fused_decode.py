@@ -10,7 +10,9 @@ input, runs them as five products and one attention:
 1. ``linear(x, qkv, x_mode=X_PAIR, norm_weight=...)``: the residual addition of the previous layer and the
    input RMSNorm folded into the q/k/v product (the residual stream travels between layers as the pair
    [residual, last output], shape (..., 2, hidden), so the addition happens where the sum is read);
-2. rotary embedding and the cache update, as transformers' own functions (inductor fuses them);
+2. ``qkv_rope``: with a static cache, product 1 also rotates q and k (rotate_half, where the modeling file's
+   apply_rotary_pos_emb is that form) and writes k and v into the cache, in one kernel; otherwise
+   transformers' rotary embedding and cache update follow it;
 3. ``attention``: the one-token query against the cache, the query heads of a KV head read together;
 4. ``linear(attn, o, residual=pair)``: the output projection, writing the next pair;
 5. ``linear(pair, gate_up, X_PAIR, norm)`` and ``linear(gate_up, down, X_SILU_MUL, residual=pair)``: the MLP
@@ -23,9 +25,11 @@ transformers' on the CPU and the kernels against the torch forms. Layers that di
 sliding windows, other activations, no fused projection groups) keep their own forward; the rewrite is all
 layers or none, since the pair crosses every layer.
 
-On the H100 (Qwen2.5-3B, fp16, seq 128 x batch 1, compiled): 402 kernels and 3.02-3.19 ms per step, against
-473 and 3.27-3.34 ms with the layers as transformers has them; the products themselves got 0.17 ms slower
-inside the step (benchmarks/README.md, "decoder layers rewritten").
+On the H100 (Qwen2.5-3B, fp16, seq 128 x batch 1): 210 kernels and 2.595 ms per step through the pipeline
+(1.26x the weight-read floor), the kernels launched by Triton with programmatic dependent launch (``pdl``);
+with the layers as transformers has them and the step compiled, 473 kernels and 3.27-3.34 ms
+(benchmarks/README.md, "decoder layers rewritten" and "q/k/v with rotation and cache write in one kernel,
+PDL").
 """
 
 from __future__ import annotations
@@ -85,17 +89,23 @@ def rms_norm(x, weight, eps: float):
     return weight * xf.to(dtype)
 
 
-def linear(x, weight, bias=None, *, x_mode: int = X_ROW, norm_weight=None, eps: float = 0.0, residual=None):
+def _one_row(x, weight, x_mode: int) -> bool:
+    """Whether x holds one input row of the product with weight (as x_mode says), the kernels' case."""
+    return x.numel() == weight.shape[1] * (2 if x_mode != X_ROW else 1) and weight.stride(-1) == 1
+
+
+def linear(x, weight, bias=None, *, x_mode: int = X_ROW, norm_weight=None, eps: float = 0.0, residual=None,
+           pdl: bool = False):
     """The fused product of kernels.gemv: (norm of) the input row as x_mode holds it, times weight.T, plus bias;
-    with `residual`, the pair [residual (a row, or a pair summed), product] of shape (..., 2, N)."""
+    with `residual`, the pair [residual (a row, or a pair summed), product] of shape (..., 2, N). pdl: the
+    kernel launched with programmatic dependent launch (kernels.pdl_launch)."""
     import torch
 
-    row_width = weight.shape[1] * (2 if x_mode != X_ROW else 1)
-    one_row = x.numel() == row_width and weight.stride(-1) == 1
-    if one_row and _kernels_apply(x, weight, bias, norm_weight, residual):
+    if _one_row(x, weight, x_mode) and _kernels_apply(x, weight, bias, norm_weight, residual):
         from . import kernels
 
-        return kernels.gemv(x, weight, bias, x_mode=x_mode, norm_weight=norm_weight, eps=eps, residual=residual)
+        return kernels.gemv(x, weight, bias, x_mode=x_mode, norm_weight=norm_weight, eps=eps, residual=residual,
+                            pdl=pdl)
     row = _row(x, x_mode)
     if norm_weight is not None:
         row = rms_norm(row, norm_weight, eps)
@@ -107,12 +117,47 @@ def linear(x, weight, bias=None, *, x_mode: int = X_ROW, norm_weight=None, eps: 
     return torch.stack((residual, y), dim=-2)
 
 
-def attention(query, key, value, mask, scale: float):
+def rotate_half(x, cos, sin):
+    """transformers' rotary embedding of Llama/Qwen2 (apply_rotary_pos_emb): x * cos + rotate_half(x) * sin,
+    with x (B, heads, T, D) and cos, sin (B, T, D)."""
+    import torch
+
+    half = x.shape[-1] // 2
+    return x * cos.unsqueeze(1) + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin.unsqueeze(1)
+
+
+def qkv_rope(x, weight, bias, *, heads: int, kv_heads: int, cos, sin, position, keys, values, length,
+             x_mode: int = X_ROW, norm_weight=None, eps: float = 0.0, pdl: bool = False):
+    """A decode token's q/k/v product (weight: the q, k, v rows stacked), q and k rotated (rotate_half), k and v
+    written to the static cache (keys, values: (B, kv_heads, max_len, D)) at `position` (a one-element tensor:
+    the token's position, which is the cache's length) and the cache's `length` set to position + 1; returns
+    q as (B, heads, 1, D). kernels.qkv_rope at batch 1 where the kernels apply; torch otherwise."""
+    import torch
+
+    d = weight.shape[0] // (heads + 2 * kv_heads)
+    if (_one_row(x, weight, x_mode) and d % 16 == 0 and keys.shape[0] == 1
+            and _kernels_apply(x, weight, bias, norm_weight, cos, sin, keys, values)):
+        from . import kernels
+
+        return kernels.qkv_rope(x, weight, bias, heads=heads, kv_heads=kv_heads, cos=cos, sin=sin,
+                                position=position, keys=keys, values=values, length=length, x_mode=x_mode,
+                                norm_weight=norm_weight, eps=eps, pdl=pdl)
+    qkv = linear(x, weight, bias, x_mode=x_mode, norm_weight=norm_weight, eps=eps)
+    b = qkv.shape[0]
+    q, k, v = (t.view(b, 1, -1, d).transpose(1, 2) for t in qkv.split([heads * d, kv_heads * d, kv_heads * d], -1))
+    at = position.reshape(-1)[:1]
+    keys.index_copy_(2, at, rotate_half(k, cos, sin))
+    values.index_copy_(2, at, v)
+    length.copy_(at[0] + 1)
+    return rotate_half(q, cos, sin)
+
+
+def attention(query, key, value, mask, scale: float, pdl: bool = False):
     """A one-token query (B, H, 1, D) on cached keys and values (B, HKV, L, D); mask None, boolean (True:
     attend) or additive, broadcasting to (B, 1, 1, L). Returns (B, 1, H, D).
 
-    kernels.decode_attention where it applies; otherwise backends.packed_sdpa (the same arithmetic as
-    repeating the keys and values per query head).
+    kernels.decode_attention where it applies (pdl: its kernels launched with programmatic dependent launch);
+    otherwise backends.packed_sdpa (the same arithmetic as repeating the keys and values per query head).
     """
     import torch
 
@@ -122,7 +167,8 @@ def attention(query, key, value, mask, scale: float):
             and _decode_kernel_takes(query.shape[-1], query, key, value)):
         from . import kernels
 
-        return kernels.decode_attention(query, key, value, None if mask is None else mask.contiguous(), scale)
+        return kernels.decode_attention(query, key, value, None if mask is None else mask.contiguous(), scale,
+                                        pdl=pdl)
     return backends.packed_sdpa(query, key, value, mask, scale)
 
 
@@ -132,15 +178,28 @@ def add_pair(x):
 
 
 class _LayerPlan:
-    """What the rewritten forward of one decoder layer reads: the fused weights and the shapes."""
+    """What the rewritten forward of one decoder layer reads: the fused weights and the shapes; whether its
+    rotary embedding is rotate_half's (then q/k/v, rotation and cache write are one qkv_rope); pdl: the
+    kernels launched with programmatic dependent launch."""
 
-    def __init__(self, layer, qkv_group, gate_up_group, rotary):
+    def __init__(self, layer, qkv_group, gate_up_group, rotary, rotates_half: bool, pdl: bool):
         attn = layer.self_attn
         self.qkv, self.gate_up = qkv_group, gate_up_group
         self.head_dim = attn.head_dim
         self.sizes = [m.out_features for m in qkv_group.modules]
+        self.heads, self.kv_heads = self.sizes[0] // self.head_dim, self.sizes[1] // self.head_dim
         self.scaling = attn.scaling
-        self.rotary = rotary
+        self.rotary, self.rotates_half = rotary, rotates_half
+        self.pdl = pdl
+
+
+def _static_layer(cache, index: int):
+    """The layer `index` of a transformers static cache, allocated (what qkv_rope writes); None otherwise."""
+    from transformers.cache_utils import StaticLayer
+
+    layers = getattr(cache, "layers", None)
+    layer = layers[index] if layers is not None and index < len(layers) else None
+    return layer if type(layer) is StaticLayer and layer.is_initialized else None
 
 
 def _fused_decoder_layer_forward(self, hidden_states, attention_mask=None, position_ids=None,
@@ -154,18 +213,29 @@ def _fused_decoder_layer_forward(self, hidden_states, attention_mask=None, posit
     attn, mlp = self.self_attn, self.mlp
     b = hidden_states.shape[0]
     norm = self.input_layernorm
-    qkv = linear(hidden_states, plan.qkv.weight, plan.qkv.bias, x_mode=X_PAIR if pair_in else X_ROW,
-                 norm_weight=norm.weight, eps=norm.variance_epsilon)
-    q, k, v = (t.view(b, 1, -1, plan.head_dim).transpose(1, 2) for t in qkv.split(plan.sizes, dim=-1))
+    x_mode = X_PAIR if pair_in else X_ROW
     cos, sin = position_embeddings
-    q, k = plan.rotary(q, k, cos, sin)
-    k, v = past_key_values.update(k, v, attn.layer_idx)
-    out = attention(q, k, v, attention_mask, plan.scaling).reshape(b, 1, -1)
-    pair = linear(out, attn.o_proj.weight, attn.o_proj.bias, residual=hidden_states)
+    cache = _static_layer(past_key_values, attn.layer_idx)
+    if (plan.rotates_half and cache is not None and position_ids is not None and position_ids.numel() == 1
+            and cos.shape[-1] == plan.head_dim):
+        q = qkv_rope(hidden_states, plan.qkv.weight, plan.qkv.bias, heads=plan.heads, kv_heads=plan.kv_heads,
+                     cos=cos, sin=sin, position=position_ids, keys=cache.keys, values=cache.values,
+                     length=cache.cumulative_length, x_mode=x_mode, norm_weight=norm.weight,
+                     eps=norm.variance_epsilon, pdl=plan.pdl)
+        k, v = cache.keys, cache.values
+    else:
+        qkv = linear(hidden_states, plan.qkv.weight, plan.qkv.bias, x_mode=x_mode, norm_weight=norm.weight,
+                     eps=norm.variance_epsilon, pdl=plan.pdl)
+        q, k, v = (t.view(b, 1, -1, plan.head_dim).transpose(1, 2) for t in qkv.split(plan.sizes, dim=-1))
+        q, k = plan.rotary(q, k, cos, sin)
+        k, v = past_key_values.update(k, v, attn.layer_idx)
+    out = attention(q, k, v, attention_mask, plan.scaling, pdl=plan.pdl).reshape(b, 1, -1)
+    pair = linear(out, attn.o_proj.weight, attn.o_proj.bias, residual=hidden_states, pdl=plan.pdl)
     norm = self.post_attention_layernorm
     gate_up = linear(pair, plan.gate_up.weight, plan.gate_up.bias, x_mode=X_PAIR, norm_weight=norm.weight,
-                     eps=norm.variance_epsilon)
-    return linear(gate_up, mlp.down_proj.weight, mlp.down_proj.bias, x_mode=X_SILU_MUL, residual=pair)
+                     eps=norm.variance_epsilon, pdl=plan.pdl)
+    return linear(gate_up, mlp.down_proj.weight, mlp.down_proj.bias, x_mode=X_SILU_MUL, residual=pair,
+                  pdl=plan.pdl)
 
 
 def attention_name(model) -> str:
@@ -184,6 +254,20 @@ def _pair_norm_forward(self, hidden_states):
 def _rotary(attn):
     """The rotary embedding function of the attention module's modeling file (transformers' own)."""
     return getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", None)
+
+
+def _rotates_half(rotary) -> bool:
+    """Whether a modeling file's apply_rotary_pos_emb(q, k, cos, sin) is rotate_half's, tried on small tensors."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 4, 3, 8, generator=g), torch.randn(1, 2, 3, 8, generator=g)
+    cos, sin = torch.randn(1, 3, 8, generator=g), torch.randn(1, 3, 8, generator=g)
+    try:
+        got = rotary(q, k, cos, sin)
+    except Exception:  # another signature: not the form
+        return False
+    return all(torch.equal(a, rotate_half(b, cos, sin)) for a, b in zip(got, (q, k)))
 
 
 def _rewritable(layer, groups_by_module, norm_names) -> bool:
@@ -206,13 +290,14 @@ def _rewritable(layer, groups_by_module, norm_names) -> bool:
             and type(attn.o_proj) is torch.nn.Linear and type(mlp.down_proj) is torch.nn.Linear)
 
 
-def fuse_decode_layers(model, groups, norm_names) -> list:
+def fuse_decode_layers(model, groups, norm_names, pdl: bool = False) -> list:
     """Give the model's decoder layers of the Llama/Qwen2 form the fused one-token forward (module docstring),
     and its final norm a forward that adds a pair; returns the changed modules (`unfuse_decode_layers` undoes).
 
     groups: the fused projection groups (backends.fuse_sibling_projections), q/k/v and gate/up of every layer
     rewritten. norm_names: the RMSNorm classes whose arithmetic `rms_norm` reproduces. Needs transformers >= 5
     (layers returning a tensor, the cache's update taking no positions); with anything else nothing changes.
+    pdl: the kernels launched with programmatic dependent launch (not under torch.compile).
     """
     import transformers
 
@@ -231,10 +316,14 @@ def fuse_decode_layers(model, groups, norm_names) -> list:
     if not all(_rewritable(layer, by_module, norm_names) for layer in layers):
         return []  # all or none: the pair must travel through every layer
     changed = []
+    rotates_half = {}
     for layer in layers:
         attn = layer.self_attn
+        rotary = _rotary(attn)
+        if rotary not in rotates_half:
+            rotates_half[rotary] = _rotates_half(rotary)
         layer.fused_decode_plan = _LayerPlan(layer, by_module[id(attn.q_proj)], by_module[id(layer.mlp.gate_proj)],
-                                             _rotary(attn))
+                                             rotary, rotates_half[rotary], pdl)
         layer.forward = types.MethodType(_fused_decoder_layer_forward, layer)
         changed.append(layer)
     final_norm.forward = types.MethodType(_pair_norm_forward, final_norm)
