@@ -3,10 +3,13 @@
 Qwen2.5-3B architecture, random fp16 weights, seq 128 x batch 1 on CUDA. Per variant: the captured decode
 step replayed 200 times and timed with CUDA events (median per step); its kernels from 20 replays under
 torch.profiler (count and time per step, GEMM / attention / other); the eager prefill (median of 10); the
-setup and compile times; the greedy tokens' agreement with eager's over 32 steps.
+setup and compile times; the greedy tokens' agreement with eager's over 32 steps; with eager's tokens forced,
+the largest logit difference from an fp32 copy of the model, against eager fp16's own (logits_max_abs_err);
+the tilings the autotuned Triton kernels chose.
     [GC_FREEZE=1] python3 benchmarks/device/compiled_attribution.py OUT.json [VARIANT ...]
 GC_FREEZE=1: as the runner does, freeze the garbage collector's heap after each backend's setup.
 """
+import copy
 import gc
 import json
 import os
@@ -17,15 +20,23 @@ import time
 
 import torch
 
-from latency_sensitivity import backends, runner
+from latency_sensitivity import backends, kernels, runner
 from latency_sensitivity.runner import CellSpec
 
 VARIANTS = {
     "graph": ("graph", {}),
     "graph + fused projections": ("graph", {"fuse_projections": True}),
     "compiled, projections unfused": ("compiled", {"fuse_projections": False}),
-    # the default at batch 1 on CUDA: decoder layers rewritten (fused_decode), products as the Triton GEMV
+    # the default at batch 1 on CUDA: decoder layers rewritten (fused_decode), products as the Triton GEMV, the
+    # step not compiled (the kernels launched by Triton, with programmatic dependent launch on Hopper)
     "compiled": ("compiled", {}),
+    # the same step compiled by torch.compile (inductor traces the Triton kernels and launches them itself)
+    "compiled, torch.compile": ("compiled", {"compile": True}),
+    # the rewritten layers without torch.compile: every kernel of a layer is Triton's own launch, with
+    # programmatic dependent launch on Hopper (each kernel loads its first weights while the previous finishes)
+    "graph, layers rewritten": ("graph", {"fuse_projections": True, "gemv": True, "fuse_layers": True}),
+    "graph, layers rewritten, no PDL": ("graph", {"fuse_projections": True, "gemv": True, "fuse_layers": True,
+                                                  "pdl": False}),
     # the layers as transformers has them, the products still through the GEMV kernel (the default until the
     # layers were rewritten)
     "compiled, layers unfused": ("compiled", {"fuse_layers": False}),
@@ -35,7 +46,7 @@ VARIANTS = {
     # the graph backend again, in a process where a compiled backend has run (its prefill is eager, like graph's)
     "graph, after compiled": ("graph", {}),
 }
-GEMM = ("gemm", "gemv", "cutlass", "xmma", "nvjet", "triton_tem", "splitk", "cublas")
+GEMM = ("gemm", "gemv", "qkv_rope", "cutlass", "xmma", "nvjet", "triton_tem", "splitk", "cublas")
 ATTENTION = ("fmha", "flash", "sdpa", "attention")
 
 
@@ -66,7 +77,7 @@ def kernel_breakdown(replay, steps=20):
         per_name[e["name"]] = (c + 1, t + e["dur"])
     top = sorted(per_name.items(), key=lambda kv: -kv[1][1])[:15]
     # the GEMV kernels in step order: per step 4 per layer (q/k/v, o, gate/up, down) and the LM head last
-    gemvs = [e for e in sorted(events, key=lambda e: e["ts"]) if e["name"] == "gemv_kernel"]
+    gemvs = [e for e in sorted(events, key=lambda e: e["ts"]) if e["name"] in ("gemv_kernel", "qkv_rope_kernel")]
     per_step = len(gemvs) // steps
     by_role = {}
     if per_step and per_step % 4 == 1 and len(gemvs) == per_step * steps:
@@ -95,11 +106,16 @@ def main():
     model, prompt = model_and_prompt()
     with torch.inference_mode():
         eager = backends.make("eager", model, prompt, 32, runner.Clock(True))
-        eager_tokens, _ = eager.generate(prompt, 32)
+        eager_tokens, eager_logits = eager.generate(prompt, 32)
         eager.close()
+        reference = copy.deepcopy(model).float()  # the same weights in fp32: what each fp16 path deviates from
+        _, fp32_logits = backends.EagerBackend(reference).generate(prompt, 32, forced=eager_tokens)
+        del reference
+        torch.cuda.empty_cache()
     chosen = sys.argv[2:] or list(VARIANTS)
     freeze = os.environ.get("GC_FREEZE") == "1"
-    out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "gc_freeze": freeze, "variants": {}}
+    out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "gc_freeze": freeze,
+           "eager_logits_max_abs_err": float((eager_logits - fp32_logits).abs().max()), "variants": {}}
     for label in chosen:
         name, options = VARIANTS[label]
         row = {"backend": name, "options": options}
@@ -113,6 +129,8 @@ def main():
                     gc.freeze()
                 tokens, _ = b.generate(prompt, 32)
                 row["tokens_equal_eager"] = int((tokens == eager_tokens).sum()), tokens.numel()
+                _, logits = b.generate(prompt, 32, forced=eager_tokens)
+                row["logits_max_abs_err"] = float((logits - fp32_logits).abs().max())
                 prefill = []
                 for _ in range(10):
                     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -134,12 +152,16 @@ def main():
                 b.close()
                 gc.unfreeze()
             row.update(step_ms_p50=statistics.median(times), step_ms_min=min(times), compile_s=info["compile_s"],
-                       compile_stats=info["compile_stats"], fused_projections=info["fused_projections"])
+                       compile_stats=info["compile_stats"], fused_projections=info["fused_projections"],
+                       fused_layers=info["fused_layers"], pdl=info["pdl"], decode_attention=info["decode_attention"])
         except Exception as exc:  # record and go on to the next variant
             row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
             gc.unfreeze()
             torch._dynamo.reset()
         out["variants"][label] = row
+        out["autotuned"] = {name: {str(key): str(config) for key, config in tuner.cache.items()}
+                            for name, tuner in (("gemv", kernels.gemv_kernel_autotuned),
+                                                ("qkv_rope", kernels.qkv_rope_kernel_autotuned))}
         print(label, {k: v for k, v in row.items() if k not in ("kernels", "prefill_kernels")},
               {k: v for k, v in row.get("kernels", {}).items() if k != "top"}, flush=True)
         json.dump(out, open(sys.argv[1], "w"), indent=1)

@@ -101,8 +101,8 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
         "True when the kernel's peak-RSS counter could be reset after warmup (else peak_rss_mb is the process peak).",
     ),
     # host overhead (CUDA): GPU kernel time from a profiled, unmeasured pass, against the measured time
-    Column("prefill_kernel_ms", "ms", "GPU time of the prefill's kernels (profiled once after the measured reps)."),
-    Column("decode_kernel_ms_per_step", "ms/step", "GPU time of one decode step's kernels (profiled once, averaged over steps)."),
+    Column("prefill_kernel_ms", "ms", "GPU time of the prefill's kernels (profiled once after the measured reps; the union of their intervals, so overlapping kernels count once)."),
+    Column("decode_kernel_ms_per_step", "ms/step", "GPU time of one decode step's kernels (profiled once, averaged over steps; overlapping kernels count once)."),
     Column("prefill_gpu_busy", "ratio", "prefill_kernel_ms / prefill_p50_ms: the share of the prefill the GPU was working."),
     Column("decode_gpu_busy", "ratio", "decode_kernel_ms_per_step / decode_p50_ms_per_tok: the share of a decode step the GPU was working. The kernel time comes from one extra profiled request and the step time from the measured median, so a GPU busy throughout can read slightly above 1 (up to 1.03 in the H100 grid)."),
     Column(
@@ -129,13 +129,15 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
         "backend_setup_s",
         "s",
         "Time the backend's per-cell setup took before the warmup reps (graph: static KV cache, warm-up steps "
-        "and CUDA graph capture; compiled: the same and torch.compile; eager: none), kept out of every metric.",
+        "and CUDA graph capture; compiled: the same, and torch.compile or, at batch 1, the Triton kernels' "
+        "autotuning (cached on disk after the first cell); eager: none), kept out of every metric.",
     ),
     Column(
         "backend_compile_s",
         "s",
         "The compiled backend's first decode step, where torch.compile traces and compiles it (part of "
-        "backend_setup_s; short when inductor's on-disk cache holds the same shapes). Empty for other backends.",
+        "backend_setup_s; short when inductor's on-disk cache holds the same shapes). Empty for other backends, "
+        "and for compiled cells whose decoder layers were rewritten (batch 1 on CUDA), which are not compiled.",
     ),
 )
 
