@@ -402,6 +402,7 @@ def attention_splits(length: int, programs: int, block_l: int | None = None, tar
 
 
 # Per device: a counter per (sequence, KV head) for decode_attention_kernel's LAST_MERGES, each left at zero.
+# Shared by every call on the device, so calls must not run concurrently on two streams (the backends use one).
 _MERGE_COUNTERS: dict = {}
 
 
