@@ -126,6 +126,11 @@ def rotate_half(x, cos, sin):
     return x * cos.unsqueeze(1) + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin.unsqueeze(1)
 
 
+def split_heads(qkv, sizes, head_dim: int):
+    """The fused q/k/v product (B, 1, sum(sizes)) as q, k, v of shape (B, heads, 1, head_dim) each."""
+    return tuple(t.view(qkv.shape[0], 1, -1, head_dim).transpose(1, 2) for t in qkv.split(sizes, dim=-1))
+
+
 def qkv_rope(x, weight, bias, *, heads: int, kv_heads: int, cos, sin, position, keys, values, length,
              x_mode: int = X_ROW, norm_weight=None, eps: float = 0.0, pdl: bool = False):
     """A decode token's q/k/v product (weight: the q, k, v rows stacked), q and k rotated (rotate_half), k and v
@@ -143,8 +148,7 @@ def qkv_rope(x, weight, bias, *, heads: int, kv_heads: int, cos, sin, position, 
                                 position=position, keys=keys, values=values, length=length, x_mode=x_mode,
                                 norm_weight=norm_weight, eps=eps, pdl=pdl)
     qkv = linear(x, weight, bias, x_mode=x_mode, norm_weight=norm_weight, eps=eps)
-    b = qkv.shape[0]
-    q, k, v = (t.view(b, 1, -1, d).transpose(1, 2) for t in qkv.split([heads * d, kv_heads * d, kv_heads * d], -1))
+    q, k, v = split_heads(qkv, [heads * d, kv_heads * d, kv_heads * d], d)
     at = position.reshape(-1)[:1]
     keys.index_copy_(2, at, rotate_half(k, cos, sin))
     values.index_copy_(2, at, v)
@@ -226,7 +230,7 @@ def _fused_decoder_layer_forward(self, hidden_states, attention_mask=None, posit
     else:
         qkv = linear(hidden_states, plan.qkv.weight, plan.qkv.bias, x_mode=x_mode, norm_weight=norm.weight,
                      eps=norm.variance_epsilon, pdl=plan.pdl)
-        q, k, v = (t.view(b, 1, -1, plan.head_dim).transpose(1, 2) for t in qkv.split(plan.sizes, dim=-1))
+        q, k, v = split_heads(qkv, plan.sizes, plan.head_dim)
         q, k = plan.rotary(q, k, cos, sin)
         k, v = past_key_values.update(k, v, attn.layer_idx)
     out = attention(q, k, v, attention_mask, plan.scaling, pdl=plan.pdl).reshape(b, 1, -1)

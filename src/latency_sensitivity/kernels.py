@@ -126,6 +126,12 @@ gemv_kernel_autotuned = triton.autotune(configs=GEMV_CONFIGS, key=["N", "K", "X_
                                         cache_results=True)(gemv_kernel)
 
 
+def _check_row(name: str, x, K: int, x_mode: int) -> None:
+    """That x holds one input row of K values as x_mode says (gemv_kernel's X_MODE), else a ValueError."""
+    if x.numel() != (2 * K if x_mode != X_ROW else K) or (x_mode == X_PAIR and x.shape[-2:] != (2, K)):
+        raise ValueError(f"{name} takes one input row of {K} (mode {x_mode}); got shape {tuple(x.shape)}")
+
+
 def pdl_launch(pdl: bool) -> dict:
     """The launch keywords of a kernel taking USE_GDC: with `pdl`, programmatic dependent launch (Hopper and
     later), where a kernel may start while the previous one finishes and waits (gdc_wait) before it reads
@@ -147,9 +153,7 @@ def gemv(x, weight, bias=None, *, x_mode: int = X_ROW, norm_weight=None, eps: fl
     """
     N, K = weight.shape
     lead = x.shape[:-2] if x_mode == X_PAIR else x.shape[:-1]
-    row_width = 2 * K if x_mode != X_ROW else K
-    if x.numel() != row_width or (x_mode == X_PAIR and x.shape[-2:] != (2, K)):
-        raise ValueError(f"gemv takes one input row of {K} (mode {x_mode}); got shape {tuple(x.shape)}")
+    _check_row("gemv", x, K, x_mode)
     if weight.stride(1) != 1:
         raise ValueError("gemv needs the weight's rows contiguous")
     x = x.contiguous()
@@ -249,9 +253,9 @@ def qkv_rope(x, weight, bias, *, heads: int, kv_heads: int, cos, sin, position, 
     if D * (heads + 2 * kv_heads) != N or D % 16 or weight.stride(1) != 1:
         raise ValueError(f"qkv_rope takes q/k/v rows of {heads} + 2 x {kv_heads} heads of a multiple of 16 "
                          f"values, rows contiguous; got a weight of shape {tuple(weight.shape)}")
-    row_width = 2 * K if x_mode != X_ROW else K
-    if x.numel() != row_width or cos.numel() != D or sin.numel() != D or position.numel() != 1:
-        raise ValueError("qkv_rope takes one token at batch 1: one input row, one position's rotary tables")
+    _check_row("qkv_rope", x, K, x_mode)
+    if cos.numel() != D or sin.numel() != D or position.numel() != 1:
+        raise ValueError("qkv_rope takes one token at batch 1: one position's rotary tables and position")
     if not torch.compiler.is_compiling() and position.data_ptr() == length.data_ptr():  # (traced: no data)
         raise ValueError("qkv_rope's position must not be the cache's length counter, which it writes")
     if (keys.shape != values.shape or keys.shape[:2] != (1, kv_heads) or keys.shape[-1] != D
@@ -335,46 +339,46 @@ def decode_attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, part_ptr, stat
         if LAST_MERGES:
             tl.debug_barrier()  # every thread's partials stored before the count is released
             if tl.atomic_add(count_ptr + bh, 1, sem="acq_rel") == SPLITS - 1:
-                m_all = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
-                l_all = tl.zeros((BLOCK_G,), dtype=tl.float32)
-                out = tl.zeros((BLOCK_G, D), dtype=tl.float32)
-                for s in range(SPLITS):  # read from L2 (.cg): other programs wrote them
-                    rows = heads * SPLITS + s
-                    m_s = tl.load(stats_ptr + rows * 2, mask=mask_g, other=float("-inf"), cache_modifier=".cg")
-                    l_s = tl.load(stats_ptr + rows * 2 + 1, mask=mask_g, other=0.0, cache_modifier=".cg")
-                    part = tl.load(part_ptr + rows[:, None] * D + offs_d[None, :], mask=mask_g[:, None], other=0.0,
-                                   cache_modifier=".cg")
-                    m_new = tl.maximum(m_all, m_s)
-                    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                    alpha, beta = tl.exp(m_all - m_safe), tl.exp(m_s - m_safe)
-                    l_all = l_all * alpha + l_s * beta
-                    out = out * alpha[:, None] + part * beta[:, None]
-                    m_all = m_new
-                out = out / l_all[:, None]
-                tl.store(o_ptr + heads[:, None] * D + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
-                         mask=mask_g[:, None])
+                _merge_splits(part_ptr, stats_ptr, o_ptr, heads, mask_g, offs_d, SPLITS, BLOCK_G, D)
                 tl.store(count_ptr + bh, 0)  # ready for the next call
 
 
 @triton.jit
-def decode_attention_combine(part_ptr, stats_ptr, o_ptr, SPLITS: tl.constexpr, BLOCK_S: tl.constexpr,
-                             D: tl.constexpr, USE_GDC: tl.constexpr):
-    """Merge one head's split partial sums: sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s."""
+def _merge_splits(part_ptr, stats_ptr, o_ptr, heads, mask_g, offs_d, SPLITS: tl.constexpr, BLOCK_G: tl.constexpr,
+                  D: tl.constexpr):
+    """Merge the split partial sums of the query heads `heads` (decode_attention_kernel's layout) into their
+    outputs: sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s. Read from L2 (.cg): other programs wrote them."""
+    m_all = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
+    l_all = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    out = tl.zeros((BLOCK_G, D), dtype=tl.float32)
+    for s in range(SPLITS):
+        rows = heads * SPLITS + s
+        m_s = tl.load(stats_ptr + rows * 2, mask=mask_g, other=float("-inf"), cache_modifier=".cg")
+        l_s = tl.load(stats_ptr + rows * 2 + 1, mask=mask_g, other=0.0, cache_modifier=".cg")
+        part = tl.load(part_ptr + rows[:, None] * D + offs_d[None, :], mask=mask_g[:, None], other=0.0,
+                       cache_modifier=".cg")
+        m_new = tl.maximum(m_all, m_s)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha, beta = tl.exp(m_all - m_safe), tl.exp(m_s - m_safe)
+        l_all = l_all * alpha + l_s * beta
+        out = out * alpha[:, None] + part * beta[:, None]
+        m_all = m_new
+    out = out / l_all[:, None]
+    tl.store(o_ptr + heads[:, None] * D + offs_d[None, :], out.to(o_ptr.dtype.element_ty), mask=mask_g[:, None])
+
+
+@triton.jit
+def decode_attention_combine(part_ptr, stats_ptr, o_ptr, H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
+                             BLOCK_G: tl.constexpr, SPLITS: tl.constexpr, USE_GDC: tl.constexpr):
+    """Merge the splits of the query heads of one KV head (program b * HKV + kv head), as _merge_splits."""
     if USE_GDC:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
-    head = tl.program_id(0)
-    offs_s = tl.arange(0, BLOCK_S)
-    mask_s = offs_s < SPLITS
-    offs_d = tl.arange(0, D)
-    rows = head * SPLITS + offs_s
-    m = tl.load(stats_ptr + rows * 2, mask=mask_s, other=float("-inf"))
-    l = tl.load(stats_ptr + rows * 2 + 1, mask=mask_s, other=0.0)
-    m_max = tl.max(m, axis=0)
-    weight = tl.where(m == float("-inf"), 0.0, tl.exp(m - m_max))
-    part = tl.load(part_ptr + rows[:, None] * D + offs_d[None, :], mask=mask_s[:, None], other=0.0)
-    out = tl.sum(part * weight[:, None], axis=0) / tl.sum(l * weight, axis=0)
-    tl.store(o_ptr + head * D + offs_d, out.to(o_ptr.dtype.element_ty))
+    G: tl.constexpr = H // HKV
+    bh = tl.program_id(0)
+    offs_g = tl.arange(0, BLOCK_G)
+    heads = (bh // HKV) * H + (bh % HKV) * G + offs_g
+    _merge_splits(part_ptr, stats_ptr, o_ptr, heads, offs_g < G, tl.arange(0, D), SPLITS, BLOCK_G, D)
 
 
 def _cdiv(a: int, b: int) -> int:  # plain Python, as torch.compile traces it (not triton.cdiv)
@@ -455,8 +459,8 @@ def decode_attention(query, key, value, mask=None, scale: float | None = None, *
         H=H, HKV=HKV, D=D, BLOCK_G=block_g, BLOCK_L=block_l, BLOCKS_PER_SPLIT=per_split, SPLITS=splits,
         HAS_MASK=has_mask, LAST_MERGES=last_merges, **pdl_launch(pdl))
     if splits > 1 and not last_merges:
-        decode_attention_combine[(B * H,)](part, stats, out, SPLITS=splits,
-                                           BLOCK_S=1 << (splits - 1).bit_length(), D=D, **pdl_launch(pdl))
+        decode_attention_combine[(B * HKV,)](part, stats, out, H=H, HKV=HKV, D=D, BLOCK_G=block_g, SPLITS=splits,
+                                             **pdl_launch(pdl))
     return out
 
 
