@@ -1,4 +1,4 @@
-"""Device scripts' shared timing: calls captured back to back in one CUDA graph, timed per call."""
+"""The GPU benchmarks' shared timing: calls captured back to back in one CUDA graph, timed per call."""
 import statistics
 
 import torch

@@ -2,8 +2,8 @@
 
 For when the downstream steps change:
 
-    python benchmarks/rebuild_reference_report.py            # results/reference/h100, compared with the H200
-    python benchmarks/rebuild_reference_report.py h200       # results/reference/h200, compared with the H100
+    python benchmarks/reference_sweeps/rebuild_report.py            # reference/h100, compared with the H200
+    python benchmarks/reference_sweeps/rebuild_report.py h200       # reference/h200, compared with the H100
 
 The report includes the folder's committed profile summaries (as profile.in_report would), its loading
 measurement, and, in "Devices compared", the other device's run of the same sweeps (as compare_devices would).
@@ -15,9 +15,9 @@ import yaml
 
 from latency_sensitivity import config as lsconfig, steps
 
-OTHER = {"h100": ("H200", "results/reference/h200"), "h200": ("H100", "results/reference/h100")}
+OTHER = {"h100": ("H200", "reference/h200"), "h200": ("H100", "reference/h100")}
 device = sys.argv[1] if len(sys.argv) > 1 else "h100"
-root = f"results/reference/{device}"
+root = f"reference/{device}"
 cfg = lsconfig.validate(yaml.safe_load(open("config/gpu.yaml")))
 cal = sorted(glob.glob(f"{root}/calibration/*.json"))
 names, axes, csvs = [], [], []

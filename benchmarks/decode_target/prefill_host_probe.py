@@ -1,9 +1,9 @@
-"""Device: where the host time of an eager prefill goes, graph against compiled backend (issue 3).
+"""Where the host time of an eager prefill goes, graph against compiled backend (run on a CUDA GPU).
 
 Qwen2.5-3B architecture, random fp16 weights, seq 128 x batch 1 (a host-bound prefill). Per backend: the
 garbage collector frozen after setup (as the runner does), 3 untimed prefills, then 10 under cProfile; prints
 the wall time per prefill and the 25 functions with the most own time.
-    python3 benchmarks/device/prefill_host_probe.py [BACKEND ...]
+    python3 benchmarks/decode_target/prefill_host_probe.py [BACKEND ...]        (from the repository root)
 """
 import cProfile
 import gc

@@ -1,4 +1,4 @@
-"""Device: which part of the compiled backend's decode speed-up comes from what (issue 3).
+"""Which part of the compiled backend's decode speed-up comes from what (run on a CUDA GPU).
 
 Qwen2.5-3B architecture, random fp16 weights, seq 128 x batch 1 on CUDA. Per variant: the captured decode
 step replayed 200 times and timed with CUDA events (median per step); its kernels from 20 replays under
@@ -6,7 +6,8 @@ torch.profiler (count and time per step, GEMM / attention / other); the eager pr
 setup and compile times; the greedy tokens' agreement with eager's over 32 steps; with eager's tokens forced,
 the largest logit difference from an fp32 copy of the model, against eager fp16's own (logits_max_abs_err);
 the tilings the autotuned Triton kernels chose.
-    [GC_FREEZE=1] python3 benchmarks/device/compiled_attribution.py OUT.json [VARIANT ...]
+    [GC_FREEZE=1] python3 benchmarks/decode_target/compiled_attribution.py OUT.json [VARIANT ...]
+Run from the repository root; OUT.json is written after each variant.
 GC_FREEZE=1: as the runner does, freeze the garbage collector's heap after each backend's setup.
 """
 import copy

@@ -1,4 +1,4 @@
-"""Device: the fused decode kernels of latency_sensitivity.kernels at the Qwen2.5-3B shapes, fp16 (issue 3).
+"""The fused decode kernels of latency_sensitivity.kernels at the Qwen2.5-3B shapes, fp16 (run on a CUDA GPU).
 
 1. Attention of one query token on a layer's KV cache (16 query heads on 2 KV heads, head dim 128) at several
    cache lengths: torch's SDPA on the packed query (what the compiled backend ran before; cuDNN on the H100)
@@ -8,7 +8,7 @@
 
 Every call cycles through 36 copies of its operands (one per layer, as a step reads them) inside a CUDA
 graph; per call: median over 20 replays, in us.
-    python3 benchmarks/device/decode_kernels.py OUT.json
+    python3 benchmarks/decode_target/decode_kernels.py OUT.json        (from the repository root)
 """
 import json
 import sys

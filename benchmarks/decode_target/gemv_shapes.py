@@ -1,11 +1,11 @@
-"""Device: one-row products (a batch-1 decode step's GEMMs) of the Qwen2.5-3B architecture, fp16, three ways:
-cuBLAS (torch's default), cuBLASLt, and the Triton gemv kernel of latency_sensitivity.kernels (issue 3).
+"""One-row products (a batch-1 decode step's GEMMs) of the Qwen2.5-3B architecture, fp16, three ways:
+cuBLAS (torch's default), cuBLASLt, and the Triton gemv kernel of latency_sensitivity.kernels (run on a CUDA GPU).
 
 Each shape is timed inside a CUDA graph of back-to-back calls cycling through enough copies of the weight
 (>= 256 MB) that none is served from the 50 MB L2; per call: median over 20 replays, in us, and the weight
 bytes over that time in GB/s. The step's GEMM time adds the shapes up as one step runs them (36 layers of
 qkv, o, gate_up, down; one lm_head).
-    python3 benchmarks/device/gemv_shapes.py OUT.json
+    python3 benchmarks/decode_target/gemv_shapes.py OUT.json        (from the repository root)
 """
 import json
 import sys

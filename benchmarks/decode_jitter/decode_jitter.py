@@ -3,7 +3,7 @@
 Builds the model once, then interleaves rounds of requests with no sampler, a 20 ms sampler (the runner's
 default) and a 200 ms sampler, so that slow drift of the host shows up in every variant alike.
 
-    python3 benchmarks/decode_jitter.py --out jitter.json [--model-location config/models/qwen2.5-3b.json]
+    python3 benchmarks/decode_jitter/decode_jitter.py --out jitter.json [--model-location config/models/qwen2.5-3b.json]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from latency_sensitivity import runner  # noqa: E402
 from latency_sensitivity.telemetry import GpuSampler  # noqa: E402
