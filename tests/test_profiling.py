@@ -1,4 +1,4 @@
-"""Profiler output parsers and the kernel classifier, on real exports from the lent H100 and small hand-made ones."""
+"""Profiler output parsers and the kernel classifier, on real exports from an H100 and small hand-made ones."""
 
 import gzip
 import json
