@@ -932,14 +932,19 @@ def how_to_read_section(settings: dict) -> str:
     throughput = ", ".join(f"`{m}`" for m in THROUGHPUT_METRICS)
     lines += [
         "",
-        "Findings are computed from the table values: a value *rises* or *falls* when the last measured cell "
-        f"differs from the first by more than {FLAT_TOLERANCE:.0%}, otherwise it *stays flat*; changes below 2x "
+        "Findings are computed from the table values: a timing *rises* or *falls* only when the change is "
+        "larger than the noise of the cells compared (the spread of a cell's replicates where it was measured "
+        "in several processes, else half its within-run bootstrap 95% interval, summed over the two cells); "
+        "otherwise it stays flat *within noise (±x%)*. Launch-bound cells are labelled host-noise-dominated. "
+        f"Without a recorded noise (and for memory) the threshold is {FLAT_TOLERANCE:.0%}. Changes below 2x "
         "are given in percent, larger ones as a factor. A cell is *noisy* when the bootstrap 95% interval of "
         f"its median is wider than {NOISE_THRESHOLD:.0%} of the median.",
         "",
         f"Collapse detection compares each cell along a sweep's axis with the best earlier cell, for the "
-        f"latencies {latency} (lower is better) and the throughputs {throughput} (higher is better); "
-        f"{_definition('flag_detail')}{cf_text}",
+        f"latencies {latency} (lower is better) and the throughputs {throughput} (higher is better); along "
+        "batch the step time is not compared (a larger batch takes a longer step), throughput is. A change must "
+        "also exceed the two cells' noise. A batch series *saturates* where a doubling of the batch no longer "
+        f"raises throughput by more than the noise. {_definition('flag_detail')}{cf_text}",
     ]
     return "\n".join(lines)
 
