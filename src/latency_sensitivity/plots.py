@@ -426,7 +426,9 @@ def build_sweep_figure(df: pd.DataFrame, axis: str, title: str) -> Figure:
             if panel is not None:
                 _maybe_log_y(ax, plotted)
             else:
-                ax.set_ylim(bottom=0)  # memory from zero: a small rise on top of the weights looks small
+                # memory from zero: a small rise on top of the weights looks small; 8% headroom above the top
+                top = max((np.nanmax(v) for v in plotted if np.isfinite(v).any()), default=0.0)
+                ax.set_ylim(0, top * 1.08 if top > 0 else None)
             if panel is None and memory_dashed is not None:
                 ax.legend(
                     handles=[
