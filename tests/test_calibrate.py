@@ -85,6 +85,34 @@ def test_calibrate_cpu_and_feeds_roofline():
     assert _finite_pos(roof["prefill_floor_ms"]) and roof["prefill_bound"] in ("compute", "memory")
 
 
+def test_cpu_has_no_theoretical_peak():
+    assert cal.theoretical_peak("cpu", "fp16") is None
+    r = cal.calibrate("cpu", "fp32", sizes=(2**20, 64, 2, 2))
+    assert "peak" in r and r["peak"] is None
+
+
+@pytest.mark.parametrize(
+    ("name", "specs", "bandwidth_gb_s", "tflops"),
+    [
+        # H100 SXM5: NVML max memory clock 2619 MHz, 5120-bit HBM3; 132 SMs at 1830 MHz (the clock of the
+        # published 989.4 dense fp16 TFLOPS; 3.35 TB/s published)
+        ("H100 SXM", dict(memory_clock_mhz=2619, bus_width_bits=5120, sm_count=132, sm_clock_mhz=1830,
+                          capability=(9, 0)), 3352, 989.4),
+        # A100 SXM4 40GB: 1215 MHz, 5120-bit HBM2; 108 SMs at 1410 MHz (1555 GB/s, 312 TFLOPS published)
+        ("A100", dict(memory_clock_mhz=1215, bus_width_bits=5120, sm_count=108, sm_clock_mhz=1410,
+                      capability=(8, 0)), 1555, 312),
+        # RTX 4090: 10501 MHz, 384-bit GDDR6X (1008 GB/s); 128 SMs at 2520 MHz (330 TFLOPS fp16 accumulate)
+        ("RTX 4090", dict(memory_clock_mhz=10501, bus_width_bits=384, sm_count=128, sm_clock_mhz=2520,
+                          capability=(8, 9)), 1008, 330.3),
+    ],
+)
+def test_peak_from_specs_matches_published_numbers(name, specs, bandwidth_gb_s, tflops):
+    p = cal.peak_from_specs(dtype="fp16", **specs)
+    assert p["bandwidth_gb_s"] == pytest.approx(bandwidth_gb_s, rel=0.01), name
+    assert p["matmul_tflops"] == pytest.approx(tflops, rel=0.01), name
+    assert cal.peak_from_specs(dtype="fp16", **dict(specs, capability=(5, 0)))["matmul_tflops"] is None
+
+
 def test_quick_sizes():
     assert cal.SIZES[("cpu", False)][:2] == (64 * 2**20, 1024)
     assert cal.SIZES[("cuda", False)][:2] == (2**30, 8192)

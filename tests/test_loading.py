@@ -1,6 +1,7 @@
 """Model loading stage by stage: a materialised random-weight checkpoint loads back to the same model."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -30,6 +31,33 @@ def test_loaded_model_is_the_materialised_one(checkpoint):
     assert r["disk_read_gb_s"] > 0 and r["host_to_device_gb_s"] is None  # nothing to copy on the CPU
     assert r["load_total_s"] == pytest.approx(sum(r[k] for k in ("read_s", "deserialise_s", "instantiate_s",
                                                                  "host_to_device_s", "first_forward_s")))
+
+
+def test_a_freshly_written_checkpoint_is_read_cold(tmp_path):
+    # A file just written has dirty pages, which posix_fadvise(DONTNEED) alone leaves in the page cache:
+    # the read then measured the cache, faster than the cold read of the same disk.
+    path = tmp_path / "fresh.bin"
+    path.write_bytes(os.urandom(4 << 20))
+    assert loading.resident_fraction(path) == 1.0
+    assert loading.drop_from_page_cache(path)
+    assert loading.resident_fraction(path) == 0.0
+
+
+def test_loading_records_how_much_of_the_file_was_cached(checkpoint):
+    r, _ = loading.measure_loading(checkpoint, "cpu", "fp32", seq_len=8)
+    assert r["read_resident_fraction"] == 0.0 and r["read_cold"] is True
+
+
+def test_a_read_faster_than_its_ceiling_is_reported_as_suspect():
+    r = {"status": "ok", "model": "tiny", "dtype": "fp32", "device": "cpu", "bytes": 2**24, "read_cold": True,
+         "read_s": 0.014, "read_gb_s": 1.21, "disk_read_gb_s": 0.20, "deserialise_s": 0.01, "instantiate_s": 0.01,
+         "host_to_device_s": 0.0, "host_to_device_gb_s": None, "first_forward_s": 0.1, "warm_forward_s": 0.01,
+         "load_total_s": 0.134}
+    text = report.loading_section([r])
+    assert "Suspect:" in text and "faster than the cold sequential read of the same disk (0.20 GB/s)" in text
+    assert "Suspect:" not in report.loading_section([dict(r, read_gb_s=0.19)])
+    assert "30% of the checkpoint was still in the page cache" in report.loading_section(
+        [dict(r, read_gb_s=0.19, read_resident_fraction=0.3)])
 
 
 def test_cli_records_a_failure_as_data(tmp_path):

@@ -159,17 +159,34 @@ def test_grid_along_batch_gives_one_line_per_seq_len_and_batch_ticks():
     assert ax.get_xlabel().startswith("batch")
 
 
-def test_collapse_marker_at_cell_position_on_every_panel():
+def test_collapse_marker_only_on_the_panels_whose_metric_collapsed():
     rows = [make_row(s, 1) for s in SEQS]
     rows[3]["flag"] = "collapse"  # seq 1024
+    rows[3]["flag_detail"] = ("decode_p50_ms_per_tok 2.10x higher than the best earlier cell (seq_len=128); "
+                              "decode_tok_s 2.10x lower than the best earlier cell (seq_len=128)")
     df = pd.DataFrame(rows)
     fig = plots.build_sweep_figure(df, "seq_len", "t")
+    marked = {}
     for panel, column in enumerate((*METRICS, "vram_reserved_mb")):
-        (marker,) = gid_collections(fig.axes[panel], "collapse")
-        np.testing.assert_allclose(marker.get_offsets(), [[1024, rows[3][column]]])
-        assert marker.get_sizes()[0] >= 100
-        np.testing.assert_allclose(marker.get_facecolors()[0][:3], (1.0, 0.0, 0.0))
+        markers = gid_collections(fig.axes[panel], "collapse")
+        marked[column] = bool(markers)
+        for marker in markers:
+            np.testing.assert_allclose(marker.get_offsets(), [[1024, rows[3][column]]])
+            assert marker.get_sizes()[0] >= 100
+            np.testing.assert_allclose(marker.get_facecolors()[0][:3], (1.0, 0.0, 0.0))
+    assert {c for c, m in marked.items() if m} == {"decode_p50_ms_per_tok", "decode_tok_s"}
     assert legend_texts(fig).count("collapse") == 1
+    # a detail that names no metric: every metric panel is marked, never the memory panel
+    df = pd.DataFrame([dict(r, flag_detail="") for r in rows])
+    fig = plots.build_sweep_figure(df, "seq_len", "t")
+    assert [bool(gid_collections(fig.axes[p], "collapse")) for p in range(6)] == [True] * 5 + [False]
+
+
+def test_memory_axis_starts_at_zero_and_error_bars_are_explained():
+    rows = [make_row(s, 1, vram_reserved_mb=5000.0 + s, prefill_p10_ms=1.0, prefill_p90_ms=2.0) for s in SEQS]
+    fig = plots.build_sweep_figure(pd.DataFrame(rows), "seq_len", "t")
+    assert fig.axes[PANEL_MEMORY].get_ylim()[0] == 0
+    assert any(t.startswith("error bars: p10–p90") for t in legend_texts(fig))
 
 
 def test_oom_row_is_marked_at_the_bottom_not_plotted():
@@ -306,6 +323,7 @@ def test_heatmap_shape_values_and_oom_cells():
     rows[-1] = failed(rows[-1], "oom")  # (2048, 64)
     rows[-2] = failed(rows[-2], "error")  # (2048, 16)
     rows[5]["flag"] = "collapse"  # (512, 4)
+    rows[5]["flag_detail"] = "prefill_ms_per_tok 2.50x higher than the best earlier cell (batch=1)"
     df = pd.DataFrame(rows[::-1])  # unsorted input
     fig = plots.build_heatmap_figure(df, "grid")
     panels = [ax for ax in fig.axes if ax.get_images()]
@@ -327,6 +345,8 @@ def test_heatmap_shape_values_and_oom_cells():
     assert len(outlines) == 1
     assert outlines[0].get_xy() == (1 - 0.5, 1 - 0.5)
     assert "collapse" in legend_texts(fig)
+    # only the panel of the metric that collapsed is outlined
+    assert [len([p for p in a.patches if p.get_gid() == "collapse"]) for a in panels] == [1, 0, 0, 0]
 
 
 def test_heatmap_one_row_of_panels_per_series_and_custom_metrics():
@@ -401,6 +421,7 @@ def test_anatomy_figure(tmp_path):
                        "flag": "ok", "tokenize_p50_ms": [0.1, 2.0], "ttft_p50_ms": [30.0, 60.0],
                        "e2e_p50_ms": [100.0, 1060.0], "detokenize_p50_ms": [0.1, 0.1]})
     out = tmp_path / "anatomy.png"
+    assert plots.build_anatomy_figure(df, "seq_sweep").axes[0].get_xlabel() == "cell (s = seq_len, b = batch)"
     plots.plot_anatomy(df, out, "seq_sweep")
     assert out.read_bytes().startswith(b"\x89PNG") and out.stat().st_size > 5000
     plots.plot_anatomy(df.drop(columns=["tokenize_p50_ms"]), tmp_path / "empty.png", "x")  # says: no data

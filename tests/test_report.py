@@ -483,11 +483,28 @@ def test_roofline_table_and_finding():
     })
     table = report.roofline_table(frame, "seq_len")
     assert "| 128 | 1.00 | 25.0% | memory | 2.060 | 8.0% | memory |" in table
-    assert report.roofline_finding(frame) == (
-        "prefill runs at 25.0–50.0% of its roofline floor (compute/memory-bound), i.e. 2.0–4.0x the floor time; "
-        "decode runs at 8.0–10.0% of its roofline floor (memory-bound), i.e. 10.0–12.5x the floor time"
+    assert report.roofline_finding(frame.assign(device="cpu")) == (
+        "prefill runs at 25.0–50.0% of its roofline floor (compute/memory-bound), i.e. 2.0–4.0x the measured floor; "
+        "decode runs at 8.0–10.0% of its roofline floor (memory-bound), i.e. 10.0–12.5x the measured floor; "
+        "no peak floor: the CPU has no theoretical peak in this tool"
     )
     assert report.roofline_table(frame.drop(columns=["decode_floor_ms"]), "seq_len") is None
+
+
+def test_measured_and_peak_floors_side_by_side():
+    # decode 6.24 ms/step: 2.06 ms floor at the measured copy bandwidth, 1.84 ms at the spec bandwidth
+    frame = pd.DataFrame({
+        "seq_len": [128], "batch": [1], "status": ["ok"], "flag": ["ok"], "device": ["cuda"],
+        "prefill_p50_ms": [40.0], "prefill_floor_ms": [2.0], "prefill_efficiency": [0.05],
+        "prefill_bound": ["memory"], "prefill_floor_peak_ms": [1.6],
+        "decode_p50_ms_per_tok": [6.24], "decode_floor_ms": [2.06], "decode_efficiency": [2.06 / 6.24],
+        "decode_bound": ["memory"], "decode_floor_peak_ms": [1.84],
+    })
+    table = report.roofline_table(frame, "seq_len")
+    assert "prefill peak floor (ms)" in table and "decode peak floor (ms/step)" in table
+    assert "| 2.060 | 33.0% | memory | 1.600 | 1.840 |" in table
+    assert report.roofline_finding(frame).endswith(
+        "decode runs at 33.0% of its roofline floor (memory-bound), i.e. 3.0x the measured floor, 3.4x the peak floor")
 
 
 def test_roofline_table_shows_measured_regime():
@@ -591,3 +608,69 @@ def test_devices_section_labels_ceilings_and_missing_sweeps():
     full = report.build_report([this], [], {}, other_devices=[other])
     assert "## Devices compared" in full and full.index("## Devices compared") < full.index("## Collapse")
     assert "## Devices compared" not in report.build_report([this], [], {})
+
+
+# ------------------------------------------------------------------------------ findings against the noise
+
+
+def _replicated(frame: pd.DataFrame, spread_pct: float, phase: str = "decode") -> pd.DataFrame:
+    """Hand-made replicate data: every cell measured in 3 processes whose medians spread by spread_pct."""
+    return frame.assign(replicates=3, **{f"{phase}_replicate_spread_pct": spread_pct})
+
+
+def test_a_change_within_the_replicates_spread_is_within_noise():
+    # decode 26.119 -> 26.997 ms/step is +3%; replicates spreading 10% (±5% a cell, ±10% for two) hide it
+    f = _replicated(seq_frame().iloc[:4], 10.0)
+    assert trend_finding(f, "seq_len", "decode_p50_ms_per_tok") == (
+        "decode ms/step stays flat, within noise (±10%): 26.1 → 27.0 (+3%) from seq_len 128 to 1024")
+    # replicates spreading 2% (±2% for two cells): the same +3% is a rise
+    f = _replicated(seq_frame().iloc[:4], 2.0)
+    assert trend_finding(f, "seq_len", "decode_p50_ms_per_tok") == (
+        "decode ms/step rises 26.1 → 27.0 (+3%) from seq_len 128 to 1024")
+
+
+def test_one_replicate_falls_back_to_the_within_run_interval():
+    f = seq_frame().iloc[:4].assign(replicates=1, decode_replicate_spread_pct=1.0)
+    f["decode_p50_ci_low_ms"] = f["decode_p50_ms_per_tok"] * 0.97
+    f["decode_p50_ci_high_ms"] = f["decode_p50_ms_per_tok"] * 1.03
+    assert trend_finding(f, "seq_len", "decode_p50_ms_per_tok").startswith(
+        "decode ms/step stays flat, within noise (±6%)")
+
+
+def test_lowest_at_only_beyond_the_noise():
+    # prefill ms/token is lowest at seq_len 256 (0.190 against 0.272 at 128, -30%)
+    f = seq_frame()
+    assert "lowest at seq_len 256" in trend_finding(_replicated(f, 20.0, "prefill"), "seq_len", "prefill_ms_per_tok")
+    assert "lowest at" not in trend_finding(_replicated(f, 80.0, "prefill"), "seq_len", "prefill_ms_per_tok")
+
+
+def test_launch_bound_cells_are_labelled_host_noise_dominated():
+    f = _replicated(batch_frame(), 4.0).assign(decode_regime="launch-bound")
+    text = report.decode_scaling_finding(f, "batch")
+    assert text.startswith("decode tok/s scales 37.6 → 996.6 (26.5x) from batch 1 to 64")
+    assert text.endswith("[launch-bound cells: host-noise-dominated]")
+
+
+def test_saturation_finding_from_replicates():
+    # the reference study's batch sweep: prefill tok/s gains 10% from batch 2 to 4, then -11% at batch 8
+    f = _replicated(batch_frame(), 4.0, "prefill")
+    assert report.saturation_finding(f, "prefill_tok_s") == (
+        "prefill tok/s saturates at batch 4: -11% per doubling to batch 8, within noise (±4%)")
+    f = _replicated(batch_frame(), 30.0, "prefill")
+    assert report.saturation_finding(f, "prefill_tok_s") == (
+        "prefill tok/s saturates at batch 2: +10% per doubling to batch 4, within noise (±30%)")
+    # decode throughput grows beyond ±4% at every doubling up to 64
+    f = _replicated(batch_frame(), 4.0)
+    assert report.saturation_finding(f, "decode_tok_s") == (
+        "decode tok/s does not saturate up to batch 64: every step along the batch raises it by more than the noise")
+    assert any(x.startswith("decode tok/s does not saturate") for x in sweep_findings(f, "batch"))
+
+
+def test_header_counts_a_cell_shared_by_two_sweeps_once():
+    seq = seq_frame().iloc[:3].assign(model="m", dtype="fp32", backend="eager", device="cpu", status="ok")
+    batch = batch_frame().iloc[:3].assign(model="m", dtype="fp32", backend="eager", device="cpu", status="ok")
+    # seq 128 x batch 1 is in both sweeps
+    text = build_report([SweepInput("seq", "seq_len", seq, []), SweepInput("batch", "batch", batch, [])], [], {})
+    assert "Sweeps: `seq` (seq_len), `batch` (batch). 5 cells: 5 ok (1 shared by several sweeps, counted once)." \
+        in text
+    assert "None of the 5 cells was flagged or failed." in text

@@ -293,3 +293,36 @@ def test_regime_from_gpu_busy_and_bound():
     assert regime(0.95, "compute") == "compute-bound"
     assert regime(None, "memory") == "memory-bound"  # CPU: no kernel time
     assert regime(None, None) is None
+
+
+def test_peak_floor_counts_tied_weights_once():
+    from latency_sensitivity.roofline import peak_floors
+
+    a = Architecture.from_config(QWEN25_3B)
+    # the H100 SXM's spec: 3352 GB/s, 989.4 dense fp16 TFLOP/s; decode at context 128 reads 6.17 GB (tied: once)
+    peak = {"bandwidth_gb_s": 3352.0, "matmul_tflops": 989.4}
+    floors = peak_floors(a, "fp16", 128, 1, 2, peak)
+    assert floors["decode_floor_peak_ms"] == pytest.approx(6.1769408 / 3.352, rel=1e-12)  # 1.843 ms
+    measured = cell_roofline(a, "fp16", 128, 1, 2, {"bandwidth_gb_s": 3005.0, "matmul_tflops": 700.0})
+    assert floors["decode_floor_peak_ms"] < measured["decode_floor_ms"]
+    # the tied matrix is read once, as the LM head: 6.17 GB of weights, not 6.80 GB with it counted twice
+    from latency_sensitivity.roofline import weight_read_bytes
+
+    assert weight_read_bytes(a, "fp16", 0) == 6_171_877_376
+    twice_ms = (6_171_877_376 + 151936 * 2048 * 2) / 3352e9 * 1e3
+    assert floors["decode_floor_peak_ms"] < twice_ms
+    assert peak_floors(a, "fp16", 128, 1, 2, None) == {"prefill_floor_peak_ms": None, "decode_floor_peak_ms": None}
+
+
+def test_merge_carries_the_peak_floors():
+    from latency_sensitivity import merge
+
+    result = {"status": "ok", "architecture": QWEN25_3B,
+              "cell": {"dtype": "fp16", "seq_len": 128, "batch": 1, "gen_tokens": 2},
+              "metrics": {"prefill_p50_ms": 40.0, "decode_p50_ms_per_tok": 6.24}}
+    ceilings = {"bandwidth_gb_s": 3005.0, "matmul_tflops": 700.0,
+                "peak": {"bandwidth_gb_s": 3352.0, "matmul_tflops": 989.4}}
+    row = merge.roofline_row(result, ceilings)
+    assert row["decode_floor_peak_ms"] == pytest.approx(6.1769408 / 3.352, rel=1e-12)
+    assert row["decode_floor_ms"] == pytest.approx(6.1769408 / 3.005, rel=1e-12)
+    assert merge.roofline_row(result, {**ceilings, "peak": None})["decode_floor_peak_ms"] is None

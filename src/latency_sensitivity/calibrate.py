@@ -10,6 +10,10 @@ square n×n @ n×n product counted as 2·n³ FLOPs. Both use random normal data 
 handles faster). On CUDA each rep is timed with CUDA events after a warm-up (at least a few iterations and
 half a second, so clocks have ramped up); on the CPU with ``time.perf_counter``. The median over the
 reps is reported, with every sample kept. GB and TFLOP are decimal (1e9, 1e12).
+
+Beside the measured ceilings the JSON records the device's theoretical peak (``peak``, see
+``theoretical_peak``): memory bandwidth from NVML's maximum memory clock and bus width, dense tensor FLOP/s
+from the SM count, the maximum SM clock and a per-architecture table. On the CPU there is no peak (None).
 """
 
 from __future__ import annotations
@@ -76,6 +80,84 @@ def device_name(device: str) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
     return _cpu_name()
+
+
+# Dense matrix-multiply FLOPs per SM per clock (an FMA counts 2), by compute capability (major, minor), for
+# fp16/bf16 on the tensor cores and fp32 on the CUDA cores (no TF32: torch's default matmul precision).
+# Derived from NVIDIA's published dense peaks divided by SM count x boost clock:
+#   sm70 V100 SXM2 125 TFLOPS fp16 / (80 SMs x 1.53 GHz)          -> 1024 (Volta whitepaper, 2017)
+#   sm75 T4 65 TFLOPS fp16 / (40 x 1.59 GHz)                       -> 1024 (Turing whitepaper, 2018)
+#   sm80 A100 312 TFLOPS fp16/bf16 / (108 x 1.41 GHz)              -> 2048 (A100 whitepaper, 2020, table 1)
+#   sm86 A10 125 TFLOPS fp16 / (72 x 1.695 GHz)                    -> 1024 (A10 datasheet)
+#   sm89 L40S 362 TFLOPS fp16 / (142 x 2.52 GHz)                   -> 1024 (Ada whitepaper, 2022, appendix;
+#        GeForce Ada runs fp16 with fp32 accumulate at half this rate)
+#   sm90 H100 SXM5 989.4 TFLOPS fp16/bf16 / (132 x 1.83 GHz)        -> 4096 (H100 whitepaper, 2022, table 2)
+#   sm100 B200 2.25 PFLOPS fp16/bf16 dense / (148 x ~1.86 GHz)     -> 8192 (DGX B200 / HGX datasheet, 2024)
+#   sm120 RTX 5090 419 TFLOPS fp16 (fp16 accumulate) / (170 x 2.41 GHz) -> 1024 (RTX Blackwell whitepaper, 2025,
+#        appendix; fp32 accumulate at half this rate on GeForce)
+# fp32 (CUDA cores): 2 x FP32 lanes per SM (64 on sm70/75/80, 128 from sm86 on).
+TENSOR_FLOPS_PER_SM_CLOCK: dict[tuple[int, int], dict[str, int]] = {
+    (7, 0): {"fp16": 1024, "bf16": 0, "fp32": 128},
+    (7, 5): {"fp16": 1024, "bf16": 0, "fp32": 128},
+    (8, 0): {"fp16": 2048, "bf16": 2048, "fp32": 128},
+    (8, 6): {"fp16": 1024, "bf16": 1024, "fp32": 256},
+    (8, 7): {"fp16": 1024, "bf16": 1024, "fp32": 256},
+    (8, 9): {"fp16": 1024, "bf16": 1024, "fp32": 256},
+    (9, 0): {"fp16": 4096, "bf16": 4096, "fp32": 256},
+    (10, 0): {"fp16": 8192, "bf16": 8192, "fp32": 256},
+    (12, 0): {"fp16": 1024, "bf16": 1024, "fp32": 256},
+}
+# NVML's memory clock counts one transfer per edge of a double-data-rate bus (HBM2e/HBM3, GDDR6/6X/7 alike):
+# H100 SXM 2619 MHz x 2 x 5120 bit / 8 = 3.35 TB/s, RTX 4090 10501 MHz x 2 x 384 bit / 8 = 1.01 TB/s, as published.
+MEMORY_TRANSFERS_PER_CLOCK = 2
+
+
+def peak_from_specs(*, memory_clock_mhz: float | None, bus_width_bits: int | None, sm_count: int | None,
+                    sm_clock_mhz: float | None, capability: tuple[int, int] | None, dtype: str) -> dict[str, Any]:
+    """Theoretical bandwidth (GB/s) and matmul TFLOP/s from a device's specifications; None where unknown."""
+    bandwidth = None
+    if memory_clock_mhz and bus_width_bits:
+        bandwidth = memory_clock_mhz * 1e6 * MEMORY_TRANSFERS_PER_CLOCK * bus_width_bits / 8 / 1e9
+    per_clock = (TENSOR_FLOPS_PER_SM_CLOCK.get(tuple(capability)) or {}).get(dtype) if capability else None
+    tflops = sm_count * sm_clock_mhz * 1e6 * per_clock / 1e12 if per_clock and sm_count and sm_clock_mhz else None
+    return {
+        "bandwidth_gb_s": bandwidth,
+        "matmul_tflops": tflops,
+        "memory_clock_mhz": memory_clock_mhz,
+        "bus_width_bits": bus_width_bits,
+        "sm_count": sm_count,
+        "sm_clock_mhz": sm_clock_mhz,
+        "compute_capability": f"{capability[0]}.{capability[1]}" if capability else None,
+        "flops_per_sm_per_clock": per_clock,
+        "dtype": dtype,
+    }
+
+
+def theoretical_peak(device: str, dtype: str) -> dict[str, Any] | None:
+    """The device's theoretical peak (see ``peak_from_specs``); None on the CPU."""
+    dev = _device(device)
+    if dev.type != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(dev)
+    mem_clock = bus = sm_clock = None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            h = pynvml.nvmlDeviceGetHandleByIndex(dev.index or 0)
+            mem_clock = pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_MEM)
+            bus = pynvml.nvmlDeviceGetMemoryBusWidth(h)
+            sm_clock = pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no NVML: the peak stays partly unknown
+        pass
+    if not sm_clock:
+        rate_khz = getattr(props, "clock_rate", None)  # torch exposes it on some versions
+        sm_clock = rate_khz / 1000 if rate_khz else None
+    return peak_from_specs(memory_clock_mhz=mem_clock, bus_width_bits=bus, sm_count=props.multi_processor_count,
+                           sm_clock_mhz=sm_clock, capability=(props.major, props.minor), dtype=dtype)
 
 
 def _time_reps(fn: Callable[[], Any], dev: torch.device, reps: int) -> list[float]:
@@ -205,6 +287,7 @@ def calibrate(
         "matmul_tflops": mm["matmul_tflops"],
         "bandwidth": bw,
         "matmul": mm,
+        "peak": theoretical_peak(str(dev), dtype),
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda,
         "num_threads": torch.get_num_threads(),

@@ -67,7 +67,7 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("warmup", "reps", "Discarded warmup repetitions."),
     Column("reps", "reps", "Measured repetitions."),
     Column("status", "", "Outcome of the measurement: ok, oom or error."),
-    Column("flag_detail", "", "Why a cell is flagged: metric, ratio to the best earlier cell, and that cell."),
+    Column("flag_detail", "", "Why a cell is flagged: metric, ratio to the best earlier cell, that cell, and the noise the change exceeded."),
     Column("error", "", "Exception type and message of a failed cell (empty when it succeeded)."),
     # latency
     Column("ttft_p50_ms", "ms", "Median time to first token: prefill forward plus picking the first token."),
@@ -158,6 +158,8 @@ ROOFLINE_COLUMNS: tuple[Column, ...] = (
     Column("decode_floor_ms", "ms/step", "Roofline lower bound on one decode step's time, averaged over the steps."),
     Column("decode_bound", "", "Which ceiling sets the decode floor over the steps: `compute` or `memory`."),
     Column("decode_efficiency", "ratio", "decode_floor_ms / decode_p50_ms_per_tok: the fraction of the roofline the measured decode reaches."),
+    Column("prefill_floor_peak_ms", "ms", "prefill_floor_ms against the device's theoretical peak (bandwidth from NVML's memory clock and bus width, tensor FLOP/s from SM count, clock and architecture) instead of the measured ceilings; empty on the CPU."),
+    Column("decode_floor_peak_ms", "ms/step", "decode_floor_ms against the device's theoretical peak; empty on the CPU."),
 )
 
 # GPU telemetry summaries over the measured reps (telemetry.py samples NVML).

@@ -2,8 +2,11 @@
 
 A checkpoint (safetensors) is loaded the way a server does it, each stage timed on its own:
 
-1. read: the file's bytes from storage into host memory, after asking the kernel to drop the file from
-   its page cache (``posix_fadvise(DONTNEED)``, no root needed; whether the read was cold is recorded);
+1. read: the file's bytes from storage into host memory, after writing back any of its dirty pages
+   (``fsync``) and asking the kernel to drop it from the page cache (``posix_fadvise(DONTNEED)``, no root
+   needed). DONTNEED leaves dirty pages in memory, so a checkpoint written moments before would otherwise be
+   read from the cache, faster than the disk can deliver it. The share of the file still resident before the
+   read (``mincore``) is recorded, and the read counts as cold only when none of it is;
 2. deserialise: ``safetensors.torch.load`` of those bytes into host tensors;
 3. instantiate: the model's modules built without allocating weights (meta device) and the host tensors
    assigned to them (``load_state_dict(assign=True)``);
@@ -46,16 +49,54 @@ def materialize(spec, out_dir: str | Path) -> dict:
 
 
 def drop_from_page_cache(path: str | Path) -> bool:
-    """Ask the kernel to forget the file's cached pages; True when the request was accepted."""
+    """Write back the file's dirty pages, then ask the kernel to forget its cached pages; True when accepted.
+
+    Without the write-back, DONTNEED skips dirty pages and a freshly written file stays cached."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return False
     try:
+        os.fsync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         return True
     except (OSError, AttributeError):
         return False
+    finally:
+        os.close(fd)
+
+
+def resident_fraction(path: str | Path) -> float | None:
+    """Share of the file's pages in the page cache (``mincore`` on a shared read-only mapping); None where
+    it cannot be asked (no libc, another OS, an empty file)."""
+    import ctypes
+    import ctypes.util
+    import mmap
+
+    size = os.path.getsize(path)
+    if size == 0:
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            return None
+        try:
+            pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+            vec = (ctypes.c_ubyte * pages)()
+            if libc.mincore(addr, size, vec) != 0:
+                return None
+            return sum(v & 1 for v in vec) / pages
+        finally:
+            libc.munmap(addr, size)
     finally:
         os.close(fd)
 
@@ -75,7 +116,7 @@ def disk_read_ceiling(folder: Path, size: int) -> dict:
                 fh.write(chunk)
             fh.flush()
             os.fsync(fh.fileno())
-        dropped = drop_from_page_cache(scratch)
+        dropped = drop_from_page_cache(scratch) and not resident_fraction(scratch)
         t0 = time.perf_counter()
         n = len(_read(scratch))
         seconds = time.perf_counter() - t0
@@ -138,7 +179,10 @@ def measure_loading(checkpoint: str | Path, device: str, dtype: str, seq_len: in
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     stages: dict[str, float] = {}
 
-    cold = all(drop_from_page_cache(f) for f in files)
+    dropped = all(drop_from_page_cache(f) for f in files)
+    resident = [resident_fraction(f) for f in files]
+    resident_bytes = sum((r or 0.0) * f.stat().st_size for r, f in zip(resident, files))
+    cold = dropped and resident_bytes == 0
     t0 = time.perf_counter()
     blobs = [_read(f) for f in files]
     stages["read_s"] = time.perf_counter() - t0
@@ -193,6 +237,7 @@ def measure_loading(checkpoint: str | Path, device: str, dtype: str, seq_len: in
         "dtype": dtype,
         "bytes": total,
         "read_cold": cold,
+        "read_resident_fraction": resident_bytes / total if total else None,
         **stages,
         "read_gb_s": total / stages["read_s"] / GB,
         "host_to_device_gb_s": total / stages["host_to_device_s"] / GB if device == "cuda" else None,

@@ -53,6 +53,8 @@ def roofline_row(result: dict, ceilings: dict | None) -> dict:
         arch, cell["dtype"], cell["seq_len"], cell["batch"], cell["gen_tokens"], ceilings,
         prefill_p50_ms=m.get("prefill_p50_ms"), decode_p50_ms_per_tok=m.get("decode_p50_ms_per_tok"),
     )
+    row.update(roofline.peak_floors(arch, cell["dtype"], cell["seq_len"], cell["batch"], cell["gen_tokens"],
+                                    ceilings.get("peak")))
     for phase in ("prefill", "decode"):
         busy = m.get(f"{phase}_gpu_busy")
         row[f"{phase}_regime"] = roofline.regime(busy, row.get(f"{phase}_bound"))

@@ -6,9 +6,11 @@ Two kinds of figure:
   ms/token, prefill tokens/s, decode ms/token, decode tokens/s, total tokens/s, memory) against the swept
   axis (``seq_len`` or ``batch``) on a log2 x axis, one line per series. A series is one
   (model, dtype, backend) combination and, when the frame holds several values of the other axis (a 2-D
-  grid plotted along one axis), one value of that axis. The p10-p90 spread is drawn as error bars where
-  the percentile columns exist, collapse cells get a red "X", and OOM/error cells (NaN metrics) are marked
-  at the bottom of every panel.
+  grid plotted along one axis), one value of that axis. The p10-p90 spread of the measured reps (prefill)
+  or decode steps is drawn as error bars where the percentile columns exist (the legend says so), a collapse
+  cell gets a red "X" on the panels whose metric collapsed (the metrics its ``flag_detail`` names), the
+  memory panel's axis starts at zero, and OOM/error cells (NaN metrics) are marked at the bottom of every
+  panel.
 * :func:`build_heatmap_figure` draws 2-D (seq_len x batch) grid sweeps as annotated heat maps, one panel
   per metric and one row of panels per (model, dtype, backend).
 
@@ -320,8 +322,26 @@ def _draw_failed(ax: Axes, s: _Series, axis: str, seen: set[str]) -> None:
         seen.add(kind)
 
 
-def _draw_collapse(ax: Axes, s: _Series, axis: str, y: np.ndarray) -> bool:
-    mask = s.frame["_collapse"].to_numpy(dtype=bool) & np.isfinite(y)
+def collapsed_metrics(detail: object) -> set[str]:
+    """The metrics a ``flag_detail`` says collapsed (each "; "-separated reason starts with one)."""
+    if _is_missing(detail):
+        return set()
+    return {part.strip().split(" ", 1)[0] for part in str(detail).split(";") if part.strip()}
+
+
+def _collapse_mask(frame: pd.DataFrame, column: str | None) -> np.ndarray:
+    """Collapse cells whose detail names ``column`` (all collapse cells where the detail names no metric)."""
+    flagged = frame["_collapse"].to_numpy(dtype=bool)
+    if column is None:
+        return np.zeros(len(frame), dtype=bool)
+    if "flag_detail" not in frame.columns:
+        return flagged
+    named = [column in collapsed_metrics(d) or not collapsed_metrics(d) for d in frame["flag_detail"]]
+    return flagged & np.asarray(named, dtype=bool)
+
+
+def _draw_collapse(ax: Axes, s: _Series, axis: str, y: np.ndarray, column: str | None) -> bool:
+    mask = _collapse_mask(s.frame, column) & np.isfinite(y)
     x = _numeric(s.frame, axis)
     mask &= np.isfinite(x)
     if not mask.any():
@@ -399,12 +419,17 @@ def build_sweep_figure(df: pd.DataFrame, axis: str, title: str) -> Figure:
                         linestyle="--", markerfacecolor="none", zorder=3, gid="series-secondary",
                     )
                     plotted.append(y2)
-                any_collapse |= _draw_collapse(ax, s, axis, y)
+                if panel is not None:
+                    any_collapse |= _draw_collapse(ax, s, axis, y, panel.column)
             if not any(np.isfinite(v).any() for v in plotted):
                 _no_data(ax, "no successful cells")
             if panel is not None:
                 _maybe_log_y(ax, plotted)
-            elif memory_dashed is not None:
+            else:
+                # memory from zero: a small rise on top of the weights looks small; 8% headroom above the top
+                top = max((np.nanmax(v) for v in plotted if np.isfinite(v).any()), default=0.0)
+                ax.set_ylim(0, top * 1.08 if top > 0 else None)
+            if panel is None and memory_dashed is not None:
                 ax.legend(
                     handles=[
                         Line2D([], [], color="0.3", linestyle="-", label="reserved"),
@@ -422,6 +447,11 @@ def build_sweep_figure(df: pd.DataFrame, axis: str, title: str) -> Figure:
     handles: list[Line2D] = [
         Line2D([], [], color=s.color, marker=s.marker, markersize=6, linewidth=1.6, label=s.label) for s in series
     ]
+    if any(a.get_gid() == "spread" for ax in flat for a in ax.get_children()):
+        handles.append(
+            Line2D([], [], color="0.3", linestyle="none", marker="|", markersize=12, markeredgewidth=1.2,
+                   label="error bars: p10–p90 of the measured reps (prefill) or decode steps")
+        )
     if any_collapse:
         handles.append(
             Line2D([], [], linestyle="none", marker="X", markersize=11, markerfacecolor="red",
@@ -455,7 +485,7 @@ def _grid(
     batch_index = {v: j for j, v in enumerate(batches)}
     metric_values = _values(frame, metric)
     for k, (seq, batch, fail, col) in enumerate(
-        zip(frame["seq_len"], frame["batch"], frame["_fail"], frame["_collapse"])
+        zip(frame["seq_len"], frame["batch"], frame["_fail"], _collapse_mask(frame, metric))
     ):
         i, j = seq_index.get(seq), batch_index.get(batch)
         if i is None or j is None:
@@ -642,6 +672,7 @@ def build_anatomy_figure(df: pd.DataFrame, title: str) -> Figure:
         ax.bar(x, values, bottom=bottom, color=color, label=stage, width=0.7)
         bottom += values
     ax.set_xticks(x, labels, fontsize=8)
+    ax.set_xlabel("cell (s = seq_len, b = batch)")
     ax.set_ylabel("ms per request (p50 stages)")
     ax.set_yscale("log" if bottom.max() / max(bottom.min(), 1e-9) > 50 else "linear")
     ax.legend(loc="upper left", fontsize=8, frameon=False)

@@ -7,8 +7,11 @@ sweep's figures, and findings. Every finding is computed from the data by the sm
 
 Conventions of the findings:
 
-* a value *rises* / *falls* when the last value differs from the first by more than 5% (`FLAT_TOLERANCE`),
-  otherwise it *stays flat*;
+* a timing (or a throughput derived from one) *rises* / *falls* only when the change is larger than the
+  noise of the cells involved (`latency_sensitivity.collapse.relative_noise`: the replicates' spread where a
+  cell was measured more than once, else its within-run bootstrap interval); otherwise it stays flat
+  *within noise (±x%)*. Launch-bound cells are labelled host-noise-dominated. Without any noise recorded
+  (and for memory) the threshold is 5% (`FLAT_TOLERANCE`);
 * a change below 2x is written in percent (``+58%``), a larger one as a factor (``26.5x``; ``3.0x lower``
   for a fall);
 * a cell is *noisy* when the bootstrap 95% interval of its median is wider than 10% of the median
@@ -27,6 +30,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from latency_sensitivity import collapse as _collapse
 from latency_sensitivity.atomic import write_text
 from latency_sensitivity.backends import BACKENDS
 from latency_sensitivity.columns import COLUMNS_BY_NAME, LATENCY_METRICS, THROUGHPUT_METRICS
@@ -178,10 +182,35 @@ def direction(a: Any, b: Any, words: Sequence[str] = ("rises", "falls", "stays f
     return words[2]
 
 
+def format_noise(noise: "_collapse.Noise") -> str:
+    """``±4%`` (one decimal below 1%)."""
+    pct = 100 * noise.fraction
+    return f"±{pct:.1f}%" if pct < 1 else f"±{pct:.0f}%"
+
+
+def _noise_of(rows: Sequence[pd.Series], metric: str) -> "_collapse.Noise | None":
+    """The noise a change between these cells must exceed; None when no cell records any."""
+    noise = _collapse.combined_noise(list(rows), metric)
+    return noise if noise.known or noise.launch_bound else None
+
+
+def _host_label(noise: "_collapse.Noise | None") -> str:
+    return f" [launch-bound cells: {_collapse.HOST_NOISE}]" if noise is not None and noise.launch_bound else ""
+
+
 def _trend_phrase(label: str, a: float, b: float, words: Sequence[str] = ("rises", "falls", "stays flat"),
-                  unit: str = "") -> str:
-    word = direction(a, b, words)
+                  unit: str = "", noise: "_collapse.Noise | None" = None) -> str:
+    """``label rises a → b (+x%)``, or, where the change is not larger than the cells' noise (when known,
+    else `FLAT_TOLERANCE`), ``label stays flat, within noise (±x%): a → b (+y%)``."""
     change = format_change(a, b, unit)
+    if noise is not None and noise.known:
+        lo = min(abs(float(a)), abs(float(b)))
+        rel = abs(float(b) - float(a)) / lo if lo else (0.0 if a == b else math.inf)
+        word = words[2] if rel <= noise.fraction else direction(a, b, words, tol=0.0)
+        if word == words[2]:
+            return f"{label} {word}, within noise ({format_noise(noise)}): {change}"
+        return f"{label} {word} {change}"
+    word = direction(a, b, words)
     if word == words[2]:
         return f"{label} {word} (within ±{FLAT_TOLERANCE:.0%}): {change}"
     return f"{label} {word} {change}"
@@ -331,26 +360,44 @@ def trend_finding(frame: pd.DataFrame, axis: str, metric: str, label: str | None
     ends. None with fewer than two measured cells.
     """
     label = label or LABELS.get(metric, metric)
+    frame = frame.reset_index(drop=True)
     if metric == "memory":
         values, _ = memory_mib(frame)
     else:
         values = _col(frame, metric)
     measured = ~cell_outcome(frame).isin(FAILED)
-    pts = [(x, v) for x, v, ok in zip(_col(frame, axis), values, measured) if ok and not _isnan(v) and not _isnan(x)]
+    pts = [(x, v, i) for i, (x, v, ok) in enumerate(zip(_col(frame, axis), values, measured))
+           if ok and not _isnan(v) and not _isnan(x)]
     if len(pts) < 2:
         return None
-    (x0, a), (x1, b) = pts[0], pts[-1]
-    text = f"{_trend_phrase(label, a, b, unit=unit)} from {axis} {format_axis_value(x0)} to {format_axis_value(x1)}"
-    vals = [v for _, v in pts]
+    (x0, a, i0), (x1, b, i1) = pts[0], pts[-1]
+
+    def noise(*idx: int) -> "_collapse.Noise | None":
+        return None if metric == "memory" else _noise_of([frame.loc[i] for i in idx], metric)
+
+    end_noise = noise(i0, i1)
+    text = (f"{_trend_phrase(label, a, b, unit=unit, noise=end_noise)} from {axis} {format_axis_value(x0)} "
+            f"to {format_axis_value(x1)}")
+    vals = [v for _, v, _ in pts]
     lo, hi = min(vals), max(vals)
     extras = []
-    if lo < min(a, b) * (1 - FLAT_TOLERANCE):
+
+    def beyond(value: float, value_at: int, end: float, end_at: int) -> bool:
+        n = noise(value_at, end_at)
+        if n is not None and n.known:
+            return _collapse.beyond_noise(end, value, n)
+        return abs(value - end) > abs(end) * FLAT_TOLERANCE
+
+    lo_at, hi_at = pts[vals.index(lo)][2], pts[vals.index(hi)][2]
+    lo_end = (a, i0) if a <= b else (b, i1)
+    hi_end = (a, i0) if a >= b else (b, i1)
+    if lo < lo_end[0] and beyond(lo, lo_at, *lo_end):
         extras.append(f"lowest at {axis} {format_axis_value(pts[vals.index(lo)][0])}")
-    if hi > max(a, b) * (1 + FLAT_TOLERANCE):
+    if hi > hi_end[0] and beyond(hi, hi_at, *hi_end):
         extras.append(f"highest at {axis} {format_axis_value(pts[vals.index(hi)][0])}")
     if extras:
         text += f"; range {format_number(lo)}–{format_number(hi)}, " + ", ".join(extras)
-    return text
+    return text + _host_label(end_noise)
 
 
 def _measured_points(frame: pd.DataFrame, axis: str, metric: str) -> list[tuple[float, float]]:
@@ -361,20 +408,22 @@ def _measured_points(frame: pd.DataFrame, axis: str, metric: str) -> list[tuple[
 
 def prefill_time_finding(frame: pd.DataFrame, axis: str) -> str | None:
     """Prefill p50 growth against the growth of prompt tokens in the batch (batch × seq_len)."""
+    frame = frame.reset_index(drop=True)
     measured = ~cell_outcome(frame).isin(FAILED)
     pf = _col(frame, "prefill_p50_ms")
     tokens = _col(frame, "batch") * _col(frame, "seq_len")
-    pts = [(x, v, t) for x, v, t, ok in zip(_col(frame, axis), pf, tokens, measured)
+    pts = [(x, v, t, i) for i, (x, v, t, ok) in enumerate(zip(_col(frame, axis), pf, tokens, measured))
            if ok and not _isnan(v) and not _isnan(x)]
     if len(pts) < 2:
         return None
-    (x0, a, t0), (x1, b, t1) = pts[0], pts[-1]
-    text = (f"{_trend_phrase('prefill p50', a, b, unit='ms')} from {axis} {format_axis_value(x0)} "
+    (x0, a, t0, i0), (x1, b, t1, i1) = pts[0], pts[-1]
+    noise = _noise_of([frame.loc[i0], frame.loc[i1]], "prefill_p50_ms")
+    text = (f"{_trend_phrase('prefill p50', a, b, unit='ms', noise=noise)} from {axis} {format_axis_value(x0)} "
             f"to {format_axis_value(x1)}")
     if not _isnan(t0) and not _isnan(t1) and t0 > 0 and t1 != t0:
         word = direction(t0, t1, ("grow", "shrink", "stay flat"))
         text += f", while prompt tokens per batch {word} {format_relative(t0, t1)}"
-    return text
+    return text + _host_label(noise)
 
 
 def decode_scaling_finding(frame: pd.DataFrame, axis: str = "batch") -> str | None:
@@ -382,19 +431,39 @@ def decode_scaling_finding(frame: pd.DataFrame, axis: str = "batch") -> str | No
 
     ``"decode tok/s scales 37.6 → 996.6 (26.5x) from batch 1 to 64 while decode ms/step rises 26.6 → 64.2 (2.4x)"``.
     """
+    frame = frame.reset_index(drop=True)
     measured = ~cell_outcome(frame).isin(FAILED)
     tps = _col(frame, "decode_tok_s")
     ms = _col(frame, "decode_p50_ms_per_tok")
-    pts = [(x, t, m) for x, t, m, ok in zip(_col(frame, axis), tps, ms, measured)
+    pts = [(x, t, m, i) for i, (x, t, m, ok) in enumerate(zip(_col(frame, axis), tps, ms, measured))
            if ok and not _isnan(t) and not _isnan(x)]
     if len(pts) < 2:
         return None
-    (x0, t0, m0), (x1, t1, m1) = pts[0], pts[-1]
-    text = (f"{_trend_phrase('decode tok/s', t0, t1, words=('scales', 'falls', 'stays flat'))} "
+    (x0, t0, m0, i0), (x1, t1, m1, i1) = pts[0], pts[-1]
+    noise = _noise_of([frame.loc[i0], frame.loc[i1]], "decode_tok_s")
+    text = (f"{_trend_phrase('decode tok/s', t0, t1, words=('scales', 'falls', 'stays flat'), noise=noise)} "
             f"from {axis} {format_axis_value(x0)} to {format_axis_value(x1)}")
     if not _isnan(m0) and not _isnan(m1):
-        text += f" while {_trend_phrase('decode ms/step', m0, m1)}"
-    return text
+        text += f" while {_trend_phrase('decode ms/step', m0, m1, noise=noise)}"
+    return text + _host_label(noise)
+
+
+def saturation_finding(frame: pd.DataFrame, metric: str = "decode_tok_s", axis: str = "batch") -> str | None:
+    """Where a throughput stops growing by more than the noise per doubling of the batch
+    (`latency_sensitivity.collapse.saturation`)."""
+    sat = _collapse.saturation(frame, metric, axis)
+    if sat is None:
+        return None
+    label = LABELS.get(metric, metric)
+    if sat.at is None:
+        return (f"{label} does not saturate up to {axis} {format_axis_value(sat.last)}: every step along the "
+                f"{axis} raises it by more than the noise")
+    if sat.noise is not None and sat.noise.known:
+        within = f"within noise ({format_noise(sat.noise)})"
+    else:
+        within = "no noise recorded"
+    return (f"{label} saturates at {axis} {format_axis_value(sat.at)}: {100 * sat.growth_per_doubling:+.0f}% per "
+            f"doubling to {axis} {format_axis_value(sat.next_at)}, {within}" + _host_label(sat.noise))
 
 
 def peak_finding(frame: pd.DataFrame, axis: str, metric: str = "total_tok_s") -> str | None:
@@ -525,7 +594,8 @@ def noise_finding(frame: pd.DataFrame, axis: str) -> str | None:
 def _series_findings_1d(frame: pd.DataFrame, axis: str) -> list[str]:
     items: list[str | None] = [prefill_time_finding(frame, axis), trend_finding(frame, axis, "prefill_ms_per_tok")]
     if axis == "batch":
-        items.append(decode_scaling_finding(frame, "batch"))
+        items += [decode_scaling_finding(frame, "batch"), saturation_finding(frame, "decode_tok_s"),
+                  saturation_finding(frame, "prefill_tok_s")]
     else:
         items.append(trend_finding(frame, axis, "decode_p50_ms_per_tok"))
     items += [
@@ -545,9 +615,9 @@ def _series_findings_grid(frame: pd.DataFrame) -> list[str]:
     batch = _col(frame, "batch")
     for s in sorted(seq.dropna().unique()):
         sub = frame[seq == s].sort_values("batch", kind="stable")
-        f = decode_scaling_finding(sub, "batch")
-        if f:
-            items.append(f"at seq_len {format_axis_value(s)}: {f}")
+        for f in (decode_scaling_finding(sub, "batch"), saturation_finding(sub, "decode_tok_s")):
+            if f:
+                items.append(f"at seq_len {format_axis_value(s)}: {f}")
     for b in sorted(batch.dropna().unique()):
         sub = frame[batch == b].sort_values("seq_len", kind="stable")
         f = trend_finding(sub, "seq_len", "prefill_ms_per_tok")
@@ -862,24 +932,28 @@ def how_to_read_section(settings: dict) -> str:
     throughput = ", ".join(f"`{m}`" for m in THROUGHPUT_METRICS)
     lines += [
         "",
-        "Findings are computed from the table values: a value *rises* or *falls* when the last measured cell "
-        f"differs from the first by more than {FLAT_TOLERANCE:.0%}, otherwise it *stays flat*; changes below 2x "
+        "Findings are computed from the table values: a timing *rises* or *falls* only when the change is "
+        "larger than the noise of the cells compared (the spread of a cell's replicates where it was measured "
+        "in several processes, else half its within-run bootstrap 95% interval, summed over the two cells); "
+        "otherwise it stays flat *within noise (±x%)*. Launch-bound cells are labelled host-noise-dominated. "
+        f"Without a recorded noise (and for memory) the threshold is {FLAT_TOLERANCE:.0%}. Changes below 2x "
         "are given in percent, larger ones as a factor. A cell is *noisy* when the bootstrap 95% interval of "
         f"its median is wider than {NOISE_THRESHOLD:.0%} of the median.",
         "",
         f"Collapse detection compares each cell along a sweep's axis with the best earlier cell, for the "
-        f"latencies {latency} (lower is better) and the throughputs {throughput} (higher is better); "
-        f"{_definition('flag_detail')}{cf_text}",
+        f"latencies {latency} (lower is better) and the throughputs {throughput} (higher is better); along "
+        "batch the step time is not compared (a larger batch takes a longer step), throughput is. A change must "
+        "also exceed the two cells' noise. A batch series *saturates* where a doubling of the batch no longer "
+        f"raises throughput by more than the noise. {_definition('flag_detail')}{cf_text}",
     ]
     return "\n".join(lines)
 
 
 def failures_section(sweeps: Sequence[SweepInput]) -> str:
     rows = []
-    total = 0
+    total = len(unique_cells(pd.concat([sw.frame for sw in sweeps], ignore_index=True))) if sweeps else 0
     for sw in sweeps:
         frame = sw.frame.reset_index(drop=True)
-        total += len(frame)
         out = cell_outcome(frame)
         for idx, row in frame[out != "ok"].iterrows():
             o = out[idx]
@@ -894,11 +968,29 @@ def failures_section(sweeps: Sequence[SweepInput]) -> str:
                           [False] * 4 + [True, True, False, False])
 
 
-def _counts(frame: pd.DataFrame) -> str:
+CELL_KEYS = ("model", "dtype", "backend", "device", "seq_len", "batch")
+
+
+def unique_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per measured cell: a cell shared by several sweeps (config ``all_cells``) counts once."""
+    keys = [k for k in CELL_KEYS if k in frame.columns]
+    if not keys or frame.empty:
+        return frame
+    return frame.loc[~frame[keys].astype(str).duplicated()]
+
+
+def _counts(frame: pd.DataFrame, dedupe: bool = False) -> str:
+    """``9 cells: 9 ok``; with ``dedupe`` a cell in several sweeps counts once and the sharing is said."""
+    rows = len(frame)
+    if dedupe:
+        frame = unique_cells(frame)
     out = cell_outcome(frame)
     parts = [f"{int((out == k).sum())} {k}" for k in ("ok", "collapse", "oom", "error") if (out == k).any()]
     n = len(frame)
-    return f"{n} cell{'s' if n != 1 else ''}" + (": " + ", ".join(parts) if parts else "")
+    text = f"{n} cell{'s' if n != 1 else ''}" + (": " + ", ".join(parts) if parts else "")
+    if rows > n:
+        text += f" ({rows - n} shared by several sweeps, counted once)"
+    return text
 
 
 def _axis_description(sw: SweepInput) -> str:
@@ -931,8 +1023,11 @@ def roofline_table(frame: pd.DataFrame, axis: str) -> str | None:
         return None
     frame = frame.reset_index(drop=True)
     keys = ["seq_len", "batch"] if axis == "grid" else [axis]
+    peak = [c for c in ("prefill_floor_peak_ms", "decode_floor_peak_ms") if _col(frame, c).notna().any()]
     headers = keys + ["prefill floor (ms)", "prefill eff.", "prefill regime",
                       "decode floor (ms/step)", "decode eff.", "decode regime"]
+    headers += [{"prefill_floor_peak_ms": "prefill peak floor (ms)",
+                 "decode_floor_peak_ms": "decode peak floor (ms/step)"}[c] for c in peak]
     extra = [(c, h) for c, h in (("sm_clock_p50_mhz", "SM clock p50 (MHz)"), ("gpu_util_p50_pct", "GPU util p50 (%)"))
              if c in frame.columns and _col(frame, c).notna().any()]
     headers += [h for _, h in extra]
@@ -944,23 +1039,36 @@ def roofline_table(frame: pd.DataFrame, axis: str) -> str | None:
         cells += [fmt_ms(row.get("prefill_floor_ms")), _pct(row.get("prefill_efficiency")), _where(row, "prefill"),
                   format_sig(row.get("decode_floor_ms"), 4), _pct(row.get("decode_efficiency")),
                   _where(row, "decode")]
+        cells += [format_sig(row.get(c), 4) for c in peak]
         cells += [format_number(row.get(c)) for c, _ in extra]
         rows.append(cells)
     if not rows:
         return None
-    return markdown_table(headers, rows, [True] * len(keys) + [True, True, False, True, True, False] + [True] * len(extra))
+    return markdown_table(headers, rows, [True] * len(keys) + [True, True, False, True, True, False]
+                          + [True] * (len(peak) + len(extra)))
 
 
 def roofline_finding(frame: pd.DataFrame) -> str | None:
-    """How far the measured phases are from their floors, as a range over the series' cells."""
+    """How far the measured phases are from their floors, as a range over the series' cells: against the
+    measured ceilings ("x measured floor") and against the device's theoretical peak ("x peak floor")."""
     parts = []
-    for phase in ("prefill", "decode"):
+    any_peak = False
+    for phase, measured in (("prefill", "prefill_p50_ms"), ("decode", "decode_p50_ms_per_tok")):
         eff = _col(frame, f"{phase}_efficiency").dropna()
         if eff.empty:
             continue
         bounds = sorted(set(_text(frame, f"{phase}_bound").dropna()) - {""})
-        parts.append(f"{phase} runs at {_span(100 * eff.min(), 100 * eff.max())}% of its roofline floor "
-                     f"({'/'.join(bounds)}-bound), i.e. {_span(1 / eff.max(), 1 / eff.min())}x the floor time")
+        text = (f"{phase} runs at {_span(100 * eff.min(), 100 * eff.max())}% of its roofline floor "
+                f"({'/'.join(bounds)}-bound), i.e. {_span(1 / eff.max(), 1 / eff.min())}x the measured floor")
+        peak_ratio = (_col(frame, measured) / _col(frame, f"{phase}_floor_peak_ms")).dropna()
+        if not peak_ratio.empty:
+            any_peak = True
+            text += f", {_span(peak_ratio.min(), peak_ratio.max())}x the peak floor"
+        parts.append(text)
+    if parts and not any_peak:
+        cpu = "device" in frame.columns and set(_text(frame, "device")) <= {"cpu", ""}
+        parts.append("no peak floor: " + ("the CPU has no theoretical peak in this tool" if cpu else
+                                          "the calibration recorded no theoretical peak of the device"))
     return "; ".join(parts) or None
 
 
@@ -1220,7 +1328,8 @@ def sweep_section(sw: SweepInput) -> str:
         roof = roofline_table(sub, sw.axis)
         if roof:
             parts += ["", "Roofline (floor: fewest bytes over the measured copy bandwidth, or FLOPs over the measured "
-                      "matmul rate, whichever is larger; efficiency = floor / measured p50):", "", roof]
+                      "matmul rate, whichever is larger; efficiency = floor / measured p50; the peak floor, where "
+                      "shown, uses the device's theoretical bandwidth and tensor FLOP/s instead):", "", roof]
         if notes.items:
             parts += ["", "Notes:", "", notes.render()]
         findings = series_findings(sub, sw.axis)
@@ -1250,7 +1359,7 @@ def build_report(sweeps: list[SweepInput], environments: list[dict], settings: d
     total = pd.concat([s.frame for s in sweeps], ignore_index=True) if sweeps else pd.DataFrame()
     lines = [f"# {title}", ""]
     names = ", ".join(f"`{s.name}` ({s.axis})" for s in sweeps) or "none"
-    lines += [f"Sweeps: {names}. {_counts(total)}.", ""]
+    lines += [f"Sweeps: {names}. {_counts(total, dedupe=True)}.", ""]
     lines += ["## Setup", "", "### Environment", "", environment_section(environments), "",
               "### Settings", "", settings_section(settings), ""]
     lines += ["## How to read this", "", how_to_read_section(settings), ""]
@@ -1414,6 +1523,26 @@ def _gb_s(x: Any) -> str:
     return "–" if x is None or _isnan(x) else f"{float(x):.2f} GB/s"
 
 
+READ_CEILING_MARGIN = 0.10  # a read this much faster than its cold-read ceiling is not a cold read
+
+
+def read_suspect(result: dict) -> str | None:
+    """Why a loading read's rate cannot be a cold read: faster than the cold read of the same disk, or part of
+    the file still in the page cache. None when it is plausible."""
+    read, ceiling = result.get("read_gb_s"), result.get("disk_read_gb_s")
+    resident = result.get("read_resident_fraction")
+    if resident is not None and not _isnan(resident) and resident > 0:
+        return (f"{100 * float(resident):.0f}% of the checkpoint was still in the page cache when the read began, "
+                f"so the read rate ({_gb_s(read)}) is not a cold read")
+    if read is None or ceiling is None or _isnan(read) or _isnan(ceiling) or ceiling <= 0:
+        return None
+    if float(read) > float(ceiling) * (1 + READ_CEILING_MARGIN):
+        return (f"the read ({_gb_s(read)}) is faster than the cold sequential read of the same disk "
+                f"({_gb_s(ceiling)}), so part of the checkpoint was read from the page cache: a page-cache drop "
+                f"without writing the file back first leaves a freshly written file's dirty pages cached")
+    return None
+
+
 def loading_amortised(result: dict, cells: pd.DataFrame) -> str | None:
     """A cold start in requests: how many of the run's requests (same model and dtype) it costs, per cell kind.
 
@@ -1453,7 +1582,7 @@ def loading_section(results: Sequence[dict], cells: pd.DataFrame | None = None) 
              "from storage (after dropping the file from the page cache), deserialise, instantiate the modules, "
              "copy to the device, then a first and a second (warm) prefill forward. Ceilings: a cold sequential "
              "read of a scratch file of the same size, and pinned / pageable host-to-device copies."]
-    rows, failed = [], []
+    rows, failed, notes = [], [], []
     for r in results:
         if r.get("status") != "ok":
             failed.append(f"{r.get('checkpoint')} on {r.get('device')}: {_shorten(_clean(r.get('error', '')))}")
@@ -1461,6 +1590,9 @@ def loading_section(results: Sequence[dict], cells: pd.DataFrame | None = None) 
         stages = ["read_s", "deserialise_s", "instantiate_s", "host_to_device_s", "first_forward_s"]
         largest = max(stages, key=lambda k: r[k]).removesuffix("_s").replace("_", " ")
         h2d_ceiling = " / ".join(_gb_s(r.get(k)) for k in ("h2d_pinned_gb_s", "h2d_pageable_gb_s") if r.get(k))
+        suspect = read_suspect(r)
+        if suspect:
+            notes.append(f"{r.get('model')} {r.get('dtype')} on {r.get('device')}: {suspect}")
         rows.append([
             str(r.get("model", "")), r.get("dtype", ""), r.get("device", ""), f"{r['bytes'] / 2**20:.0f}",
             f"{r['read_s']:.3f} ({_gb_s(r['read_gb_s'])}; ceiling {_gb_s(r.get('disk_read_gb_s'))}"
@@ -1474,6 +1606,8 @@ def loading_section(results: Sequence[dict], cells: pd.DataFrame | None = None) 
         parts += ["", markdown_table(["model", "dtype", "device", "MiB", "read s", "deserialise s", "instantiate s",
                                       "host-to-device s", "first forward s", "total s", "largest stage"], rows,
                                      [False, False, False, True, True, True, True, True, True, True, False])]
+    if notes:
+        parts += ["", "Suspect:", ""] + [f"- {n}" for n in notes]
     amortised = [a for a in (loading_amortised(r, cells) for r in results) if a] if cells is not None else []
     if amortised:
         parts += ["", "Amortised (loading is not part of a request; a server pays it once per start):", ""]

@@ -365,6 +365,21 @@ def cell_roofline(
     return out
 
 
+def peak_floors(
+    arch: Architecture, dtype: str, seq: int, batch: int, gen_tokens: int, peak: Mapping[str, Any] | None
+) -> dict[str, float | None]:
+    """The prefill and decode floors against the device's theoretical peak (``calibrate.theoretical_peak``)
+    instead of the measured ceilings: ``prefill_floor_peak_ms``, ``decode_floor_peak_ms``; None without a peak."""
+    out: dict[str, float | None] = {"prefill_floor_peak_ms": None, "decode_floor_peak_ms": None}
+    if not peak or not peak.get("bandwidth_gb_s") or not peak.get("matmul_tflops"):
+        return out
+    floors = cell_roofline(arch, dtype, seq, batch, gen_tokens,
+                           {"bandwidth_gb_s": peak["bandwidth_gb_s"], "matmul_tflops": peak["matmul_tflops"]})
+    out["prefill_floor_peak_ms"] = floors["prefill_floor_ms"]
+    out["decode_floor_peak_ms"] = floors["decode_floor_ms"]
+    return out
+
+
 LAUNCH_BOUND_BELOW = 0.5  # a phase whose GPU is busy less than half its time is waiting on the host
 
 
