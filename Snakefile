@@ -5,14 +5,28 @@
 #   snakemake --cores 1 all --configfile config/gpu.yaml     # a config file given replaces the default
 #   snakemake --cores 1 profile_all                          # profiler artifacts, on demand only
 
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
+# Our package, from this checkout: its strict YAML loader names file and line of a syntax error or a
+# duplicate key (Snakemake's own loader names neither and keeps the last of two equal keys).
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from latency_sensitivity import config as lsconfig, run_summary  # noqa: E402
+
+
 # The default config is used only when no --configfile is given, so that a config file is the whole
 # configuration (no default sweeps merged into it). --config key=value still edits the default.
 if not workflow.overwrite_configfiles:
+    if Path("config/config.yaml").is_file():
+        try:
+            lsconfig.load_yaml("config/config.yaml")
+        except lsconfig.ConfigError as exc:
+            raise WorkflowError(f"invalid configuration: {exc}")
 
     configfile: "config/config.yaml"
 
@@ -46,7 +60,29 @@ localrules:
     profile_torch,
 
 
+_SUMMARY_SHOWN = []
+
+
+def _run_summary():
+    return run_summary.read_results([*all_cell_files(), *loading_files()])
+
+
+# `all` ends every run (also one with nothing left to measure) with the summary of the cells: ok, oom and
+# error, each failure with its message. A cell with status `error` makes the run exit non-zero once the
+# sweeps, plots and report are written, unless the config sets allow_errors: true. An OOM is a measurement.
 rule all:
     default_target: True
     input:
         all_targets(),
+    run:
+        summary = _run_summary()
+        _SUMMARY_SHOWN.append(True)
+        print(summary.text(config["allow_errors"]), end="", file=sys.stderr)
+        if summary.errors and not config["allow_errors"]:
+            raise WorkflowError(f"{len(summary.errors)} failed cell or loading result(s), listed above")
+
+
+# A job failed: say where the cells stand (what was measured before it stopped).
+onerror:
+    if not _SUMMARY_SHOWN:
+        print(_run_summary().text(config["allow_errors"]), end="", file=sys.stderr)

@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import pytest
 
@@ -18,3 +20,20 @@ def test_write_text_creates_parents(tmp_path):
     out = tmp_path / "deep" / "er" / "f.txt"
     atomic.write_text(out, "hello")
     assert out.read_text() == "hello"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_respect_the_umask(tmp_path, umask):
+    """An atomically written file has the mode a plain open() would give it, not mkstemp's 0600."""
+    old = os.umask(umask)
+    try:
+        assert atomic.current_umask() == umask
+        atomic.write_text(tmp_path / "a.txt", "x")
+        atomic.write_json(tmp_path / "b.json", {"x": 1})
+        with open(tmp_path / "plain.txt", "w") as fh:
+            fh.write("x")
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    for name in ("a.txt", "b.json", "plain.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected, name

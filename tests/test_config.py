@@ -36,7 +36,14 @@ def test_default_config_is_valid_and_defaults_are_filled(default_config):
         (lambda c: c["models"]["tiny-qwen2"].__setitem__("architecture", "missing-arch"),
          "models.tiny-qwen2.architecture", "'missing-arch'"),
         (lambda c: c["sweeps"]["seq_sweep"]["seq"].append(4090), "sweeps.seq_sweep.seq[5]", "4090"),
-        (lambda c: c.__setitem__("bogus", 1), "(top level)", "bogus"),
+        (lambda c: c.__setitem__("bogus", 1), "config key bogus", "not a known key"),
+        (lambda c: c.pop("sweeps"), "config key sweeps", "required, but not given"),
+        (lambda c: c.__setitem__("sweps", c.pop("sweeps")), "config key sweps", "did you mean sweeps?"),
+        (lambda c: c["measure"].__setitem__("rep", 5), "config key measure.rep", "did you mean measure.reps?"),
+        (lambda c: c["sweeps"]["seq_sweep"].__setitem__("batches", [1]), "sweeps.seq_sweep.batches",
+         "did you mean sweeps.seq_sweep.batch?"),
+        (lambda c: c["tokenizer"].__setitem__("path", "no/such/tokenizer.json"), "tokenizer.path",
+         "'no/such/tokenizer.json'"),
     ],
 )
 def test_bad_values_name_key_and_value(default_config, mutate, key, value):
@@ -79,6 +86,9 @@ def test_local_checkpoint_path(tmp_path, default_config):
         check(cfg)
     ckpt.mkdir()
     (ckpt / "config.json").write_text(json.dumps({"model_type": "qwen2", "max_position_embeddings": 128}))
+    with pytest.raises(ConfigError, match=r"models.local.path: .* has no weights"):
+        check(cfg)
+    (ckpt / "model.safetensors").write_bytes(b"")
     with pytest.raises(ConfigError, match="max positions 128"):
         check(cfg)  # seq 512 does not fit
     cfg["sweeps"] = {"s": {"seq": [64], "batch": [1]}}
@@ -139,3 +149,91 @@ def test_compare_devices_checked(default_config, tmp_path):
     cfg["compare_devices"] = [{"label": "H200"}]
     with pytest.raises(ConfigError, match="results"):
         check(cfg)
+
+
+def test_unknown_key_message_does_not_dump_the_config(default_config):
+    cfg = copy.deepcopy(default_config)
+    cfg["sweps"] = cfg.pop("sweeps")
+    with pytest.raises(ConfigError) as err:
+        check(cfg)
+    assert "seq_sweep" not in str(err.value) and "tiny-qwen2" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"num_attention_heads": 5}, "num_attention_heads 5 does not divide hidden_size"),
+        ({"num_key_value_heads": 3}, "num_key_value_heads 3 does not divide num_attention_heads"),
+        ({"num_hidden_layers": 0}, "num_hidden_layers must be a positive integer (value: 0)"),
+        ({"max_position_embeddings": 39}, "sweeps.seq_sweep.seq[0]: seq 32 + gen_tokens 8 exceeds"),
+    ],
+)
+def test_inconsistent_architecture_is_rejected(default_config, tmp_path, change, message):
+    arch = json.loads((lsconfig.MODELS_DIR / "tiny-qwen2.json").read_text())
+    assert arch["hidden_size"] % 5 and arch["num_attention_heads"] % 3  # the changes below are inconsistent
+    arch.update(change)
+    (tmp_path / "arch.json").write_text(json.dumps(arch))
+    cfg = copy.deepcopy(default_config)
+    cfg["models"]["tiny-qwen2"]["architecture"] = str(tmp_path / "arch.json")
+    with pytest.raises(ConfigError) as err:
+        check(cfg)
+    assert message in str(err.value) and ("models.tiny-qwen2" in str(err.value) or "sweeps" in message)
+
+
+def test_explicit_head_dim_allows_heads_that_do_not_divide_hidden_size(default_config, tmp_path):
+    arch = json.loads((lsconfig.MODELS_DIR / "tiny-qwen2.json").read_text())
+    arch.update(num_attention_heads=arch["num_key_value_heads"] * 3, head_dim=16)
+    assert arch["hidden_size"] % arch["num_attention_heads"]
+    (tmp_path / "arch.json").write_text(json.dumps(arch))
+    cfg = copy.deepcopy(default_config)
+    cfg["models"]["tiny-qwen2"]["architecture"] = str(tmp_path / "arch.json")
+    check(cfg)
+
+
+def test_yaml_duplicate_keys_and_syntax_errors_name_file_and_line(tmp_path):
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("sweeps:\n  s:\n    seq: [16]\n    batch: [1]\n  s:\n    seq: [32]\n    batch: [1]\n")
+    with pytest.raises(ConfigError) as err:
+        lsconfig.load_yaml(dup)
+    assert f"{dup}, line 5" in str(err.value) and "duplicate key 's' (first given at line 2)" in str(err.value)
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("measure:\n  reps: 3\n  seq: [16, 32\nsweeps: {}\n")
+    with pytest.raises(ConfigError) as err:
+        lsconfig.load_yaml(bad)
+    assert f"{bad}, line 4" in str(err.value)
+
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        lsconfig.load_yaml(listed)
+    with pytest.raises(ConfigError, match="cannot read it"):
+        lsconfig.load_yaml(tmp_path / "missing.yaml")
+    assert lsconfig.load_yaml(lsconfig.REPO_ROOT / "config" / "config.yaml")["measure"]["device"] == "cpu"
+
+
+def test_command_line_overrides_are_typed(default_config):
+    # What snakemake's --config measure='{reps: 5, dtypes: [fp32]}' hands the workflow: strings throughout.
+    raw = {"measure": {"reps": "5", "dtypes": ["fp32"]}, "collapse_factor": "3.5", "allow_errors": "true"}
+    typed = lsconfig.command_line_overrides(raw)
+    assert typed == {"measure": {"reps": 5, "dtypes": ["fp32"]}, "collapse_factor": 3.5, "allow_errors": True}
+    cfg = copy.deepcopy(default_config)
+    lsconfig._merge(cfg, typed)
+    out = check(cfg)
+    assert out["measure"]["reps"] == 5 and out["measure"]["models"] == ["tiny-qwen2"] and out["allow_errors"] is True
+    with pytest.raises(ConfigError, match=r"config key measure: --config measure='\{reps: 5' is not valid YAML.*--configfile"):
+        lsconfig.command_line_overrides({"measure": "{reps: 5"})
+
+
+def test_cuda_without_a_cuda_device_is_rejected(monkeypatch):
+    import torch
+
+    lsconfig.check_device("cpu", 4)  # nothing to check on the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"config key measure.device: torch sees no CUDA device .*value: 'cuda'"):
+        lsconfig.check_device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    lsconfig.check_device("cuda", 2)
+    with pytest.raises(ConfigError, match=r"resources gpu=3: this machine has 2 CUDA devices"):
+        lsconfig.check_device("cuda", 3)

@@ -53,9 +53,10 @@ def test_full_pipeline_then_only_changed_cells_rerun(tmp_path, default_config):
     cells = sorted(p.name for p in (tmp_path / "results" / "cells").rglob("*.json"))
     assert len(cells) == 6  # cells shared between sweeps are measured once
 
-    # Nothing changed: nothing runs.
-    proc = snakemake(tmp_path, "-n", "--cores", "1", "all", configfile=config_file)
-    assert "Nothing to be done" in proc.stdout + proc.stderr
+    # Nothing changed: nothing is measured; only `all` runs, printing the summary.
+    proc = snakemake(tmp_path, "--cores", "1", "all", configfile=config_file)
+    assert re.findall(r"rule (\w+):", proc.stdout + proc.stderr) == ["all"]
+    assert "cells: 6 ok, 0 oom, 0 error" in proc.stderr
 
     # Another run of the same sweeps (as if on another device) added to the report: only the report is rebuilt.
     shutil.copytree(tmp_path / "results", tmp_path / "other_run")
@@ -114,19 +115,30 @@ def test_bad_config_stops_before_any_job(tmp_path, default_config, mutate, messa
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cli_sweep_finishes_with_failed_cells_recorded(tmp_path):
-    """Cells that fail (here: CUDA asked for on a CPU machine) are rows; the sweep, plots and report finish."""
-    out = tmp_path / "x.csv"
-    rc = cli.main(["sweep", "--model", "Qwen/Qwen2.5-3B-Instruct", "--dtype", "fp16", "--device", "cuda",
-                   "--seq", "128,256", "--batch-sizes", "1", "--gen-tokens", "32", "--warmup", "3", "--reps", "7",
-                   "--collapse-factor", "2", "--out", str(out)])
-    assert rc == 0
-    df = pd.read_csv(out)
-    assert list(df.columns[: len(REFERENCE_NAMES)]) == REFERENCE_NAMES
-    assert list(df["seq_len"]) == [128, 256] and list(df["flag"]) == ["error", "error"]
-    work = tmp_path / "x.work"
-    assert "torch sees no CUDA device" in (work / "results" / "report.md").read_text()
-    assert len(cli.failed_cells(work / "results")) == 2
+def test_cuda_on_a_machine_without_cuda_stops_before_any_job(tmp_path, default_config):
+    """measure.device: cuda without a CUDA device: the workflow says so before any job runs."""
+    cfg = small_config(default_config, device="cuda")
+    config_file = write_config(tmp_path / "cfg" / "config.yaml", cfg)
+    proc = snakemake(tmp_path, "--cores", "1", "all", configfile=config_file, check=False)
+    assert proc.returncode != 0
+    assert "config key measure.device: torch sees no CUDA device" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_error_cells_fail_the_run_after_the_report(tmp_path, default_config):
+    """A cell that fails at run time is a row; the report is written, then the run exits non-zero with the
+    summary; allow_errors: true accepts it (given on the command line, where Snakemake passes a string)."""
+    cfg = small_config(default_config, attn_implementation="flash_attention_2")
+    cfg["sweeps"] = {"s": {"seq": [16], "batch": [1]}}
+    cfg["loading"] = {"enabled": False}
+    config_file = write_config(tmp_path / "cfg" / "config.yaml", cfg)
+    proc = snakemake(tmp_path, "--cores", "1", "all", configfile=config_file, check=False)
+    assert proc.returncode != 0
+    assert (tmp_path / "results" / "report.md").is_file() and (tmp_path / "results" / "s" / "combined.png").is_file()
+    assert "cells: 0 ok, 0 oom, 1 error" in proc.stderr
+    assert "results/cells/tiny-qwen2/fp32/eager/seq16_batch1.json: ImportError during model_build" in proc.stderr
+    proc = snakemake(tmp_path, "--cores", "1", "all", "--config", "allow_errors=true", configfile=config_file)
+    assert "1 failed, allowed by the config" in proc.stderr
 
 
 def test_cli_backends_option(tmp_path, capsys):

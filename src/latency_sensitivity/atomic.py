@@ -1,4 +1,7 @@
-"""Atomic file writes: a reader (or a crashed job) never sees half a file."""
+"""Atomic file writes: a reader (or a crashed job) never sees half a file.
+
+The file gets the mode any other new file would get (0666 less the process umask), not mkstemp's 0600.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,20 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the kernel reports it (Linux 4.7+)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -17,6 +34,7 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
+            os.fchmod(fh.fileno(), 0o666 & ~current_umask())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:

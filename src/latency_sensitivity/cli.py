@@ -5,7 +5,8 @@
 
 writes a complete config into a work folder (by default beside --out), runs the same Snakefile there (so a
 rerun measures only the cells that changed) and copies the sweep's CSV to --out. The work folder keeps the
-per-cell results, plots and report.
+per-cell results, plots and report. It ends with the run's summary (cells ok, oom, error) and exits 1 when a
+cell failed with an error (its row is in the CSV all the same); an existing --out is replaced only with --force.
 
     latency-sensitivity failed-cells [--results results]   # cells that ran out of memory or failed
     latency-sensitivity columns                             # the metrics table (as in the README)
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import yaml
 
 from . import backends
 from . import config as lsconfig
+from . import run_summary
 from .atomic import write_text
 
 SWEEP_NAME = "sweep"
@@ -37,6 +40,84 @@ def _int_list(text: str) -> list[int]:
     if not values:
         raise argparse.ArgumentTypeError("expected at least one value")
     return values
+
+
+def _positive_int_list(text: str) -> list[int]:
+    values = _int_list(text)
+    bad = [v for v in values if v < 1]
+    if bad:
+        raise argparse.ArgumentTypeError(f"every value must be at least 1, got {bad[0]} in {text!r}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"a value is given twice in {text!r}")
+    return values
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _factor(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 1:
+        raise argparse.ArgumentTypeError(f"must be greater than 1, got {text}")
+    return value
+
+
+# The config key each sweep flag sets (sweep_config), to speak of the flag in a message about the key.
+FLAGS = (
+    ("models.", "--model"),
+    ("measure.models", "--model"),
+    ("measure.dtypes", "--dtype"),
+    ("measure.backends", "--backends"),
+    ("measure.device", "--device"),
+    ("measure.attn_implementation", "--attn-implementation"),
+    ("measure.gen_tokens", "--gen-tokens"),
+    ("measure.warmup", "--warmup"),
+    ("measure.reps", "--reps"),
+    ("measure.seed", "--seed"),
+    ("measure.threads", "--threads"),
+    ("collapse_factor", "--collapse-factor"),
+    (f"sweeps.{SWEEP_NAME}.seq", "--seq"),
+    (f"sweeps.{SWEEP_NAME}.batch", "--batch-sizes"),
+    ("loading", "--loading"),
+)
+
+
+def flag_message(exc: lsconfig.ConfigError) -> str:
+    """A config error as the user of the command line sees it: naming the flag instead of the config key."""
+    key, text = exc.key, str(exc)
+    if key is None:
+        return text
+    for prefix, flag in FLAGS:
+        if key.startswith(prefix):
+            return f"{flag}: {text.split(': ', 1)[1]}"
+    return text
+
+
+def check_out(out: Path, force: bool) -> str | None:
+    """Why --out cannot be written (checked before anything is measured), or None."""
+    if out.is_dir():
+        return f"--out {out}: is a directory; give the CSV file to write"
+    if out.exists() and not force:
+        return f"--out {out}: exists; give --force to replace it, or another path"
+    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        return f"--out {out}: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"--out {out}: cannot write in {parent}"
+    return None
 
 
 def _default_device() -> str:
@@ -87,8 +168,7 @@ def _safe_name(name: str) -> str:
 
 
 def sweep_config(args: argparse.Namespace) -> dict:
-    with open(lsconfig.REPO_ROOT / "config" / "config.yaml") as fh:
-        repo_config = yaml.safe_load(fh)
+    repo_config = lsconfig.load_yaml(lsconfig.REPO_ROOT / "config" / "config.yaml")
     name, entry = resolve_model_arg(args.model, repo_config)
     return {
         "models": {name: entry},
@@ -113,29 +193,42 @@ def sweep_config(args: argparse.Namespace) -> dict:
 def cmd_sweep(args: argparse.Namespace) -> int:
     out = Path(args.out)
     workdir = Path(args.workdir) if args.workdir else out.parent / f"{out.stem}.work"
+    problem = None if args.dry_run else check_out(out, args.force)
     try:
+        if problem:
+            raise lsconfig.ConfigError(problem)
         cfg = sweep_config(args)
-        lsconfig.validate(json.loads(json.dumps(cfg)), base_dir=workdir)
+        checked = lsconfig.validate(json.loads(json.dumps(cfg)), base_dir=workdir)
+        if not args.dry_run:
+            lsconfig.check_device(cfg["measure"]["device"], key="--device")
     except lsconfig.ConfigError as exc:
-        print(f"latency-sensitivity: {exc}", file=sys.stderr)
+        print(f"latency-sensitivity: {flag_message(exc)}", file=sys.stderr)
         return 2
     config_path = workdir / "config" / "config.yaml"
     write_text(config_path, yaml.safe_dump(cfg, sort_keys=False))
+    produced = workdir / "results" / SWEEP_NAME / "sweep.csv"
+    report = workdir / "results" / "report.md"
     cmd = [
         sys.executable, "-m", "snakemake", "--snakefile", str(lsconfig.REPO_ROOT / "Snakefile"),
         "--directory", str(workdir), "--configfile", str(config_path.resolve()), "--cores", str(args.cores),
     ]
     if args.dry_run:
         cmd.append("--dry-run")
-    cmd.append("all")
+    # The sweep's products rather than `all`: the summary and the exit status for failed cells come from here.
+    cmd += [str(produced.relative_to(workdir)), str(report.relative_to(workdir))]
     print("running:", " ".join(cmd), file=sys.stderr)
     rc = subprocess.call(cmd)
     if rc != 0 or args.dry_run:
         return rc
-    produced = workdir / "results" / SWEEP_NAME / "sweep.csv"
     write_text(out, produced.read_text())
-    print(f"wrote {out} (report: {workdir / 'results' / 'report.md'})", file=sys.stderr)
-    return 0
+    print(f"wrote {out} (report: {report})", file=sys.stderr)
+    results = [workdir / cell.path for cell in lsconfig.all_cells(checked)]
+    if checked["loading"]["enabled"]:
+        results += [workdir / f"results/loading/{m}/{d}/{checked['measure']['device']}.json"
+                    for m in checked["measure"]["models"] for d in checked["measure"]["dtypes"]]
+    summary = run_summary.read_results(results)
+    print(summary.text(), end="", file=sys.stderr)
+    return 1 if summary.errors else 0
 
 
 def failed_cells(results: Path) -> list[Path]:
@@ -168,22 +261,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="local checkpoint folder, architecture JSON, or a name/alias")
     s.add_argument("--dtype", choices=lsconfig.DTYPES, default="fp16")
     s.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    s.add_argument("--seq", type=_int_list, required=True, help="comma-separated prompt lengths")
-    s.add_argument("--batch-sizes", type=_int_list, default=[1], help="comma-separated batch sizes")
+    s.add_argument("--seq", type=_positive_int_list, required=True, help="comma-separated prompt lengths")
+    s.add_argument("--batch-sizes", type=_positive_int_list, default=[1], help="comma-separated batch sizes")
     s.add_argument("--backends", type=_backend_list, default=["eager"],
                    help=f"comma-separated (eager is the reference study's setup): {backends.describe()}")
     s.add_argument("--loading", action="store_true",
                    help="also measure model loading stage by stage (writes the model's random weights once as a "
                         "safetensors checkpoint in the work folder: about 2 bytes per parameter in fp16)")
-    s.add_argument("--gen-tokens", type=int, default=32)
-    s.add_argument("--warmup", type=int, default=3)
-    s.add_argument("--reps", type=int, default=7)
-    s.add_argument("--collapse-factor", type=float, default=2.0)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--gen-tokens", type=_int_at_least(2), default=32, help="tokens generated per sequence (>= 2)")
+    s.add_argument("--warmup", type=_int_at_least(0), default=3)
+    s.add_argument("--reps", type=_int_at_least(1), default=7)
+    s.add_argument("--collapse-factor", type=_factor, default=2.0)
+    s.add_argument("--seed", type=_int_at_least(0), default=0)
     s.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
-    s.add_argument("--threads", type=int, default=1, help="CPU threads of a measurement")
-    s.add_argument("--cores", type=int, default=1, help="snakemake --cores")
-    s.add_argument("--out", required=True, help="CSV to write")
+    s.add_argument("--threads", type=_int_at_least(1), default=1, help="CPU threads of a measurement")
+    s.add_argument("--cores", type=_int_at_least(1), default=1, help="snakemake --cores")
+    s.add_argument("--out", required=True, help="CSV to write (an existing file only with --force)")
+    s.add_argument("--force", action="store_true", help="replace --out when it exists")
     s.add_argument("--workdir", help="where the pipeline runs (default: <out>.work beside --out)")
     s.add_argument("--dry-run", action="store_true", help="show what would be measured")
     s.set_defaults(func=cmd_sweep)

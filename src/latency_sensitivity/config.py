@@ -5,6 +5,7 @@ Used by the workflow (workflow/rules/common.smk) before any job starts, and by t
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from dataclasses import dataclass
@@ -23,6 +24,144 @@ DTYPES = ("fp32", "fp16", "bf16")
 
 class ConfigError(ValueError):
     """A configuration value that cannot be run. The message names the key and the value."""
+
+    @property
+    def key(self) -> str | None:
+        """The config key the message names (`measure.reps`, `sweeps.s.seq[0]`), if it names one."""
+        text = str(self)
+        if text.startswith("config key "):
+            return text[len("config key "):].split(":", 1)[0].split(" ", 1)[0]
+        return None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error, not last-one-wins."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None,
+                        f"duplicate key {key!r} (first given at line {first.line + 1}); a second value would "
+                        f"silently replace the first",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """A config file (YAML or JSON) as a dict. ConfigError naming the file and the line on a syntax error or
+    a duplicate key, and when the file cannot be read or is not a mapping."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.load(fh, Loader=_StrictLoader)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror or exc})") from exc
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(p for p in (exc.context, exc.problem) if p)
+        raise ConfigError(f"config file {path}{where}: {what}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping of config keys "
+                          f"(found {type(data).__name__})")
+    return data
+
+
+def _typed(value: Any) -> Any:
+    """A --config value with its strings read as YAML scalars (Snakemake leaves nested values as strings)."""
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    if isinstance(value, str):
+        try:
+            return yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            return value
+    return value
+
+
+def _merge(base: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def command_line_overrides(overrides: dict) -> dict:
+    """`snakemake --config key=value` values, typed: `measure='{reps: 5}'` gives measure.reps the integer 5.
+
+    ConfigError for a value that looks like a YAML mapping or list but does not parse (Snakemake would then
+    replace the whole section by that string).
+    """
+    out = {}
+    for key, value in overrides.items():
+        if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+            try:
+                yaml.safe_load(value)
+            except yaml.YAMLError as exc:
+                raise ConfigError(
+                    f"config key {key}: --config {key}={value!r} is not valid YAML ({exc.problem or exc}); write "
+                    f"nested values in YAML flow style, e.g. --config measure='{{reps: 5}}', or put them in a file "
+                    f"given with --configfile"
+                ) from None
+        out[key] = _typed(value)
+    return out
+
+
+def validate_workflow(config: dict, workflow) -> dict:
+    """What the workflow checks before any job starts (workflow/rules/common.smk), on Snakemake's `config`.
+
+    The config files are read again strictly (duplicate keys, with file and line), `--config` values are typed
+    (Snakemake passes nested ones as strings), the config is validated, and on a local run the measurement
+    device is checked: CUDA present, and at least `--resources gpu=N` devices of it.
+    """
+    for path in workflow.configfiles:
+        load_yaml(path)
+    _merge(config, command_line_overrides(dict(workflow.config_settings.config)))
+    validate(config, base_dir=".")
+    if getattr(workflow, "local_exec", True) and getattr(workflow, "is_main_process", True):
+        gpus = workflow.global_resources.get("gpu")
+        check_device(config["measure"]["device"], getattr(gpus, "value", gpus))
+    return config
+
+
+def check_device(device: str, gpus: int | None = None, key: str = "config key measure.device") -> None:
+    """The measurement device exists here: with `cuda`, torch sees a CUDA device, and at least `gpus` of them.
+
+    torch is imported only for `cuda` (it takes a second or two).
+    """
+    if device != "cuda":
+        return
+    try:
+        import torch
+    except ImportError as exc:
+        raise ConfigError(f"{key}: 'cuda' needs torch, which cannot be imported here ({exc})") from exc
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"{key}: torch sees no CUDA device on this machine (value: 'cuda'; torch {torch.__version__}, "
+            f"built for CUDA {torch.version.cuda or 'none'}); measure on the CPU (cpu) or on a machine with a GPU"
+        )
+    count = torch.cuda.device_count()
+    if isinstance(gpus, int) and gpus > count:
+        raise ConfigError(
+            f"resources gpu={gpus}: this machine has {count} CUDA device{'s' if count != 1 else ''} "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); give --resources gpu={count} "
+            f"or fewer"
+        )
 
 
 @dataclass(frozen=True)
@@ -65,13 +204,36 @@ def _fill_defaults(config: dict, schema: dict) -> None:
             _fill_defaults(config[key], sub)
 
 
+def _unknown_key(err) -> ConfigError | None:
+    """For an additionalProperties failure: name the unknown key and suggest the nearest known one."""
+    allowed = list(err.schema.get("properties", {}))
+    if not allowed or not isinstance(err.instance, dict):
+        return None
+    unknown = [k for k in err.instance if k not in allowed]
+    if not unknown:
+        return None
+    key = unknown[0]
+    full = _key([*err.absolute_path, key])
+    near = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+    hint = f"did you mean {_key([*err.absolute_path, near[0]])}? " if near else ""
+    return ConfigError(f"config key {full}: not a known key ({hint}known here: {', '.join(allowed)})")
+
+
 def check_schema(config: dict, schema_path: Path | str = SCHEMA_PATH) -> None:
     """Raise ConfigError naming the offending key and value for the first schema violation."""
     schema = load_schema(schema_path)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (list(e.absolute_path), e.message))
     if errors:
+        # An unknown key first: it is often a required one misspelled, and its message suggests the right one.
+        for err in errors:
+            unknown = _unknown_key(err) if err.validator == "additionalProperties" else None
+            if unknown is not None:
+                raise unknown
         err = jsonschema.exceptions.best_match(errors)
+        if err.validator == "required" and isinstance(err.instance, dict):
+            missing = [k for k in err.validator_value if k not in err.instance]
+            raise ConfigError(f"config key {_key([*err.absolute_path, missing[0]])}: required, but not given")
         # A oneOf failure's own message dumps the whole object; say what the alternatives are instead.
         if err.validator == "oneOf" and err.absolute_path and err.absolute_path[0] == "models":
             msg = "give exactly one of `architecture` (random weights) or `path` (a local checkpoint)"
@@ -122,6 +284,23 @@ def resolve_model(name: str, entry: dict, base_dir: Path | str = ".") -> ModelSo
     return ModelSource(name, "path", p.resolve())
 
 
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
+
+
+def check_checkpoint(name: str, source: ModelSource) -> None:
+    """A local checkpoint folder holds readable weights (safetensors or PyTorch .bin files)."""
+    if source.kind != "path":
+        return
+    key = f"config key models.{name}.path"
+    weights = [f for pattern in WEIGHT_PATTERNS for f in source.location.glob(pattern)]
+    if not weights:
+        raise ConfigError(f"{key}: {source.location} has no weights ({', '.join(WEIGHT_PATTERNS)}) "
+                          f"(value: {str(source.location)!r})")
+    for f in [source.config_json, *weights]:
+        if not os.access(f, os.R_OK):
+            raise ConfigError(f"{key}: {f} is not readable (value: {str(source.location)!r})")
+
+
 def max_positions(arch: dict) -> int | None:
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         if isinstance(arch.get(key), int):
@@ -147,6 +326,16 @@ def validate(config: dict, base_dir: Path | str = ".", schema_path: Path | str =
         for sweep_name, sweep in config["sweeps"].items():
             for i, seq in enumerate(sweep["seq"]):
                 _check_fits(f"sweeps.{sweep_name}.seq[{i}]", seq, measure["gen_tokens"], name, limit)
+    tokenizer = config.get("tokenizer", {}).get("path")
+    if tokenizer is not None:
+        from .tokenization import tokenizer_file
+
+        given = Path(tokenizer)
+        found = tokenizer_file(given if given.is_absolute() else Path(base_dir) / given)
+        if not found.is_file():
+            raise ConfigError(f"config key tokenizer.path: no tokenizer.json at {found} (value: {tokenizer!r})")
+        if not os.access(found, os.R_OK):
+            raise ConfigError(f"config key tokenizer.path: {found} is not readable (value: {tokenizer!r})")
     study = config.get("reference_study")
     if study:
         if study["model"] not in models:
@@ -184,13 +373,45 @@ def compare_device_sweeps(other: dict, sweeps: Iterable[str], base_dir: Path | s
 def _architecture(name: str, entry: dict, base_dir: Path | str) -> dict:
     """A configured model's architecture (config.json); ConfigError naming the key when it cannot be read."""
     source = resolve_model(name, entry, base_dir)
+    check_checkpoint(name, source)
     try:
         arch = source.architecture()
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"config key models.{name}: cannot read {source.config_json}: {exc}") from exc
     if "model_type" not in arch:
         raise ConfigError(f"config key models.{name}: {source.config_json} has no model_type")
+    check_architecture(f"models.{name}", source.config_json, arch)
     return arch
+
+
+def _arch_int(arch: dict, *names: str) -> tuple[str, Any] | None:
+    """The first of these architecture keys that is set (transformers' names differ between model types)."""
+    for n in names:
+        if arch.get(n) is not None:
+            return n, arch[n]
+    return None
+
+
+def check_architecture(key: str, source: Path | str, arch: dict) -> None:
+    """The shapes a model is built with fit together: attention heads divide the hidden size (unless the
+    architecture sets head_dim), key/value heads divide the attention heads, every size is a positive integer."""
+    found = {
+        "hidden": _arch_int(arch, "hidden_size", "n_embd", "d_model"),
+        "heads": _arch_int(arch, "num_attention_heads", "n_head", "num_heads"),
+        "kv": _arch_int(arch, "num_key_value_heads", "num_kv_heads"),
+        "layers": _arch_int(arch, "num_hidden_layers", "n_layer", "num_layers"),
+        "head_dim": _arch_int(arch, "head_dim"),
+    }
+    for item in found.values():
+        if item is not None and (not isinstance(item[1], int) or isinstance(item[1], bool) or item[1] < 1):
+            raise ConfigError(f"config key {key}: {source}: {item[0]} must be a positive integer (value: {item[1]!r})")
+    hidden, heads, kv = found["hidden"], found["heads"], found["kv"]
+    if hidden and heads and found["head_dim"] is None and hidden[1] % heads[1]:
+        raise ConfigError(f"config key {key}: {source}: {heads[0]} {heads[1]} does not divide {hidden[0]} "
+                          f"{hidden[1]} (value: {heads[1]})")
+    if heads and kv and heads[1] % kv[1]:
+        raise ConfigError(f"config key {key}: {source}: {kv[0]} {kv[1]} does not divide {heads[0]} {heads[1]} "
+                          f"(value: {kv[1]})")
 
 
 def _check_fits(key: str, seq: int, gen_tokens: int, model: str, limit: int | None) -> None:

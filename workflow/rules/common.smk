@@ -19,7 +19,7 @@ lsconfig.use_source_tree(SRC)
 # Checked before any job starts. Our checks come first: their messages name the key and the value, and
 # they cover what a schema cannot (model files exist, sequences fit the model's positions).
 try:
-    lsconfig.validate(config, base_dir=".")
+    lsconfig.validate_workflow(config, workflow)
 except lsconfig.ConfigError as exc:
     raise WorkflowError(f"invalid configuration: {exc}")
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
