@@ -237,3 +237,36 @@ def test_cuda_without_a_cuda_device_is_rejected(monkeypatch):
     lsconfig.check_device("cuda", 2)
     with pytest.raises(ConfigError, match=r"resources gpu=3: this machine has 2 CUDA devices"):
         lsconfig.check_device("cuda", 3)
+
+
+def test_report_settings_come_from_the_cells(default_config):
+    """The config gives only what no cell records; the cells' own specs override it, differing values counted."""
+    from latency_sensitivity.report import cell_settings, settings_section
+
+    summary = lsconfig.settings_summary(lsconfig.validate(default_config))
+    assert set(summary) == {"models", "collapse_factor"}
+    arch = json.loads((lsconfig.MODELS_DIR / "tiny-qwen2.json").read_text())
+    assert summary["models"]["tiny-qwen2"]["hidden_size"] == arch["hidden_size"]
+
+    def cell(threads, dtype="fp32", hidden=arch["hidden_size"]):
+        spec = {"model": "tiny-qwen2", "model_kind": "architecture", "dtype": dtype, "backend": "eager",
+                "device": "cpu", "attn_implementation": "sdpa", "gen_tokens": 8, "warmup": 1, "reps": 3,
+                "seed": 0, "threads": threads}
+        return {"cell": spec, "status": "ok", "architecture": dict(arch, hidden_size=hidden)}
+
+    cells = [cell(1), cell(2, "bf16"), cell(1), cell(2, hidden=arch["hidden_size"] * 2), cell(2)]
+    settings = cell_settings(cells, summary)
+    assert settings["threads"] == "1 (2 cells), 2 (3 cells)"
+    assert settings["dtypes"] == ["fp32", "bf16"] and settings["reps"] == 3
+    assert settings["collapse_factor"] == summary["collapse_factor"]
+    hidden = arch["hidden_size"]
+    assert settings["models"]["tiny-qwen2"]["hidden_size"] == f"{hidden} (4 cells), {hidden * 2} (1 cell)"
+    assert settings["models"]["tiny-qwen2"]["weights"] == "random (from architecture)"
+    text = settings_section(settings)
+    assert "| `threads` | 1 (2 cells), 2 (3 cells) |" in text.splitlines()
+    # All cells agree: the plain value, whatever the config says.
+    assert cell_settings([cell(4), cell(4)], summary)["threads"] == 4
+    # A model whose cells recorded no architecture (failed before loading) keeps the configured one.
+    failed = cell(1)
+    del failed["architecture"]
+    assert cell_settings([failed], summary)["models"]["tiny-qwen2"]["hidden_size"] == hidden

@@ -63,3 +63,53 @@ def test_regime_columns_from_gpu_busy():
     row = merge([r], ceilings=ceilings).iloc[0]
     assert row["decode_regime"] == "launch-bound"
     assert row["prefill_regime"] == f"{row['prefill_bound']}-bound"
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (None, "JSONDecodeError"),  # cut short
+        ("[1, 2]", "a JSON list, not an object"),
+        ('{"status": "ok"}', "no 'cell' key"),
+        (b"\xff\xfe{", "UnicodeDecodeError"),
+    ],
+)
+def test_unreadable_cell_named_with_remedy(tmp_path, content, problem):
+    from latency_sensitivity import steps
+    from latency_sensitivity.merge import UnreadableCell, cell_problem, load_results
+
+    good, bad = tmp_path / "seq128_batch1.json", tmp_path / "seq256_batch1.json"
+    good.write_text(json.dumps(result(128, 1, prefill_p50_ms=10.0)))
+    if content is None:
+        bad.write_text(json.dumps(result(256, 1, prefill_p50_ms=20.0))[:150])
+    elif isinstance(content, bytes):
+        bad.write_bytes(content)
+    else:
+        bad.write_text(content)
+    assert cell_problem(good) is None and cell_problem(tmp_path / "absent.json") is None
+    assert problem in cell_problem(bad)
+    with pytest.raises(UnreadableCell) as info:
+        load_results([good, bad])
+    message = str(info.value)
+    assert str(bad) in message and problem in message
+    assert "delete it and rerun" in message and f"--forcerun {bad}" in message
+    with pytest.raises(UnreadableCell, match="seq256_batch1.json"):
+        steps.merge_sweep([str(good), str(bad)], str(tmp_path / "merged.csv"), sweep="s")
+    assert not (tmp_path / "merged.csv").exists()
+
+
+def test_failed_cells_lists_unreadable_files_without_crashing(tmp_path, capsys):
+    from latency_sensitivity import cli
+
+    cells = tmp_path / "results" / "cells" / "m" / "fp16" / "eager"
+    cells.mkdir(parents=True)
+    (cells / "seq1_batch1.json").write_text(json.dumps(result(1, 1, prefill_p50_ms=1.0)))
+    (cells / "seq2_batch1.json").write_text(json.dumps(result(2, 1, status="oom")))
+    (cells / "seq3_batch1.json").write_text(json.dumps(result(3, 1))[:40])
+    listed = cli.failed_cells(tmp_path / "results")
+    assert [(p.name, s.split(":")[0]) for p, s in listed] == [("seq2_batch1.json", "oom"),
+                                                              ("seq3_batch1.json", "unreadable")]
+    assert cli.main(["failed-cells", "--results", str(tmp_path / "results")]) == 0
+    out, err = capsys.readouterr()
+    assert out.split() == [str(cells / "seq2_batch1.json"), str(cells / "seq3_batch1.json")]
+    assert f"{cells / 'seq3_batch1.json'}: unreadable: JSONDecodeError" in err and "seq2" not in err

@@ -8,7 +8,7 @@ rerun measures only the cells that changed) and copies the sweep's CSV to --out.
 per-cell results, plots and report. It ends with the run's summary (cells ok, oom, error) and exits 1 when a
 cell failed with an error (its row is in the CSV all the same); an existing --out is replaced only with --force.
 
-    latency-sensitivity failed-cells [--results results]   # cells that ran out of memory or failed
+    latency-sensitivity failed-cells [--results results]   # cells that ran out of memory, failed or are unreadable
     latency-sensitivity columns                             # the metrics table (as in the README)
 """
 
@@ -231,17 +231,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if summary.errors else 0
 
 
-def failed_cells(results: Path) -> list[Path]:
+def failed_cells(results: Path) -> list[tuple[Path, str]]:
+    """Result files to measure again, with why: a cell's status (oom, error) or `unreadable: <problem>`."""
+    from .merge import UnreadableCell, read_cell
+
     out = []
     for path in sorted(results.glob("cells/**/*.json")):
-        with open(path) as fh:
-            if json.load(fh).get("status") != "ok":
-                out.append(path)
+        try:
+            status = read_cell(path)["status"]
+        except UnreadableCell as exc:
+            status = f"unreadable: {exc.problem}"
+        if status != "ok":
+            out.append((path, status))
     return out
 
 
 def cmd_failed_cells(args: argparse.Namespace) -> int:
-    for path in failed_cells(Path(args.results)):
+    """The paths on stdout (for `snakemake --forcerun $(latency-sensitivity failed-cells)`); an unreadable
+    file's problem also on stderr (a failed cell's error is in its file)."""
+    for path, status in failed_cells(Path(args.results)):
+        if status.startswith("unreadable"):
+            print(f"{path}: {status}", file=sys.stderr)
         print(path)
     return 0
 
@@ -282,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="show what would be measured")
     s.set_defaults(func=cmd_sweep)
 
-    f = sub.add_parser("failed-cells", help="list result files of cells that ran out of memory or failed")
+    f = sub.add_parser("failed-cells", help="list result files of cells that ran out of memory, failed or cannot be read (why: on stderr)")
     f.add_argument("--results", default="results")
     f.set_defaults(func=cmd_failed_cells)
 

@@ -478,31 +478,23 @@ def find_model_by_alias(config: dict, name: str) -> str | None:
     return None
 
 
+ARCHITECTURE_SUMMARY = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads",
+                        "num_key_value_heads", "intermediate_size", "vocab_size", "tie_word_embeddings")
+
+
 def settings_summary(config: dict) -> dict:
-    """What the report's Setup section shows: the run settings and each measured model's architecture."""
-    m = config["measure"]
+    """What the report's Settings take from the config: what no cell records (collapse_factor) and each measured
+    model's architecture as configured. Every measurement setting (dtypes, backends, device, gen_tokens, warmup,
+    reps, seed, threads, ...) and the architecture the cells were built from come from the cells' own records
+    (report.cell_settings), so the report cannot show a value the cells were not measured with."""
     models = {}
-    for name in m["models"]:
+    for name in config["measure"]["models"]:
         source = resolve_model(name, config["models"][name], ".")
         arch = source.architecture()
-        keys = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
-                "intermediate_size", "vocab_size", "tie_word_embeddings")
-        summary = {k: arch[k] for k in keys if k in arch}
+        summary = {k: arch[k] for k in ARCHITECTURE_SUMMARY if k in arch}
         summary["weights"] = "random (from architecture)" if source.kind == "architecture" else f"local: {source.location}"
         models[name] = summary
-    return {
-        "models": models,
-        "dtypes": list(m["dtypes"]),
-        "backends": list(m["backends"]),
-        "device": m["device"],
-        "attn_implementation": m["attn_implementation"],
-        "gen_tokens": m["gen_tokens"],
-        "warmup": m["warmup"],
-        "reps": m["reps"],
-        "seed": m["seed"],
-        "threads": m["threads"],
-        "collapse_factor": config["collapse_factor"],
-    }
+    return {"models": models, "collapse_factor": config["collapse_factor"]}
 
 
 def use_source_tree(src: str) -> None:

@@ -64,12 +64,50 @@ def roofline_row(result: dict, ceilings: dict | None) -> dict:
     return row
 
 
+class UnreadableCell(ValueError):
+    """A cell's result file that cannot be read as a result; the message names the file and the remedy."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path, self.problem = str(path), problem
+        super().__init__(
+            f"{path} is not a readable cell result ({problem}). It was cut short or edited by hand; measure the "
+            f"cell again: delete it and rerun `snakemake all` (only that cell is measured), or run "
+            f"`snakemake all --forcerun {path}`."
+        )
+
+
+def cell_problem(path: str | Path) -> str | None:
+    """Why a cell's result file cannot be read (None when it can); a missing file is not a problem here."""
+    try:
+        read_cell(path)
+    except UnreadableCell as exc:
+        return exc.problem
+    except FileNotFoundError:
+        return None
+    return None
+
+
+def read_cell(path: str | Path) -> dict:
+    """One cell's result (runner.py's layout); UnreadableCell when it is not valid JSON or not a result."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            result = json.load(fh)
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnreadableCell(path, f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(result, dict):
+        raise UnreadableCell(path, f"a JSON {type(result).__name__}, not an object")
+    missing = [key for key in ("cell", "status") if key not in result]
+    if missing:
+        raise UnreadableCell(path, f"no {' or '.join(repr(k) for k in missing)} key")
+    if not isinstance(result["cell"], dict):
+        raise UnreadableCell(path, "'cell' is not an object")
+    return result
+
+
 def load_results(paths: Iterable[str | Path]) -> list[dict]:
-    out = []
-    for p in paths:
-        with open(p) as fh:
-            out.append(json.load(fh))
-    return out
+    return [read_cell(p) for p in paths]
 
 
 def merge(results: list[dict], sweep: str | None = None, ceilings: dict | None = None) -> pd.DataFrame:

@@ -34,6 +34,7 @@ from latency_sensitivity import collapse as _collapse
 from latency_sensitivity.atomic import write_text
 from latency_sensitivity.backends import BACKENDS
 from latency_sensitivity.columns import COLUMNS_BY_NAME, LATENCY_METRICS, THROUGHPUT_METRICS
+from latency_sensitivity.config import ARCHITECTURE_SUMMARY
 
 FLAT_TOLERANCE = 0.05
 NOISE_THRESHOLD = 0.10
@@ -65,8 +66,16 @@ SETTINGS_KEYS = (
     "warmup",
     "reps",
     "seed",
+    "threads",
     "collapse_factor",
 )
+# The settings each cell records (runner.py's `cell`): {report setting: the cell's key}. A list setting (dtypes,
+# backends) lists the values; a scalar one shows its value, or each value with its count where cells differ.
+CELL_SETTINGS = {"dtypes": "dtype", "backends": "backend", "device": "device",
+                 "attn_implementation": "attn_implementation", "gen_tokens": "gen_tokens", "warmup": "warmup",
+                 "reps": "reps", "seed": "seed", "threads": "threads"}
+CELL_LIST_SETTINGS = ("dtypes", "backends")
+
 
 # Labels of metrics in the findings.
 LABELS = {
@@ -886,6 +895,47 @@ def _models_table(models: Any) -> str | None:
         return markdown_table(["model"] + keys, rows)
     rows = [[f"`{name}`", _fmt_value(v)] for name, v in entries]
     return markdown_table(["model", "architecture"], rows)
+
+
+def _counted(values: list) -> Any:
+    """One value when all agree, else "v1 (n1 cells), v2 (n2 cells)" in first-seen order."""
+    counts: dict[str, int] = {}
+    for v in values:
+        counts[_fmt_value(v)] = counts.get(_fmt_value(v), 0) + 1
+    if len(counts) == 1:
+        return values[0]
+    return ", ".join(f"{v} ({n} cell{'s' if n != 1 else ''})" for v, n in counts.items())
+
+
+def cell_settings(results: Sequence[dict], settings: dict | None = None) -> dict:
+    """The report's settings as the cells recorded them (each cell's `cell` spec and `architecture`), over the
+    config's `settings` (which keeps what cells do not record, e.g. collapse_factor, and the architecture of a
+    model none of whose cells got as far as loading it). Where cells differ, each value is shown with its count."""
+    out = dict(settings or {})
+    specs = [r["cell"] for r in results]
+    if not specs:
+        return out
+    for name, key in CELL_SETTINGS.items():
+        values = [spec[key] for spec in specs if key in spec]
+        if not values:
+            continue
+        out[name] = list(dict.fromkeys(values)) if name in CELL_LIST_SETTINGS else _counted(values)
+    models: dict[str, dict] = {}
+    configured = out.get("models") if isinstance(out.get("models"), dict) else {}
+    for name in dict.fromkeys(spec["model"] for spec in specs):
+        mine = [r for r in results if r["cell"]["model"] == name]
+        archs = [r["architecture"] for r in mine if isinstance(r.get("architecture"), dict)]
+        if archs:
+            summary = {k: _counted([a.get(k) for a in archs]) for k in ARCHITECTURE_SUMMARY
+                       if any(k in a for a in archs)}
+        else:
+            summary = {k: v for k, v in dict(configured.get(name) or {}).items() if k != "weights"}
+        summary["weights"] = _counted([
+            "random (from architecture)" if r["cell"].get("model_kind") == "architecture"
+            else f"local: {r['cell'].get('model_location')}" for r in mine])
+        models[name] = summary
+    out["models"] = models
+    return out
 
 
 def settings_section(settings: dict) -> str:

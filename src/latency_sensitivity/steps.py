@@ -118,7 +118,9 @@ def build_report(
     from . import config as lsconfig
     from . import report
 
-    settings = dict(settings)
+    from .merge import read_cell
+
+    settings = report.cell_settings([read_cell(p) for p in cell_files], settings)
     ceilings = load_ceilings(calibration_files)
     for (device, dtype), cal in sorted(ceilings.items()):
         settings[f"ceilings ({device}, {dtype})"] = (

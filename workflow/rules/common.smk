@@ -1,5 +1,6 @@
 # Config validation, cell enumeration and input functions shared by every rule.
 
+import os
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 
 from latency_sensitivity import config as lsconfig  # noqa: E402
+from latency_sensitivity.merge import cell_problem  # noqa: E402
 from latency_sensitivity.profiling import NSYS_REPORTS  # noqa: E402
 from latency_sensitivity.tokenization import tokenizer_file  # noqa: E402
 
@@ -82,6 +84,34 @@ def sweep_cell_files(wildcards):
     return [cell.path for cell in lsconfig.sweep_cells(config, wildcards.sweep)]
 
 
+def _forced(path):
+    """Whether this run measures the cell again anyway (--forcerun of the file or of measure_cell, --forceall)."""
+    dag = workflow.dag_settings
+    forced = {os.path.normpath(str(t)) for t in dag.forcerun}
+    return dag.forceall or "measure_cell" in forced or os.path.normpath(path) in forced
+
+
+def readable_cells(wildcards):
+    """An input function of `all` that stops the run before any job starts when a cell's result file exists
+    but cannot be read (cut short, edited), naming the files and the remedy; a cell this run measures again
+    anyway (--forcerun) passes. It adds no input. (Snakemake treats an existing file whose producing job
+    fails to build as a plain input, so only the target rule's own input function can stop the run here.)"""
+    unreadable = [
+        (cell.path, problem)
+        for cell in CELLS
+        if not _forced(cell.path) and (problem := cell_problem(cell.path)) is not None
+    ]
+    if unreadable:
+        listed = "\n".join(f"  {path}: {problem}" for path, problem in unreadable)
+        names = " ".join(path for path, _ in unreadable)
+        raise WorkflowError(
+            f"{len(unreadable)} cell result file(s) cannot be read (cut short or edited by hand):\n{listed}\n"
+            f"Measure them again: delete them and rerun (only those cells are measured), or add "
+            f"`--forcerun {names}`."
+        )
+    return []
+
+
 def all_cell_files():
     return [cell.path for cell in CELLS]
 
@@ -102,12 +132,28 @@ def sweep_figures(sweep):
 
 
 def all_targets():
+    """Everything `all` builds. Each measurement and intermediate is a target of its own: Snakemake does not
+    remake a missing intermediate whose downstream outputs exist, so a deleted cell, calibration, tokenizer,
+    checkpoint or merged table would otherwise never be made again. As targets, a missing one is made again, and
+    everything downstream of it is rebuilt (its outputs are then older than their inputs)."""
     targets = []
     for sweep in SWEEPS:
-        targets.append(f"results/{sweep}/sweep.csv")
+        targets.extend([f"results/{sweep}/merged.csv", f"results/{sweep}/sweep.csv"])
         targets.extend(sweep_figures(sweep))
     targets.append("results/report.md")
+    targets.extend(all_cell_files())
+    targets.append(readable_cells)
+    targets.extend(calibration_files())
+    if "path" not in TOKENIZER:
+        targets.append(TOKENIZER_FILE)
     targets.extend(loading_files())
+    if LOADING["enabled"]:
+        targets.extend(
+            f"results/checkpoints/{m}/{d}"
+            for m in MEASURE["models"]
+            if MODEL_SOURCES[m].kind == "architecture"
+            for d in MEASURE["dtypes"]
+        )
     return targets
 
 
@@ -151,6 +197,31 @@ def report_profile_summaries():
     return profile_targets(PROFILE["tools"]) if PROFILE["in_report"] else []
 
 
+def named(**values):
+    """Settings as one `key=value` string, for a rerun-trigger param. Snakemake compares a job's params with
+    the recorded ones as a set of values without their names, so two scalar params that swap values, or one
+    that takes a value another already has (seed 0 -> 1 beside threads 1), look unchanged; a single string
+    that names each value does not."""
+    return " ".join(f"{key}={values[key]!r}" for key in sorted(values))
+
+
+# measure.* keys that name the cells (wildcards), and those whose schema description says they do not change
+# a cell's numbers: neither is part of a cell's `measurement` param.
+NOT_A_MEASUREMENT = "Does not change a cell's numbers"
+MEASURE_NOT_IN_PARAM = {"models", "dtypes", "backends"} | {
+    key
+    for key, sub in lsconfig.load_schema()["properties"]["measure"]["properties"].items()
+    if NOT_A_MEASUREMENT in sub.get("description", "")
+}
+
+
+def measurement(wildcards):
+    """Everything besides the wildcards that a cell's numbers depend on, named (see `named`)."""
+    source = MODEL_SOURCES[wildcards.model]
+    settings = {key: MEASURE[key] for key in MEASURE if key not in MEASURE_NOT_IN_PARAM}
+    return named(model_kind=source.kind, model_location=_shown_path(source.location), **settings)
+
+
 # The runner's command line: the measure rule runs it and the profile rules (profile.smk) wrap it.
 RUNNER = (
     "python3 -m latency_sensitivity.runner"
@@ -159,7 +230,7 @@ RUNNER = (
     " --attn-implementation {params.attn_implementation}"
     " --seq {wildcards.seq} --batch {wildcards.batch}"
     " --gen-tokens {params.gen_tokens} --warmup {params.warmup} --reps {params.reps}"
-    " --seed {params.seed} --threads {threads} --tokenizer {input.tokenizer:q}"
+    " --seed {params.seed} --threads {params.threads} --tokenizer {input.tokenizer:q}"
 )
 
 
@@ -201,4 +272,5 @@ PROFILE_RUNNER_PARAMS = dict(
     warmup=PROFILE["warmup"],
     reps=PROFILE["reps"],
     seed=MEASURE["seed"],
+    threads=MEASURE["threads"],
 )

@@ -1,5 +1,9 @@
-# One job per cell. Every per-cell parameter is a scalar param, so changing one re-measures exactly the
-# cells it applies to (Snakemake's params rerun trigger), and nothing else.
+# One job per cell. Param `measurement` names every measure.* value beside the cell's wildcards (common.smk),
+# so changing one re-measures exactly the cells it applies to (Snakemake's params rerun trigger), and nothing
+# else; the scalar params only build the command line. Snakemake's other triggers (all on by default) cover the
+# inputs: a changed architecture JSON or tokenizer re-measures the cells that read it. `threads:` is no rerun
+# trigger, so the runner takes measure.threads from the params: a cell runs with the configured thread count
+# whatever --cores is (which only caps what the scheduler reserves for the job).
 
 
 rule measure_cell:
@@ -19,6 +23,8 @@ rule measure_cell:
         warmup=MEASURE["warmup"],
         reps=MEASURE["reps"],
         seed=MEASURE["seed"],
+        threads=MEASURE["threads"],
+        measurement=measurement,
     threads: MEASURE["threads"]
     resources:
         **MEASURE_RESOURCES,
@@ -34,6 +40,8 @@ rule calibrate_device:
         "results/calibration/{device}_{dtype}.json",
     log:
         "logs/calibrate/{device}_{dtype}.log",
+    params:
+        threads=MEASURE["threads"],  # the configured count, a rerun trigger (as for measure_cell)
     threads: MEASURE["threads"]
     resources:
         **MEASURE_RESOURCES,
@@ -41,7 +49,7 @@ rule calibrate_device:
         "../../envs/measure.yaml"
     shell:
         "python3 -m latency_sensitivity.calibrate --device {wildcards.device} --dtype {wildcards.dtype}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        " --threads {params.threads} --out {output} > {log} 2>&1"
 
 
 # The default tokenizer: byte-level BPE trained once on generated text (no download); see tokenization.py.
@@ -54,6 +62,7 @@ rule train_tokenizer:
         vocab_size=TOKENIZER["vocab_size"],
         corpus_chars=TOKENIZER["corpus_chars"],
         seed=TOKENIZER["seed"],
+        trigger=named(**{k: TOKENIZER[k] for k in ("vocab_size", "corpus_chars", "seed")}),
     conda:
         "../../envs/measure.yaml"
     shell:
