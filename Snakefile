@@ -42,6 +42,7 @@ include: "workflow/rules/loading.smk"
 # Light steps run where snakemake runs, also under a cluster executor (profiles/slurm).
 localrules:
     all,
+    combine_replicates,
     merge_sweep,
     detect_collapse,
     plot_sweep,

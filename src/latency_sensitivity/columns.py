@@ -88,6 +88,14 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("decode_p50_ci_low_ms", "ms/step", "Lower end of a bootstrap 95% interval of decode_p50_ms_per_tok."),
     Column("decode_p50_ci_high_ms", "ms/step", "Upper end of a bootstrap 95% interval of decode_p50_ms_per_tok."),
     Column("ttft_p90_ms", "ms", "90th percentile of time to first token."),
+    # between processes (measure.replicates): the latencies above are the median of the replicates' medians
+    Column("replicates", "processes", "Separate processes the cell was measured in; its latencies are the median of their medians."),
+    Column("prefill_replicate_spread_pct", "%", "(max - min) / median × 100 of the replicates' prefill_p50_ms: how well prefill repeats between processes (empty with one replicate)."),
+    Column("prefill_replicate_min_ms", "ms", "Lowest replicate's prefill_p50_ms."),
+    Column("prefill_replicate_max_ms", "ms", "Highest replicate's prefill_p50_ms."),
+    Column("decode_replicate_spread_pct", "%", "(max - min) / median × 100 of the replicates' decode_p50_ms_per_tok (empty with one replicate)."),
+    Column("decode_replicate_min_ms", "ms/step", "Lowest replicate's decode_p50_ms_per_tok."),
+    Column("decode_replicate_max_ms", "ms/step", "Highest replicate's decode_p50_ms_per_tok."),
     # memory
     Column("vram_allocated_mb", "MiB", "Peak memory allocated by PyTorch tensors on the GPU during the measured reps."),
     Column("device_used_mb", "MiB", "Peak device memory in use according to NVML during the measured reps (all processes)."),

@@ -178,9 +178,19 @@ class Cell:
     def path(self) -> str:
         return cell_path(self.model, self.dtype, self.backend, self.seq, self.batch)
 
+    def replicate_paths(self, replicates: int) -> list[str]:
+        """The result files of the cell's replicates 1..replicates (each measured in a process of its own)."""
+        return [replicate_path(self.model, self.dtype, self.backend, self.seq, self.batch, k)
+                for k in range(1, replicates + 1)]
+
 
 def cell_path(model: str, dtype: str, backend: str, seq: int | str, batch: int | str) -> str:
     return f"results/cells/{model}/{dtype}/{backend}/seq{seq}_batch{batch}.json"
+
+
+def replicate_path(model: str, dtype: str, backend: str, seq: int | str, batch: int | str,
+                   replicate: int | str) -> str:
+    return f"results/cells/{model}/{dtype}/{backend}/seq{seq}_batch{batch}/r{replicate}.json"
 
 
 def _key(path: Iterable[Any]) -> str:

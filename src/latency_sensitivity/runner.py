@@ -51,6 +51,7 @@ class CellSpec:
     reps: int
     seed: int
     threads: int
+    replicate: int = 1  # which of the cell's separate measuring processes this is (replicates.py)
 
 
 class Phase:
@@ -534,6 +535,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path]:
     p.add_argument("--reps", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--replicate", type=int, default=1, help="which of the cell's replicates this process measures")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json (or a folder with one): also time tokenising "
                    "the batch's texts and detokenising its generated ids")
@@ -541,7 +543,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path]:
                    help="off: measure; external: run under nsys/ncu; torch: record a torch.profiler trace")
     p.add_argument("--torch-profile-dir", type=Path, help="where --profile-mode torch writes its trace")
     a = p.parse_args(argv)
-    for name in ("seq", "batch", "reps", "threads"):
+    for name in ("seq", "batch", "reps", "threads", "replicate"):
         if getattr(a, name) < 1:
             p.error(f"--{name} must be >= 1")
     if a.gen_tokens < 2 or a.warmup < 0:
@@ -552,6 +554,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path]:
         model=a.model, model_kind=a.model_kind, model_location=a.model_location, dtype=a.dtype,
         backend=a.backend, device=a.device, attn_implementation=a.attn_implementation, seq_len=a.seq,
         batch=a.batch, gen_tokens=a.gen_tokens, warmup=a.warmup, reps=a.reps, seed=a.seed, threads=a.threads,
+        replicate=a.replicate,
     )
     return spec, a.out, a.profile_mode, a.torch_profile_dir, a.tokenizer
 

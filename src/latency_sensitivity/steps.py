@@ -49,6 +49,21 @@ def load_ceilings(calibration_files: Sequence[str]) -> dict:
     return out
 
 
+def combine_replicates(replicate_files: Sequence[str], out_json: str) -> dict:
+    """A cell's result file from its replicates' result files (replicates.combine)."""
+    from .atomic import write_json
+    from .merge import read_cell
+    from .replicates import combine
+
+    result = combine([read_cell(path) for path in replicate_files])
+    write_json(out_json, result)
+    m = result["metrics"]
+    print(f"{out_json}: {result['status']} from {len(replicate_files)} replicate(s); decode spread "
+          f"{m.get('decode_replicate_spread_pct', float('nan')):.1f}%, prefill spread "
+          f"{m.get('prefill_replicate_spread_pct', float('nan')):.1f}%")
+    return result
+
+
 def merge_sweep(cell_files: Sequence[str], out_csv: str, sweep: str, calibration_files: Sequence[str] = ()) -> pd.DataFrame:
     from .merge import load_results, merge
 

@@ -56,6 +56,7 @@ wildcard_constraints:
     device="cpu|cuda",
     seq="[0-9]+",
     batch="[0-9]+",
+    replicate="[1-9][0-9]*",
     sweep="[A-Za-z0-9][A-Za-z0-9_-]*",
 
 
@@ -88,7 +89,8 @@ def _forced(path):
     """Whether this run measures the cell again anyway (--forcerun of the file or of measure_cell, --forceall)."""
     dag = workflow.dag_settings
     forced = {os.path.normpath(str(t)) for t in dag.forcerun}
-    return dag.forceall or "measure_cell" in forced or os.path.normpath(path) in forced
+    producer = "measure_cell" if Path(path).parent.name.startswith("seq") else "combine_replicates"
+    return dag.forceall or producer in forced or os.path.normpath(path) in forced
 
 
 def readable_cells(wildcards):
@@ -97,9 +99,9 @@ def readable_cells(wildcards):
     anyway (--forcerun) passes. It adds no input. (Snakemake treats an existing file whose producing job
     fails to build as a plain input, so only the target rule's own input function can stop the run here.)"""
     unreadable = [
-        (cell.path, problem)
-        for cell in CELLS
-        if not _forced(cell.path) and (problem := cell_problem(cell.path)) is not None
+        (path, problem)
+        for path in [*all_cell_files(), *all_replicate_files()]
+        if not _forced(path) and (problem := cell_problem(path)) is not None
     ]
     if unreadable:
         listed = "\n".join(f"  {path}: {problem}" for path, problem in unreadable)
@@ -114,6 +116,21 @@ def readable_cells(wildcards):
 
 def all_cell_files():
     return [cell.path for cell in CELLS]
+
+
+def all_replicate_files():
+    return [path for cell in CELLS for path in cell.replicate_paths(MEASURE["replicates"])]
+
+
+def cell_replicate_files(wildcards):
+    """The replicate result files one cell's result is combined from."""
+    cell = lsconfig.Cell(wildcards.model, wildcards.dtype, wildcards.backend, int(wildcards.seq), int(wildcards.batch))
+    return cell.replicate_paths(MEASURE["replicates"])
+
+
+def replicate_priority(wildcards):
+    """Every cell's first replicate before any cell's second: drift of the machine spreads over all cells."""
+    return MEASURE["replicates"] - int(wildcards.replicate)
 
 
 def calibration_files():
@@ -142,6 +159,7 @@ def all_targets():
         targets.extend(sweep_figures(sweep))
     targets.append("results/report.md")
     targets.extend(all_cell_files())
+    targets.extend(all_replicate_files())
     targets.append(readable_cells)
     targets.extend(calibration_files())
     if "path" not in TOKENIZER:
@@ -208,7 +226,8 @@ def named(**values):
 # measure.* keys that name the cells (wildcards), and those whose schema description says they do not change
 # a cell's numbers: neither is part of a cell's `measurement` param.
 NOT_A_MEASUREMENT = "Does not change a cell's numbers"
-MEASURE_NOT_IN_PARAM = {"models", "dtypes", "backends"} | {
+# replicates names the replicate files (r1..rK) as the others name the cells: raising it adds jobs.
+MEASURE_NOT_IN_PARAM = {"models", "dtypes", "backends", "replicates"} | {
     key
     for key, sub in lsconfig.load_schema()["properties"]["measure"]["properties"].items()
     if NOT_A_MEASUREMENT in sub.get("description", "")

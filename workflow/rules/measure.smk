@@ -1,4 +1,4 @@
-# One job per cell. Param `measurement` names every measure.* value beside the cell's wildcards (common.smk),
+# One job per cell and replicate. Param `measurement` names every measure.* value beside the cell's wildcards (common.smk),
 # so changing one re-measures exactly the cells it applies to (Snakemake's params rerun trigger), and nothing
 # else; the scalar params only build the command line. Snakemake's other triggers (all on by default) cover the
 # inputs: a changed architecture JSON or tokenizer re-measures the cells that read it. `threads:` is no rerun
@@ -11,9 +11,9 @@ rule measure_cell:
         model_config=model_config_file,
         tokenizer=TOKENIZER_FILE,
     output:
-        "results/cells/{model}/{dtype}/{backend}/seq{seq}_batch{batch}.json",
+        "results/cells/{model}/{dtype}/{backend}/seq{seq}_batch{batch}/r{replicate}.json",
     log:
-        "logs/measure/{model}/{dtype}/{backend}/seq{seq}_batch{batch}.log",
+        "logs/measure/{model}/{dtype}/{backend}/seq{seq}_batch{batch}/r{replicate}.log",
     params:
         model_kind=model_kind,
         model_location=model_location,
@@ -26,12 +26,27 @@ rule measure_cell:
         threads=MEASURE["threads"],
         measurement=measurement,
     threads: MEASURE["threads"]
+    priority: replicate_priority
     resources:
         **MEASURE_RESOURCES,
     conda:
         "../../envs/measure.yaml"
     shell:
-        f"{RUNNER} --out {{output}} > {{log}} 2>&1"
+        f"{RUNNER} --replicate {{wildcards.replicate}} --out {{output}} > {{log}} 2>&1"
+
+
+# A cell's result: the median of its replicates' medians, with the spread between them (replicates.py).
+rule combine_replicates:
+    input:
+        cell_replicate_files,
+    output:
+        "results/cells/{model}/{dtype}/{backend}/seq{seq}_batch{batch}.json",
+    log:
+        "logs/combine/{model}/{dtype}/{backend}/seq{seq}_batch{batch}.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../../scripts/combine_replicates.py"
 
 
 # The roofline's two ceilings (copy bandwidth, matmul FLOP/s) of the device, once per dtype; cached.
