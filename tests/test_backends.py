@@ -1,9 +1,11 @@
 """Backends: eager and graph (static KV cache; on the CPU the same step, not captured), checked against each other."""
 
 import json
+import re
 
 import pytest
 import torch
+import transformers
 
 from conftest import cell_spec
 from latency_sensitivity import backends, runner
@@ -205,6 +207,11 @@ def test_compiled_backend_matches_eager_on_the_cpu(tiny, monkeypatch, tmp_path):
                 assert info["name"] == "compiled" and info["compiled"] is (compile or not fuse_layers)
                 assert info["fused_projections"] == (8 if fuse else 0)
                 assert info["fused_layers"] == (4 if fuse_layers else 0)  # on the CPU, in their torch forms
+                # one step run uncompiled counts the paths inside; the compiled calls run none of the step's Python
+                steps = 1 if info["compiled"] else 3  # compiled: the uncompiled step; else the warm-up steps
+                assert info["paths"]["step"] == steps
+                assert info["paths"].get("fused_layer", 0) == info["fused_layers"] * steps
+                assert info["paths"].get("compiled_step", 0) == (3 if info["compiled"] else 0)
                 if info["compiled"]:
                     assert compiled.setup_s >= info["compile_s"] > 0
                     assert info["compile_stats"]["graphs"] == 1  # the whole step, no graph break (fullgraph)
@@ -278,6 +285,8 @@ def test_fused_decode_layers_keep_the_tokens_and_are_undone(tiny, monkeypatch):
                 assert torch.equal(tokens, want_tokens)
                 torch.testing.assert_close(logits, want_logits, rtol=1e-5, atol=1e-5)
             assert len(qkv_rope_calls) >= 2 * 5 * 4  # the cache written by qkv_rope: every layer, every step
+            # the setup's three warm-up steps ran the rewritten forward in every layer, with qkv_rope
+            assert graph.info()["paths"] == {"step": 3, "fused_layer": 12, "fused_layer_qkv_rope": 12}
         finally:
             graph.close()
     assert not any(key in vars(m) for m in model.modules() for key in ("forward", "fused_decode_plan",
@@ -344,10 +353,18 @@ def test_runner_measures_a_graph_cell_on_the_cpu():
     assert isinstance(info.pop("explicit_positions"), bool)  # True on transformers 4.x
     assert info.pop("decode_attention") == ("sdpa" if backends.transformers_packs_gqa() else "sdpa, packed GQA")
     assert m["decode_attention"] == r["backend_info"]["decode_attention"]
+    # the paths that ran in the setup's three warm-up steps: the step, and packed GQA in each layer where it is on
+    layers = r["architecture"]["num_hidden_layers"]
+    packed = {} if backends.transformers_packs_gqa() else {"packed_gqa_attention": 3 * layers}
+    assert info.pop("paths") == {"step": 3, **packed}
     assert info == {"name": "graph", "captured": False, "max_cache_len": 18, "capture_warmup_steps": 3,
                     "fused_rms_norms": 0, "fused_projections": 0, "compiled": False, "compile_s": None,
                     "compile_stats": {}, "compile_options": {}, "gemv": False, "pdl": False, "fused_layers": 0}
     assert m["backend_compile_s"] is None
+    # the versions the paths depend on, beside them in every cell
+    env = r["environment"]
+    assert env["torch"] == torch.__version__ and env["transformers"] == transformers.__version__
+    assert "triton" in env
 
 
 def test_eager_cell_records_its_setup_time_too():
@@ -413,3 +430,44 @@ def test_cuda_graph_cell():
     assert r["backend_info"]["captured"] is True and r["metrics"]["backend_setup_s"] > 0
     assert "kernel_time_error" not in r, r.get("kernel_time_error")
     assert 0 < r["metrics"]["decode_kernel_ms_per_step"]
+
+
+def _versions_pattern():
+    return rf"torch {re.escape(torch.__version__)}, transformers {re.escape(transformers.__version__)}, triton "
+
+
+def test_a_rewritten_layer_that_does_not_run_is_an_error(tiny, monkeypatch):
+    """The rewritten layers looking for the cache under the keyword the model does not use (as when transformers
+    renamed past_key_values to cache): every layer falls back to transformers' forward, which is an error."""
+    from latency_sensitivity import fused_decode
+
+    model, prompt = tiny
+    keyword = fused_decode.cache_keyword
+    other = {"cache": "past_key_values", "past_key_values": "cache"}
+    monkeypatch.setattr(fused_decode, "cache_keyword", lambda layer: other[keyword(layer)])
+    with torch.inference_mode(), pytest.raises(backends.PathNotTaken) as err:
+        backends.make("graph", model, prompt, 6, runner.Clock(False), fuse_projections=True, fuse_layers=True)
+    assert re.search(r"fused_layers: 4 rewritten decoder layers x 3 steps claimed, but fused_layer ran 0 of 12",
+                     str(err.value))
+    assert re.search(_versions_pattern(), str(err.value))
+    assert not any(key in vars(m) for m in model.modules() for key in ("forward", "fused_decode_plan"))
+
+
+def test_packed_gqa_claimed_but_not_switched_is_an_error(tiny, monkeypatch):
+    model, prompt = tiny
+    monkeypatch.setattr(backends, "pack_gqa_decode", lambda model, force=False: True)  # claims, changes nothing
+    with torch.inference_mode(), pytest.raises(backends.PathNotTaken, match="decode_attention: packed GQA"):
+        backends.make("graph", model, prompt, 6, runner.Clock(False), pack_gqa=True)
+
+
+def test_a_step_that_torch_compile_leaves_eager_is_an_error_row(monkeypatch):
+    """A torch.compile that hands the step back as it is: the compiled backend's calls run the step's Python,
+    and the cell is a recorded error, not eager numbers under the compiled name."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: fn)
+    r = runner.measure(spec(backend="compiled"))
+    assert r["status"] == "error" and r["error"]["type"] == "PathNotTaken"
+    assert r["error"]["phase"] == "backend_setup" and r["metrics"] == {}
+    message = r["error"]["message"]
+    assert "compiled: the step's Python ran 3 times inside the compiled calls" in message
+    assert re.search(_versions_pattern(), message)
+    assert r["environment"]["transformers"] == transformers.__version__

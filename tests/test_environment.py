@@ -106,3 +106,24 @@ def test_collect_uses_nvml_driver(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     assert collect("cpu")["driver"] == "560.1"
     assert environment.collect("cpu")["device"] == "cpu"
+
+
+def test_versions_of_the_measured_paths(monkeypatch):
+    """torch, transformers and triton: the installed versions, None for one that is not installed."""
+    from importlib import metadata
+
+    import transformers
+
+    def triton_version():
+        try:
+            return metadata.version("triton")
+        except metadata.PackageNotFoundError:
+            return None
+
+    v = environment.versions()
+    assert v == {"torch": torch.__version__, "transformers": transformers.__version__, "triton": v["triton"]}
+    assert v["triton"] == (triton_version() or environment._dist_version("pytorch-triton"))
+    assert collect("cpu")["triton"] == v["triton"]
+    monkeypatch.setattr(environment, "_dist_version", lambda name: None)
+    monkeypatch.delitem(sys.modules, "triton", raising=False)
+    assert environment.versions()["triton"] is None

@@ -106,6 +106,56 @@ PROJECTION_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 FUSABLE_NORMS = ("Qwen2RMSNorm", "LlamaRMSNorm", "MistralRMSNorm", "Qwen3RMSNorm")
 
 
+# ---------------------------------------------------------------------------------------------- path probe
+#
+# A backend claims code paths in its info() (rewritten layers, GEMV routing, packed GQA, capture, compile). A
+# new transformers or torch can leave such a path in place yet never take it (a keyword renamed, a module
+# bypassed), and the step then runs another path under the claimed name. Each path therefore calls
+# probe_hit(name) where it runs; a backend arms a probe for its setup's steps, records the counts in its info
+# and raises PathNotTaken when a claimed path did not run as often as claimed, which the runner records as the
+# cell's error row.
+
+_probe: dict | None = None  # the armed probe's counts, None while no backend is setting up
+
+
+class PathNotTaken(RuntimeError):
+    """A code path a backend claims did not run (the message names it and the versions)."""
+
+
+def probe_hit(name: str, n: int = 1) -> None:
+    """Count one run of the code path `name` in the armed probe (none armed, or inside a trace: nothing)."""
+    import torch
+
+    # compiling first: dynamo folds it to True and leaves the rest out of the traced step
+    if not torch.compiler.is_compiling() and _probe is not None:
+        _probe[name] = _probe.get(name, 0) + n
+
+
+class PathProbe:
+    """Arms the counts of probe_hit for a `with` block: `counts` holds, per path, how often it ran."""
+
+    def __init__(self):
+        self.counts: dict = {}
+
+    def __enter__(self):
+        global _probe
+        if _probe is not None:
+            raise RuntimeError("a path probe is armed already")
+        _probe = self.counts
+        return self
+
+    def __exit__(self, *exc):
+        global _probe
+        _probe = None
+        return False
+
+
+def versions_text() -> str:
+    from . import environment
+
+    return ", ".join(f"{k} {v}" for k, v in environment.versions().items())
+
+
 class Backend:
     """The common interface (see the module docstring)."""
 
@@ -285,6 +335,7 @@ def packed_gqa_sdpa_forward(module, query, key, value, attention_mask, dropout: 
                                              and attention_mask.shape[2] == 1)
     if groups > 1 and query.shape[2] == 1 and shared_mask and kwargs.get("position_bias") is None \
             and kwargs.get("cache") is None and key.shape[1] * groups == query.shape[1]:
+        probe_hit("packed_gqa_attention")
         return packed_sdpa(query, key, value, attention_mask, scaling, dropout).contiguous(), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                   is_causal=is_causal, **kwargs)
@@ -386,6 +437,8 @@ class _ProjectionGroup:
 
         if self.input is not x:
             linear = self.linear or torch.nn.functional.linear
+            if self.linear is not None:
+                probe_hit("gemv_route")
             self.input, self.output = x, linear(x, self.weight, self.bias)
             self.left = len(self.modules)
         out = self.output
@@ -453,6 +506,7 @@ def gemv_available() -> bool:
 
 
 def _gemv_linear_forward(self, x):
+    probe_hit("gemv_route")
     return self.gemv_linear(x, self.weight, self.bias)
 
 
@@ -548,6 +602,7 @@ class GraphBackend(Backend):
         # what close() undoes, empty until the model is changed
         self.fused_norms, self.fused_projections, self.gemv_linears, self.fused_layers = [], [], [], []
         self.packed_gqa = False
+        self.paths: dict = {}  # how often each code path ran in the setup's steps (PathProbe)
         self.graph = self.cache = self.static_logits = self.static_out = None
         self._step_fn = self._step
         self._filled = False  # whether the cache holds a request's positions
@@ -605,6 +660,7 @@ class GraphBackend(Backend):
 
     def _step(self):
         """One decode step on the static tensors: static_in -> static_logits, static_out (next token)."""
+        probe_hit("step")  # the step's Python ran (not when replayed or run as compiled code)
         kw = {"cache_position": self.static_pos} if self.explicit_positions else {}
         out = self.model(input_ids=self.static_in, past_key_values=self.cache, use_cache=True, logits_to_keep=1,
                          **kw)
@@ -615,21 +671,27 @@ class GraphBackend(Backend):
 
     def _replay(self):
         if self.graph is not None:
+            probe_hit("graph_replay")
             self.graph.replay()
         else:
-            self._step_fn()
+            self._run_step()
+
+    def _run_step(self):
+        if self.compile:
+            probe_hit("compiled_step")
+        self._step_fn()
 
     def _first_step(self):
         """The first step of setup: where torch.compile compiles (timed, with inductor's cache counters)."""
         if not self.compile:
-            self._step_fn()
+            self._run_step()
             return
         from torch._dynamo.utils import counters
 
         before = dict(counters["inductor"])
         graphs_before = counters["stats"]["unique_graphs"]
         t0 = time.perf_counter()
-        self._step_fn()
+        self._run_step()
         if self.device.type == "cuda":
             self.torch.cuda.synchronize()
         self.compile_s = time.perf_counter() - t0
@@ -645,7 +707,7 @@ class GraphBackend(Backend):
     def _warm_up(self):
         self._first_step()
         for _ in range(self.warmup_steps - 1):
-            self._step_fn()
+            self._run_step()
 
     def reset(self) -> None:
         if self._filled:
@@ -656,30 +718,85 @@ class GraphBackend(Backend):
     # -- setup
 
     def setup(self, prompt) -> None:
-        """Fill the cache once (allocates it), run warm-up steps, capture the step; leave the cache reset."""
+        """Fill the cache once (allocates it), run warm-up steps, capture the step and replay it once; leave the
+        cache reset. The steps run under a PathProbe, and a claimed path that did not run raises PathNotTaken."""
         torch = self.torch
         self._check(prompt, self.gen_tokens)
+        probe = PathProbe()
         with torch.inference_mode():
             self.reset()
             self._filled = True
             _, token = self._prefill(prompt)
             self.static_in.copy_(token)
+            if self.compile:
+                # one step as Python runs it, to count the paths inside the step that is compiled next (the
+                # cache holds it: seq_len + 1 + warmup_steps <= max_cache_len)
+                with probe:
+                    self._step()
+                self.static_in.copy_(self.static_out)
             if self.capture:
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
+                with torch.cuda.stream(side), probe:
                     self._warm_up()
                 torch.cuda.current_stream().wait_stream(side)
                 # Capture records the step without running it: the cache is where the warm-up left it.
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    self._step_fn()
+                with torch.cuda.graph(graph), probe:
+                    self._run_step()
                 self.graph = graph
+                # one request's first step replayed, so that the replay is counted too
+                self.reset()
+                self._filled = True
+                self.static_in.copy_(self._prefill(prompt)[1])
+                with probe:
+                    self._replay()
             else:
-                self._warm_up()
+                with probe:
+                    self._warm_up()
             self.reset()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
+        self.paths = dict(sorted(probe.counts.items()))
+        self._verify_paths()
+
+    def claimed_paths(self) -> dict:
+        """Per claimed path (info()'s name for it): the probe count it needs, as (name, least count, what)."""
+        steps = self.paths.get("step", 0)  # steps whose Python ran (the step run uncompiled, or traced for capture)
+        layers = max(0, len(self.fused_layers) - 1)
+        claims = {}
+        if layers:
+            claims["fused_layers"] = ("fused_layer", layers * steps,
+                                      f"{layers} rewritten decoder layers x {steps} steps")
+            if self.decode_attention().startswith("decode kernel"):
+                claims["decode_attention"] = ("attention_kernel", layers * steps,
+                                              "the decode attention kernel in every rewritten layer")
+        if self.gemv:
+            claims["gemv"] = ("gemv_route", steps, "the products routed through kernels.linear, every step")
+        if self.packed_gqa and not self.fused_layers:
+            claims["decode_attention"] = ("packed_gqa_attention", steps, "packed GQA attention, every step")
+        if self.graph is not None:
+            claims["captured"] = ("graph_replay", 1, "the captured graph replayed")
+        if self.compile:
+            claims["compiled"] = ("compiled_step", 1, "the compiled step called")
+        return claims
+
+    def _verify_paths(self) -> None:
+        """Raise PathNotTaken naming every claimed path that ran fewer times than claimed (versions beside)."""
+        steps = self.paths.get("step", 0)
+        missing = []
+        if steps < 1:
+            missing.append(f"step: the decode step's Python never ran ({self.paths})")
+        for claim, (path, least, what) in self.claimed_paths().items():
+            got = self.paths.get(path, 0)
+            if got < least:
+                missing.append(f"{claim}: {what} claimed, but {path} ran {got} of {least} times")
+        if self.compile and steps != 1:
+            # the compiled calls must run as compiled code: Python in them means torch.compile did not
+            missing.append(f"compiled: the step's Python ran {steps - 1} times inside the compiled calls (0 when "
+                           "compiled)")
+        if missing:
+            raise PathNotTaken(f"{self.name} backend: " + "; ".join(missing) + f" ({versions_text()})")
 
     def _check(self, prompt, gen_tokens: int) -> None:
         if tuple(prompt.shape) != (self.batch, self.seq_len):
@@ -744,7 +861,9 @@ class GraphBackend(Backend):
                 "compile_s": self.compile_s, "compile_stats": self.compile_stats,
                 "compile_options": self.compile_options, "gemv": self.gemv, "pdl": self.pdl,
                 # decoder layers given the fused one-token forward (the final norm is not counted)
-                "fused_layers": max(0, len(self.fused_layers) - 1)}
+                "fused_layers": max(0, len(self.fused_layers) - 1),
+                # how often each code path ran in the setup's steps, all claimed ones checked (PathProbe)
+                "paths": self.paths}
 
     def decode_attention(self) -> str:
         if self.fused_layers:

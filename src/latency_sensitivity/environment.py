@@ -18,6 +18,7 @@ ENVIRONMENT_KEYS: tuple[str, ...] = (
     "python",
     "torch",
     "transformers",
+    "triton",
     "snakemake",
     "numpy",
     "cuda_runtime",
@@ -59,6 +60,17 @@ def _module_version(module: str, dist: str | None = None) -> str | None:
     mod = sys.modules.get(module)
     v = getattr(mod, "__version__", None) if mod is not None else None
     return str(v) if v else _dist_version(dist or module)
+
+
+def versions() -> dict[str, str | None]:
+    """The versions the measured code paths depend on: torch, transformers and triton (None: not installed)."""
+    torch = sys.modules.get("torch")
+    return {
+        "torch": str(torch.__version__) if torch is not None else _dist_version("torch"),
+        "transformers": _module_version("transformers"),
+        # triton comes with torch's CUDA builds (pytorch-triton on some); not importing it keeps this cheap
+        "triton": _module_version("triton") or _dist_version("pytorch-triton"),
+    }
 
 
 def cpu_model(cpuinfo_path: str = "/proc/cpuinfo") -> str | None:
@@ -128,6 +140,7 @@ def collect(device: str) -> dict[str, Any]:
         "python": _safe(platform.python_version),
         "torch": _safe(lambda: str(torch.__version__)) if torch is not None else _dist_version("torch"),
         "transformers": _module_version("transformers"),
+        "triton": versions()["triton"],
         "snakemake": _module_version("snakemake"),
         "numpy": _module_version("numpy"),
         "cuda_runtime": _safe(lambda: torch.version.cuda) if torch is not None else None,

@@ -171,6 +171,7 @@ def attention(query, key, value, mask, scale: float, pdl: bool = False):
             and _decode_kernel_takes(query.shape[-1], query, key, value)):
         from . import kernels
 
+        backends.probe_hit("attention_kernel")
         return kernels.decode_attention(query, key, value, None if mask is None else mask.contiguous(), scale,
                                         pdl=pdl)
     return backends.packed_sdpa(query, key, value, mask, scale)
@@ -195,6 +196,7 @@ class _LayerPlan:
         self.scaling = attn.scaling
         self.rotary, self.rotates_half = rotary, rotates_half
         self.pdl = pdl
+        self.cache_keyword = cache_keyword(layer)
 
 
 def _static_layer(cache, index: int):
@@ -206,14 +208,25 @@ def _static_layer(cache, index: int):
     return layer if type(layer) is StaticLayer and layer.is_initialized else None
 
 
-def _fused_decoder_layer_forward(self, hidden_states, attention_mask=None, position_ids=None,
-                                 past_key_values=None, use_cache=False, position_embeddings=None, **kwargs):
+def cache_keyword(layer) -> str | None:
+    """The keyword under which the model hands its decoder layers the KV cache: ``past_key_values`` up to
+    transformers 5.23, ``cache`` from 5.24; None when the layer's forward names neither."""
+    import inspect
+
+    params = inspect.signature(type(layer).forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+
+def _fused_decoder_layer_forward(self, hidden_states, *args, **kwargs):
     plan = self.fused_decode_plan
     pair_in = hidden_states.dim() == 4
-    if hidden_states.shape[1] != 1 or past_key_values is None or position_embeddings is None:
-        return type(self).forward(self, add_pair(hidden_states), attention_mask=attention_mask,
-                                  position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache,
-                                  position_embeddings=position_embeddings, **kwargs)
+    past_key_values = kwargs.get(plan.cache_keyword)
+    position_embeddings = kwargs.get("position_embeddings")
+    if args or hidden_states.shape[1] != 1 or past_key_values is None or position_embeddings is None:
+        # prefill (or a call of another form): transformers' own layer, with the arguments as they came
+        return type(self).forward(self, add_pair(hidden_states), *args, **kwargs)
+    backends.probe_hit("fused_layer")
+    attention_mask, position_ids = kwargs.get("attention_mask"), kwargs.get("position_ids")
     attn, mlp = self.self_attn, self.mlp
     b = hidden_states.shape[0]
     norm = self.input_layernorm
@@ -222,6 +235,7 @@ def _fused_decoder_layer_forward(self, hidden_states, attention_mask=None, posit
     cache = _static_layer(past_key_values, attn.layer_idx)
     if (plan.rotates_half and cache is not None and position_ids is not None and position_ids.numel() == 1
             and cos.shape[-1] == plan.head_dim):
+        backends.probe_hit("fused_layer_qkv_rope")
         q = qkv_rope(hidden_states, plan.qkv.weight, plan.qkv.bias, heads=plan.heads, kv_heads=plan.kv_heads,
                      cos=cos, sin=sin, position=position_ids, keys=cache.keys, values=cache.values,
                      length=cache.cumulative_length, x_mode=x_mode, norm_weight=norm.weight,
@@ -284,6 +298,8 @@ def _rewritable(layer, groups_by_module, norm_names) -> bool:
     if set(dict(attn.named_children())) != ATTENTION_CHILDREN or set(dict(mlp.named_children())) != MLP_CHILDREN:
         return False
     if getattr(attn, "sliding_window", None) is not None or not hasattr(attn, "layer_idx") or _rotary(attn) is None:
+        return False
+    if cache_keyword(layer) is None:  # a layer forward that takes the cache under a name not known here
         return False
     if any(type(layer.get_submodule(n)).__name__ not in norm_names for n in ("input_layernorm",
                                                                              "post_attention_layernorm")):
