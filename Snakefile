@@ -16,7 +16,8 @@ min_version("9.0")
 # Our package, from this checkout: its strict YAML loader names file and line of a syntax error or a
 # duplicate key (Snakemake's own loader names neither and keeps the last of two equal keys).
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from latency_sensitivity import config as lsconfig, run_summary  # noqa: E402
+from latency_sensitivity import config as lsconfig
+from latency_sensitivity.analysis import run_summary  # noqa: E402
 
 
 # The default config is used only when no --configfile is given, so that a config file is the whole

@@ -8,7 +8,8 @@ import torch
 import transformers
 
 from conftest import cell_spec
-from latency_sensitivity import backends, runner
+from latency_sensitivity.engine import backends
+from latency_sensitivity.measure import runner
 from latency_sensitivity.columns import COLUMNS_BY_NAME
 from latency_sensitivity.config import MODELS_DIR
 
@@ -260,7 +261,7 @@ def test_gemv_routing_keeps_the_tokens_and_is_undone(tiny, monkeypatch):
 
 def test_fused_decode_layers_keep_the_tokens_and_are_undone(tiny, monkeypatch):
     """The rewritten one-token layers (fused_decode), in their torch forms on the CPU, against eager."""
-    from latency_sensitivity import fused_decode
+    from latency_sensitivity.engine import fused_decode
 
     model, prompt = tiny
     qkv_rope_calls = []
@@ -317,7 +318,7 @@ def test_a_failed_setup_leaves_the_model_as_it_was(tiny, monkeypatch):
 
 
 def test_layers_of_another_form_keep_their_forward(tiny):
-    from latency_sensitivity import fused_decode
+    from latency_sensitivity.engine import fused_decode
 
     model, _ = tiny
     groups = backends.fuse_sibling_projections(model)
@@ -439,7 +440,7 @@ def _versions_pattern():
 def test_a_rewritten_layer_that_does_not_run_is_an_error(tiny, monkeypatch):
     """The rewritten layers looking for the cache under the keyword the model does not use (as when transformers
     renamed past_key_values to cache): every layer falls back to transformers' forward, which is an error."""
-    from latency_sensitivity import fused_decode
+    from latency_sensitivity.engine import fused_decode
 
     model, prompt = tiny
     keyword = fused_decode.cache_keyword

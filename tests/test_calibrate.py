@@ -10,8 +10,8 @@ import statistics
 import pytest
 import torch
 
-from latency_sensitivity import calibrate as cal
-from latency_sensitivity.roofline import Architecture, cell_roofline
+from latency_sensitivity.measure import calibrate as cal
+from latency_sensitivity.analysis.roofline import Architecture, cell_roofline
 
 
 def _finite_pos(x) -> bool:

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from latency_sensitivity.collapse import combined_noise, detect, relative_noise, saturation
+from latency_sensitivity.analysis.collapse import combined_noise, detect, relative_noise, saturation
 
 
 def frame(rows):

@@ -12,8 +12,8 @@ from datetime import datetime
 import pytest
 import torch
 
-from latency_sensitivity import environment
-from latency_sensitivity.environment import ENVIRONMENT_KEYS, collect, cpu_model, driver_version
+from latency_sensitivity.measure import environment
+from latency_sensitivity.measure.environment import ENVIRONMENT_KEYS, collect, cpu_model, driver_version
 
 
 def test_collect_cpu_keys_and_values():

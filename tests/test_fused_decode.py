@@ -4,7 +4,7 @@ against transformers' modules and hand-written compositions."""
 import pytest
 import torch
 
-from latency_sensitivity import fused_decode as fd
+from latency_sensitivity.engine import fused_decode as fd
 
 
 def test_rms_norm_is_the_module_arithmetic():

@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from latency_sensitivity import gpu_slots
+from latency_sensitivity.measure import gpu_slots
 
 HOLDER = """
 import sys, time
-from latency_sensitivity.gpu_slots import claim_gpu
+from latency_sensitivity.measure.gpu_slots import claim_gpu
 env = {"CUDA_VISIBLE_DEVICES": sys.argv[2]}
 claim = claim_gpu(lock_dir=sys.argv[1], environ=env)
 print(claim.device, env["CUDA_VISIBLE_DEVICES"], flush=True)

@@ -17,7 +17,7 @@ SHAPES = [(64, 48, False), (300, 37, True), (1024, 8, True), (2048, 2560, True)]
 @pytest.mark.parametrize("k, n, bias", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_gemv_matches_linear_on_cuda(k, n, bias, dtype):
-    from latency_sensitivity import kernels
+    from latency_sensitivity.engine import kernels
 
     torch.manual_seed(0)
     x = torch.randn(1, 1, k, device="cuda", dtype=dtype)
@@ -39,8 +39,8 @@ def check_fused_forms(device, tiling):
     """Every fused form of the gemv kernel and the decode attention against fused_decode's torch forms.
 
     tiling: {} on CUDA (autotuned); fixed block sizes in the interpreter."""
-    from latency_sensitivity import fused_decode as fd
-    from latency_sensitivity import kernels
+    from latency_sensitivity.engine import fused_decode as fd
+    from latency_sensitivity.engine import kernels
 
     torch.manual_seed(0)
     hidden, n = 96, 80
@@ -129,7 +129,7 @@ def test_fused_forms_match_torch_on_cuda(pdl):
 
 INTERPRETED = """
 import torch
-from latency_sensitivity import kernels
+from latency_sensitivity.engine import kernels
 from test_kernels import check_fused_forms
 torch.manual_seed(0)
 for k, n, bias in {shapes}:

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from conftest import cell_spec
-from latency_sensitivity import loading, report, runner
+from latency_sensitivity.measure import loading
+from latency_sensitivity.report import document as report
+from latency_sensitivity.measure import runner
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from latency_sensitivity.memory_model import (
+from latency_sensitivity.analysis.memory_model import (
     activation_estimate_bytes,
     kv_cache_bytes,
     logits_bytes,
@@ -16,7 +16,7 @@ from latency_sensitivity.memory_model import (
     weights_bytes,
 )
 from latency_sensitivity.config import MODELS_DIR
-from latency_sensitivity.roofline import Architecture
+from latency_sensitivity.analysis.roofline import Architecture
 
 QWEN25_3B = Architecture.from_config(json.loads((MODELS_DIR / "qwen2.5-3b.json").read_text()))
 GIB = 2**30

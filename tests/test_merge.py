@@ -5,7 +5,7 @@ import pytest
 
 from latency_sensitivity.columns import REFERENCE_NAMES
 from latency_sensitivity.config import MODELS_DIR
-from latency_sensitivity.merge import merge
+from latency_sensitivity.analysis.merge import merge
 
 QWEN_3B = json.loads((MODELS_DIR / "qwen2.5-3b.json").read_text())
 
@@ -76,7 +76,7 @@ def test_regime_columns_from_gpu_busy():
 )
 def test_unreadable_cell_named_with_remedy(tmp_path, content, problem):
     from latency_sensitivity import steps
-    from latency_sensitivity.merge import UnreadableCell, cell_problem, load_results
+    from latency_sensitivity.analysis.merge import UnreadableCell, cell_problem, load_results
 
     good, bad = tmp_path / "seq128_batch1.json", tmp_path / "seq256_batch1.json"
     good.write_text(json.dumps(result(128, 1, prefill_p50_ms=10.0)))

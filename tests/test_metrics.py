@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from latency_sensitivity import metrics
+from latency_sensitivity.analysis import metrics
 
 
 def test_reference_definitions_on_known_samples():

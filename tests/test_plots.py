@@ -1,4 +1,4 @@
-"""Tests of latency_sensitivity.plots on synthetic sweep frames (no GPU, no pipeline)."""
+"""Tests of latency_sensitivity.report.figures on synthetic sweep frames (no GPU, no pipeline)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from latency_sensitivity import plots
+from latency_sensitivity.report import figures as plots
 
 METRICS = ("prefill_ms_per_tok", "prefill_tok_s", "decode_p50_ms_per_tok", "decode_tok_s", "total_tok_s")
 PANEL_PREFILL_MS, PANEL_PREFILL_TOK, PANEL_DECODE_MS, PANEL_DECODE_TOK, PANEL_TOTAL, PANEL_MEMORY = range(6)
@@ -415,7 +415,7 @@ def test_plot_sweep_and_plot_heatmap_write_files(tmp_path: Path):
 
 
 def test_anatomy_figure(tmp_path):
-    from latency_sensitivity import plots
+    from latency_sensitivity.report import figures as plots
 
     df = pd.DataFrame({"seq_len": [128, 4096], "batch": [1, 1], "backend": ["eager", "eager"], "status": "ok",
                        "flag": "ok", "tokenize_p50_ms": [0.1, 2.0], "ttft_p50_ms": [30.0, 60.0],

@@ -92,7 +92,7 @@ def test_profile_targets_plan_the_wrapped_runner(tmp_path, default_config):
     assert "--capture-range nvtx --nvtx-capture measured@latency_sensitivity" in text
     assert "--clock-control none" in text and "latency_sensitivity@rep0.decode/" in text
     assert "--launch-count 3" in text and "--section SpeedOfLight" in text and "--set detailed" in text
-    assert text.count("-m latency_sensitivity.runner") >= 6  # 2 cells x (nsys + ncu prefill + ncu decode)
+    assert text.count("-m latency_sensitivity.measure.runner") >= 6  # 2 cells x (nsys + ncu prefill + ncu decode)
     assert text.count("--profile-mode external") >= 6
     planned = outputs(proc)
     assert "results/profiles/nsys/tiny-qwen2/fp32/eager/seq16_batch4/nvtx_kern_sum.csv" in planned

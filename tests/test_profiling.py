@@ -8,7 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from latency_sensitivity import profiling, report, steps
+from latency_sensitivity import steps
+from latency_sensitivity.analysis import profiling
+from latency_sensitivity.report import document as report
 
 FIX = Path(__file__).parent / "fixtures" / "profiles"
 H100 = FIX / "h100_eager_s128_b32"

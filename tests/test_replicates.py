@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from latency_sensitivity.replicates import combine, spread_pct
+from latency_sensitivity.analysis.replicates import combine, spread_pct
 
 
 def replicate(k, prefill, decode, status="ok", **extra):

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from latency_sensitivity import report
-from latency_sensitivity.report import (
+from latency_sensitivity.report import document as report
+from latency_sensitivity.report.document import (
     SweepInput,
     build_report,
     decode_table,

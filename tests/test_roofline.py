@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from latency_sensitivity.columns import Column
 from latency_sensitivity.config import MODELS_DIR
-from latency_sensitivity.roofline import (
+from latency_sensitivity.analysis.roofline import (
     ROOFLINE_COLUMNS,
     Architecture,
     cell_roofline,
@@ -275,7 +275,10 @@ def test_dtype_bytes():
 
 def test_roofline_columns_describe_every_key():
     a = Architecture.from_config(HAND)
+    from latency_sensitivity.analysis.roofline import peak_floors
+
     r = cell_roofline(a, "fp32", 5, 3, 3, {"matmul_tflops": 1.0, "bandwidth_gb_s": 1.0})
+    r.update(peak_floors(a, "fp32", 5, 3, 3, {"matmul_tflops": 2.0, "bandwidth_gb_s": 2.0}))
     assert [c.name for c in ROOFLINE_COLUMNS] == list(r)
     for c in ROOFLINE_COLUMNS:
         assert isinstance(c, Column)
@@ -286,7 +289,7 @@ def test_roofline_columns_describe_every_key():
 
 
 def test_regime_from_gpu_busy_and_bound():
-    from latency_sensitivity.roofline import regime
+    from latency_sensitivity.analysis.roofline import regime
 
     assert regime(0.2, "memory") == "launch-bound"
     assert regime(0.5, "memory") == "memory-bound"
@@ -296,7 +299,7 @@ def test_regime_from_gpu_busy_and_bound():
 
 
 def test_peak_floor_counts_tied_weights_once():
-    from latency_sensitivity.roofline import peak_floors
+    from latency_sensitivity.analysis.roofline import peak_floors
 
     a = Architecture.from_config(QWEN25_3B)
     # the H100 SXM's spec: 3352 GB/s, 989.4 dense fp16 TFLOP/s; decode at context 128 reads 6.17 GB (tied: once)
@@ -306,7 +309,7 @@ def test_peak_floor_counts_tied_weights_once():
     measured = cell_roofline(a, "fp16", 128, 1, 2, {"bandwidth_gb_s": 3005.0, "matmul_tflops": 700.0})
     assert floors["decode_floor_peak_ms"] < measured["decode_floor_ms"]
     # the tied matrix is read once, as the LM head: 6.17 GB of weights, not 6.80 GB with it counted twice
-    from latency_sensitivity.roofline import weight_read_bytes
+    from latency_sensitivity.analysis.roofline import weight_read_bytes
 
     assert weight_read_bytes(a, "fp16", 0) == 6_171_877_376
     twice_ms = (6_171_877_376 + 151936 * 2048 * 2) / 3352e9 * 1e3
@@ -315,7 +318,7 @@ def test_peak_floor_counts_tied_weights_once():
 
 
 def test_merge_carries_the_peak_floors():
-    from latency_sensitivity import merge
+    from latency_sensitivity.analysis import merge
 
     result = {"status": "ok", "architecture": QWEN25_3B,
               "cell": {"dtype": "fp16", "seq_len": 128, "batch": 1, "gen_tokens": 2},

@@ -1,6 +1,6 @@
 import json
 
-from latency_sensitivity import run_summary
+from latency_sensitivity.analysis import run_summary
 
 
 def write(path, data):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import cell_spec
-from latency_sensitivity import runner
+from latency_sensitivity.measure import runner
 from latency_sensitivity.config import MODELS_DIR
 
 TINY = str(MODELS_DIR / "tiny-qwen2.json")

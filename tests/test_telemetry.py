@@ -9,9 +9,9 @@ from collections import namedtuple
 
 import pytest
 
-from latency_sensitivity import telemetry
+from latency_sensitivity.measure import telemetry
 from latency_sensitivity.columns import Column
-from latency_sensitivity.telemetry import (
+from latency_sensitivity.measure.telemetry import (
     SUMMARY_KEYS,
     TELEMETRY_COLUMNS,
     GpuSampler,

@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 
 from conftest import cell_spec
-from latency_sensitivity import report, runner, tokenization
+from latency_sensitivity.report import document as report
+from latency_sensitivity.measure import runner
+from latency_sensitivity.measure import tokenization
 
 
 @pytest.fixture(scope="module")

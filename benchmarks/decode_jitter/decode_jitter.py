@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from latency_sensitivity import runner  # noqa: E402
-from latency_sensitivity.telemetry import GpuSampler  # noqa: E402
+from latency_sensitivity.measure import runner  # noqa: E402
+from latency_sensitivity.measure.telemetry import GpuSampler  # noqa: E402
 
 
 def main() -> None:

@@ -21,8 +21,10 @@ import time
 
 import torch
 
-from latency_sensitivity import backends, kernels, runner
-from latency_sensitivity.runner import CellSpec
+from latency_sensitivity.engine import backends
+from latency_sensitivity.engine import kernels
+from latency_sensitivity.measure import runner
+from latency_sensitivity.measure.runner import CellSpec
 
 VARIANTS = {
     "graph": ("graph", {}),

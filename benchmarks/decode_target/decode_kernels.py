@@ -1,4 +1,4 @@
-"""The fused decode kernels of latency_sensitivity.kernels at the Qwen2.5-3B shapes, fp16 (run on a CUDA GPU).
+"""The fused decode kernels of latency_sensitivity.engine.kernels at the Qwen2.5-3B shapes, fp16 (run on a CUDA GPU).
 
 1. Attention of one query token on a layer's KV cache (16 query heads on 2 KV heads, head dim 128) at several
    cache lengths: torch's SDPA on the packed query (what the compiled backend ran before; cuDNN on the H100)
@@ -16,7 +16,7 @@ import sys
 import torch
 from graph_timing import time_calls
 
-from latency_sensitivity import kernels
+from latency_sensitivity.engine import kernels
 
 ARCH = json.load(open("config/models/qwen2.5-3b.json"))
 HIDDEN, INTER, LAYERS = (ARCH[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers"))

@@ -1,5 +1,5 @@
 """One-row products (a batch-1 decode step's GEMMs) of the Qwen2.5-3B architecture, fp16, three ways:
-cuBLAS (torch's default), cuBLASLt, and the Triton gemv kernel of latency_sensitivity.kernels (run on a CUDA GPU).
+cuBLAS (torch's default), cuBLASLt, and the Triton gemv kernel of latency_sensitivity.engine.kernels (run on a CUDA GPU).
 
 Each shape is timed inside a CUDA graph of back-to-back calls cycling through enough copies of the weight
 (>= 256 MB) that none is served from the 50 MB L2; per call: median over 20 replays, in us, and the weight
@@ -13,7 +13,7 @@ import sys
 import torch
 from graph_timing import time_calls
 
-from latency_sensitivity import kernels
+from latency_sensitivity.engine import kernels
 
 ARCH = json.load(open("config/models/qwen2.5-3b.json"))
 HIDDEN, INTER, LAYERS, VOCAB = (ARCH[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",

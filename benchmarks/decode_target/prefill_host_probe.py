@@ -14,7 +14,8 @@ import time
 import torch
 
 from compiled_attribution import model_and_prompt  # the same cell, from the script beside this one
-from latency_sensitivity import backends, runner
+from latency_sensitivity.engine import backends
+from latency_sensitivity.measure import runner
 
 model, prompt = model_and_prompt()
 for name in sys.argv[1:] or ["graph", "compiled"]:

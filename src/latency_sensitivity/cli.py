@@ -24,10 +24,10 @@ from pathlib import Path
 
 import yaml
 
-from . import backends
-from . import config as lsconfig
-from . import run_summary
-from .atomic import write_text
+from latency_sensitivity.engine import backends
+from latency_sensitivity import config as lsconfig
+from latency_sensitivity.analysis import run_summary
+from latency_sensitivity.atomic import write_text
 
 SWEEP_NAME = "sweep"
 
@@ -233,7 +233,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def failed_cells(results: Path) -> list[tuple[Path, str]]:
     """Result files to measure again, with why: a cell's status (oom, error) or `unreadable: <problem>`."""
-    from .merge import UnreadableCell, read_cell
+    from latency_sensitivity.analysis.merge import UnreadableCell, read_cell
 
     out = []
     for path in sorted(results.glob("cells/**/*.json")):
@@ -257,7 +257,7 @@ def cmd_failed_cells(args: argparse.Namespace) -> int:
 
 
 def cmd_columns(args: argparse.Namespace) -> int:
-    from .columns import markdown_table
+    from latency_sensitivity.columns import markdown_table
 
     print(markdown_table(), end="")
     return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import backends
+from latency_sensitivity.engine import backends
 
 
 @dataclass(frozen=True)

@@ -338,7 +338,7 @@ def validate(config: dict, base_dir: Path | str = ".", schema_path: Path | str =
                 _check_fits(f"sweeps.{sweep_name}.seq[{i}]", seq, measure["gen_tokens"], name, limit)
     tokenizer = config.get("tokenizer", {}).get("path")
     if tokenizer is not None:
-        from .tokenization import tokenizer_file
+        from latency_sensitivity.measure.tokenization import tokenizer_file
 
         given = Path(tokenizer)
         found = tokenizer_file(given if given.is_absolute() else Path(base_dir) / given)

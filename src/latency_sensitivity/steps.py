@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 import pandas as pd
 
-from .atomic import write_csv
+from latency_sensitivity.atomic import write_csv
 
 
 @contextlib.contextmanager
@@ -51,9 +51,9 @@ def load_ceilings(calibration_files: Sequence[str]) -> dict:
 
 def combine_replicates(replicate_files: Sequence[str], out_json: str) -> dict:
     """A cell's result file from its replicates' result files (replicates.combine)."""
-    from .atomic import write_json
-    from .merge import read_cell
-    from .replicates import combine
+    from latency_sensitivity.atomic import write_json
+    from latency_sensitivity.analysis.merge import read_cell
+    from latency_sensitivity.analysis.replicates import combine
 
     result = combine([read_cell(path) for path in replicate_files])
     write_json(out_json, result)
@@ -65,7 +65,7 @@ def combine_replicates(replicate_files: Sequence[str], out_json: str) -> dict:
 
 
 def merge_sweep(cell_files: Sequence[str], out_csv: str, sweep: str, calibration_files: Sequence[str] = ()) -> pd.DataFrame:
-    from .merge import load_results, merge
+    from latency_sensitivity.analysis.merge import load_results, merge
 
     frame = merge(load_results(cell_files), sweep=sweep, ceilings=load_ceilings(calibration_files))
     write_csv(out_csv, frame)
@@ -74,7 +74,7 @@ def merge_sweep(cell_files: Sequence[str], out_csv: str, sweep: str, calibration
 
 
 def collapse_sweep(in_csv: str, out_csv: str, axis: str, factor: float) -> pd.DataFrame:
-    from .collapse import detect
+    from latency_sensitivity.analysis.collapse import detect
 
     frame = detect(read_sweep(in_csv), axis, float(factor))
     write_csv(out_csv, frame)
@@ -84,7 +84,7 @@ def collapse_sweep(in_csv: str, out_csv: str, axis: str, factor: float) -> pd.Da
 
 
 def plot_sweep(in_csv: str, out_png: str, sweep: str, axis: str) -> None:
-    from . import plots
+    from latency_sensitivity.report import figures as plots
 
     frame = read_sweep(in_csv)
     if axis == "grid":  # the combined figure of a grid is drawn along seq_len, one line per batch
@@ -93,14 +93,14 @@ def plot_sweep(in_csv: str, out_png: str, sweep: str, axis: str) -> None:
 
 
 def plot_heatmap(in_csv: str, out_png: str, sweep: str) -> None:
-    from . import plots
+    from latency_sensitivity.report import figures as plots
 
     frame = read_sweep(in_csv)
     plots.plot_heatmap(frame, out_png, title=sweep)
 
 
 def plot_anatomy(in_csv: str, out_png: str, sweep: str) -> None:
-    from . import plots
+    from latency_sensitivity.report import figures as plots
 
     plots.plot_anatomy(read_sweep(in_csv), out_png, title=sweep)
 
@@ -130,10 +130,10 @@ def build_report(
     compare_devices: Sequence[dict] = (),
 ) -> str:
     """The markdown report; compare_devices: [{label, results}] other runs of the same sweeps (see the schema)."""
-    from . import config as lsconfig
-    from . import report
+    from latency_sensitivity import config as lsconfig
+    from latency_sensitivity.report import document as report
 
-    from .merge import read_cell
+    from latency_sensitivity.analysis.merge import read_cell
 
     settings = report.cell_settings([read_cell(p) for p in cell_files], settings)
     ceilings = load_ceilings(calibration_files)
@@ -156,7 +156,7 @@ def build_report(
     profiles = [json.loads(Path(p).read_text()) for p in profile_files]
     claims_text = None
     if reference_study:
-        from . import claims
+        from latency_sensitivity.report import claims
 
         frames = [sw.frame for sw in sweeps if not sw.frame.empty]
         ours = claims.our_series(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(),
@@ -193,7 +193,7 @@ def nsys_stats(nsys: str, report_file: str, out_csvs: dict[str, str]) -> None:
     import subprocess
     import tempfile
 
-    from .atomic import write_text
+    from latency_sensitivity.atomic import write_text
 
     with tempfile.TemporaryDirectory(dir=Path(report_file).parent) as tmp:
         prefix = Path(tmp) / "stats"
@@ -233,8 +233,8 @@ def summarize_profile(tool: str, inputs: dict, cell_file: str, out_json: str) ->
     inputs: nsys -> {nvtx_kern_sum, nvtx_gpu_proj_sum}; ncu -> {details}; torch -> {trace}.
     A cell that failed under the profiler gets a summary with its status and error and no tables.
     """
-    from . import profiling
-    from .atomic import write_json
+    from latency_sensitivity.analysis import profiling
+    from latency_sensitivity.atomic import write_json
 
     record = _cell_record(cell_file)
     summary: dict = {"tool": tool}
@@ -256,8 +256,9 @@ def summarize_profile(tool: str, inputs: dict, cell_file: str, out_json: str) ->
 
 def profile_report(summary_files: Sequence[str], out_md: str, tables_dir: str) -> str:
     """results/profiles/report.md plus tidy CSVs (kernel_classes, phases, ncu_kernels) over all profiles."""
-    from . import profiling, report
-    from .atomic import write_text
+    from latency_sensitivity.analysis import profiling
+    from latency_sensitivity.report import document as report
+    from latency_sensitivity.atomic import write_text
 
     summaries = [json.loads(Path(p).read_text()) for p in summary_files]
     labelled = [(report.profile_label(s), s) for s in summaries]

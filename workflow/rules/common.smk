@@ -12,9 +12,9 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 
 from latency_sensitivity import config as lsconfig  # noqa: E402
-from latency_sensitivity.merge import cell_problem  # noqa: E402
-from latency_sensitivity.profiling import NSYS_REPORTS  # noqa: E402
-from latency_sensitivity.tokenization import tokenizer_file  # noqa: E402
+from latency_sensitivity.analysis.merge import cell_problem  # noqa: E402
+from latency_sensitivity.analysis.profiling import NSYS_REPORTS  # noqa: E402
+from latency_sensitivity.measure.tokenization import tokenizer_file  # noqa: E402
 
 lsconfig.use_source_tree(SRC)
 
@@ -243,7 +243,7 @@ def measurement(wildcards):
 
 # The runner's command line: the measure rule runs it and the profile rules (profile.smk) wrap it.
 RUNNER = (
-    "python3 -m latency_sensitivity.runner"
+    "python3 -m latency_sensitivity.measure.runner"
     " --model {wildcards.model} --model-kind {params.model_kind} --model-location {params.model_location:q}"
     " --dtype {wildcards.dtype} --backend {wildcards.backend} --device {params.device}"
     " --attn-implementation {params.attn_implementation}"

@@ -1,4 +1,4 @@
-# Model loading measured like a deployment's cold start (latency_sensitivity.loading): a model's random
+# Model loading measured like a deployment's cold start (latency_sensitivity.measure.loading): a model's random
 # weights written once as a safetensors checkpoint, then loaded stage by stage onto the device.
 
 
@@ -19,7 +19,7 @@ rule materialize_checkpoint:
     conda:
         "../../envs/measure.yaml"
     shell:
-        "python3 -m latency_sensitivity.loading materialize --model {wildcards.model} --model-kind {params.model_kind}"
+        "python3 -m latency_sensitivity.measure.loading materialize --model {wildcards.model} --model-kind {params.model_kind}"
         " --model-location {params.model_location:q} --dtype {wildcards.dtype} --seed {params.seed}"
         " --device {params.device}"
         " --out {output:q} > {log} 2>&1"
@@ -39,6 +39,6 @@ rule measure_loading:
     conda:
         "../../envs/measure.yaml"
     shell:
-        "python3 -m latency_sensitivity.loading measure --model {wildcards.model} --checkpoint {input.checkpoint:q}"
+        "python3 -m latency_sensitivity.measure.loading measure --model {wildcards.model} --checkpoint {input.checkpoint:q}"
         " --device {wildcards.device}"
         " --dtype {wildcards.dtype} --seq {params.seq} --out {output} > {log} 2>&1"

@@ -63,7 +63,7 @@ rule calibrate_device:
     conda:
         "../../envs/measure.yaml"
     shell:
-        "python3 -m latency_sensitivity.calibrate --device {wildcards.device} --dtype {wildcards.dtype}"
+        "python3 -m latency_sensitivity.measure.calibrate --device {wildcards.device} --dtype {wildcards.dtype}"
         " --threads {params.threads} --out {output} > {log} 2>&1"
 
 
@@ -81,5 +81,5 @@ rule train_tokenizer:
     conda:
         "../../envs/measure.yaml"
     shell:
-        "python3 -m latency_sensitivity.tokenization --out {output} --vocab-size {params.vocab_size}"
+        "python3 -m latency_sensitivity.measure.tokenization --out {output} --vocab-size {params.vocab_size}"
         " --corpus-chars {params.corpus_chars} --seed {params.seed} > {log} 2>&1"

@@ -151,7 +151,7 @@ class PathProbe:
 
 
 def versions_text() -> str:
-    from . import environment
+    from latency_sensitivity.measure import environment
 
     return ", ".join(f"{k} {v}" for k, v in environment.versions().items())
 
@@ -218,7 +218,7 @@ def timed_request(prefill, step, gen_tokens: int, clock, rep_name: str):
     timed by the clock, inside NVTX ranges ``{rep_name}.prefill`` and ``{rep_name}.decode``.
     Returns prefill_ms, ttft_ms, [decode step ms], e2e_ms.
     """
-    from .telemetry import nvtx_range
+    from latency_sensitivity.measure.telemetry import nvtx_range
 
     clock.sync()
     host_start = time.perf_counter()
@@ -251,7 +251,7 @@ class EagerBackend(Backend):
         self.model = model
 
     def request(self, prompt, gen_tokens: int, clock, rep_name: str):
-        from . import runner  # looked up per call, so a patched runner.one_request is what runs
+        from latency_sensitivity.measure import runner  # looked up per call, so a patched runner.one_request is what runs
 
         return runner.one_request(self.model, prompt, gen_tokens, clock, rep_name)
 
@@ -515,7 +515,7 @@ def route_linears_to_gemv(model, groups) -> list:
     CUDA as the Triton gemv kernel, others as before. Returns the rerouted modules; `unroute_linears` undoes it."""
     import torch
 
-    from . import kernels
+    from latency_sensitivity.engine import kernels
 
     in_groups = set()
     for group in groups:
@@ -637,7 +637,7 @@ class GraphBackend(Backend):
         if gemv:
             self.gemv_linears = route_linears_to_gemv(model, self.fused_projections)
         if fuse_layers:
-            from . import fused_decode
+            from latency_sensitivity.engine import fused_decode
 
             self.fused_layers = fused_decode.fuse_decode_layers(model, self.fused_projections, FUSABLE_NORMS,
                                                                 pdl=self.pdl)
@@ -867,7 +867,7 @@ class GraphBackend(Backend):
 
     def decode_attention(self) -> str:
         if self.fused_layers:
-            from . import fused_decode
+            from latency_sensitivity.engine import fused_decode
 
             return fused_decode.attention_name(self.model)
         return "sdpa, packed GQA" if self.packed_gqa else str(getattr(self.model.config, "_attn_implementation", "?"))
@@ -880,7 +880,7 @@ class GraphBackend(Backend):
         if self.compile:  # dynamo's compiled code is kept per code object: the next backend compiles afresh
             self.torch._dynamo.reset()
         if self.fused_layers:
-            from . import fused_decode
+            from latency_sensitivity.engine import fused_decode
 
             fused_decode.unfuse_decode_layers(self.fused_layers)
             self.fused_layers = []

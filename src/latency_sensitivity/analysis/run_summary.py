@@ -5,8 +5,8 @@ handler when a job failed, and by `latency-sensitivity sweep`. An out-of-memory 
 with status `error`, a result file that cannot be read, or a failed model-loading measurement makes the run
 fail unless errors are allowed (config `allow_errors`).
 
-    python -m latency_sensitivity.run_summary [--allow-errors] RESULT.json ...
-    python -m latency_sensitivity.run_summary --results results       # every cell and loading file there
+    python -m latency_sensitivity.analysis.run_summary [--allow-errors] RESULT.json ...
+    python -m latency_sensitivity.analysis.run_summary --results results       # every cell and loading file there
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def result_files(results: str | Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m latency_sensitivity.run_summary", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m latency_sensitivity.analysis.run_summary", description=__doc__.splitlines()[0])
     p.add_argument("files", nargs="*", help="cell and loading result files")
     p.add_argument("--results", help="a results folder: every cell and loading file in it")
     p.add_argument("--allow-errors", action="store_true", help="exit 0 even when cells failed")

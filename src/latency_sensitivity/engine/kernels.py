@@ -27,8 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import backends
-from .fused_decode import X_PAIR, X_ROW, X_SILU_MUL  # noqa: F401 - how gemv's input holds its row
+from latency_sensitivity.engine import backends
+from latency_sensitivity.engine.fused_decode import X_PAIR, X_ROW, X_SILU_MUL  # noqa: F401 - how gemv's input holds its row
 
 # On the H100 the Qwen2.5-3B shapes chose BLOCK_K 512 or 1024 of (256, 512, 1024) and BLOCK_N 2 to 16
 GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w)

@@ -3,7 +3,7 @@
 Run once per device and dtype; ``roofline.cell_roofline`` takes the resulting JSON (its top-level
 ``bandwidth_gb_s`` and ``matmul_tflops``) as its ``ceilings``::
 
-    python -m latency_sensitivity.calibrate --device cpu --dtype fp32 --out results/calibration/cpu_fp32.json
+    python -m latency_sensitivity.measure.calibrate --device cpu --dtype fp32 --out results/calibration/cpu_fp32.json
 
 Bandwidth is a large device-to-device ``dst.copy_(src)``, counting bytes read plus bytes written; matmul is a
 square n×n @ n×n product counted as 2·n³ FLOPs. Both use random normal data (never zeros, which some hardware
@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import torch
 
-from .atomic import write_json
+from latency_sensitivity.atomic import write_json
 
 TORCH_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -303,7 +303,7 @@ def calibrate(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m latency_sensitivity.calibrate",
+        prog="python -m latency_sensitivity.measure.calibrate",
         description="Measure copy bandwidth and matmul throughput of a device (roofline ceilings).",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from .gpu_slots import claim_for
+    from latency_sensitivity.measure.gpu_slots import claim_for
 
     claim_for(args.device)  # before CUDA starts: calibration gets a GPU of its own, like a measurement
     try:

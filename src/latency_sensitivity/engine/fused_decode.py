@@ -37,7 +37,7 @@ from __future__ import annotations
 import sys
 import types
 
-from . import backends
+from latency_sensitivity.engine import backends
 
 # How a fused product's input holds its row (kernels.gemv_kernel's X_MODE; defined here, as kernels needs
 # Triton to import): the row; a residual pair to add; gate/up for SiLU(gate) * up.
@@ -102,7 +102,7 @@ def linear(x, weight, bias=None, *, x_mode: int = X_ROW, norm_weight=None, eps: 
     import torch
 
     if _one_row(x, weight, x_mode) and _kernels_apply(x, weight, bias, norm_weight, residual):
-        from . import kernels
+        from latency_sensitivity.engine import kernels
 
         return kernels.gemv(x, weight, bias, x_mode=x_mode, norm_weight=norm_weight, eps=eps, residual=residual,
                             pdl=pdl)
@@ -142,7 +142,7 @@ def qkv_rope(x, weight, bias, *, heads: int, kv_heads: int, cos, sin, position, 
     d = weight.shape[0] // (heads + 2 * kv_heads)
     if (_one_row(x, weight, x_mode) and d % 16 == 0 and keys.shape[0] == 1
             and _kernels_apply(x, weight, bias, norm_weight, cos, sin, keys, values)):
-        from . import kernels
+        from latency_sensitivity.engine import kernels
 
         return kernels.qkv_rope(x, weight, bias, heads=heads, kv_heads=kv_heads, cos=cos, sin=sin,
                                 position=position, keys=keys, values=values, length=length, x_mode=x_mode,
@@ -169,7 +169,7 @@ def attention(query, key, value, mask, scale: float, pdl: bool = False):
                                     and mask.dim() == 4 and mask.shape[1:3] == (1, 1))
     if (boolean_mask and key.stride(-1) == 1 and value.stride(-1) == 1
             and _decode_kernel_takes(query.shape[-1], query, key, value)):
-        from . import kernels
+        from latency_sensitivity.engine import kernels
 
         backends.probe_hit("attention_kernel")
         return kernels.decode_attention(query, key, value, None if mask is None else mask.contiguous(), scale,

@@ -8,7 +8,7 @@ sweep's figures, and findings. Every finding is computed from the data by the sm
 Conventions of the findings:
 
 * a timing (or a throughput derived from one) *rises* / *falls* only when the change is larger than the
-  noise of the cells involved (`latency_sensitivity.collapse.relative_noise`: the replicates' spread where a
+  noise of the cells involved (`latency_sensitivity.analysis.collapse.relative_noise`: the replicates' spread where a
   cell was measured more than once, else its within-run bootstrap interval); otherwise it stays flat
   *within noise (±x%)*. Launch-bound cells are labelled host-noise-dominated. Without any noise recorded
   (and for memory) the threshold is 5% (`FLAT_TOLERANCE`);
@@ -30,9 +30,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from latency_sensitivity import collapse as _collapse
+from latency_sensitivity.analysis import collapse as _collapse
 from latency_sensitivity.atomic import write_text
-from latency_sensitivity.backends import BACKENDS
+from latency_sensitivity.engine.backends import BACKENDS
 from latency_sensitivity.columns import COLUMNS_BY_NAME, LATENCY_METRICS, THROUGHPUT_METRICS
 from latency_sensitivity.config import ARCHITECTURE_SUMMARY
 
@@ -459,7 +459,7 @@ def decode_scaling_finding(frame: pd.DataFrame, axis: str = "batch") -> str | No
 
 def saturation_finding(frame: pd.DataFrame, metric: str = "decode_tok_s", axis: str = "batch") -> str | None:
     """Where a throughput stops growing by more than the noise per doubling of the batch
-    (`latency_sensitivity.collapse.saturation`)."""
+    (`latency_sensitivity.analysis.collapse.saturation`)."""
     sat = _collapse.saturation(frame, metric, axis)
     if sat is None:
         return None
@@ -1461,7 +1461,7 @@ def _pct(x: Any) -> str:
 
 def profile_classes_table(summaries: Sequence[dict]) -> str | None:
     """Kernel classes (rows) by cell and phase (columns): share of the phase's kernel time, GPU idle share."""
-    from .profiling import KERNEL_CLASSES
+    from latency_sensitivity.analysis.profiling import KERNEL_CLASSES
 
     columns = []  # (header, shares {class: share}, phase row)
     with_backend = _several_backends(summaries)
@@ -1542,7 +1542,7 @@ def profiles_section(summaries: Sequence[dict], heading_level: int = 3) -> str:
         "Profiled cells run the measure rule's runner command line under the profiler (fewer reps; the "
         "profiler slows the host, so the timings under it are not measurements). Kernels are attributed to "
         "the prefill or decode NVTX range of each measured rep that launched them and classified by name "
-        "(latency_sensitivity.profiling.classify_kernel); shares are of the phase's total kernel time.",
+        "(latency_sensitivity.analysis.profiling.classify_kernel); shares are of the phase's total kernel time.",
     ]
     failed = [s for s in summaries if s.get("status") != "ok"]
     for tool in ("nsys", "torch"):
@@ -1628,7 +1628,7 @@ def loading_amortised(result: dict, cells: pd.DataFrame) -> str | None:
 def loading_section(results: Sequence[dict], cells: pd.DataFrame | None = None) -> str:
     """Model loading stage by stage, with the read and copy rates beside this machine's measured ceilings,
     and (given the run's cells) the cold start amortised over requests."""
-    parts = ["A model's weights loaded the way a server's cold start does (latency_sensitivity.loading): read "
+    parts = ["A model's weights loaded the way a server's cold start does (latency_sensitivity.measure.loading): read "
              "from storage (after dropping the file from the page cache), deserialise, instantiate the modules, "
              "copy to the device, then a first and a second (warm) prefill forward. Ceilings: a cold sequential "
              "read of a scratch file of the same size, and pinned / pageable host-to-device copies."]

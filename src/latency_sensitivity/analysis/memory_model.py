@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from latency_sensitivity.roofline import Architecture, dtype_bytes, kv_bytes_per_token, total_params
+from latency_sensitivity.analysis.roofline import Architecture, dtype_bytes, kv_bytes_per_token, total_params
 
 MIB = 2**20
 

@@ -33,7 +33,7 @@ GB = 1e9
 
 def materialize(spec, out_dir: str | Path) -> dict:
     """Build the cell's model (random weights from its architecture) and save it as a safetensors checkpoint."""
-    from . import runner
+    from latency_sensitivity.measure import runner
 
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -169,7 +169,7 @@ def measure_loading(checkpoint: str | Path, device: str, dtype: str, seq_len: in
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .runner import TORCH_DTYPES
+    from latency_sensitivity.measure.runner import TORCH_DTYPES
 
     checkpoint = Path(checkpoint)
     files = sorted(checkpoint.glob("*.safetensors"))
@@ -249,13 +249,13 @@ def measure_loading(checkpoint: str | Path, device: str, dtype: str, seq_len: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m latency_sensitivity.loading materialize|measure ..."""
+    """python -m latency_sensitivity.measure.loading materialize|measure ..."""
     import argparse
 
-    from .atomic import write_json
-    from .runner import CellSpec
+    from latency_sensitivity.atomic import write_json
+    from latency_sensitivity.measure.runner import CellSpec
 
-    p = argparse.ArgumentParser(prog="python -m latency_sensitivity.loading", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m latency_sensitivity.measure.loading", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser("materialize", help="write a model's random weights as a safetensors checkpoint")
     m.add_argument("--model", required=True)
@@ -280,13 +280,13 @@ def main(argv: list[str] | None = None) -> int:
         spec = CellSpec(model=a.model, model_kind=a.model_kind, model_location=a.model_location, dtype=a.dtype,
                         backend="eager", device=a.device, attn_implementation="sdpa", seq_len=1, batch=1,
                         gen_tokens=2, warmup=0, reps=1, seed=a.seed, threads=1)
-        from .gpu_slots import claim_for
+        from latency_sensitivity.measure.gpu_slots import claim_for
 
         claim_for(a.device)
         info = materialize(spec, a.out)
         print(json.dumps(info), file=sys.stderr)
         return 0
-    from .gpu_slots import claim_for
+    from latency_sensitivity.measure.gpu_slots import claim_for
 
     claim_for(a.device)
     try:

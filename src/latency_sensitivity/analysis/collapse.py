@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from .columns import LATENCY_METRICS, THROUGHPUT_METRICS, order_columns
+from latency_sensitivity.columns import LATENCY_METRICS, THROUGHPUT_METRICS, order_columns
 
 SERIES_KEYS = ("model", "dtype", "backend")
 AXES = {"seq_len": "batch", "batch": "seq_len"}

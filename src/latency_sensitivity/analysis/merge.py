@@ -9,7 +9,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from .columns import REFERENCE_NAMES, order_columns
+from latency_sensitivity.columns import REFERENCE_NAMES, order_columns
 
 IDENTITY = ("model", "dtype", "backend", "device", "device_name", "attn_implementation",
             "gen_tokens", "warmup", "reps", "status", "error")
@@ -40,7 +40,7 @@ def cell_row(result: dict) -> dict:
 
 def roofline_row(result: dict, ceilings: dict | None) -> dict:
     """Floors, bounds and efficiencies of one ok cell against the measured ceilings of its device and dtype."""
-    from . import roofline
+    from latency_sensitivity.analysis import roofline
 
     if result["status"] != "ok" or not ceilings or "architecture" not in result:
         return {}

@@ -50,7 +50,7 @@ def train_tokenizer(out_file: str | Path, vocab_size: int = 32000, corpus_chars:
     """Train a byte-level BPE tokenizer on generate_corpus(corpus_chars, seed); write it as tokenizer.json."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from .atomic import write_text
+    from latency_sensitivity.atomic import write_text
 
     text = generate_corpus(corpus_chars, seed)
     tokenizer = Tokenizer(models.BPE())
@@ -135,10 +135,10 @@ def measure(tokenizer, batch: int, seq_len: int, gen_tokens: int, reps: int, see
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m latency_sensitivity.tokenization --out results/tokenizer/tokenizer.json [--vocab-size N ...]"""
+    """python -m latency_sensitivity.measure.tokenization --out results/tokenizer/tokenizer.json [--vocab-size N ...]"""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m latency_sensitivity.tokenization", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m latency_sensitivity.measure.tokenization", description=main.__doc__)
     p.add_argument("--out", required=True)
     p.add_argument("--vocab-size", type=int, default=32000)
     p.add_argument("--corpus-chars", type=int, default=2_000_000)

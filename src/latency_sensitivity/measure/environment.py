@@ -169,7 +169,7 @@ def collect(device: str) -> dict[str, Any]:
     return {k: info.get(k) for k in ENVIRONMENT_KEYS}
 
 
-if __name__ == "__main__":  # python -m latency_sensitivity.environment [device]
+if __name__ == "__main__":  # python -m latency_sensitivity.measure.environment [device]
     import json
 
     print(json.dumps(collect(sys.argv[1] if len(sys.argv) > 1 else "cpu"), indent=2))

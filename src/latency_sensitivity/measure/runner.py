@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import backends
-from .backends import BACKENDS
+from latency_sensitivity.engine import backends
+from latency_sensitivity.engine.backends import BACKENDS
 
 # Nothing may reach a model hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -189,7 +189,7 @@ def kernel_time_ms(fn) -> float:
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    from . import metrics
+    from latency_sensitivity.analysis import metrics
 
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -282,8 +282,8 @@ def torch_profiling(out_dir: Path | None, cuda: bool):
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from . import telemetry
-    from .atomic import write_text
+    from latency_sensitivity.measure import telemetry
+    from latency_sensitivity.atomic import write_text
 
     if out_dir is None:
         raise ValueError("profile mode 'torch' needs --torch-profile-dir")
@@ -346,8 +346,10 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         raise ValueError(f"profile_mode must be one of {PROFILE_MODES}, not {profile_mode!r}")
     import torch
 
-    from . import environment, memory_model, metrics
-    from .telemetry import GpuSampler, energy_per_token_j, nvtx_range
+    from latency_sensitivity.measure import environment
+    from latency_sensitivity.analysis import memory_model
+    from latency_sensitivity.analysis import metrics
+    from latency_sensitivity.measure.telemetry import GpuSampler, energy_per_token_j, nvtx_range
 
     torch.set_num_threads(spec.threads)
     env = environment.collect(spec.device)
@@ -452,7 +454,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         if tokenizer is not None:
             # Host-side stages of a request, timed on texts of the cell's shape (auxiliary: a failure is noted).
             try:
-                from . import tokenization
+                from latency_sensitivity.measure import tokenization
 
                 tok = tokenization.measure(tokenization.load_tokenizer(tokenizer), spec.batch, spec.seq_len,
                                            spec.gen_tokens, spec.reps, spec.seed)
@@ -520,7 +522,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path]:
-    p = argparse.ArgumentParser(prog="python -m latency_sensitivity.runner", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m latency_sensitivity.measure.runner", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="model name (for the record)")
     p.add_argument("--model-kind", choices=["architecture", "path"], required=True)
     p.add_argument("--model-location", required=True, help="architecture JSON or checkpoint folder")
@@ -563,7 +565,7 @@ def _ensure_torch_profile_files(folder: Path) -> None:
     """A cell that failed before its measured reps still leaves a (empty) trace and op table: failure is data."""
     import gzip
 
-    from .atomic import write_text
+    from latency_sensitivity.atomic import write_text
 
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "trace.json.gz").exists():
@@ -576,10 +578,10 @@ def _ensure_torch_profile_files(folder: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .atomic import write_json
+    from latency_sensitivity.atomic import write_json
 
     spec, out, profile_mode, torch_profile_dir, tokenizer = parse_args(argv)
-    from .gpu_slots import claim_for
+    from latency_sensitivity.measure.gpu_slots import claim_for
 
     claim = claim_for(spec.device)  # before CUDA starts: this cell gets a GPU of its own
     print(f"cell {spec.model} {spec.dtype} {spec.backend} seq={spec.seq_len} batch={spec.batch} on {spec.device}",

@@ -38,7 +38,7 @@ class Claim:
 
 def visible_devices(environ: dict | None = None) -> list[str]:
     """The devices this process may use, as CUDA_VISIBLE_DEVICES entries (empty: none or unknown)."""
-    from .telemetry import parse_visible_devices
+    from latency_sensitivity.measure.telemetry import parse_visible_devices
 
     environ = os.environ if environ is None else environ
     parsed = parse_visible_devices(environ.get("CUDA_VISIBLE_DEVICES"))
