@@ -241,7 +241,7 @@ def test_cuda_without_a_cuda_device_is_rejected(monkeypatch):
 
 def test_report_settings_come_from_the_cells(default_config):
     """The config gives only what no cell records; the cells' own specs override it, differing values counted."""
-    from latency_sensitivity.report.document import cell_settings, settings_section
+    from latency_sensitivity.report.setup import cell_settings, settings_section
 
     summary = lsconfig.settings_summary(lsconfig.validate(default_config))
     assert set(summary) == {"models", "collapse_factor"}

@@ -8,7 +8,7 @@ import torch
 
 from conftest import cell_spec
 from latency_sensitivity.measure import loading
-from latency_sensitivity.report import document as report
+from latency_sensitivity.report import model_loading
 from latency_sensitivity.measure import runner
 
 
@@ -55,10 +55,10 @@ def test_a_read_faster_than_its_ceiling_is_reported_as_suspect():
          "read_s": 0.014, "read_gb_s": 1.21, "disk_read_gb_s": 0.20, "deserialise_s": 0.01, "instantiate_s": 0.01,
          "host_to_device_s": 0.0, "host_to_device_gb_s": None, "first_forward_s": 0.1, "warm_forward_s": 0.01,
          "load_total_s": 0.134}
-    text = report.loading_section([r])
+    text = model_loading.loading_section([r])
     assert "Suspect:" in text and "faster than the cold sequential read of the same disk (0.20 GB/s)" in text
-    assert "Suspect:" not in report.loading_section([dict(r, read_gb_s=0.19)])
-    assert "30% of the checkpoint was still in the page cache" in report.loading_section(
+    assert "Suspect:" not in model_loading.loading_section([dict(r, read_gb_s=0.19)])
+    assert "30% of the checkpoint was still in the page cache" in model_loading.loading_section(
         [dict(r, read_gb_s=0.19, read_resident_fraction=0.3)])
 
 
@@ -68,7 +68,7 @@ def test_cli_records_a_failure_as_data(tmp_path):
                          "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["status"] == "error" and "no *.safetensors" in r["error"]
-    text = report.loading_section([r])
+    text = model_loading.loading_section([r])
     assert "Failed:" in text and "safetensors" in text
 
 
@@ -77,7 +77,7 @@ def test_loading_section_hand_made():
          "read_s": 3.0, "read_gb_s": 2.147, "disk_read_gb_s": 2.5, "deserialise_s": 0.5, "instantiate_s": 0.1,
          "host_to_device_s": 0.6, "host_to_device_gb_s": 10.7, "h2d_pinned_gb_s": 25.0, "h2d_pageable_gb_s": 12.0,
          "first_forward_s": 0.9, "warm_forward_s": 0.03, "load_total_s": 5.1}
-    text = report.loading_section([r])
+    text = model_loading.loading_section([r])
     assert "| qwen2 | fp16 | cuda | 6144 | 3.000 (2.15 GB/s; ceiling 2.50 GB/s) |" in text
     assert "0.600 (10.70 GB/s; ceiling 25.00 GB/s / 12.00 GB/s)" in text and "| read |" in text
     assert "Amortised" not in text  # without the run's cells
@@ -94,7 +94,7 @@ def test_loading_section_hand_made():
         {"model": "other", "dtype": "fp16", "backend": "eager", "seq_len": 128, "batch": 1, "status": "ok",
          "flag": "ok", "request_p50_ms": 1.0, "e2e_p50_ms": 1.0},  # another model: not this load's requests
     ])
-    text = report.loading_section([r], cells)
+    text = model_loading.loading_section([r], cells)
     assert ("- qwen2 fp16: the 5.10 s cold start costs as much as 4.0–26 requests of this run (seq_len 4096 × "
             "batch 1 eager, 1275.00 ms – seq_len 128 × batch 1 graph, 200.00 ms, p50 per request); spread over "
             "1000 requests it adds 5.10 ms to each") in text

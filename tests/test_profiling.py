@@ -11,6 +11,7 @@ import pytest
 from latency_sensitivity import steps
 from latency_sensitivity.analysis import profiling
 from latency_sensitivity.report import document as report
+from latency_sensitivity.report import profiles
 
 FIX = Path(__file__).parent / "fixtures" / "profiles"
 H100 = FIX / "h100_eager_s128_b32"
@@ -279,5 +280,5 @@ def test_profile_columns_name_the_backend_when_cells_differ_only_by_it():
     cell = {"model": "m", "dtype": "fp16", "seq_len": 128, "batch": 1}
     a = dict(base, status="ok", cell=dict(cell, backend="eager"))
     b = dict(base, status="ok", cell=dict(cell, backend="graph"))
-    assert "| s128×b1 eager prefill | s128×b1 eager decode | s128×b1 graph prefill |" in report.profile_classes_table([a, b])
-    assert "| s128×b1 prefill | s128×b1 decode |" in report.profile_classes_table([a])
+    assert "| s128×b1 eager prefill | s128×b1 eager decode | s128×b1 graph prefill |" in profiles.profile_classes_table([a, b])
+    assert "| s128×b1 prefill | s128×b1 decode |" in profiles.profile_classes_table([a])

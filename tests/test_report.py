@@ -13,23 +13,15 @@ import pandas as pd
 import pytest
 
 from latency_sensitivity.report import document as report
-from latency_sensitivity.report.document import (
-    SweepInput,
-    build_report,
-    decode_table,
-    direction,
-    format_change,
-    format_number,
-    format_relative,
-    format_sig,
-    grid_table,
-    oom_finding,
-    prefill_table,
-    series_findings,
-    sweep_findings,
-    trend_finding,
-    write_report,
-)
+from latency_sensitivity.report import compare
+from latency_sensitivity.report import findings
+from latency_sensitivity.report import series
+from latency_sensitivity.report import tables
+from latency_sensitivity.report.series import SweepInput
+from latency_sensitivity.report.document import build_report, write_report
+from latency_sensitivity.report.tables import decode_table, grid_table, prefill_table
+from latency_sensitivity.report.format import direction, format_change, format_number, format_relative, format_sig
+from latency_sensitivity.report.findings import oom_finding, series_findings, sweep_findings, trend_finding
 
 # Tables 1 and 2 of the reference study: batch 1, seq_len 128 .. 4096.
 SEQ_TABLE = {
@@ -481,14 +473,14 @@ def test_roofline_table_and_finding():
         "prefill_floor_ms": [1.0, 2.0], "prefill_efficiency": [0.25, 0.5], "prefill_bound": ["memory", "compute"],
         "decode_floor_ms": [2.06, 2.07], "decode_efficiency": [0.08, 0.1], "decode_bound": ["memory", "memory"],
     })
-    table = report.roofline_table(frame, "seq_len")
+    table = tables.roofline_table(frame, "seq_len")
     assert "| 128 | 1.00 | 25.0% | memory | 2.060 | 8.0% | memory |" in table
-    assert report.roofline_finding(frame.assign(device="cpu")) == (
+    assert findings.roofline_finding(frame.assign(device="cpu")) == (
         "prefill runs at 25.0–50.0% of its roofline floor (compute/memory-bound), i.e. 2.0–4.0x the measured floor; "
         "decode runs at 8.0–10.0% of its roofline floor (memory-bound), i.e. 10.0–12.5x the measured floor; "
         "no peak floor: the CPU has no theoretical peak in this tool"
     )
-    assert report.roofline_table(frame.drop(columns=["decode_floor_ms"]), "seq_len") is None
+    assert tables.roofline_table(frame.drop(columns=["decode_floor_ms"]), "seq_len") is None
 
 
 def test_measured_and_peak_floors_side_by_side():
@@ -500,10 +492,10 @@ def test_measured_and_peak_floors_side_by_side():
         "decode_p50_ms_per_tok": [6.24], "decode_floor_ms": [2.06], "decode_efficiency": [2.06 / 6.24],
         "decode_bound": ["memory"], "decode_floor_peak_ms": [1.84],
     })
-    table = report.roofline_table(frame, "seq_len")
+    table = tables.roofline_table(frame, "seq_len")
     assert "prefill peak floor (ms)" in table and "decode peak floor (ms/step)" in table
     assert "| 2.060 | 33.0% | memory | 1.600 | 1.840 |" in table
-    assert report.roofline_finding(frame).endswith(
+    assert findings.roofline_finding(frame).endswith(
         "decode runs at 33.0% of its roofline floor (memory-bound), i.e. 3.0x the measured floor, 3.4x the peak floor")
 
 
@@ -515,7 +507,7 @@ def test_roofline_table_shows_measured_regime():
         "decode_floor_ms": [2.06], "decode_efficiency": [0.066], "decode_bound": ["memory"],
         "decode_gpu_busy": [0.9], "decode_regime": ["memory-bound"],
     })
-    table = report.roofline_table(frame, "batch")
+    table = tables.roofline_table(frame, "batch")
     assert "| launch-bound (GPU busy 30.0%) |" in table and "| memory-bound (GPU busy 90.0%) |" in table
 
 
@@ -525,12 +517,12 @@ def test_memory_model_finding():
         "predicted_memory_mb": [5900.0, 6000.0, 9000.0], "vram_allocated_mb": [6018.0, 6240.0, float("nan")],
         "vram_reserved_mb": [6700.0, 6740.0, float("nan")],
     })
-    assert report.memory_model_finding(frame) == (
+    assert findings.memory_model_finding(frame) == (
         "peak allocated memory is 102–104% of the predicted budget (weights + KV cache + kept logits + "
         "activation estimate); the allocator reserves 500–682 MiB more than that peak"
     )
     cpu = frame.assign(vram_allocated_mb=0.0)
-    assert report.memory_model_finding(cpu) is None
+    assert findings.memory_model_finding(cpu) is None
 
 
 def test_backend_comparison_hand_computed():
@@ -541,7 +533,7 @@ def test_backend_comparison_hand_computed():
                          "status": "ok", "flag": "ok", "decode_p50_ms_per_tok": d, "decode_efficiency": e})
     rows.append({"seq_len": 128, "batch": 64, "model": "m", "dtype": "fp16", "backend": "graph", "status": "ok",
                  "flag": "ok", "decode_p50_ms_per_tok": 9.0, "decode_efficiency": 0.2})  # graph only: left out
-    (title, table, findings), = report.backend_comparison(pd.DataFrame(rows))
+    (title, table, findings), = compare.backend_comparison(pd.DataFrame(rows))
     assert title == "m · fp16"
     assert "| 128 | 1 | 40.00 | 8.00 | 5.00x | 20.0x | 4.0x |" in table
     assert "| 128 | 8 | 30.00 | 6.00 | 5.00x | 10.0x | 2.0x |" in table and "| 64 |" not in table
@@ -550,14 +542,14 @@ def test_backend_comparison_hand_computed():
     assert "eager decode takes 10.0–20.0x its roofline floor" in findings
     assert "graph decode takes 2.0–4.0x its roofline floor" in findings
     one_cell = pd.DataFrame([r for r in rows if r["batch"] == 1])
-    (_, _, findings), = report.backend_comparison(one_cell)
+    (_, _, findings), = compare.backend_comparison(one_cell)
     assert findings == ["graph decodes 5.0x faster than eager per step (seq_len 128 × batch 1)",
                         "eager decode takes 20.0x its roofline floor", "graph decode takes 4.0x its roofline floor"]
     single = pd.DataFrame([r for r in rows if r["backend"] == "eager"])
-    assert report.backend_comparison(single) == []
+    assert compare.backend_comparison(single) == []
     # columns in the backends' own order (eager, graph, compiled), whatever order the rows come in
     compiled = [dict(r, backend="compiled", decode_p50_ms_per_tok=4.0) for r in rows if r["backend"] == "graph"]
-    (_, table, _), = report.backend_comparison(pd.DataFrame(compiled + rows))
+    (_, table, _), = compare.backend_comparison(pd.DataFrame(compiled + rows))
     assert "| seq_len | batch | eager decode ms/step | graph decode ms/step | compiled decode ms/step |" in table
     assert "| 128 | 1 | 40.00 | 8.00 | 4.00 | 5.00x | 10.00x |" in table
 
@@ -577,7 +569,7 @@ def test_device_comparison_hand_computed():
     h100 = _device_rows("GPU A", [20.0, 40.0, 80.0], [10.0, 12.0, 16.0], [0.5, 0.25, 0.2])
     # the other device: batch 64 ran out of memory there, so only batches 1 and 8 are compared
     h200 = _device_rows("GPU B", [10.0, 30.0, 0.0], [9.0, 6.0, 0.0], [0.25, 0.5, 0.0], ["ok", "ok", "oom"])
-    (title, table, findings), = report.device_comparison(h100, h200, "A", "B")
+    (title, table, findings), = compare.device_comparison(h100, h200, "A", "B")
     assert title == "m · fp16 · graph"
     assert "| 128 | 1 | 20.00 | 10.00 | 0.50x | 10.00 | 9.00 | 0.90x | 2.0x | 4.0x |" in table
     assert "| 128 | 8 | 40.00 | 30.00 | 0.75x | 12.00 | 6.00 | 0.50x | 4.0x | 2.0x |" in table
@@ -588,17 +580,17 @@ def test_device_comparison_hand_computed():
     assert findings[1].endswith("(lowest at seq_len 128 × batch 8, highest at seq_len 128 × batch 1)")
     assert findings[2] == "decode as a multiple of each device's own roofline floor: A 2.0–4.0x, B 2.0–4.0x"
     other_backend = h200.assign(backend="eager")
-    assert report.device_comparison(h100, other_backend, "A", "B") == []
+    assert compare.device_comparison(h100, other_backend, "A", "B") == []
 
 
 def test_devices_section_labels_ceilings_and_missing_sweeps():
-    this = report.SweepInput(name="batch_sweep", axis="batch",
+    this = series.SweepInput(name="batch_sweep", axis="batch",
                              frame=_device_rows("GPU A", [20.0, 40.0, 80.0], [10.0, 12.0, 16.0], [0.5, 0.25, 0.2]))
-    missing = report.SweepInput(name="seq_sweep", axis="seq_len", frame=this.frame)
-    other = report.OtherDevice("B", {"batch_sweep": _device_rows("GPU B", [10.0, 30.0, 60.0], [9.0, 6.0, 8.0],
+    missing = series.SweepInput(name="seq_sweep", axis="seq_len", frame=this.frame)
+    other = compare.OtherDevice("B", {"batch_sweep": _device_rows("GPU B", [10.0, 30.0, 60.0], [9.0, 6.0, 8.0],
                                                                  [0.25, 0.5, 0.4])},
                                {("cuda", "fp16"): {"bandwidth_gb_s": 4200.0, "matmul_tflops": 660.0}})
-    text = report.devices_section([this, missing], [other],
+    text = compare.devices_section([this, missing], [other],
                                   {("cuda", "fp16"): {"bandwidth_gb_s": 3000.0, "matmul_tflops": 666.0}})
     assert "- GPU A (this run): 3000 GB/s copy, 666 TFLOP/s matmul (cuda, fp16)" in text
     assert "- B: 4200 GB/s copy, 660 TFLOP/s matmul (cuda, fp16)" in text
@@ -646,7 +638,7 @@ def test_lowest_at_only_beyond_the_noise():
 
 def test_launch_bound_cells_are_labelled_host_noise_dominated():
     f = _replicated(batch_frame(), 4.0).assign(decode_regime="launch-bound")
-    text = report.decode_scaling_finding(f, "batch")
+    text = findings.decode_scaling_finding(f, "batch")
     assert text.startswith("decode tok/s scales 37.6 → 996.6 (26.5x) from batch 1 to 64")
     assert text.endswith("[launch-bound cells: host-noise-dominated]")
 
@@ -654,14 +646,14 @@ def test_launch_bound_cells_are_labelled_host_noise_dominated():
 def test_saturation_finding_from_replicates():
     # the reference study's batch sweep: prefill tok/s gains 10% from batch 2 to 4, then -11% at batch 8
     f = _replicated(batch_frame(), 4.0, "prefill")
-    assert report.saturation_finding(f, "prefill_tok_s") == (
+    assert findings.saturation_finding(f, "prefill_tok_s") == (
         "prefill tok/s saturates at batch 4: -11% per doubling to batch 8, within noise (±4%)")
     f = _replicated(batch_frame(), 30.0, "prefill")
-    assert report.saturation_finding(f, "prefill_tok_s") == (
+    assert findings.saturation_finding(f, "prefill_tok_s") == (
         "prefill tok/s saturates at batch 2: +10% per doubling to batch 4, within noise (±30%)")
     # decode throughput grows beyond ±4% at every doubling up to 64
     f = _replicated(batch_frame(), 4.0)
-    assert report.saturation_finding(f, "decode_tok_s") == (
+    assert findings.saturation_finding(f, "decode_tok_s") == (
         "decode tok/s does not saturate up to batch 64: every step along the batch raises it by more than the noise")
     assert any(x.startswith("decode tok/s does not saturate") for x in sweep_findings(f, "batch"))
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from conftest import cell_spec
-from latency_sensitivity.report import document as report
+from latency_sensitivity.report import tables
 from latency_sensitivity.measure import runner
 from latency_sensitivity.measure import tokenization
 
@@ -58,8 +58,8 @@ def test_report_request_anatomy_hand_computed():
     frame = pd.DataFrame({"seq_len": [128, 4096], "batch": [1, 1], "status": ["ok", "ok"], "flag": ["ok", "ok"],
                           "tokenize_p50_ms": [0.1, 2.0], "ttft_p50_ms": [30.0, 60.0], "e2e_p50_ms": [100.0, 1060.0],
                           "detokenize_p50_ms": [0.1, 0.1]})
-    table, finding = report.anatomy_table(frame, "seq_len")
+    table, finding = tables.anatomy_table(frame, "seq_len")
     assert "| 128 | 0.10 | 30.00 | 70.00 | 0.10 | 100.20 | decode |" in table
     assert "| 4096 | 2.00 | 60.00 | 1000.00 | 0.10 | 1062.10 | decode |" in table
     assert finding.startswith("tokenising and detokenising take 0.20% of a request")
-    assert report.anatomy_table(frame.drop(columns=["tokenize_p50_ms"]), "seq_len") is None
+    assert tables.anatomy_table(frame.drop(columns=["tokenize_p50_ms"]), "seq_len") is None

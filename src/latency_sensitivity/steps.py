@@ -132,10 +132,11 @@ def build_report(
     """The markdown report; compare_devices: [{label, results}] other runs of the same sweeps (see the schema)."""
     from latency_sensitivity import config as lsconfig
     from latency_sensitivity.report import document as report
+    from latency_sensitivity.report import compare, series, setup
 
     from latency_sensitivity.analysis.merge import read_cell
 
-    settings = report.cell_settings([read_cell(p) for p in cell_files], settings)
+    settings = setup.cell_settings([read_cell(p) for p in cell_files], settings)
     ceilings = load_ceilings(calibration_files)
     for (device, dtype), cal in sorted(ceilings.items()):
         settings[f"ceilings ({device}, {dtype})"] = (
@@ -152,7 +153,7 @@ def build_report(
             figures.append(("Request anatomy", os.path.relpath(folder / "anatomy.png", out_dir)))
         if axis == "grid":
             figures.append(("Heatmap", os.path.relpath(folder / "heatmap.png", out_dir)))
-        sweeps.append(report.SweepInput(name=name, axis=axis, frame=read_sweep(csv), figures=figures))
+        sweeps.append(series.SweepInput(name=name, axis=axis, frame=read_sweep(csv), figures=figures))
     profiles = [json.loads(Path(p).read_text()) for p in profile_files]
     claims_text = None
     if reference_study:
@@ -169,7 +170,7 @@ def build_report(
         frames = {name: read_sweep(path)
                   for name, path in lsconfig.compare_device_sweeps(other, [sw.name for sw in sweeps]).items()}
         calibration = lsconfig.compare_device_folder(other) / "calibration"
-        others.append(report.OtherDevice(other["label"], frames,
+        others.append(compare.OtherDevice(other["label"], frames,
                                          load_ceilings(sorted(glob.glob(str(calibration / "*.json"))))))
     text = report.build_report(sweeps, distinct_environments(cell_files), settings, profiles=profiles,
                                claims_text=claims_text, claims_label=(reference_study or {}).get("label"),
@@ -257,16 +258,16 @@ def summarize_profile(tool: str, inputs: dict, cell_file: str, out_json: str) ->
 def profile_report(summary_files: Sequence[str], out_md: str, tables_dir: str) -> str:
     """results/profiles/report.md plus tidy CSVs (kernel_classes, phases, ncu_kernels) over all profiles."""
     from latency_sensitivity.analysis import profiling
-    from latency_sensitivity.report import document as report
     from latency_sensitivity.atomic import write_text
+    from latency_sensitivity.report import profiles
 
     summaries = [json.loads(Path(p).read_text()) for p in summary_files]
-    labelled = [(report.profile_label(s), s) for s in summaries]
+    labelled = [(profiles.profile_label(s), s) for s in summaries]
     for table in ("classes", "phases", "kernels"):
         rows = profiling.tidy_rows(labelled, table)
         name = {"classes": "kernel_classes", "phases": "phases", "kernels": "ncu_kernels"}[table]
         write_csv(Path(tables_dir) / f"{name}.csv", pd.DataFrame(rows))
-    text = "# Profiles\n\n" + report.profiles_section(summaries, heading_level=2) + "\n"
+    text = "# Profiles\n\n" + profiles.profiles_section(summaries, heading_level=2) + "\n"
     write_text(out_md, text)
     print(f"wrote {out_md} from {len(summaries)} summaries", file=sys.stderr)
     return text

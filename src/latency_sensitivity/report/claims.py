@@ -64,7 +64,7 @@ def _regimes(sub: pd.DataFrame, phase: str) -> str:
 
 
 def _fmt(x: float) -> str:
-    from latency_sensitivity.report.document import format_number
+    from latency_sensitivity.report.format import format_number
 
     return format_number(x)
 
@@ -262,7 +262,7 @@ def our_series(frame: pd.DataFrame, model: str, dtype: str) -> dict[str, pd.Data
 
 def claims_section(results: list[ClaimResult], heading_level: int = 3) -> str:
     """Markdown: one block per claim with the numbers side by side and the verdict."""
-    from latency_sensitivity.report.document import markdown_table
+    from latency_sensitivity.report.format import markdown_table
 
     h = "#" * heading_level
     parts = ["Each claim is a rule applied alike to the study's published tables and to each of our series; "

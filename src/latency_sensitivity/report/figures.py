@@ -650,7 +650,7 @@ ANATOMY_COLORS = {"tokenise": "#8c564b", "prefill (TTFT)": "#1f77b4", "decode": 
 
 def build_anatomy_figure(df: pd.DataFrame, title: str) -> Figure:
     """Stacked bars, one per measured cell (and backend): a request's p50 stages, text in to text out."""
-    from latency_sensitivity.report.document import anatomy_rows
+    from latency_sensitivity.report.series import anatomy_rows
 
     rows = anatomy_rows(df)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * max(len(rows), 1) + 2.5), 4.6), layout="constrained")
