@@ -48,7 +48,7 @@ TINY_ARCHITECTURE = str(REPO / "config" / "models" / "tiny-qwen2.json")
 
 def cell_spec(**kw):
     """A runner CellSpec of the tiny default model on the CPU; keywords override the defaults."""
-    from latency_sensitivity.measure.runner import CellSpec
+    from latency_sensitivity.measure.model import CellSpec
 
     base = dict(model="tiny", model_kind="architecture", model_location=TINY_ARCHITECTURE, dtype="fp32",
                 backend="eager", device="cpu", attn_implementation="sdpa", seq_len=8, batch=2, gen_tokens=4,

@@ -8,8 +8,14 @@ import torch
 import transformers
 
 from conftest import cell_spec
-from latency_sensitivity.engine import backends
+from latency_sensitivity.engine import eager as eager_backend
+from latency_sensitivity.engine import graph as graph_backend
+from latency_sensitivity.engine import probe
+from latency_sensitivity.engine import registry
+from latency_sensitivity.engine import surgery
 from latency_sensitivity.measure import runner
+from latency_sensitivity.engine import base
+from latency_sensitivity.measure import model as cell_model
 from latency_sensitivity.columns import COLUMNS_BY_NAME
 from latency_sensitivity.config import MODELS_DIR
 
@@ -23,24 +29,24 @@ def spec(**kw):
 @pytest.fixture(scope="module")
 def tiny():
     s = spec()
-    model = runner.build_model(s)
-    return model, runner.make_prompt(s, model.config.vocab_size)
+    model = cell_model.build_model(s)
+    return model, cell_model.make_prompt(s, model.config.vocab_size)
 
 
 @pytest.mark.parametrize("fuse_norms, pack_gqa", [(False, None), (True, None), (False, True)])
 def test_static_cache_path_matches_eager_for_every_request(tiny, fuse_norms, pack_gqa):
     model, prompt = tiny
     with torch.inference_mode():
-        want_tokens, want_logits = backends.EagerBackend(model).generate(prompt, 6)
-        graph = backends.GraphBackend(model, batch=2, seq_len=12, gen_tokens=6, fuse_norms=fuse_norms,
+        want_tokens, want_logits = eager_backend.EagerBackend(model).generate(prompt, 6)
+        graph = graph_backend.GraphBackend(model, batch=2, seq_len=12, gen_tokens=6, fuse_norms=fuse_norms,
                                       pack_gqa=pack_gqa)
         try:
             assert graph.capture is False  # the CPU runs the step uncaptured
             if pack_gqa:  # forced here; by default only where transformers does not pack itself
-                assert graph.packed_gqa and model.config._attn_implementation == backends.PACKED_GQA
+                assert graph.packed_gqa and model.config._attn_implementation == surgery.PACKED_GQA
                 assert graph.info()["decode_attention"] == "sdpa, packed GQA"
             else:
-                assert graph.packed_gqa == (not backends.transformers_packs_gqa())
+                assert graph.packed_gqa == (not surgery.transformers_packs_gqa())
             graph.setup(prompt)
             assert len(graph.fused_norms) == (9 if fuse_norms else 0)  # 2 per layer + the final norm
             for _ in range(3):  # positions must be right after every reset, not only the first time
@@ -51,7 +57,7 @@ def test_static_cache_path_matches_eager_for_every_request(tiny, fuse_norms, pac
             _, forced = graph.generate(prompt, 6, forced=want_tokens)
             torch.testing.assert_close(forced, want_logits, rtol=1e-4, atol=1e-4)
             # a timed request between them leaves the next one right too
-            p, t, steps, e = graph.request(prompt, 6, runner.Clock(False), "rep0")
+            p, t, steps, e = graph.request(prompt, 6, base.Clock(False), "rep0")
             assert len(steps) == 5 and p > 0 and e >= t > 0
             tokens, _ = graph.generate(prompt, 6)
             assert torch.equal(tokens, want_tokens)
@@ -60,7 +66,7 @@ def test_static_cache_path_matches_eager_for_every_request(tiny, fuse_norms, pac
     assert not any("forward" in vars(m) for m in model.modules())  # fused norms undone
     assert model.config._attn_implementation == "sdpa"  # packed GQA undone
     with torch.inference_mode():
-        tokens, logits = backends.EagerBackend(model).generate(prompt, 6)
+        tokens, logits = eager_backend.EagerBackend(model).generate(prompt, 6)
     assert torch.equal(tokens, want_tokens) and torch.equal(logits, want_logits)
 
 
@@ -80,12 +86,12 @@ def test_packed_gqa_attention_equals_repeated_kv():
     k[..., 7:, :] = 1e4  # the padding must not count
     want = torch.nn.functional.scaled_dot_product_attention(q, repeat_kv(k, groups), repeat_kv(v, groups),
                                                             attn_mask=mask, scale=0.3).transpose(1, 2)
-    got, weights = backends.packed_gqa_sdpa_forward(Module(), q, k, v, mask, scaling=0.3)
+    got, weights = surgery.packed_gqa_sdpa_forward(Module(), q, k, v, mask, scaling=0.3)
     assert weights is None and got.shape == (b, 1, kv * groups, d)
     torch.testing.assert_close(got, want)
     # a prefill (several query tokens) goes to transformers' own path, with the same result as its sdpa
     q2 = torch.randn(b, kv * groups, 5, d, generator=gen)
-    got2, _ = backends.packed_gqa_sdpa_forward(Module(), q2, k[..., :5, :], v[..., :5, :], None, scaling=0.3,
+    got2, _ = surgery.packed_gqa_sdpa_forward(Module(), q2, k[..., :5, :], v[..., :5, :], None, scaling=0.3,
                                                is_causal=True)
     want2 = torch.nn.functional.scaled_dot_product_attention(
         q2, repeat_kv(k[..., :5, :], groups), repeat_kv(v[..., :5, :], groups), is_causal=True, scale=0.3)
@@ -98,12 +104,12 @@ def test_packed_gqa_only_for_sdpa_models_with_fewer_kv_heads(tiny):
     kv = cfg.num_key_value_heads
     try:
         cfg.num_key_value_heads = cfg.num_attention_heads  # plain multi-head attention: nothing to pack
-        assert backends.pack_gqa_decode(model, force=True) is False
+        assert surgery.pack_gqa_decode(model, force=True) is False
     finally:
         cfg.num_key_value_heads = kv
     model.set_attn_implementation("eager")
     try:
-        assert backends.pack_gqa_decode(model, force=True) is False
+        assert surgery.pack_gqa_decode(model, force=True) is False
     finally:
         model.set_attn_implementation("sdpa")
 
@@ -111,39 +117,39 @@ def test_packed_gqa_only_for_sdpa_models_with_fewer_kv_heads(tiny):
 def test_a_cache_that_is_not_reset_is_caught(tiny, monkeypatch):
     model, prompt = tiny
     with torch.inference_mode():
-        graph = backends.make("graph", model, prompt, 4, runner.Clock(False))
+        graph = registry.make("graph", model, prompt, 4, base.Clock(False))
         if graph.explicit_positions:
             pytest.skip("transformers 4.x: positions are passed explicitly, not read from the cache")
-        graph.request(prompt, 4, runner.Clock(False), "rep0")
-        monkeypatch.setattr(backends.GraphBackend, "reset", lambda self: None)
+        graph.request(prompt, 4, base.Clock(False), "rep0")
+        monkeypatch.setattr(graph_backend.GraphBackend, "reset", lambda self: None)
         with pytest.raises((RuntimeError, IndexError)):
-            graph.request(prompt, 4, runner.Clock(False), "rep1")
+            graph.request(prompt, 4, base.Clock(False), "rep1")
         graph.close()
 
 
 def test_graph_refuses_what_its_cache_cannot_hold(tiny):
     model, prompt = tiny
     with torch.inference_mode():
-        graph = backends.make("graph", model, prompt, 4, runner.Clock(False))
+        graph = registry.make("graph", model, prompt, 4, base.Clock(False))
         with pytest.raises(ValueError, match="do not fit the static cache"):
-            graph.request(prompt, 8, runner.Clock(False), "rep0")
+            graph.request(prompt, 8, base.Clock(False), "rep0")
         with pytest.raises(ValueError, match="prompt shape"):
-            graph.request(prompt[:1], 4, runner.Clock(False), "rep0")
+            graph.request(prompt[:1], 4, base.Clock(False), "rep0")
         graph.close()
 
 
 def test_capture_needs_cuda(tiny):
     model, _ = tiny
     with pytest.raises(RuntimeError, match="CUDA graph capture needs CUDA"):
-        backends.GraphBackend(model, batch=2, seq_len=12, gen_tokens=4, capture=True)
+        graph_backend.GraphBackend(model, batch=2, seq_len=12, gen_tokens=4, capture=True)
 
 
 def test_unknown_backend(tiny):
     model, prompt = tiny
     with pytest.raises(ValueError, match="unknown backend 'nope'"):
-        backends.make("nope", model, prompt, 4, runner.Clock(False))
+        registry.make("nope", model, prompt, 4, base.Clock(False))
     with pytest.raises(ValueError, match="eager backend takes no options"):
-        backends.make("eager", model, prompt, 4, runner.Clock(False), pack_gqa=True)
+        registry.make("eager", model, prompt, 4, base.Clock(False), pack_gqa=True)
 
 
 def test_norm_with_other_arithmetic_is_left_alone():
@@ -157,7 +163,7 @@ def test_norm_with_other_arithmetic_is_left_alone():
             return (1 + self.weight) * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
 
     model = torch.nn.Sequential(Qwen2RMSNorm())
-    assert backends.fuse_rms_norms(model) == []
+    assert surgery.fuse_rms_norms(model) == []
 
 
 def test_fused_projections_are_one_gemm_on_the_same_weights(tiny):
@@ -167,7 +173,7 @@ def test_fused_projections_are_one_gemm_on_the_same_weights(tiny):
         want = model(input_ids=prompt).logits
         calls = []
         real_linear = torch.nn.functional.linear
-        groups = backends.fuse_sibling_projections(model)
+        groups = surgery.fuse_sibling_projections(model)
         try:
             assert len(groups) == 8  # q/k/v and gate/up in each of 4 layers
             attn = model.model.layers[0].self_attn
@@ -186,7 +192,7 @@ def test_fused_projections_are_one_gemm_on_the_same_weights(tiny):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
             assert all(g.input is None and g.output is None for g in groups)  # nothing held after a forward
         finally:
-            backends.unfuse_sibling_projections(groups)
+            surgery.unfuse_sibling_projections(groups)
         assert not any("forward" in vars(m) for m in model.modules())
         torch.testing.assert_close(model(input_ids=prompt).logits, want, rtol=1e-5, atol=1e-5)
 
@@ -196,12 +202,12 @@ def test_compiled_backend_matches_eager_on_the_cpu(tiny, monkeypatch, tmp_path):
     model, prompt = tiny
     extern_calls = {}
     with torch.inference_mode():
-        want_tokens, want_logits = backends.EagerBackend(model).generate(prompt, 6)
+        want_tokens, want_logits = eager_backend.EagerBackend(model).generate(prompt, 6)
         # compile None (the default): compiled unless the layers are rewritten; True: the rewritten layers' torch
         # forms traced too
         for fuse, fuse_layers, compile in ((True, False, None), (False, False, None), (True, True, True),
                                            (True, True, None)):
-            compiled = backends.make("compiled", model, prompt, 6, runner.Clock(False), fuse_projections=fuse,
+            compiled = registry.make("compiled", model, prompt, 6, base.Clock(False), fuse_projections=fuse,
                                      fuse_layers=fuse_layers, compile=compile)
             try:
                 info = compiled.info()
@@ -223,7 +229,7 @@ def test_compiled_backend_matches_eager_on_the_cpu(tiny, monkeypatch, tmp_path):
                     tokens, logits = compiled.generate(prompt, 6)
                     assert torch.equal(tokens, want_tokens)
                     torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-4)
-                p, t, steps, e = compiled.request(prompt, 6, runner.Clock(False), "rep0")
+                p, t, steps, e = compiled.request(prompt, 6, base.Clock(False), "rep0")
                 assert len(steps) == 5 and p > 0 and e >= t > 0
             finally:
                 compiled.close()
@@ -234,19 +240,19 @@ def test_compiled_backend_matches_eager_on_the_cpu(tiny, monkeypatch, tmp_path):
 
 def test_gemv_routing_keeps_the_tokens_and_is_undone(tiny, monkeypatch):
     model, prompt = tiny
-    monkeypatch.setattr(backends, "gemv_available", lambda: False)
+    monkeypatch.setattr(graph_backend, "gemv_available", lambda: False)
     with pytest.raises(RuntimeError, match="needs Triton"):
-        backends.make("compiled", model, prompt, 6, runner.Clock(False), gemv=True)
+        registry.make("compiled", model, prompt, 6, base.Clock(False), gemv=True)
     assert not any("forward" in vars(m) or "fused_group" in vars(m) for m in model.modules())  # model untouched
     # by default only at batch 1 on CUDA: the CPU keeps torch's linear, and says so
-    compiled_default = backends.CompiledBackend(model, batch=2, seq_len=12, gen_tokens=6)
+    compiled_default = graph_backend.CompiledBackend(model, batch=2, seq_len=12, gen_tokens=6)
     assert compiled_default.info()["gemv"] is False
     compiled_default.close()
     monkeypatch.undo()
     pytest.importorskip("triton")
     with torch.inference_mode():
-        want_tokens, want_logits = backends.EagerBackend(model).generate(prompt, 6)
-        graph = backends.make("graph", model, prompt, 6, runner.Clock(False), gemv=True, fuse_projections=True)
+        want_tokens, want_logits = eager_backend.EagerBackend(model).generate(prompt, 6)
+        graph = registry.make("graph", model, prompt, 6, base.Clock(False), gemv=True, fuse_projections=True)
         try:
             # o and down in each of 4 layers, and the LM head; q/k/v and gate/up through their fused groups
             assert graph.info()["gemv"] and len(graph.gemv_linears) == 4 * 2 + 1
@@ -268,11 +274,11 @@ def test_fused_decode_layers_keep_the_tokens_and_are_undone(tiny, monkeypatch):
     qkv_rope = fused_decode.qkv_rope
     monkeypatch.setattr(fused_decode, "qkv_rope", lambda *a, **kw: qkv_rope_calls.append(1) or qkv_rope(*a, **kw))
     with pytest.raises(ValueError, match="needs fuse_projections"):
-        backends.GraphBackend(model, batch=2, seq_len=12, gen_tokens=6, fuse_layers=True)
+        graph_backend.GraphBackend(model, batch=2, seq_len=12, gen_tokens=6, fuse_layers=True)
     assert not any("forward" in vars(m) for m in model.modules())
     with torch.inference_mode():
-        want_tokens, want_logits = backends.EagerBackend(model).generate(prompt, 6)
-        graph = backends.make("graph", model, prompt, 6, runner.Clock(False), fuse_projections=True,
+        want_tokens, want_logits = eager_backend.EagerBackend(model).generate(prompt, 6)
+        graph = registry.make("graph", model, prompt, 6, base.Clock(False), fuse_projections=True,
                               fuse_layers=True)
         try:
             assert graph.info()["fused_layers"] == 4
@@ -300,9 +306,9 @@ def test_a_failed_setup_leaves_the_model_as_it_was(tiny, monkeypatch):
     def no_cache(*args, **kwargs):
         raise MemoryError("no room for the cache")
 
-    monkeypatch.setattr(backends, "_static_cache", no_cache)
+    monkeypatch.setattr(graph_backend, "_static_cache", no_cache)
     with pytest.raises(MemoryError, match="no room"):
-        backends.GraphBackend(model, batch=2, seq_len=12, gen_tokens=6, fuse_norms=True, fuse_projections=True,
+        graph_backend.GraphBackend(model, batch=2, seq_len=12, gen_tokens=6, fuse_norms=True, fuse_projections=True,
                               fuse_layers=True, pack_gqa=True)
     assert not any(key in vars(m) for m in model.modules() for key in ("forward", "fused_decode_plan",
                                                                        "fused_group"))
@@ -311,7 +317,7 @@ def test_a_failed_setup_leaves_the_model_as_it_was(tiny, monkeypatch):
     model.config.hidden_act = "gelu"  # not the form: asked for, the rewrite is an error, and undone
     try:
         with pytest.raises(ValueError, match="not of the Llama/Qwen2 form"):
-            backends.GraphBackend(model, batch=2, seq_len=12, gen_tokens=6, fuse_projections=True, fuse_layers=True)
+            graph_backend.GraphBackend(model, batch=2, seq_len=12, gen_tokens=6, fuse_projections=True, fuse_layers=True)
     finally:
         model.config.hidden_act = "silu"
     assert not any(key in vars(m) for m in model.modules() for key in ("forward", "fused_group"))
@@ -321,25 +327,25 @@ def test_layers_of_another_form_keep_their_forward(tiny):
     from latency_sensitivity.engine import fused_decode
 
     model, _ = tiny
-    groups = backends.fuse_sibling_projections(model)
+    groups = surgery.fuse_sibling_projections(model)
     try:
-        assert fused_decode.fuse_decode_layers(model, [], backends.FUSABLE_NORMS) == []  # no fused q/k/v
+        assert fused_decode.fuse_decode_layers(model, [], surgery.FUSABLE_NORMS) == []  # no fused q/k/v
         assert fused_decode.fuse_decode_layers(model, groups, ()) == []  # a norm of unknown arithmetic
         model.config.hidden_act = "gelu"
-        assert fused_decode.fuse_decode_layers(model, groups, backends.FUSABLE_NORMS) == []
+        assert fused_decode.fuse_decode_layers(model, groups, surgery.FUSABLE_NORMS) == []
         model.config.hidden_act = "silu"
         model.model.layers[1].self_attn.sliding_window = 4  # all layers or none: the pair crosses every layer
-        assert fused_decode.fuse_decode_layers(model, groups, backends.FUSABLE_NORMS) == []
+        assert fused_decode.fuse_decode_layers(model, groups, surgery.FUSABLE_NORMS) == []
         model.model.layers[1].self_attn.sliding_window = None
         model.config._attn_implementation = "flash_attention_2"  # 2-D masks
-        assert fused_decode.fuse_decode_layers(model, groups, backends.FUSABLE_NORMS) == []
+        assert fused_decode.fuse_decode_layers(model, groups, surgery.FUSABLE_NORMS) == []
         model.config._attn_implementation = "sdpa"
-        changed = fused_decode.fuse_decode_layers(model, groups, backends.FUSABLE_NORMS)
+        changed = fused_decode.fuse_decode_layers(model, groups, surgery.FUSABLE_NORMS)
         assert len(changed) == 5 and changed[-1] is model.model.norm
         fused_decode.unfuse_decode_layers(changed)
     finally:
         model.config.hidden_act, model.config._attn_implementation = "silu", "sdpa"
-        backends.unfuse_sibling_projections(groups)
+        surgery.unfuse_sibling_projections(groups)
     assert not any(key in vars(m) for m in model.modules() for key in ("forward", "fused_decode_plan"))
 
 
@@ -352,11 +358,11 @@ def test_runner_measures_a_graph_cell_on_the_cpu():
     assert m["backend_setup_s"] > 0 and m["decode_p50_ms_per_tok"] > 0
     info = dict(r["backend_info"])
     assert isinstance(info.pop("explicit_positions"), bool)  # True on transformers 4.x
-    assert info.pop("decode_attention") == ("sdpa" if backends.transformers_packs_gqa() else "sdpa, packed GQA")
+    assert info.pop("decode_attention") == ("sdpa" if surgery.transformers_packs_gqa() else "sdpa, packed GQA")
     assert m["decode_attention"] == r["backend_info"]["decode_attention"]
     # the paths that ran in the setup's three warm-up steps: the step, and packed GQA in each layer where it is on
     layers = r["architecture"]["num_hidden_layers"]
-    packed = {} if backends.transformers_packs_gqa() else {"packed_gqa_attention": 3 * layers}
+    packed = {} if surgery.transformers_packs_gqa() else {"packed_gqa_attention": 3 * layers}
     assert info.pop("paths") == {"step": 3, **packed}
     assert info == {"name": "graph", "captured": False, "max_cache_len": 18, "capture_warmup_steps": 3,
                     "fused_rms_norms": 0, "fused_projections": 0, "compiled": False, "compile_s": None,
@@ -396,11 +402,11 @@ def test_cli_backend_choice(tmp_path):
     ("graph", {"fuse_projections": True, "gemv": True, "fuse_layers": True}, 1)])
 def test_captured_step_matches_eager_on_cuda(name, options, batch):
     s = spec(device="cuda", dtype="fp16", seq_len=32, batch=batch, gen_tokens=8)
-    model = runner.build_model(s)
-    prompt = runner.make_prompt(s, model.config.vocab_size)
+    model = cell_model.build_model(s)
+    prompt = cell_model.make_prompt(s, model.config.vocab_size)
     with torch.inference_mode():
-        want_tokens, want_logits = backends.EagerBackend(model).generate(prompt, 8)
-        backend = backends.make(name, model, prompt, 8, runner.Clock(True), **options)
+        want_tokens, want_logits = eager_backend.EagerBackend(model).generate(prompt, 8)
+        backend = registry.make(name, model, prompt, 8, base.Clock(True), **options)
         assert backend.graph is not None and backend.setup_s > 0
         info = backend.info()
         hopper = torch.cuda.get_device_capability()[0] >= 9
@@ -446,8 +452,8 @@ def test_a_rewritten_layer_that_does_not_run_is_an_error(tiny, monkeypatch):
     keyword = fused_decode.cache_keyword
     other = {"cache": "past_key_values", "past_key_values": "cache"}
     monkeypatch.setattr(fused_decode, "cache_keyword", lambda layer: other[keyword(layer)])
-    with torch.inference_mode(), pytest.raises(backends.PathNotTaken) as err:
-        backends.make("graph", model, prompt, 6, runner.Clock(False), fuse_projections=True, fuse_layers=True)
+    with torch.inference_mode(), pytest.raises(probe.PathNotTaken) as err:
+        registry.make("graph", model, prompt, 6, base.Clock(False), fuse_projections=True, fuse_layers=True)
     assert re.search(r"fused_layers: 4 rewritten decoder layers x 3 steps claimed, but fused_layer ran 0 of 12",
                      str(err.value))
     assert re.search(_versions_pattern(), str(err.value))
@@ -456,9 +462,9 @@ def test_a_rewritten_layer_that_does_not_run_is_an_error(tiny, monkeypatch):
 
 def test_packed_gqa_claimed_but_not_switched_is_an_error(tiny, monkeypatch):
     model, prompt = tiny
-    monkeypatch.setattr(backends, "pack_gqa_decode", lambda model, force=False: True)  # claims, changes nothing
-    with torch.inference_mode(), pytest.raises(backends.PathNotTaken, match="decode_attention: packed GQA"):
-        backends.make("graph", model, prompt, 6, runner.Clock(False), pack_gqa=True)
+    monkeypatch.setattr(graph_backend, "pack_gqa_decode", lambda model, force=False: True)  # claims, changes nothing
+    with torch.inference_mode(), pytest.raises(probe.PathNotTaken, match="decode_attention: packed GQA"):
+        registry.make("graph", model, prompt, 6, base.Clock(False), pack_gqa=True)
 
 
 def test_a_step_that_torch_compile_leaves_eager_is_an_error_row(monkeypatch):

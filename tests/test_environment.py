@@ -122,8 +122,8 @@ def test_versions_of_the_measured_paths(monkeypatch):
 
     v = environment.versions()
     assert v == {"torch": torch.__version__, "transformers": transformers.__version__, "triton": v["triton"]}
-    assert v["triton"] == (triton_version() or environment._dist_version("pytorch-triton"))
+    assert v["triton"] == (triton_version() or environment.dist_version("pytorch-triton"))
     assert collect("cpu")["triton"] == v["triton"]
-    monkeypatch.setattr(environment, "_dist_version", lambda name: None)
+    monkeypatch.setattr(environment, "dist_version", lambda name: None)
     monkeypatch.delitem(sys.modules, "triton", raising=False)
     assert environment.versions()["triton"] is None

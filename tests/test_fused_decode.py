@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from latency_sensitivity.engine import fused_decode as fd
+from latency_sensitivity.engine import forms
 
 
 def test_rms_norm_is_the_module_arithmetic():
@@ -22,10 +23,10 @@ def test_linear_forms():
     row, pair, gate_up = torch.randn(1, 1, 8), torch.randn(1, 1, 2, 8), torch.randn(1, 1, 16)
     lin = torch.nn.functional.linear
     torch.testing.assert_close(fd.linear(row, w, b), lin(row, w, b))
-    torch.testing.assert_close(fd.linear(pair, w, b, x_mode=fd.X_PAIR), lin(pair[..., 0, :] + pair[..., 1, :], w, b))
+    torch.testing.assert_close(fd.linear(pair, w, b, x_mode=forms.X_PAIR), lin(pair[..., 0, :] + pair[..., 1, :], w, b))
     act = torch.nn.functional.silu(gate_up[..., :8]) * gate_up[..., 8:]
-    torch.testing.assert_close(fd.linear(gate_up, w, x_mode=fd.X_SILU_MUL), lin(act, w))
-    torch.testing.assert_close(fd.linear(pair, w, x_mode=fd.X_PAIR, norm_weight=g, eps=1e-5),
+    torch.testing.assert_close(fd.linear(gate_up, w, x_mode=forms.X_SILU_MUL), lin(act, w))
+    torch.testing.assert_close(fd.linear(pair, w, x_mode=forms.X_PAIR, norm_weight=g, eps=1e-5),
                                lin(fd.rms_norm(pair.sum(-2), g, 1e-5), w))
     # with a residual: the pair [residual, product], the residual a row or a pair summed
     r_row, r_pair = torch.randn(1, 1, 5), torch.randn(1, 1, 2, 5)
@@ -71,13 +72,13 @@ def test_qkv_rope_is_the_projection_rotation_and_cache_update():
     for layer in (want_layer, got_layer):  # allocated, `pos` positions held
         layer.lazy_initialization(torch.zeros(1, kv_heads, 1, d), torch.zeros(1, kv_heads, 1, d))
         layer.cumulative_length.fill_(pos)
-    qkv = fd.linear(x, w, b, x_mode=fd.X_PAIR, norm_weight=g, eps=1e-6)
+    qkv = fd.linear(x, w, b, x_mode=forms.X_PAIR, norm_weight=g, eps=1e-6)
     q, k, v = (t.view(1, 1, -1, d).transpose(1, 2) for t in qkv.split([heads * d, kv_heads * d, kv_heads * d], -1))
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     want_layer.update(k, v)
     got = fd.qkv_rope(x, w, b, heads=heads, kv_heads=kv_heads, cos=cos, sin=sin, position=torch.tensor([[pos]]),
                       keys=got_layer.keys, values=got_layer.values, length=got_layer.cumulative_length,
-                      x_mode=fd.X_PAIR, norm_weight=g, eps=1e-6)
+                      x_mode=forms.X_PAIR, norm_weight=g, eps=1e-6)
     assert torch.equal(got, q)
     assert torch.equal(got_layer.keys, want_layer.keys) and torch.equal(got_layer.values, want_layer.values)
     assert int(got_layer.cumulative_length) == int(want_layer.cumulative_length) == pos + 1

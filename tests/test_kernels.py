@@ -40,6 +40,7 @@ def check_fused_forms(device, tiling):
 
     tiling: {} on CUDA (autotuned); fixed block sizes in the interpreter."""
     from latency_sensitivity.engine import fused_decode as fd
+    from latency_sensitivity.engine import forms
     from latency_sensitivity.engine import kernels
 
     torch.manual_seed(0)
@@ -49,8 +50,8 @@ def check_fused_forms(device, tiling):
         return torch.randn(*shape, device=device).half()
 
     w, bias, g = rand(n, hidden) * 0.1, rand(n), (torch.rand(hidden, device=device) + 0.5).half()
-    for x_mode, x in ((fd.X_ROW, rand(1, 1, hidden)), (fd.X_PAIR, rand(1, 1, 2, hidden)),
-                      (fd.X_SILU_MUL, rand(1, 1, 2 * hidden))):
+    for x_mode, x in ((forms.X_ROW, rand(1, 1, hidden)), (forms.X_PAIR, rand(1, 1, 2, hidden)),
+                      (forms.X_SILU_MUL, rand(1, 1, 2 * hidden))):
         for norm in (None, g):
             for residual in (None, rand(1, 1, n), rand(1, 1, 2, n)):
                 kw = {"x_mode": x_mode, "norm_weight": norm, "eps": 1e-6, "residual": residual}
@@ -79,7 +80,7 @@ def check_fused_forms(device, tiling):
     heads, kv_heads, d, pos = 4, 2, 32, 6
     w, bias = rand((heads + 2 * kv_heads) * d, hidden) * 0.1, rand((heads + 2 * kv_heads) * d)
     cos, sin = rand(1, 1, d), rand(1, 1, d)
-    for x_mode, x in ((fd.X_ROW, rand(1, 1, hidden)), (fd.X_PAIR, rand(1, 1, 2, hidden))):
+    for x_mode, x in ((forms.X_ROW, rand(1, 1, hidden)), (forms.X_PAIR, rand(1, 1, 2, hidden))):
         for b, norm in ((None, None), (bias, g)):
             caches = [(rand(1, kv_heads, 10, d), rand(1, kv_heads, 10, d), torch.zeros((), dtype=torch.long,
                                                                                       device=device))]

@@ -9,9 +9,7 @@ import torch
 from conftest import cell_spec
 from latency_sensitivity.measure import loading
 from latency_sensitivity.report import model_loading
-from latency_sensitivity.measure import runner
-
-
+from latency_sensitivity.measure import model as cell_model
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
@@ -22,7 +20,7 @@ def checkpoint(tmp_path_factory):
 
 def test_loaded_model_is_the_materialised_one(checkpoint):
     r, model = loading.measure_loading(checkpoint, "cpu", "fp32", seq_len=16)
-    reference = runner.build_model(cell_spec())
+    reference = cell_model.build_model(cell_spec())
     prompt = torch.randint(0, model.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert torch.equal(model(input_ids=prompt).logits, reference(input_ids=prompt).logits)

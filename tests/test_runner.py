@@ -7,6 +7,7 @@ import torch
 
 from conftest import cell_spec
 from latency_sensitivity.measure import runner
+from latency_sensitivity.engine import eager as eager_backend
 from latency_sensitivity.config import MODELS_DIR
 
 TINY = str(MODELS_DIR / "tiny-qwen2.json")
@@ -50,7 +51,7 @@ def test_out_of_memory_is_a_recorded_row(monkeypatch):
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(runner, "one_request", oom)
+    monkeypatch.setattr(eager_backend, "one_request", oom)
     r = runner.measure(spec())
     assert r["status"] == "oom"
     assert r["error"]["phase"] == "warmup"

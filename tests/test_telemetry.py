@@ -10,16 +10,9 @@ from collections import namedtuple
 import pytest
 
 from latency_sensitivity.measure import telemetry
-from latency_sensitivity.columns import Column
-from latency_sensitivity.measure.telemetry import (
-    SUMMARY_KEYS,
-    TELEMETRY_COLUMNS,
-    GpuSampler,
-    energy_per_token_j,
-    nvtx_range,
-    parse_visible_devices,
-    summarize_samples,
-)
+from latency_sensitivity.columns import TELEMETRY_COLUMNS, Column
+from latency_sensitivity.measure.telemetry import SUMMARY_KEYS, GpuSampler, energy_per_token_j, parse_visible_devices, summarize_samples
+from latency_sensitivity.engine.nvtx import nvtx_range
 
 Util = namedtuple("Util", "gpu memory")
 Mem = namedtuple("Mem", "total free used")

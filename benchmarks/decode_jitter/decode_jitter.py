@@ -19,8 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from latency_sensitivity.measure import runner  # noqa: E402
-from latency_sensitivity.measure.telemetry import GpuSampler  # noqa: E402
+from latency_sensitivity.engine import base
+from latency_sensitivity.engine import eager as eager_backend
+from latency_sensitivity.measure import model as cell_model
+from latency_sensitivity.measure.telemetry import GpuSampler# noqa: E402
 
 
 def main() -> None:
@@ -33,29 +35,29 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=4)
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    spec = runner.CellSpec(model="bench", model_kind="architecture", model_location=a.model_location, dtype="fp16",
+    spec = cell_model.CellSpec(model="bench", model_kind="architecture", model_location=a.model_location, dtype="fp16",
                            backend="eager", device="cuda", attn_implementation="sdpa", seq_len=a.seq, batch=a.batch,
                            gen_tokens=a.gen_tokens, warmup=0, reps=0, seed=0, threads=1)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    model = runner.build_model(spec)
+    model = cell_model.build_model(spec)
     torch.cuda.synchronize()
     build_s = time.perf_counter() - t0
-    prompt = runner.make_prompt(spec, model.config.vocab_size)
-    clock = runner.Clock(True)
+    prompt = cell_model.make_prompt(spec, model.config.vocab_size)
+    clock = base.Clock(True)
     variants = {"no_sampler": None, "sampler_20ms": 0.02, "sampler_200ms": 0.2}
     steps: dict[str, list[float]] = {k: [] for k in variants}
     rep_medians: dict[str, list[float]] = {k: [] for k in variants}
     with torch.inference_mode():
         for _ in range(3):
-            runner.one_request(model, prompt, a.gen_tokens, clock, "warmup")
+            eager_backend.one_request(model, prompt, a.gen_tokens, clock, "warmup")
         for _ in range(a.rounds):
             for name, interval in variants.items():
                 sampler = GpuSampler(0, interval_s=interval) if interval else None
                 if sampler:
                     sampler.start()
                 for _ in range(a.requests):
-                    _, _, s, _ = runner.one_request(model, prompt, a.gen_tokens, clock, name)
+                    _, _, s, _ = eager_backend.one_request(model, prompt, a.gen_tokens, clock, name)
                     steps[name].extend(s)
                     rep_medians[name].append(float(np.median(s)))
                 if sampler:

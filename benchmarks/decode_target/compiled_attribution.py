@@ -21,10 +21,12 @@ import time
 
 import torch
 
-from latency_sensitivity.engine import backends
+from latency_sensitivity.engine import eager as eager_backend
+from latency_sensitivity.engine import registry
 from latency_sensitivity.engine import kernels
-from latency_sensitivity.measure import runner
-from latency_sensitivity.measure.runner import CellSpec
+from latency_sensitivity.engine import base
+from latency_sensitivity.measure import model as cell_model
+from latency_sensitivity.measure.model import CellSpec
 
 VARIANTS = {
     "graph": ("graph", {}),
@@ -101,18 +103,18 @@ SPEC = CellSpec(model="qwen2.5-3b", model_kind="architecture", model_location="c
 
 
 def model_and_prompt(spec=SPEC):
-    model = runner.build_model(spec)
-    return model, runner.make_prompt(spec, model.config.vocab_size)
+    model = cell_model.build_model(spec)
+    return model, cell_model.make_prompt(spec, model.config.vocab_size)
 
 
 def main():
     model, prompt = model_and_prompt()
     with torch.inference_mode():
-        eager = backends.make("eager", model, prompt, 32, runner.Clock(True))
+        eager = registry.make("eager", model, prompt, 32, base.Clock(True))
         eager_tokens, eager_logits = eager.generate(prompt, 32)
         eager.close()
         reference = copy.deepcopy(model).float()  # the same weights in fp32: what each fp16 path deviates from
-        _, fp32_logits = backends.EagerBackend(reference).generate(prompt, 32, forced=eager_tokens)
+        _, fp32_logits = eager_backend.EagerBackend(reference).generate(prompt, 32, forced=eager_tokens)
         del reference
         torch.cuda.empty_cache()
     chosen = sys.argv[2:] or list(VARIANTS)
@@ -125,7 +127,7 @@ def main():
         try:
             with torch.inference_mode():
                 t0 = time.perf_counter()
-                b = backends.make(name, model, prompt, 32, runner.Clock(True), **options)
+                b = registry.make(name, model, prompt, 32, base.Clock(True), **options)
                 row["setup_s"] = time.perf_counter() - t0
                 if freeze:
                     gc.collect()

@@ -14,13 +14,13 @@ import time
 import torch
 
 from compiled_attribution import model_and_prompt  # the same cell, from the script beside this one
-from latency_sensitivity.engine import backends
-from latency_sensitivity.measure import runner
+from latency_sensitivity.engine import registry
+from latency_sensitivity.engine import base
 
 model, prompt = model_and_prompt()
 for name in sys.argv[1:] or ["graph", "compiled"]:
     with torch.inference_mode():
-        b = backends.make(name, model, prompt, 32, runner.Clock(True))
+        b = registry.make(name, model, prompt, 32, base.Clock(True))
         gc.collect()
         gc.freeze()
         for _ in range(3):

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import yaml
 
-from latency_sensitivity.engine import backends
+from latency_sensitivity import vocabulary
 from latency_sensitivity import config as lsconfig
+from latency_sensitivity import vocabulary
 from latency_sensitivity.analysis import run_summary
 from latency_sensitivity.atomic import write_text
 
@@ -155,10 +156,10 @@ def resolve_model_arg(model: str, repo_config: dict) -> tuple[str, dict]:
 
 def _backend_list(text: str) -> list[str]:
     names = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [n for n in names if n not in backends.BACKENDS]
+    unknown = [n for n in names if n not in vocabulary.BACKENDS]
     if not names or unknown:
         raise argparse.ArgumentTypeError(f"backends must be a comma-separated subset of "
-                                         f"{', '.join(backends.BACKENDS)} (got {text!r})")
+                                         f"{', '.join(vocabulary.BACKENDS)} (got {text!r})")
     return list(dict.fromkeys(names))
 
 
@@ -269,12 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sweep", help="measure a seq_len x batch grid and write its CSV")
     s.add_argument("--model", required=True, help="local checkpoint folder, architecture JSON, or a name/alias")
-    s.add_argument("--dtype", choices=lsconfig.DTYPES, default="fp16")
+    s.add_argument("--dtype", choices=vocabulary.DTYPES, default="fp16")
     s.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     s.add_argument("--seq", type=_positive_int_list, required=True, help="comma-separated prompt lengths")
     s.add_argument("--batch-sizes", type=_positive_int_list, default=[1], help="comma-separated batch sizes")
     s.add_argument("--backends", type=_backend_list, default=["eager"],
-                   help=f"comma-separated (eager is the reference study's setup): {backends.describe()}")
+                   help=f"comma-separated (eager is the reference study's setup): {vocabulary.describe()}")
     s.add_argument("--loading", action="store_true",
                    help="also measure model loading stage by stage (writes the model's random weights once as a "
                         "safetensors checkpoint in the work folder: about 2 bytes per parameter in fp16)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from latency_sensitivity.engine import backends
+from latency_sensitivity import vocabulary
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column(
         "backend",
         "",
-        f"Execution backend: {backends.describe(markdown=True)}.",
+        f"Execution backend: {vocabulary.describe(markdown=True)}.",
     ),
     Column("device", "", "Device kind the cell ran on: cpu or cuda."),
     Column("device_name", "", "Device model (GPU name, or the CPU model)."),

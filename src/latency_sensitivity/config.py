@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import difflib
 import json
+import jsonschema
 import os
+import yaml
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import jsonschema
-import yaml
+from latency_sensitivity.vocabulary import Cell
+
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-MODELS_DIR = REPO_ROOT / "config" / "models"
 
-DTYPES = ("fp32", "fp16", "bf16")
+
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+MODELS_DIR = REPO_ROOT / "config" / "models"
 
 
 class ConfigError(ValueError):
@@ -162,35 +166,6 @@ def check_device(device: str, gpus: int | None = None, key: str = "config key me
             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); give --resources gpu={count} "
             f"or fewer"
         )
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One measurement job: everything that identifies a result file."""
-
-    model: str
-    dtype: str
-    backend: str
-    seq: int
-    batch: int
-
-    @property
-    def path(self) -> str:
-        return cell_path(self.model, self.dtype, self.backend, self.seq, self.batch)
-
-    def replicate_paths(self, replicates: int) -> list[str]:
-        """The result files of the cell's replicates 1..replicates (each measured in a process of its own)."""
-        return [replicate_path(self.model, self.dtype, self.backend, self.seq, self.batch, k)
-                for k in range(1, replicates + 1)]
-
-
-def cell_path(model: str, dtype: str, backend: str, seq: int | str, batch: int | str) -> str:
-    return f"results/cells/{model}/{dtype}/{backend}/seq{seq}_batch{batch}.json"
-
-
-def replicate_path(model: str, dtype: str, backend: str, seq: int | str, batch: int | str,
-                   replicate: int | str) -> str:
-    return f"results/cells/{model}/{dtype}/{backend}/seq{seq}_batch{batch}/r{replicate}.json"
 
 
 def _key(path: Iterable[Any]) -> str:
@@ -442,11 +417,6 @@ def profile_cells(config: dict) -> list[Cell]:
     for entry in config.get("profile", {}).get("cells", []):
         seen.setdefault(_profile_cell(config, entry), None)
     return list(seen)
-
-
-def profile_stem(cell: Cell) -> str:
-    """The part of a profile artifact's path that names its cell."""
-    return f"{cell.model}/{cell.dtype}/{cell.backend}/seq{cell.seq}_batch{cell.batch}"
 
 
 def sweep_cells(config: dict, sweep: str) -> list[Cell]:

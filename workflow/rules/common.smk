@@ -12,6 +12,7 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 
 from latency_sensitivity import config as lsconfig  # noqa: E402
+from latency_sensitivity import vocabulary
 from latency_sensitivity.analysis.merge import cell_problem  # noqa: E402
 from latency_sensitivity.analysis.profiling import NSYS_REPORTS  # noqa: E402
 from latency_sensitivity.measure.tokenization import tokenizer_file  # noqa: E402
@@ -124,7 +125,7 @@ def all_replicate_files():
 
 def cell_replicate_files(wildcards):
     """The replicate result files one cell's result is combined from."""
-    cell = lsconfig.Cell(wildcards.model, wildcards.dtype, wildcards.backend, int(wildcards.seq), int(wildcards.batch))
+    cell = vocabulary.Cell(wildcards.model, wildcards.dtype, wildcards.backend, int(wildcards.seq), int(wildcards.batch))
     return cell.replicate_paths(MEASURE["replicates"])
 
 
@@ -192,7 +193,7 @@ def loading_files():
 
 def profile_targets(tools):
     """The profile summaries of these tools, one per profiled cell (profile_all adds the profiles' report)."""
-    return [f"results/profiles/summary/{tool}/{lsconfig.profile_stem(cell)}.json" for tool in tools for cell in PROFILE_CELLS]
+    return [f"results/profiles/summary/{tool}/{vocabulary.profile_stem(cell)}.json" for tool in tools for cell in PROFILE_CELLS]
 
 
 def reference_study_files():

@@ -37,19 +37,24 @@ from __future__ import annotations
 import sys
 import types
 
-from latency_sensitivity.engine import backends
+from latency_sensitivity.engine import probe, surgery
+from latency_sensitivity.engine.forms import X_PAIR, X_ROW, X_SILU_MUL
 
-# How a fused product's input holds its row (kernels.gemv_kernel's X_MODE; defined here, as kernels needs
-# Triton to import): the row; a residual pair to add; gate/up for SiLU(gate) * up.
-X_ROW, X_PAIR, X_SILU_MUL = 0, 1, 2
 
 # Attention implementations whose masks are 4-D (boolean or additive), as `attention` takes them.
 MASKED_ATTENTION = ("sdpa", "eager", "sdpa_packed_gqa")
 
+
 # The decoder layer form rewritten: children of the layer, its attention and its MLP.
 LAYER_CHILDREN = {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm"}
+
+
 ATTENTION_CHILDREN = {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
 MLP_CHILDREN = {"gate_proj", "up_proj", "down_proj", "act_fn"}
+
+
 SILU = ("silu", "swish")
 
 
@@ -59,7 +64,7 @@ def _kernels_apply(x, *tensors) -> bool:
 
     if not x.is_cuda or x.dtype not in (torch.float16, torch.bfloat16):
         return False
-    return backends.gemv_available() and all(t is None or t.dtype == x.dtype for t in tensors)
+    return surgery.gemv_available() and all(t is None or t.dtype == x.dtype for t in tensors)
 
 
 def _decode_kernel_takes(head_dim: int, x, *tensors) -> bool:
@@ -161,7 +166,7 @@ def attention(query, key, value, mask, scale: float, pdl: bool = False):
     attend) or additive, broadcasting to (B, 1, 1, L). Returns (B, 1, H, D).
 
     kernels.decode_attention where it applies (pdl: its kernels launched with programmatic dependent launch);
-    otherwise backends.packed_sdpa (the same arithmetic as repeating the keys and values per query head).
+    otherwise surgery.packed_sdpa (the same arithmetic as repeating the keys and values per query head).
     """
     import torch
 
@@ -171,10 +176,10 @@ def attention(query, key, value, mask, scale: float, pdl: bool = False):
             and _decode_kernel_takes(query.shape[-1], query, key, value)):
         from latency_sensitivity.engine import kernels
 
-        backends.probe_hit("attention_kernel")
+        probe.probe_hit("attention_kernel")
         return kernels.decode_attention(query, key, value, None if mask is None else mask.contiguous(), scale,
                                         pdl=pdl)
-    return backends.packed_sdpa(query, key, value, mask, scale)
+    return surgery.packed_sdpa(query, key, value, mask, scale)
 
 
 def add_pair(x):
@@ -225,7 +230,7 @@ def _fused_decoder_layer_forward(self, hidden_states, *args, **kwargs):
     if args or hidden_states.shape[1] != 1 or past_key_values is None or position_embeddings is None:
         # prefill (or a call of another form): transformers' own layer, with the arguments as they came
         return type(self).forward(self, add_pair(hidden_states), *args, **kwargs)
-    backends.probe_hit("fused_layer")
+    probe.probe_hit("fused_layer")
     attention_mask, position_ids = kwargs.get("attention_mask"), kwargs.get("position_ids")
     attn, mlp = self.self_attn, self.mlp
     b = hidden_states.shape[0]
@@ -235,7 +240,7 @@ def _fused_decoder_layer_forward(self, hidden_states, *args, **kwargs):
     cache = _static_layer(past_key_values, attn.layer_idx)
     if (plan.rotates_half and cache is not None and position_ids is not None and position_ids.numel() == 1
             and cos.shape[-1] == plan.head_dim):
-        backends.probe_hit("fused_layer_qkv_rope")
+        probe.probe_hit("fused_layer_qkv_rope")
         q = qkv_rope(hidden_states, plan.qkv.weight, plan.qkv.bias, heads=plan.heads, kv_heads=plan.kv_heads,
                      cos=cos, sin=sin, position=position_ids, keys=cache.keys, values=cache.values,
                      length=cache.cumulative_length, x_mode=x_mode, norm_weight=norm.weight,
@@ -314,7 +319,7 @@ def fuse_decode_layers(model, groups, norm_names, pdl: bool = False) -> list:
     """Give the model's decoder layers of the Llama/Qwen2 form the fused one-token forward (module docstring),
     and its final norm a forward that adds a pair; returns the changed modules (`unfuse_decode_layers` undoes).
 
-    groups: the fused projection groups (backends.fuse_sibling_projections), q/k/v and gate/up of every layer
+    groups: the fused projection groups (surgery.fuse_sibling_projections), q/k/v and gate/up of every layer
     rewritten. norm_names: the RMSNorm classes whose arithmetic `rms_norm` reproduces. Needs transformers >= 5
     (layers returning a tensor, the cache's update taking no positions); with anything else nothing changes.
     pdl: the kernels launched with programmatic dependent launch (not under torch.compile).
@@ -352,4 +357,4 @@ def fuse_decode_layers(model, groups, norm_names, pdl: bool = False) -> list:
 
 
 def unfuse_decode_layers(modules) -> None:
-    backends._restore_forward(modules, "fused_decode_plan")
+    surgery._restore_forward(modules, "fused_decode_plan")

@@ -27,8 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from latency_sensitivity.engine import backends
-from latency_sensitivity.engine.fused_decode import X_PAIR, X_ROW, X_SILU_MUL  # noqa: F401 - how gemv's input holds its row
+from latency_sensitivity.engine import probe
+from latency_sensitivity.engine.forms import X_PAIR, X_ROW, X_SILU_MUL# noqa: F401 - how gemv's input holds its row
 
 # On the H100 the Qwen2.5-3B shapes chose BLOCK_K 512 or 1024 of (256, 512, 1024) and BLOCK_N 2 to 16
 GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w)
@@ -155,7 +155,7 @@ def gemv(x, weight, bias=None, *, x_mode: int = X_ROW, norm_weight=None, eps: fl
     N, K = weight.shape
     lead = x.shape[:-2] if x_mode == X_PAIR else x.shape[:-1]
     _check_row("gemv", x, K, x_mode)
-    backends.probe_hit("gemv_kernel")  # a backend's claimed paths, counted (backends.PathProbe)
+    probe.probe_hit("gemv_kernel")  # a backend's claimed paths, counted (probe.PathProbe)
     if weight.stride(1) != 1:
         raise ValueError("gemv needs the weight's rows contiguous")
     x = x.contiguous()
@@ -255,7 +255,7 @@ def qkv_rope(x, weight, bias, *, heads: int, kv_heads: int, cos, sin, position, 
     if D * (heads + 2 * kv_heads) != N or D % 16 or weight.stride(1) != 1:
         raise ValueError(f"qkv_rope takes q/k/v rows of {heads} + 2 x {kv_heads} heads of a multiple of 16 "
                          f"values, rows contiguous; got a weight of shape {tuple(weight.shape)}")
-    backends.probe_hit("qkv_rope_kernel")
+    probe.probe_hit("qkv_rope_kernel")
     _check_row("qkv_rope", x, K, x_mode)
     if cos.numel() != D or sin.numel() != D or position.numel() != 1:
         raise ValueError("qkv_rope takes one token at batch 1: one position's rotary tables and position")

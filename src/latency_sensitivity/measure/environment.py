@@ -12,6 +12,8 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
+from latency_sensitivity.engine.probe import dist_version, module_version, versions
+
 ENVIRONMENT_KEYS: tuple[str, ...] = (
     "hostname",
     "platform",
@@ -43,34 +45,6 @@ def _safe(fn: Any, default: Any = None) -> Any:
     except Exception:  # noqa: BLE001 - never raise
         return default
     return default if v is None or v == "" else v
-
-
-def _dist_version(name: str) -> str | None:
-    """Installed version of distribution `name` without importing it (snakemake is slow to import)."""
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _module_version(module: str, dist: str | None = None) -> str | None:
-    """Version of an already importable module, else of its installed distribution."""
-    mod = sys.modules.get(module)
-    v = getattr(mod, "__version__", None) if mod is not None else None
-    return str(v) if v else _dist_version(dist or module)
-
-
-def versions() -> dict[str, str | None]:
-    """The versions the measured code paths depend on: torch, transformers and triton (None: not installed)."""
-    torch = sys.modules.get("torch")
-    return {
-        "torch": str(torch.__version__) if torch is not None else _dist_version("torch"),
-        "transformers": _module_version("transformers"),
-        # triton comes with torch's CUDA builds (pytorch-triton on some); not importing it keeps this cheap
-        "triton": _module_version("triton") or _dist_version("pytorch-triton"),
-    }
 
 
 def cpu_model(cpuinfo_path: str = "/proc/cpuinfo") -> str | None:
@@ -138,11 +112,11 @@ def collect(device: str) -> dict[str, Any]:
         "hostname": _safe(socket.gethostname),
         "platform": _safe(platform.platform),
         "python": _safe(platform.python_version),
-        "torch": _safe(lambda: str(torch.__version__)) if torch is not None else _dist_version("torch"),
-        "transformers": _module_version("transformers"),
+        "torch": _safe(lambda: str(torch.__version__)) if torch is not None else dist_version("torch"),
+        "transformers": module_version("transformers"),
         "triton": versions()["triton"],
-        "snakemake": _module_version("snakemake"),
-        "numpy": _module_version("numpy"),
+        "snakemake": module_version("snakemake"),
+        "numpy": module_version("numpy"),
         "cuda_runtime": _safe(lambda: torch.version.cuda) if torch is not None else None,
         "cudnn": _safe(lambda: torch.backends.cudnn.version()) if torch is not None else None,
         "device": kind,

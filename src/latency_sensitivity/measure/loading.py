@@ -33,11 +33,10 @@ GB = 1e9
 
 def materialize(spec, out_dir: str | Path) -> dict:
     """Build the cell's model (random weights from its architecture) and save it as a safetensors checkpoint."""
-    from latency_sensitivity.measure import runner
-
+    from latency_sensitivity.measure import model as cell_model
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
-    model = runner.build_model(spec)
+    model = cell_model.build_model(spec)
     model.save_pretrained(tmp, safe_serialization=True, max_shard_size="100GB")
     if out_dir.exists():
         import shutil
@@ -169,7 +168,7 @@ def measure_loading(checkpoint: str | Path, device: str, dtype: str, seq_len: in
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from latency_sensitivity.measure.runner import TORCH_DTYPES
+    from latency_sensitivity.measure.model import TORCH_DTYPES
 
     checkpoint = Path(checkpoint)
     files = sorted(checkpoint.glob("*.safetensors"))
@@ -253,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from latency_sensitivity.atomic import write_json
-    from latency_sensitivity.measure.runner import CellSpec
+    from latency_sensitivity.measure.model import CellSpec
 
     p = argparse.ArgumentParser(prog="python -m latency_sensitivity.measure.loading", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)

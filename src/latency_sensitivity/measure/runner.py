@@ -19,319 +19,34 @@ import os
 import sys
 import time
 import traceback
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-from latency_sensitivity.engine import backends
-from latency_sensitivity.engine.backends import BACKENDS
+from latency_sensitivity import vocabulary
+from latency_sensitivity.engine import registry
+from latency_sensitivity.engine.base import Clock
+from latency_sensitivity.measure.model import CellSpec, TORCH_DTYPES, build_model, make_prompt, model_config
+from latency_sensitivity.measure.probes import PROFILE_MODES, _peak_rss_mb, _reset_peak_rss, cuda_memory_state, gpu_busy, is_oom, op_table_csv, torch_profiling
+from latency_sensitivity.vocabulary import BACKENDS
+
 
 # Nothing may reach a model hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+
 SCHEMA_VERSION = 1
-TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
-@dataclass
-class CellSpec:
-    model: str
-    model_kind: str  # "architecture" (random weights) | "path" (local checkpoint)
-    model_location: str
-    dtype: str
-    backend: str
-    device: str
-    attn_implementation: str
-    seq_len: int
-    batch: int
-    gen_tokens: int
-    warmup: int
-    reps: int
-    seed: int
-    threads: int
-    replicate: int = 1  # which of the cell's separate measuring processes this is (replicates.py)
 
 
 class Phase:
     """Which part of the cell is running, for error reports."""
 
     name = "start"
-
-
-# ---------------------------------------------------------------------------------------------- model
-
-
-def model_config(spec: CellSpec):
-    """The transformers config of the cell's model, with its model class imported (start-up, not build)."""
-    import json
-
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
-    if spec.model_kind == "architecture":
-        with open(spec.model_location) as fh:
-            arch = json.load(fh)
-        model_type = arch.pop("model_type")
-        arch.pop("torch_dtype", None)
-        arch.pop("dtype", None)
-        cfg = AutoConfig.for_model(model_type, **arch)
-    elif spec.model_kind == "path":
-        cfg = AutoConfig.from_pretrained(spec.model_location, local_files_only=True)
-    else:
-        raise ValueError(f"unknown model kind {spec.model_kind!r}")
-    MODEL_FOR_CAUSAL_LM_MAPPING[type(cfg)]  # transformers imports model modules lazily: do it now
-    return cfg
-
-
-def build_model(spec: CellSpec, cfg=None):
-    """Random weights from an architecture (like vLLM's dummy load format), or a local checkpoint's weights."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    cfg = cfg if cfg is not None else model_config(spec)
-    dtype = getattr(torch, TORCH_DTYPES[spec.dtype])
-    device = torch.device(spec.device)
-    if spec.model_kind == "architecture":
-        torch.manual_seed(spec.seed)
-        with device:
-            try:
-                model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=spec.attn_implementation)
-            except TypeError:  # transformers < 4.56 names it torch_dtype
-                model = AutoModelForCausalLM.from_config(
-                    cfg, torch_dtype=dtype, attn_implementation=spec.attn_implementation
-                )
-    else:
-        model = AutoModelForCausalLM.from_pretrained(
-            spec.model_location,
-            config=cfg,
-            dtype=dtype,
-            attn_implementation=spec.attn_implementation,
-            local_files_only=True,
-        ).to(device)
-    model.eval()
-    return model
-
-
-def make_prompt(spec: CellSpec, vocab_size: int):
-    """Seeded random token ids: latency depends on shapes, not on which tokens."""
-    import torch
-
-    gen = torch.Generator().manual_seed(spec.seed)
-    ids = torch.randint(0, vocab_size, (spec.batch, spec.seq_len), generator=gen)
-    return ids.to(spec.device)
-
-
-# ---------------------------------------------------------------------------------------------- timing
-
-
-class Clock:
-    """Marks on a CUDA stream (events) or on the host's monotonic clock."""
-
-    def __init__(self, cuda: bool):
-        import torch
-
-        self.torch = torch
-        self.cuda = cuda
-
-    def mark(self):
-        if self.cuda:
-            ev = self.torch.cuda.Event(enable_timing=True)
-            ev.record()
-            return ev
-        return time.perf_counter()
-
-    def elapsed_ms(self, a, b) -> float:
-        if self.cuda:
-            return float(a.elapsed_time(b))
-        return (b - a) * 1000.0
-
-    def sync(self):
-        if self.cuda:
-            self.torch.cuda.synchronize()
-
-
-def one_request(model, prompt, gen_tokens: int, clock: Clock, rep_name: str):
-    """Prefill (logits_to_keep=1) then gen_tokens - 1 greedy decode steps on the KV cache, never stopping early.
-
-    transformers' dynamic KV cache, one forward per step (the eager backend). The timing is
-    backends.timed_request's, shared by every backend. Returns prefill_ms, ttft_ms, [decode step ms], e2e_ms.
-    """
-    state: dict = {}
-
-    def prefill():
-        out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
-        state["cache"] = out.past_key_values
-        return out.logits[:, -1].argmax(dim=-1, keepdim=True)
-
-    def step(token):
-        out = model(input_ids=token, past_key_values=state["cache"], use_cache=True, logits_to_keep=1)
-        state["cache"] = out.past_key_values
-        return out.logits[:, -1].argmax(dim=-1, keepdim=True)
-
-    result = backends.timed_request(prefill, step, gen_tokens, clock, rep_name)
-    cache = state.pop("cache")
-    expected = prompt.shape[1] + gen_tokens - 1
-    if cache.get_seq_length() != expected:
-        raise RuntimeError(f"KV cache holds {cache.get_seq_length()} positions, expected {expected}")
-    return result
-
-
-def kernel_time_ms(fn) -> float:
-    """GPU time of everything fn() puts on the device (kernels, copies, sets), from a torch.profiler trace.
-
-    The union of the device events' intervals, so idle gaps between kernels are not counted, and kernels that
-    overlap (launched with programmatic dependent launch, one starts as the previous finishes) count once:
-    this is the time the GPU spent working, whatever the host was doing.
-    """
-    import torch
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    from latency_sensitivity.analysis import metrics
-
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    spans = [(e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA]
-    return metrics.covered_length(spans) / 1000.0
-
-
-def gpu_busy(backend, prompt, gen_tokens: int, clock: Clock) -> dict:
-    """Kernel time per phase (one extra, unmeasured prefill and request of the backend, after the measured reps)."""
-    backend.reset()  # emptying a static cache is not part of either phase
-    prefill_ms = kernel_time_ms(lambda: backend.prefill(prompt))
-    backend.reset()
-    request_ms = kernel_time_ms(lambda: backend.request(prompt, gen_tokens, clock, "kernel_time"))
-    return {
-        "prefill_kernel_ms": prefill_ms,
-        "decode_kernel_ms_per_step": max(request_ms - prefill_ms, 0.0) / (gen_tokens - 1),
-    }
-
-
-# ---------------------------------------------------------------------------------------------- memory
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter (VmHWM) so it covers only what follows."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def cuda_memory_state() -> dict:
-    import torch
-
-    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
-        return {}
-    mib = 2**20
-    free, total = torch.cuda.mem_get_info()
-    return {
-        "allocated_mb": torch.cuda.memory_allocated() / mib,
-        "reserved_mb": torch.cuda.memory_reserved() / mib,
-        "max_allocated_mb": torch.cuda.max_memory_allocated() / mib,
-        "max_reserved_mb": torch.cuda.max_memory_reserved() / mib,
-        "device_free_mb": free / mib,
-        "device_total_mb": total / mib,
-    }
-
-
-def is_oom(exc: BaseException) -> bool:
-    import torch
-
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, (RuntimeError, MemoryError)) and (
-        "out of memory" in text or "can't allocate memory" in text or isinstance(exc, MemoryError)
-    )
-
-
-# ---------------------------------------------------------------------------------------------- cell
-
-
-PROFILE_MODES = ("off", "external", "torch")
-
-
-@contextmanager
-def torch_profiling(out_dir: Path | None, cuda: bool):
-    """torch.profiler around the measured reps: a Chrome trace and an op table in `out_dir`.
-
-    While it runs, every NVTX phase range is also a torch record_function, so the trace shows which rep
-    and phase (prefill, decode) each op and kernel belongs to. Writes ``trace.json.gz`` (Chrome/Perfetto
-    format) and ``ops.csv`` (torch's key averages: calls, self and total host and device time per op).
-    """
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    from latency_sensitivity.measure import telemetry
-    from latency_sensitivity.atomic import write_text
-
-    if out_dir is None:
-        raise ValueError("profile mode 'torch' needs --torch-profile-dir")
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    telemetry.RECORD_FUNCTION_RANGES = True
-    try:
-        with profile(activities=activities, acc_events=True) as prof:
-            yield prof
-            if cuda:
-                torch.cuda.synchronize()
-    finally:
-        telemetry.RECORD_FUNCTION_RANGES = False
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "trace.json.gz.tmp.json.gz"
-    prof.export_chrome_trace(str(tmp))
-    os.replace(tmp, out_dir / "trace.json.gz")
-    write_text(out_dir / "ops.csv", op_table_csv(prof.key_averages()))
-
-
-def op_table_csv(averages) -> str:
-    """torch.profiler key averages as CSV (times in ms), most self time first (host, then device)."""
-    import csv
-    import io
-
-    def ms(event, *names):
-        for name in names:
-            if hasattr(event, name):
-                return getattr(event, name) / 1000.0
-        return 0.0
-
-    rows = []
-    for e in averages:
-        rows.append({
-            "name": e.key,
-            "calls": e.count,
-            "self_cpu_ms": ms(e, "self_cpu_time_total"),
-            "cpu_total_ms": ms(e, "cpu_time_total"),
-            "self_device_ms": ms(e, "self_device_time_total", "self_cuda_time_total"),
-            "device_total_ms": ms(e, "device_time_total", "cuda_time_total"),
-        })
-    rows.sort(key=lambda r: (-r["self_device_ms"], -r["self_cpu_ms"]))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["name", "calls", "self_cpu_ms", "cpu_total_ms", "self_device_ms",
-                                        "device_total_ms"], lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
 
 
 def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path | None = None,
@@ -349,7 +64,8 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
     from latency_sensitivity.measure import environment
     from latency_sensitivity.analysis import memory_model
     from latency_sensitivity.analysis import metrics
-    from latency_sensitivity.measure.telemetry import GpuSampler, energy_per_token_j, nvtx_range
+    from latency_sensitivity.measure.telemetry import GpuSampler, energy_per_token_j
+    from latency_sensitivity.engine.nvtx import nvtx_range
 
     torch.set_num_threads(spec.threads)
     env = environment.collect(spec.device)
@@ -395,7 +111,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         # The backend's per-cell setup (static cache, graph capture) is timed apart from every rep.
         phase.name = "backend_setup"
         with nvtx_range("backend_setup"):
-            backend = backends.make(spec.backend, model, prompt, spec.gen_tokens, clock)
+            backend = registry.make(spec.backend, model, prompt, spec.gen_tokens, clock)
         result["backend_info"] = backend.info()
         # Everything alive now (the model, the backend, torch.compile's code and caches) leaves the garbage
         # collector's reach for the reps, as vLLM does after its graph capture: otherwise each full collection
@@ -518,16 +234,13 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
     return result
 
 
-# ---------------------------------------------------------------------------------------------- CLI
-
-
 def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path]:
     p = argparse.ArgumentParser(prog="python -m latency_sensitivity.measure.runner", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="model name (for the record)")
     p.add_argument("--model-kind", choices=["architecture", "path"], required=True)
     p.add_argument("--model-location", required=True, help="architecture JSON or checkpoint folder")
     p.add_argument("--dtype", choices=sorted(TORCH_DTYPES), required=True)
-    p.add_argument("--backend", choices=BACKENDS, default="eager", help=backends.describe())
+    p.add_argument("--backend", choices=BACKENDS, default="eager", help=vocabulary.describe())
     p.add_argument("--device", choices=["cpu", "cuda"], required=True)
     p.add_argument("--attn-implementation", default="sdpa")
     p.add_argument("--seq", type=int, required=True)

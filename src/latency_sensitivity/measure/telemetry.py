@@ -17,7 +17,6 @@ finds the NVML device with that UUID; without torch CUDA it reads ``CUDA_VISIBLE
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import statistics
@@ -25,9 +24,6 @@ import threading
 import time
 from typing import Any, Callable
 
-from latency_sensitivity.columns import TELEMETRY_COLUMNS, Column  # noqa: F401 (re-exported)
-
-NVTX_DOMAIN = "latency_sensitivity"
 
 # Keys of one entry of GpuSampler.samples.
 SAMPLE_FIELDS: tuple[str, ...] = (
@@ -40,6 +36,7 @@ SAMPLE_FIELDS: tuple[str, ...] = (
     "temperature_c",
     "device_used_mb",
 )
+
 
 # Keys of GpuSampler.summary(), in order.
 SUMMARY_KEYS: tuple[str, ...] = (
@@ -61,40 +58,6 @@ SUMMARY_KEYS: tuple[str, ...] = (
 
 # NVML errors that mean "this query will never work on this device": the field is not asked again.
 _PERMANENT_ERRORS = ("NVMLError_NotSupported", "NVMLError_FunctionNotFound", "NVMLError_NoPermission")
-
-
-# ----------------------------------------------------------------------------------------------- NVTX
-
-
-# Set by the runner while torch.profiler records: phase ranges then also become record_function ranges.
-RECORD_FUNCTION_RANGES = False
-
-
-def nvtx_range(name: str) -> Any:
-    """A context manager marking `name` as an NVTX range in domain ``latency_sensitivity``.
-
-    Uses ``nvtx.annotate`` when the `nvtx` package can be imported, else does nothing, so CPU machines
-    without it work unchanged. While ``RECORD_FUNCTION_RANGES`` is set the same range is also a
-    ``torch.profiler.record_function``, so a torch trace carries the phases too.
-    Usage: ``with nvtx_range("rep0.prefill"): ...``.
-    """
-    try:
-        import nvtx  # type: ignore[import-not-found]
-
-        annotation = nvtx.annotate(name, domain=NVTX_DOMAIN)
-    except Exception:  # ImportError, a blocked import, or a broken nvtx build
-        annotation = contextlib.nullcontext()
-    if not RECORD_FUNCTION_RANGES:
-        return annotation
-    from torch.profiler import record_function
-
-    stack = contextlib.ExitStack()
-    stack.enter_context(annotation)
-    stack.enter_context(record_function(name))
-    return stack
-
-
-# ------------------------------------------------------------------------------------ device mapping
 
 
 def parse_visible_devices(value: str | None) -> list[int | str] | None:
@@ -226,9 +189,6 @@ def resolve_nvml_device(
     return handle, idx, f"CUDA_VISIBLE_DEVICES={visible_devices!r} uuid {entry}"
 
 
-# ----------------------------------------------------------------------------------------- summary
-
-
 def _num(values: list[Any]) -> list[float]:
     return [float(v) for v in values if v is not None]
 
@@ -292,9 +252,6 @@ def energy_per_token_j(summary: dict[str, Any], tokens: float) -> float | None:
     if e is None or not tokens or tokens <= 0:
         return None
     return float(e) / float(tokens)
-
-
-# ----------------------------------------------------------------------------------------- sampler
 
 
 class GpuSampler:

@@ -5,7 +5,7 @@ import pandas as pd
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from latency_sensitivity.engine.backends import BACKENDS
+from latency_sensitivity.vocabulary import BACKENDS
 from latency_sensitivity.report.findings import _ratio_range
 from latency_sensitivity.report.format import _isnan, _span, fmt_ms, markdown_table
 from latency_sensitivity.report.series import FAILED, SweepInput, _text, cell_outcome

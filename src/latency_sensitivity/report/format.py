@@ -5,6 +5,8 @@ import pandas as pd
 import re
 from typing import Any, Sequence
 
+from latency_sensitivity.analysis.collapse import Noise
+
 
 FLAT_TOLERANCE = 0.05
 
@@ -109,14 +111,14 @@ def direction(a: Any, b: Any, words: Sequence[str] = ("rises", "falls", "stays f
     return words[2]
 
 
-def format_noise(noise: "_collapse.Noise") -> str:
+def format_noise(noise: "Noise") -> str:
     """``±4%`` (one decimal below 1%)."""
     pct = 100 * noise.fraction
     return f"±{pct:.1f}%" if pct < 1 else f"±{pct:.0f}%"
 
 
 def _trend_phrase(label: str, a: float, b: float, words: Sequence[str] = ("rises", "falls", "stays flat"),
-                  unit: str = "", noise: "_collapse.Noise | None" = None) -> str:
+                  unit: str = "", noise: "Noise | None" = None) -> str:
     """``label rises a → b (+x%)``, or, where the change is not larger than the cells' noise (when known,
     else `FLAT_TOLERANCE`), ``label stays flat, within noise (±x%): a → b (+y%)``."""
     change = format_change(a, b, unit)

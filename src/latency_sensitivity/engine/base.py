@@ -1,0 +1,88 @@
+"""The interface every backend has (the runner's reps and kernel-time pass do not care which one runs) and the timing of one request."""
+
+from __future__ import annotations
+
+import time
+import time
+
+
+class Backend:
+    """The common interface (see the module docstring)."""
+
+    name = "?"
+    setup_s = 0.0
+
+    def request(self, prompt, gen_tokens: int, clock, rep_name: str):
+        raise NotImplementedError
+
+    def prefill(self, prompt):
+        raise NotImplementedError
+
+    def generate(self, prompt, gen_tokens: int, forced=None):
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Empty the backend's KV cache now, if a request left it filled (request and prefill do it too)."""
+
+    def info(self) -> dict:
+        """What the backend set up, for the result file."""
+        return {"name": self.name}
+
+    def close(self) -> None:
+        """Drop what the backend holds on the device (cache, graph)."""
+
+
+def timed_request(prefill, step, gen_tokens: int, clock, rep_name: str):
+    """The request timing every backend shares.
+
+    prefill() runs the prompt's forward and returns the first token (batch, 1); step(token) runs one decode
+    step and returns the next. Prefill is timed by the clock (CUDA events on a GPU, so its time is the
+    device's), TTFT on the host until the first token has reached it, then gen_tokens - 1 decode steps, each
+    timed by the clock, inside NVTX ranges ``{rep_name}.prefill`` and ``{rep_name}.decode``.
+    Returns prefill_ms, ttft_ms, [decode step ms], e2e_ms.
+    """
+    from latency_sensitivity.engine.nvtx import nvtx_range
+
+    clock.sync()
+    host_start = time.perf_counter()
+    with nvtx_range(f"{rep_name}.prefill"):
+        start = clock.mark()
+        token = prefill()
+        prefill_end = clock.mark()
+        token.cpu()  # the first token reaches the host: time to first token
+        ttft_ms = (time.perf_counter() - host_start) * 1000.0
+    marks = []
+    with nvtx_range(f"{rep_name}.decode"):
+        for _ in range(gen_tokens - 1):
+            a = clock.mark()
+            token = step(token)
+            marks.append((a, clock.mark()))
+        clock.sync()
+    e2e_ms = (time.perf_counter() - host_start) * 1000.0
+    return clock.elapsed_ms(start, prefill_end), ttft_ms, [clock.elapsed_ms(a, b) for a, b in marks], e2e_ms
+
+
+class Clock:
+    """Marks on a CUDA stream (events) or on the host's monotonic clock."""
+
+    def __init__(self, cuda: bool):
+        import torch
+
+        self.torch = torch
+        self.cuda = cuda
+
+    def mark(self):
+        if self.cuda:
+            ev = self.torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def elapsed_ms(self, a, b) -> float:
+        if self.cuda:
+            return float(a.elapsed_time(b))
+        return (b - a) * 1000.0
+
+    def sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()

@@ -1,0 +1,60 @@
+"""The names every layer shares, defined once: backends, dtypes, sweep axes, and the cell with the paths of its result files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measurement job: everything that identifies a result file."""
+
+    model: str
+    dtype: str
+    backend: str
+    seq: int
+    batch: int
+
+    @property
+    def path(self) -> str:
+        return cell_path(self.model, self.dtype, self.backend, self.seq, self.batch)
+
+    def replicate_paths(self, replicates: int) -> list[str]:
+        """The result files of the cell's replicates 1..replicates (each measured in a process of its own)."""
+        return [replicate_path(self.model, self.dtype, self.backend, self.seq, self.batch, k)
+                for k in range(1, replicates + 1)]
+
+
+def cell_path(model: str, dtype: str, backend: str, seq: int | str, batch: int | str) -> str:
+    return f"results/cells/{model}/{dtype}/{backend}/seq{seq}_batch{batch}.json"
+
+
+def replicate_path(model: str, dtype: str, backend: str, seq: int | str, batch: int | str,
+                   replicate: int | str) -> str:
+    return f"results/cells/{model}/{dtype}/{backend}/seq{seq}_batch{batch}/r{replicate}.json"
+
+
+def profile_stem(cell: Cell) -> str:
+    """The part of a profile artifact's path that names its cell."""
+    return f"{cell.model}/{cell.dtype}/{cell.backend}/seq{cell.seq}_batch{cell.batch}"
+
+
+BACKENDS = ("eager", "graph", "compiled")
+
+
+# One line per backend, for help texts and the column documentation.
+DESCRIPTIONS = {
+    "eager": "transformers with its dynamic KV cache, one Python-launched forward per decode step",
+    "graph": "static KV cache; the decode step replayed as a CUDA graph, on the CPU run uncaptured",
+    "compiled": "graph, with q/k/v and gate/up each one GEMM; at batch 1 the decoder layers rewritten around "
+                "Triton kernels (GEMV, q/k/v with rotation and cache write, decode attention), elsewhere the step "
+                "compiled by torch.compile before capture",
+}
+
+
+def describe(markdown: bool = False) -> str:
+    """The backends and what each is, in one sentence part (`markdown`: names as code)."""
+    return "; ".join(f"`{name}` ({text})" if markdown else f"{name}: {text}" for name, text in DESCRIPTIONS.items())
