@@ -7,7 +7,7 @@ import torch
 from latency_sensitivity import cli
 
 BASE = ["sweep", "--model", "tiny-qwen2", "--dtype", "fp32", "--device", "cpu", "--seq", "16",
-        "--gen-tokens", "3", "--warmup", "0", "--reps", "1"]
+        "--gen-tokens", "3", "--warmup", "0", "--reps", "1", "--replicates", "1"]
 
 
 @pytest.mark.parametrize(
@@ -69,6 +69,6 @@ def test_error_cells_still_write_the_csv_then_fail_the_command(tmp_path, capsys)
     assert rc == 1
     df = pd.read_csv(out)
     assert list(df["seq_len"]) == [16, 32] and list(df["flag"]) == ["error", "error"]
-    assert "cells: 0 ok, 0 oom, 2 error" in err and "seq16_batch1.json: ImportError during model_build" in err
+    assert "cells: 0 ok, 0 oom, 2 error" in err and "seq16_batch1.json: replicate 1: ImportError during model_build" in err
     assert err.rindex("cells: 0 ok") > err.rindex(f"wrote {out}")  # the summary is the last word
     assert (tmp_path / "x.work" / "results" / "report.md").is_file()

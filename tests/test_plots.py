@@ -13,6 +13,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from latency_sensitivity.report import figures as plots
+from latency_sensitivity.report import anatomy
+from latency_sensitivity.report import heatmap
 
 METRICS = ("prefill_ms_per_tok", "prefill_tok_s", "decode_p50_ms_per_tok", "decode_tok_s", "total_tok_s")
 PANEL_PREFILL_MS, PANEL_PREFILL_TOK, PANEL_DECODE_MS, PANEL_DECODE_TOK, PANEL_TOTAL, PANEL_MEMORY = range(6)
@@ -325,7 +327,7 @@ def test_heatmap_shape_values_and_oom_cells():
     rows[5]["flag"] = "collapse"  # (512, 4)
     rows[5]["flag_detail"] = "prefill_ms_per_tok 2.50x higher than the best earlier cell (batch=1)"
     df = pd.DataFrame(rows[::-1])  # unsorted input
-    fig = plots.build_heatmap_figure(df, "grid")
+    fig = heatmap.build_heatmap_figure(df, "grid")
     panels = [ax for ax in fig.axes if ax.get_images()]
     assert len(panels) == 4
     ax = panels[0]  # prefill_ms_per_tok
@@ -351,7 +353,7 @@ def test_heatmap_shape_values_and_oom_cells():
 
 def test_heatmap_one_row_of_panels_per_series_and_custom_metrics():
     rows = _grid_frame(models=("a", "b"))
-    fig = plots.build_heatmap_figure(pd.DataFrame(rows), "two", metrics=("decode_tok_s", "total_tok_s"))
+    fig = heatmap.build_heatmap_figure(pd.DataFrame(rows), "two", metrics=("decode_tok_s", "total_tok_s"))
     panels = [ax for ax in fig.axes if ax.get_images()]
     assert len(panels) == 4
     assert "a" in panels[0].get_title().split("\n")[0] and "b" in panels[2].get_title().split("\n")[0]
@@ -362,7 +364,7 @@ def test_heatmap_missing_metric_and_missing_cells():
     rows = _grid_frame()
     del rows[0]  # (128, 1) never measured
     df = pd.DataFrame(rows).drop(columns=["total_tok_s", "status", "model", "dtype", "backend"])
-    fig = plots.build_heatmap_figure(df, "partial")
+    fig = heatmap.build_heatmap_figure(df, "partial")
     panels = [ax for ax in fig.axes if ax.get_images()]
     assert len(panels) == 3
     arr = _heat_image(panels[0])
@@ -408,7 +410,7 @@ def test_save_figure_replaces_existing_and_cleans_up_on_failure(tmp_path: Path):
 def test_plot_sweep_and_plot_heatmap_write_files(tmp_path: Path):
     df = pd.DataFrame(_grid_frame())
     plots.plot_sweep(df, "batch", tmp_path / "sweep.png", "sweep")
-    plots.plot_heatmap(df, tmp_path / "heat.png", "heat")
+    heatmap.plot_heatmap(df, tmp_path / "heat.png", "heat")
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "heat.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["heat.png", "sweep.png"]
@@ -421,8 +423,8 @@ def test_anatomy_figure(tmp_path):
                        "flag": "ok", "tokenize_p50_ms": [0.1, 2.0], "ttft_p50_ms": [30.0, 60.0],
                        "e2e_p50_ms": [100.0, 1060.0], "detokenize_p50_ms": [0.1, 0.1]})
     out = tmp_path / "anatomy.png"
-    assert plots.build_anatomy_figure(df, "seq_sweep").axes[0].get_xlabel() == "cell (s = seq_len, b = batch)"
-    plots.plot_anatomy(df, out, "seq_sweep")
+    assert anatomy.build_anatomy_figure(df, "seq_sweep").axes[0].get_xlabel() == "cell (s = seq_len, b = batch)"
+    anatomy.plot_anatomy(df, out, "seq_sweep")
     assert out.read_bytes().startswith(b"\x89PNG") and out.stat().st_size > 5000
-    plots.plot_anatomy(df.drop(columns=["tokenize_p50_ms"]), tmp_path / "empty.png", "x")  # says: no data
+    anatomy.plot_anatomy(df.drop(columns=["tokenize_p50_ms"]), tmp_path / "empty.png", "x")  # says: no data
     assert (tmp_path / "empty.png").exists()

@@ -11,10 +11,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from latency_sensitivity.columns import Column
+from latency_sensitivity.columns import ROOFLINE_COLUMNS, Column
 from latency_sensitivity.config import MODELS_DIR
 from latency_sensitivity.analysis.roofline import (
-    ROOFLINE_COLUMNS,
     Architecture,
     cell_roofline,
     decode_step_bytes,

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import yaml
 
-from latency_sensitivity import vocabulary
 from latency_sensitivity import config as lsconfig
 from latency_sensitivity import vocabulary
 from latency_sensitivity.analysis import run_summary
@@ -89,6 +88,7 @@ FLAGS = (
     ("measure.reps", "--reps"),
     ("measure.seed", "--seed"),
     ("measure.threads", "--threads"),
+    ("measure.replicates", "--replicates"),
     ("collapse_factor", "--collapse-factor"),
     (f"sweeps.{SWEEP_NAME}.seq", "--seq"),
     (f"sweeps.{SWEEP_NAME}.batch", "--batch-sizes"),
@@ -184,6 +184,7 @@ def sweep_config(args: argparse.Namespace) -> dict:
             "reps": args.reps,
             "seed": args.seed,
             "threads": args.threads,
+            "replicates": args.replicates,
         },
         "collapse_factor": args.collapse_factor,
         "loading": {"enabled": bool(args.loading)},
@@ -282,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gen-tokens", type=_int_at_least(2), default=32, help="tokens generated per sequence (>= 2)")
     s.add_argument("--warmup", type=_int_at_least(0), default=3)
     s.add_argument("--reps", type=_int_at_least(1), default=7)
+    s.add_argument("--replicates", type=_int_at_least(1), default=3,
+                   help="separate processes each cell is measured in (its value: the median of their medians)")
     s.add_argument("--collapse-factor", type=_factor, default=2.0)
     s.add_argument("--seed", type=_int_at_least(0), default=0)
     s.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])

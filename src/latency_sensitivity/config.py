@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from latency_sensitivity.vocabulary import Cell
+from latency_sensitivity.vocabulary import ARCHITECTURE_SUMMARY, Cell
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -313,7 +313,7 @@ def validate(config: dict, base_dir: Path | str = ".", schema_path: Path | str =
                 _check_fits(f"sweeps.{sweep_name}.seq[{i}]", seq, measure["gen_tokens"], name, limit)
     tokenizer = config.get("tokenizer", {}).get("path")
     if tokenizer is not None:
-        from latency_sensitivity.measure.tokenization import tokenizer_file
+        from latency_sensitivity.vocabulary import tokenizer_file
 
         given = Path(tokenizer)
         found = tokenizer_file(given if given.is_absolute() else Path(base_dir) / given)
@@ -456,10 +456,6 @@ def find_model_by_alias(config: dict, name: str) -> str | None:
         if name == key or name in entry.get("aliases", []):
             return key
     return None
-
-
-ARCHITECTURE_SUMMARY = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads",
-                        "num_key_value_heads", "intermediate_size", "vocab_size", "tie_word_embeddings")
 
 
 def settings_summary(config: dict) -> dict:

@@ -93,16 +93,16 @@ def plot_sweep(in_csv: str, out_png: str, sweep: str, axis: str) -> None:
 
 
 def plot_heatmap(in_csv: str, out_png: str, sweep: str) -> None:
-    from latency_sensitivity.report import figures as plots
+    from latency_sensitivity.report import heatmap
 
     frame = read_sweep(in_csv)
-    plots.plot_heatmap(frame, out_png, title=sweep)
+    heatmap.plot_heatmap(frame, out_png, title=sweep)
 
 
 def plot_anatomy(in_csv: str, out_png: str, sweep: str) -> None:
-    from latency_sensitivity.report import figures as plots
+    from latency_sensitivity.report import anatomy
 
-    plots.plot_anatomy(read_sweep(in_csv), out_png, title=sweep)
+    anatomy.plot_anatomy(read_sweep(in_csv), out_png, title=sweep)
 
 
 def distinct_environments(cell_files: Sequence[str]) -> list[dict]:

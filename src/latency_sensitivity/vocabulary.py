@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 DTYPES = ("fp32", "fp16", "bf16")
+
+# The architecture keys that describe a model in the report's settings.
+ARCHITECTURE_SUMMARY = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads",
+                        "num_key_value_heads", "intermediate_size", "vocab_size", "tie_word_embeddings")
+
+# A sweep varies seq_len (at fixed batch sizes), batch (at fixed sequence lengths), or both (a grid).
+LINE_AXES = ("seq_len", "batch")
+AXES = LINE_AXES + ("grid",)
+# Along one axis of a sweep, the other is held fixed.
+OTHER_AXIS = {"seq_len": "batch", "batch": "seq_len"}
 
 
 @dataclass(frozen=True)
@@ -58,3 +69,9 @@ DESCRIPTIONS = {
 def describe(markdown: bool = False) -> str:
     """The backends and what each is, in one sentence part (`markdown`: names as code)."""
     return "; ".join(f"`{name}` ({text})" if markdown else f"{name}: {text}" for name, text in DESCRIPTIONS.items())
+
+
+def tokenizer_file(path: str | Path) -> Path:
+    """The tokenizer.json a configured tokenizer path means: the file itself, or the one in a folder."""
+    path = Path(path)
+    return path / "tokenizer.json" if path.is_dir() else path

@@ -15,7 +15,7 @@ from latency_sensitivity import config as lsconfig  # noqa: E402
 from latency_sensitivity import vocabulary
 from latency_sensitivity.analysis.merge import cell_problem  # noqa: E402
 from latency_sensitivity.analysis.profiling import NSYS_REPORTS  # noqa: E402
-from latency_sensitivity.measure.tokenization import tokenizer_file  # noqa: E402
+from latency_sensitivity.vocabulary import tokenizer_file  # noqa: E402
 
 lsconfig.use_source_tree(SRC)
 

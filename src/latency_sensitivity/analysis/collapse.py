@@ -29,9 +29,9 @@ from typing import Any, Mapping
 import pandas as pd
 
 from latency_sensitivity.columns import LATENCY_METRICS, THROUGHPUT_METRICS, order_columns
+from latency_sensitivity.vocabulary import OTHER_AXIS
 
 SERIES_KEYS = ("model", "dtype", "backend")
-AXES = {"seq_len": "batch", "batch": "seq_len"}
 
 # Per metric: the phase whose timing it derives from (total_tok_s: both; its noise is the larger).
 METRIC_PHASES: dict[str, tuple[str, ...]] = {
@@ -167,7 +167,7 @@ def saturation(group: pd.DataFrame, metric: str = "decode_tok_s", axis: str = "b
 
 def _along(frame: pd.DataFrame, axis: str, factor: float) -> dict[int, list[str]]:
     """Collapse reasons per row index, comparing along one axis."""
-    other = AXES[axis]
+    other = OTHER_AXIS[axis]
     keys = [k for k in SERIES_KEYS if k in frame.columns] + [other]
     reasons: dict[int, list[str]] = {}
     for _, group in frame.groupby(keys, sort=False, dropna=False):

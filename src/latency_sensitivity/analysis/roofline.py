@@ -25,7 +25,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from latency_sensitivity.columns import ROOFLINE_COLUMNS, Column  # noqa: F401 (re-exported)
 
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2}
 

@@ -17,6 +17,8 @@ import statistics
 import time
 from pathlib import Path
 
+from latency_sensitivity.vocabulary import tokenizer_file
+
 SPECIAL_TOKENS = ["<|endoftext|>"]
 # Syllables that combine into pseudo-words: varied enough for BPE to learn merges of several lengths.
 _SYLLABLES = ("ka", "lo", "mi", "ter", "an", "du", "ve", "si", "ro", "pel", "qu", "ix", "on", "ar", "est", "ul",
@@ -61,12 +63,6 @@ def train_tokenizer(out_file: str | Path, vocab_size: int = 32000, corpus_chars:
     tokenizer.train_from_iterator((text[i:i + 10_000] for i in range(0, len(text), 10_000)), trainer=trainer)
     write_text(out_file, tokenizer.to_str())
     return tokenizer
-
-
-def tokenizer_file(path: str | Path) -> Path:
-    """The tokenizer.json a configured tokenizer path means: the file itself, or the one in a folder."""
-    path = Path(path)
-    return path / "tokenizer.json" if path.is_dir() else path
 
 
 def load_tokenizer(path: str | Path):

@@ -31,9 +31,10 @@ from latency_sensitivity.report.findings import memory_model_finding, roofline_f
 from latency_sensitivity.report.format import _clean, _shorten, format_axis_value, markdown_table
 from latency_sensitivity.report.model_loading import loading_section
 from latency_sensitivity.report.profiles import profiles_section
-from latency_sensitivity.report.series import AXES, SERIES_KEYS, SweepInput, _col, _text, cell_outcome, series_label, split_series
+from latency_sensitivity.report.series import SERIES_KEYS, SweepInput, _col, _text, cell_outcome, series_label, split_series
 from latency_sensitivity.report.setup import environment_section, how_to_read_section, settings_section
 from latency_sensitivity.report.tables import _Notes, anatomy_table, decode_table, grid_table, prefill_table, roofline_table
+from latency_sensitivity.vocabulary import AXES
 
 
 def failures_section(sweeps: Sequence[SweepInput]) -> str:

@@ -11,10 +11,10 @@ Two kinds of figure:
   cell gets a red "X" on the panels whose metric collapsed (the metrics its ``flag_detail`` names), the
   memory panel's axis starts at zero, and OOM/error cells (NaN metrics) are marked at the bottom of every
   panel.
-* :func:`build_heatmap_figure` draws 2-D (seq_len x batch) grid sweeps as annotated heat maps, one panel
-  per metric and one row of panels per (model, dtype, backend).
+* the heat maps of 2-D grid sweeps (:mod:`latency_sensitivity.report.heatmap`) and the request anatomy
+  (:mod:`latency_sensitivity.report.anatomy`) share this module's helpers.
 
-:func:`save_figure` writes a figure atomically; :func:`plot_sweep` and :func:`plot_heatmap` build and save.
+:func:`save_figure` writes a figure atomically; :func:`plot_sweep` builds and saves.
 
 Only ``seq_len``, ``batch``, ``flag`` and the metric columns are assumed. ``status``, ``model``, ``dtype``
 and ``backend`` may be absent (absent: one series, every cell measured). A cell counts as failed when its
@@ -30,57 +30,58 @@ and panel), ``"series-secondary"`` (the dashed allocated-memory line), ``"spread
 from __future__ import annotations
 
 import math
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 import os
+import pandas as pd
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from matplotlib import transforms as mtransforms
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import NullLocator
 from pathlib import Path
 
-import matplotlib
+from latency_sensitivity.columns import COLUMNS_BY_NAME
+from latency_sensitivity.vocabulary import LINE_AXES
+
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib import colors as mcolors  # noqa: E402
-from matplotlib import transforms as mtransforms  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch, Rectangle  # noqa: E402
-from matplotlib.ticker import NullLocator  # noqa: E402
-
-from latency_sensitivity.columns import COLUMNS_BY_NAME, LATENCY_METRICS  # noqa: E402
 
 __all__ = [
-    "AXES",
     "IDENTITY_COLUMNS",
-    "build_heatmap_figure",
     "build_sweep_figure",
-    "plot_heatmap",
     "plot_sweep",
     "save_figure",
 ]
 
-AXES: tuple[str, str] = ("seq_len", "batch")
+
 IDENTITY_COLUMNS: tuple[str, ...] = ("model", "dtype", "backend")
+
+
 FAILED_KINDS: tuple[str, str] = ("oom", "error")
-DEFAULT_HEATMAP_METRICS: tuple[str, ...] = (
-    "prefill_ms_per_tok",
-    "decode_p50_ms_per_tok",
-    "decode_tok_s",
-    "total_tok_s",
-)
+
 
 # Failed-cell markers: shape per kind, face in the series colour.
 _FAILED_STYLE: dict[str, dict[str, object]] = {
     "oom": {"marker": "v", "label": "OOM"},
     "error": {"marker": "s", "label": "error"},
 }
+
+
 _FAILED_Y = 0.035  # axes fraction of the failed-cell markers
+
+
 _SERIES_MARKERS = ("o", "s", "^", "D", "v", "P", "*", "h", "<", ">", "p", "d")
+
+
 _LOG_Y_RATIO = 50.0  # a panel gets a log y axis when its positive values span at least this ratio
+
+
 _MISSING_TEXT = "n/a"
 
 
@@ -99,9 +100,6 @@ _PANELS: tuple[_Panel, ...] = (
     _Panel("decode_tok_s", "Decode throughput"),
     _Panel("total_tok_s", "End-to-end throughput"),
 )
-
-
-# ----------------------------------------------------------------------------------------------- helpers
 
 
 def _unit(column: str) -> str:
@@ -278,9 +276,6 @@ def _values(frame: pd.DataFrame, column: str) -> np.ndarray:
     return values
 
 
-# ------------------------------------------------------------------------------------------ sweep figure
-
-
 def _draw_spread(ax: Axes, s: _Series, axis: str, panel: _Panel, y: np.ndarray) -> list[np.ndarray]:
     if panel.spread is None or not all(c in s.frame.columns for c in panel.spread):
         return []
@@ -371,8 +366,8 @@ def _memory_columns(df: pd.DataFrame) -> tuple[str | None, str | None]:
 
 def build_sweep_figure(df: pd.DataFrame, axis: str, title: str) -> Figure:
     """The six-panel "combined" figure of a sweep along ``axis`` ("seq_len" or "batch")."""
-    if axis not in AXES:
-        raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
+    if axis not in LINE_AXES:
+        raise ValueError(f"axis must be one of {LINE_AXES}, got {axis!r}")
     data = _prepare(df)
     x_all = data[axis].to_numpy(dtype=float)
     data = data[np.isfinite(x_all) & (x_all > 0)]
@@ -471,147 +466,6 @@ def build_sweep_figure(df: pd.DataFrame, axis: str, title: str) -> Figure:
     return fig
 
 
-# -------------------------------------------------------------------------------------------- heat maps
-
-
-def _grid(
-    frame: pd.DataFrame, metric: str, seqs: np.ndarray, batches: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(values, cell state, collapse) arrays of shape (n_seq, n_batch); state is "", "oom", "error", "missing"."""
-    values = np.full((seqs.size, batches.size), np.nan)
-    state = np.full((seqs.size, batches.size), "missing", dtype=object)
-    collapse = np.zeros((seqs.size, batches.size), dtype=bool)
-    seq_index = {v: i for i, v in enumerate(seqs)}
-    batch_index = {v: j for j, v in enumerate(batches)}
-    metric_values = _values(frame, metric)
-    for k, (seq, batch, fail, col) in enumerate(
-        zip(frame["seq_len"], frame["batch"], frame["_fail"], _collapse_mask(frame, metric))
-    ):
-        i, j = seq_index.get(seq), batch_index.get(batch)
-        if i is None or j is None:
-            continue
-        # the last row of a cell wins
-        values[i, j] = metric_values[k]
-        state[i, j] = fail if fail else ("" if math.isfinite(metric_values[k]) else "missing")
-        collapse[i, j] = bool(col)
-    return values, state, collapse
-
-
-def _heat_norm(values: np.ndarray) -> mcolors.Normalize:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return mcolors.Normalize(vmin=0.0, vmax=1.0)
-    lo, hi = float(finite.min()), float(finite.max())
-    if lo > 0 and hi / lo >= _LOG_Y_RATIO:
-        return mcolors.LogNorm(vmin=lo, vmax=hi)
-    if lo == hi:
-        pad = abs(lo) * 0.05 or 1.0
-        return mcolors.Normalize(vmin=lo - pad, vmax=hi + pad)
-    return mcolors.Normalize(vmin=lo, vmax=hi)
-
-
-def _text_color(rgba: tuple[float, float, float, float]) -> str:
-    r, g, b = rgba[:3]
-    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.55 else "white"
-
-
-def _draw_heat_panel(
-    fig: Figure, ax: Axes, frame: pd.DataFrame, metric: str, seqs: np.ndarray, batches: np.ndarray
-) -> bool:
-    """One heat map; returns whether a collapse cell was outlined."""
-    ax.set_xticks(range(batches.size), [_format_tick(v) for v in batches])
-    ax.set_yticks(range(seqs.size), [_format_tick(v) for v in seqs])
-    ax.set_xlabel(_axis_label("batch"))
-    ax.set_ylabel(_axis_label("seq_len"))
-    if metric not in frame.columns:
-        ax.set_xlim(-0.5, batches.size - 0.5)
-        ax.set_ylim(seqs.size - 0.5, -0.5)
-        _no_data(ax, f"{metric}: not measured")
-        return False
-    values, state, collapse = _grid(frame, metric, seqs, batches)
-    cmap = matplotlib.colormaps["viridis_r" if metric in LATENCY_METRICS else "viridis"].with_extremes(bad="0.78")
-    norm = _heat_norm(values)
-    image = ax.imshow(values, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest", origin="upper")
-    unit = _unit(metric)
-    fig.colorbar(image, ax=ax, label=unit or None, shrink=0.9)
-    n_cells = max(seqs.size, batches.size)
-    fontsize = 8 if n_cells <= 8 else (6.5 if n_cells <= 12 else 5)
-    for i in range(seqs.size):
-        for j in range(batches.size):
-            cell = state[i, j]
-            if cell == "":
-                value = values[i, j]
-                text, color = _format3(value), _text_color(cmap(norm(value)))
-            else:
-                text = {"oom": "OOM", "error": "err"}.get(cell, _MISSING_TEXT)
-                color = "black"
-            ax.text(j, i, text, ha="center", va="center", fontsize=fontsize, color=color)
-            if collapse[i, j]:
-                ax.add_patch(
-                    Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5,
-                              zorder=5, gid="collapse")
-                )
-    return bool(collapse.any())
-
-
-def build_heatmap_figure(
-    df: pd.DataFrame,
-    title: str,
-    metrics: Sequence[str] = DEFAULT_HEATMAP_METRICS,
-) -> Figure:
-    """Heat maps of a 2-D grid sweep: rows seq_len (ascending), columns batch (ascending).
-
-    One panel per metric; one row of panels per (model, dtype, backend) series. All panels share the
-    grid of every seq_len and batch value in ``df``, so cells that a series lacks show as "n/a".
-    """
-    metrics = tuple(metrics)
-    if not metrics:
-        raise ValueError("metrics must name at least one column")
-    data = _prepare(df)
-    data = data[np.isfinite(data["seq_len"].to_numpy(dtype=float)) & np.isfinite(data["batch"].to_numpy(dtype=float))]
-    seqs = np.unique(data["seq_len"].to_numpy(dtype=float))
-    batches = np.unique(data["batch"].to_numpy(dtype=float))
-
-    varying, constant = _identity_parts(data)
-    keys = [f"_id_{c}" for c in IDENTITY_COLUMNS if c in data.columns]
-    groups = [g for _, g in data.groupby(keys, sort=True)] if keys and len(data) else [data]
-    n_rows, n_cols = len(groups), len(metrics)
-
-    panel_w = 1.6 + 0.62 * max(batches.size, 1)
-    panel_h = 1.3 + 0.38 * max(seqs.size, 1)
-    fig = Figure(figsize=(max(panel_w * n_cols, 6.0), panel_h * n_rows + 1.2), layout="constrained")
-    axes = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
-    any_collapse = False
-    for r, group in enumerate(groups):
-        first = group.iloc[0] if len(group) else None
-        label = (
-            " ".join(str(first[f"_id_{c}"]) for c in varying if first[f"_id_{c}"] != "")
-            if first is not None and n_rows > 1
-            else ""
-        )
-        for c, metric in enumerate(metrics):
-            ax = axes[r, c]
-            unit = _unit(metric)
-            name = f"{metric} ({unit})" if unit else metric
-            ax.set_title(f"{label}\n{name}" if label else name, fontsize=10)
-            if seqs.size == 0 or batches.size == 0:
-                _no_data(ax, "no data")
-                continue
-            any_collapse |= _draw_heat_panel(fig, ax, group, metric, seqs, batches)
-
-    if any_collapse:
-        fig.legend(
-            handles=[Patch(facecolor="none", edgecolor="red", linewidth=2.5, label="collapse")],
-            loc="outside lower center", frameon=False, fontsize=9,
-        )
-    subtitle = " ".join(str(data[f"_id_{c}"].iloc[0]) for c in constant) if len(data) else ""
-    fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=12)
-    return fig
-
-
-# ------------------------------------------------------------------------------------------------ saving
-
-
 def save_figure(fig: Figure, out_png: str | os.PathLike[str], dpi: int = 120) -> None:
     """Write ``fig`` atomically (temporary file in the same directory, then ``os.replace``) and close it.
 
@@ -636,50 +490,3 @@ def save_figure(fig: Figure, out_png: str | os.PathLike[str], dpi: int = 120) ->
 def plot_sweep(df: pd.DataFrame, axis: str, out_png: str | os.PathLike[str], title: str) -> None:
     """Build the six-panel sweep figure and save it to ``out_png``."""
     save_figure(build_sweep_figure(df, axis, title), out_png)
-
-
-def plot_heatmap(df: pd.DataFrame, out_png: str | os.PathLike[str], title: str) -> None:
-    """Build the heat-map figure of a 2-D grid sweep and save it to ``out_png``."""
-    save_figure(build_heatmap_figure(df, title), out_png)
-
-
-# ------------------------------------------------------------------------------------ request anatomy
-
-ANATOMY_COLORS = {"tokenise": "#8c564b", "prefill (TTFT)": "#1f77b4", "decode": "#ff7f0e", "detokenise": "#2ca02c"}
-
-
-def build_anatomy_figure(df: pd.DataFrame, title: str) -> Figure:
-    """Stacked bars, one per measured cell (and backend): a request's p50 stages, text in to text out."""
-    from latency_sensitivity.report.series import anatomy_rows
-
-    rows = anatomy_rows(df)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * max(len(rows), 1) + 2.5), 4.6), layout="constrained")
-    if rows.empty:
-        _no_data(ax, "no tokenisation timings in this sweep")
-        fig.suptitle(title)
-        return fig
-    labels = []
-    for idx in rows.index:
-        r = df.loc[idx]
-        label = f"s{int(r['seq_len'])}×b{int(r['batch'])}"
-        if "backend" in df.columns and df["backend"].nunique() > 1:
-            label += f"\n{r['backend']}"
-        labels.append(label)
-    x = np.arange(len(rows))
-    bottom = np.zeros(len(rows))
-    for stage, color in ANATOMY_COLORS.items():
-        values = rows[stage].to_numpy(dtype=float)
-        ax.bar(x, values, bottom=bottom, color=color, label=stage, width=0.7)
-        bottom += values
-    ax.set_xticks(x, labels, fontsize=8)
-    ax.set_xlabel("cell (s = seq_len, b = batch)")
-    ax.set_ylabel("ms per request (p50 stages)")
-    ax.set_yscale("log" if bottom.max() / max(bottom.min(), 1e-9) > 50 else "linear")
-    ax.legend(loc="upper left", fontsize=8, frameon=False)
-    ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{title}: request anatomy (model loading not included)")
-    return fig
-
-
-def plot_anatomy(df: pd.DataFrame, out_png: str | os.PathLike[str], title: str) -> None:
-    save_figure(build_anatomy_figure(df, title), out_png)

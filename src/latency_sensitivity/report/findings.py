@@ -6,7 +6,8 @@ from typing import Sequence
 
 from latency_sensitivity.analysis import collapse as _collapse
 from latency_sensitivity.report.format import FLAT_TOLERANCE, LABELS, _fmt_mib_value, _isnan, _span, _trend_phrase, direction, format_axis_value, format_noise, format_number, format_relative
-from latency_sensitivity.report.series import AXES, FAILED, _cell_where, _col, _memory_label, _text, cell_outcome, memory_mib, series_label, split_series
+from latency_sensitivity.report.series import FAILED, _cell_where, _col, _memory_label, _text, cell_outcome, memory_mib, series_label, split_series
+from latency_sensitivity.vocabulary import AXES
 
 
 NOISE_THRESHOLD = 0.10

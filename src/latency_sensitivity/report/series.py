@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from latency_sensitivity.report.format import _clean, _isnan, _pct, format_axis_value
+from latency_sensitivity.vocabulary import AXES
 
 
-AXES = ("seq_len", "batch", "grid")
 
 
 SERIES_KEYS = ("model", "dtype", "backend")

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from latency_sensitivity.columns import COLUMNS_BY_NAME, LATENCY_METRICS, THROUGHPUT_METRICS
-from latency_sensitivity.config import ARCHITECTURE_SUMMARY
+from latency_sensitivity.vocabulary import ARCHITECTURE_SUMMARY
 from latency_sensitivity.report.findings import NOISE_THRESHOLD
 from latency_sensitivity.report.format import FLAT_TOLERANCE, _fmt_value, markdown_table
 
