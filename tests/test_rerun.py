@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, small_config, snakemake, write_config
+from conftest import REPO, job_outputs, small_config, snakemake, write_config
 from latency_sensitivity import cli
 from latency_sensitivity import config as lsconfig
 
@@ -35,20 +35,14 @@ def job_counts(proc) -> dict[str, int]:
     return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
 
 
-def scheduled(proc, rule: str) -> set[str]:
-    """The outputs of the jobs of `rule` that Snakemake printed."""
-    jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:\s+input: .*\n)?\s+output: (.+)$", proc.stdout + proc.stderr, re.M)
-    return {path for name, outputs in jobs if name == rule for path in outputs.split(", ")}
-
-
 def measured(proc) -> set[str]:
     """The replicate files the run measures (jobs of measure_cell)."""
-    return scheduled(proc, "measure_cell")
+    return set(job_outputs(proc, "measure_cell"))
 
 
 def combined(proc) -> set[str]:
     """The cell files the run combines from their replicates (jobs of combine_replicates)."""
-    return scheduled(proc, "combine_replicates")
+    return set(job_outputs(proc, "combine_replicates"))
 
 
 def config_cells(cfg) -> set[str]:
