@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,12 @@ def snakemake(workdir: Path, *args: str, configfile: Path | None = None, check: 
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def job_outputs(proc, rule: str) -> list[str]:
+    """The outputs of the jobs of `rule` in the order Snakemake printed them (a run: the order it started them)."""
+    jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:\s+input: .*\n)?\s+output: (.+)$", proc.stdout + proc.stderr, re.M)
+    return [path for name, outputs in jobs if name == rule for path in outputs.split(", ")]
 
 
 def write_config(path: Path, config: dict) -> Path:

@@ -1,28 +1,40 @@
 """The real Snakemake pipeline on the CPU default, in a temporary folder."""
 
 import json
+import math
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import yaml
 import pytest
 import torch
 
-from conftest import small_config, snakemake, write_config
+from conftest import job_outputs, small_config, snakemake, write_config
 from latency_sensitivity import cli
 from latency_sensitivity.columns import REFERENCE_NAMES
 
 pytestmark = pytest.mark.e2e
 
 
-def scheduled_cells(proc) -> set[str]:
-    text = proc.stdout + proc.stderr
-    return set(re.findall(r"output: (results/cells/\S+\.json)", text))
+CELLS = "results/cells/tiny-qwen2/fp32"
+
+
+def measured(proc) -> set[str]:
+    """The replicate files the run measures (jobs of measure_cell)."""
+    return set(job_outputs(proc, "measure_cell"))
+
+
+def combined(proc) -> set[str]:
+    """The cell files the run combines from their replicates (jobs of combine_replicates)."""
+    return set(job_outputs(proc, "combine_replicates"))
 
 
 def test_full_pipeline_then_only_changed_cells_rerun(tmp_path, default_config):
-    cfg = small_config(default_config)
+    cfg = small_config(default_config, replicates=1)
     config_file = write_config(tmp_path / "cfg" / "config.yaml", cfg)
     snakemake(tmp_path, "--cores", "2", "all", configfile=config_file)
 
@@ -45,13 +57,14 @@ def test_full_pipeline_then_only_changed_cells_rerun(tmp_path, default_config):
     assert (tmp_path / "results" / "tokenizer" / "tokenizer.json").is_file()
     load = json.loads((tmp_path / "results" / "loading" / "tiny-qwen2" / "fp32" / "cpu.json").read_text())
     assert load["status"] == "ok" and load["bytes"] > 0 and load["read_s"] > 0
-    assert (tmp_path / "logs" / "measure" / "tiny-qwen2" / "fp32" / "eager" / "seq16_batch1.log").is_file()
+    assert (tmp_path / "logs" / "measure" / "tiny-qwen2" / "fp32" / "eager" / "seq16_batch1" / "r1.log").is_file()
     report = (tmp_path / "results" / "report.md").read_text()
     for text in ("## Setup", "## Sweep `seq_sweep`", "## Sweep `batch_sweep`", "## Sweep `grid`", "![", "| 64 |",
                  "Findings", "Roofline", "ceilings (cpu, fp32)", "Request anatomy", "## Model loading"):
         assert text in report
-    cells = sorted(p.name for p in (tmp_path / "results" / "cells").rglob("*.json"))
-    assert len(cells) == 6  # cells shared between sweeps are measured once
+    cells = (tmp_path / "results" / "cells").glob("*/*/*/*.json")
+    replicates = (tmp_path / "results" / "cells").glob("*/*/*/*/r*.json")
+    assert len(list(cells)) == 6 and len(list(replicates)) == 6  # cells shared between sweeps are measured once
 
     # Nothing changed: nothing is measured; only `all` runs, printing the summary.
     proc = snakemake(tmp_path, "--cores", "1", "all", configfile=config_file)
@@ -71,14 +84,15 @@ def test_full_pipeline_then_only_changed_cells_rerun(tmp_path, default_config):
     cfg["sweeps"]["seq_sweep"]["seq"].append(128)
     write_config(config_file, cfg)
     proc = snakemake(tmp_path, "-n", "--cores", "1", "all", configfile=config_file)
-    assert scheduled_cells(proc) == {"results/cells/tiny-qwen2/fp32/eager/seq128_batch1.json"}
+    assert measured(proc) == {f"{CELLS}/eager/seq128_batch1/r1.json"}
+    assert combined(proc) == {f"{CELLS}/eager/seq128_batch1.json"}
     assert "results/batch_sweep/sweep.csv" not in re.findall(r"output: (\S+)", proc.stdout + proc.stderr)
 
     # A measurement setting changed: every cell is measured again.
     cfg["measure"]["reps"] = 3
     write_config(config_file, cfg)
     proc = snakemake(tmp_path, "-n", "--cores", "1", "all", configfile=config_file)
-    assert len(scheduled_cells(proc)) == 7
+    assert len(measured(proc)) == 7 and len(combined(proc)) == 7
 
     # The HTML report bundles the registered figures.
     snakemake(tmp_path, "--report", "results/report.html", configfile=config_file)
@@ -86,13 +100,14 @@ def test_full_pipeline_then_only_changed_cells_rerun(tmp_path, default_config):
 
 
 def test_graph_and_compiled_backend_cells_are_scheduled(tmp_path, default_config):
-    cfg = small_config(default_config, backends=["eager", "graph", "compiled"])
+    cfg = small_config(default_config, backends=["eager", "graph", "compiled"], replicates=1)
     config_file = write_config(tmp_path / "cfg" / "config.yaml", cfg)
     proc = snakemake(tmp_path, "-n", "--cores", "1", "all", configfile=config_file)
-    cells = scheduled_cells(proc)
-    assert len(cells) == 18  # 6 cells per backend
-    assert "results/cells/tiny-qwen2/fp32/graph/seq16_batch1.json" in cells
-    assert "results/cells/tiny-qwen2/fp32/compiled/seq16_batch1.json" in cells
+    cells = combined(proc)
+    assert len(cells) == 18 and len(measured(proc)) == 18  # 6 cells per backend, one replicate each
+    assert f"{CELLS}/graph/seq16_batch1.json" in cells and f"{CELLS}/graph/seq16_batch1/r1.json" in measured(proc)
+    assert f"{CELLS}/compiled/seq16_batch1.json" in cells
+    assert f"{CELLS}/compiled/seq16_batch1/r1.json" in measured(proc)
     assert "--backend compiled" in proc.stdout + proc.stderr  # the wildcard reaches the runner
 
 
@@ -128,7 +143,7 @@ def test_cuda_on_a_machine_without_cuda_stops_before_any_job(tmp_path, default_c
 def test_error_cells_fail_the_run_after_the_report(tmp_path, default_config):
     """A cell that fails at run time is a row; the report is written, then the run exits non-zero with the
     summary; allow_errors: true accepts it (given on the command line, where Snakemake passes a string)."""
-    cfg = small_config(default_config, attn_implementation="flash_attention_2")
+    cfg = small_config(default_config, attn_implementation="flash_attention_2", replicates=1)
     cfg["sweeps"] = {"s": {"seq": [16], "batch": [1]}}
     cfg["loading"] = {"enabled": False}
     config_file = write_config(tmp_path / "cfg" / "config.yaml", cfg)
@@ -136,9 +151,40 @@ def test_error_cells_fail_the_run_after_the_report(tmp_path, default_config):
     assert proc.returncode != 0
     assert (tmp_path / "results" / "report.md").is_file() and (tmp_path / "results" / "s" / "combined.png").is_file()
     assert "cells: 0 ok, 0 oom, 1 error" in proc.stderr
-    assert "results/cells/tiny-qwen2/fp32/eager/seq16_batch1.json: ImportError during model_build" in proc.stderr
+    assert f"{CELLS}/eager/seq16_batch1.json: replicate 1: ImportError during model_build" in proc.stderr
+    # `latency-sensitivity failed-cells` lists the failed replicate and its cell; --forcerun of that list
+    # measures the replicate again.
+    listing = subprocess.run([str(Path(sys.executable).parent / "latency-sensitivity"), "failed-cells"],
+                             cwd=tmp_path, capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(listing) == [f"{CELLS}/eager/seq16_batch1.json", f"{CELLS}/eager/seq16_batch1/r1.json"]
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "all", "--forcerun", *listing, configfile=config_file)
+    assert measured(proc) == {f"{CELLS}/eager/seq16_batch1/r1.json"}
+    assert combined(proc) == {f"{CELLS}/eager/seq16_batch1.json"}
     proc = snakemake(tmp_path, "--cores", "1", "all", "--config", "allow_errors=true", configfile=config_file)
     assert "1 failed, allowed by the config" in proc.stderr
+
+
+def test_every_first_replicate_runs_before_any_second(tmp_path, default_config):
+    """measure.replicates 2 on one core: every cell's replicate 1 is measured before any cell's replicate 2, and
+    each cell's result is combined from both, with the spread between them."""
+    cfg = small_config(default_config, replicates=2)
+    cfg["sweeps"] = {"s": {"seq": [16, 32], "batch": [1, 2]}}
+    cfg["loading"] = {"enabled": False}
+    config_file = write_config(tmp_path / "cfg" / "config.yaml", cfg)
+    proc = snakemake(tmp_path, "--cores", "1", "all", configfile=config_file)
+    order = [re.fullmatch(r".*/(seq\d+_batch\d+)/r(\d+)\.json", path).groups()
+             for path in job_outputs(proc, "measure_cell")]
+    cells = {cell for cell, _ in order}
+    assert len(cells) == 4 and sorted(order) == sorted((cell, k) for cell in cells for k in ("1", "2"))
+    assert [k for _, k in order] == ["1"] * 4 + ["2"] * 4, order
+    for cell in cells:
+        result = json.loads((tmp_path / CELLS / "eager" / f"{cell}.json").read_text())
+        assert result["status"] == "ok" and result["metrics"]["replicates"] == 2
+        assert [r["replicate"] for r in result["replicates"]] == [1, 2]
+        assert math.isfinite(result["metrics"]["decode_replicate_spread_pct"])
+        assert result["metrics"]["decode_replicate_spread_pct"] >= 0
+    sweep = pd.read_csv(tmp_path / "results" / "s" / "sweep.csv")
+    assert (sweep["replicates"] == 2).all() and sweep["decode_replicate_spread_pct"].notna().all()
 
 
 def test_cli_backends_option(tmp_path, capsys):

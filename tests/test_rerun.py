@@ -1,22 +1,29 @@
-"""What a rerun of the real pipeline measures again: a deleted or unreadable cell, a missing intermediate, a
-changed measurement setting or architecture; and nothing else."""
+"""What a rerun of the real pipeline measures again: a deleted or unreadable replicate or cell, a missing
+intermediate, a changed measurement setting, replicate count or architecture; and nothing else."""
 
 import json
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
-from conftest import REPO, small_config, snakemake, write_config
+from conftest import REPO, job_outputs, small_config, snakemake, write_config
 from latency_sensitivity import cli
 from latency_sensitivity import config as lsconfig
 
 pytestmark = pytest.mark.e2e
 
 CELL = "results/cells/tiny-qwen2/fp32/eager/seq{seq}_batch{batch}.json"
+REPLICATE = "results/cells/tiny-qwen2/fp32/eager/seq{seq}_batch{batch}/r{k}.json"
 NOT_A_MEASUREMENT = "Does not change a cell's numbers"
+REPLICATES = 2  # the finished run's replicates per cell
+NOTHING = {"all": 1}  # nothing to measure or rebuild: only `all` runs, printing the run's summary
 
 
 def job_counts(proc) -> dict[str, int]:
@@ -28,22 +35,35 @@ def job_counts(proc) -> dict[str, int]:
     return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
 
 
-def scheduled_cells(proc) -> set[str]:
-    return set(re.findall(r"output: (results/cells/\S+\.json)", proc.stdout + proc.stderr))
+def measured(proc) -> set[str]:
+    """The replicate files the run measures (jobs of measure_cell)."""
+    return set(job_outputs(proc, "measure_cell"))
+
+
+def combined(proc) -> set[str]:
+    """The cell files the run combines from their replicates (jobs of combine_replicates)."""
+    return set(job_outputs(proc, "combine_replicates"))
 
 
 def config_cells(cfg) -> set[str]:
     return {cell.path for cell in lsconfig.all_cells(cfg)}
 
 
+def config_replicates(cfg, replicates: int | None = None) -> set[str]:
+    """Every replicate file of the config's cells (replicates 1..replicates, default the config's count)."""
+    k = cfg["measure"]["replicates"] if replicates is None else replicates
+    return {path for cell in lsconfig.all_cells(cfg) for path in cell.replicate_paths(k)}
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """A finished run of three cells (two sweeps), its model from an architecture JSON in the work folder."""
+    """A finished run of three cells (two sweeps) of two replicates each, its model from an architecture JSON in
+    the work folder."""
     default_config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     root = tmp_path_factory.mktemp("finished")
     (root / "arch").mkdir()
     shutil.copy(REPO / "config" / "models" / "tiny-qwen2.json", root / "arch" / "tiny.json")
-    cfg = small_config(default_config)
+    cfg = small_config(default_config, replicates=REPLICATES)
     cfg["models"] = {"tiny-qwen2": {"architecture": "arch/tiny.json"}, **{
         k: v for k, v in default_config["models"].items() if k != "tiny-qwen2"}}
     cfg["sweeps"] = {"seq_sweep": {"seq": [16, 32], "batch": [1]}, "batch_sweep": {"seq": [16], "batch": [1, 2]}}
@@ -65,51 +85,117 @@ def dry(work, *args, cores="1"):
     return snakemake(work, "-n", "--cores", cores, "all", *args, configfile=work / "cfg" / "config.yaml")
 
 
-def test_deleted_cell_is_measured_again_and_only_it(run):
+DOWNSTREAM = {"merge_sweep": 1, "detect_collapse": 1, "plot_sweep": 1, "plot_anatomy": 1, "build_report": 1, "all": 1}
+
+
+def test_deleted_replicate_is_measured_again_and_only_it(run):
     work, _ = run
-    assert job_counts(dry(work)) == {}
+    assert job_counts(dry(work)) == NOTHING
     cell = CELL.format(seq=32, batch=1)  # in seq_sweep only
-    old = json.loads((work / cell).read_text())
+    replicate = REPLICATE.format(seq=32, batch=1, k=2)
+    old = json.loads((work / replicate).read_text())
+    kept = (work / REPLICATE.format(seq=32, batch=1, k=1)).read_bytes()
     report_time = (work / "results" / "report.md").stat().st_mtime
-    (work / cell).unlink()
-    expected = {"measure_cell": 1, "merge_sweep": 1, "detect_collapse": 1, "plot_sweep": 1, "plot_anatomy": 1,
-                "build_report": 1, "all": 1}
+    (work / replicate).unlink()
+    expected = {"measure_cell": 1, "combine_replicates": 1, **DOWNSTREAM}
     proc = dry(work)
-    assert job_counts(proc) == expected and scheduled_cells(proc) == {cell}
+    assert job_counts(proc) == expected and measured(proc) == {replicate} and combined(proc) == {cell}
     proc = snakemake(work, "--cores", "1", "all", configfile=work / "cfg" / "config.yaml")
     assert job_counts(proc) == expected
+    new = json.loads((work / replicate).read_text())
+    assert new["status"] == "ok" and new["cell"]["replicate"] == 2
+    assert new["environment"]["timestamp"] != old["environment"]["timestamp"]
+    assert (work / REPLICATE.format(seq=32, batch=1, k=1)).read_bytes() == kept  # the other replicate stays
+    result = json.loads((work / cell).read_text())
+    assert result["metrics"]["replicates"] == REPLICATES
+    assert [r["replicate"] for r in result["replicates"]] == [1, 2]
+    assert result["replicates"][1]["prefill_p50_ms"] == pytest.approx(new["metrics"]["prefill_p50_ms"])
+    row = pd.read_csv(work / "results" / "seq_sweep" / "sweep.csv").query("seq_len == 32").iloc[0]
+    assert row["prefill_p50_ms"] == pytest.approx(result["metrics"]["prefill_p50_ms"])
+    assert (work / "results" / "report.md").stat().st_mtime > report_time
+    assert job_counts(dry(work)) == NOTHING
+
+
+def test_deleted_cell_is_combined_again_without_measuring(run):
+    work, _ = run
+    cell = CELL.format(seq=32, batch=1)
+    old = json.loads((work / cell).read_text())
+    replicates = {k: (work / REPLICATE.format(seq=32, batch=1, k=k)).read_bytes() for k in (1, 2)}
+    report_time = (work / "results" / "report.md").stat().st_mtime
+    (work / cell).unlink()
+    expected = {"combine_replicates": 1, **DOWNSTREAM}
+    proc = dry(work)
+    assert job_counts(proc) == expected and measured(proc) == set() and combined(proc) == {cell}
+    proc = snakemake(work, "--cores", "1", "all", configfile=work / "cfg" / "config.yaml")
+    assert job_counts(proc) == expected
+    assert {k: (work / REPLICATE.format(seq=32, batch=1, k=k)).read_bytes() for k in (1, 2)} == replicates
     new = json.loads((work / cell).read_text())
-    assert new["status"] == "ok" and new["environment"]["timestamp"] != old["environment"]["timestamp"]
+    assert new["status"] == "ok" and new["metrics"] == pytest.approx(old["metrics"], nan_ok=True)
     row = pd.read_csv(work / "results" / "seq_sweep" / "sweep.csv").query("seq_len == 32").iloc[0]
     assert row["prefill_p50_ms"] == pytest.approx(new["metrics"]["prefill_p50_ms"])
     assert (work / "results" / "report.md").stat().st_mtime > report_time
-    assert job_counts(dry(work)) == {}
+    assert job_counts(dry(work)) == NOTHING
 
 
-def test_unreadable_cell_stops_the_run_before_any_job_and_is_listed(run):
+@pytest.mark.parametrize(
+    "broken, measures",
+    [
+        (CELL.format(seq=16, batch=2), set()),  # the combined cell: combined again from its replicates
+        (REPLICATE.format(seq=16, batch=2, k=2), {REPLICATE.format(seq=16, batch=2, k=2)}),
+    ],
+    ids=["cell", "replicate"],
+)
+def test_unreadable_cell_stops_the_run_before_any_job_and_is_listed(run, broken, measures):
     work, _ = run
     cell = CELL.format(seq=16, batch=2)
-    (work / cell).write_text((work / cell).read_text()[:2154])
+    text = (work / broken).read_text()
+    (work / broken).write_text(text[: len(text) // 2])
     proc = snakemake(work, "--cores", "1", "all", configfile=work / "cfg" / "config.yaml", check=False)
     err = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "rule measure_cell" not in err and "rule merge_sweep" not in err
-    assert f"{cell}: JSONDecodeError" in err
-    assert "delete them and rerun" in err and f"--forcerun {cell}" in err
+    assert proc.returncode != 0
+    assert not re.search(r"rule (measure_cell|combine_replicates|merge_sweep):", err)
+    assert f"{broken}: JSONDecodeError" in err
+    assert "delete them and rerun" in err and f"--forcerun {broken}" in err
     listed = cli.failed_cells(work / "results")
-    assert [(str(p.relative_to(work)), s.split(":")[0]) for p, s in listed] == [(cell, "unreadable")]
+    assert [(str(p.relative_to(work)), s.split(":")[0]) for p, s in listed] == [(broken, "unreadable")]
     # The remedies the message names: --forcerun of the file, or deleting it.
-    proc = dry(work, "--forcerun", cell)
-    assert scheduled_cells(proc) == {cell} and job_counts(proc)["merge_sweep"] == 1
-    (work / cell).unlink()
+    proc = dry(work, "--forcerun", broken)
+    assert measured(proc) == measures and combined(proc) == {cell} and job_counts(proc)["merge_sweep"] == 1
+    (work / broken).unlink()
     proc = dry(work)
-    assert scheduled_cells(proc) == {cell} and job_counts(proc)["merge_sweep"] == 1
+    assert measured(proc) == measures and combined(proc) == {cell} and job_counts(proc)["merge_sweep"] == 1
+
+
+def test_failed_replicate_is_listed_with_its_cell_and_forcerun_measures_only_it(run):
+    """A replicate that failed (here one that ran out of memory) fails its cell; `latency-sensitivity
+    failed-cells` lists both files, and `--forcerun` of that list measures that replicate again, and only it."""
+    work, _ = run
+    cell = CELL.format(seq=16, batch=2)
+    replicate = REPLICATE.format(seq=16, batch=2, k=2)
+    result = json.loads((work / replicate).read_text())
+    message = "OutOfMemoryError during decode: out of memory"  # the runner's layout of a failed cell
+    result.update(status="oom", metrics={}, samples={},
+                  error={"type": "OutOfMemoryError", "message": message, "phase": "decode"})
+    (work / replicate).write_text(json.dumps(result))
+    # The edited replicate is newer than its cell: the next run combines the cell again, without measuring.
+    proc = snakemake(work, "--cores", "1", "all", configfile=work / "cfg" / "config.yaml")
+    assert measured(proc) == set() and combined(proc) == {cell}
+    assert "cells: 2 ok, 1 oom, 0 error" in proc.stderr
+    assert json.loads((work / cell).read_text())["error"]["message"] == f"replicate 2: {message}"
+    listing = subprocess.run([str(Path(sys.executable).parent / "latency-sensitivity"), "failed-cells"], cwd=work,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(listing) == [cell, replicate]
+    proc = dry(work, "--forcerun", *listing)
+    assert measured(proc) == {replicate} and combined(proc) == {cell}
+    assert job_counts(proc)["measure_cell"] == 1 and job_counts(proc)["merge_sweep"] == 1
 
 
 @pytest.mark.parametrize(
     "missing, jobs",
     [
         # A retrained tokenizer is timed by every cell: all are measured again.
-        ("results/tokenizer/tokenizer.json", {"train_tokenizer": 1, "measure_cell": 3, "merge_sweep": 2}),
+        ("results/tokenizer/tokenizer.json",
+         {"train_tokenizer": 1, "measure_cell": 3 * REPLICATES, "combine_replicates": 3, "merge_sweep": 2}),
         ("results/calibration/cpu_fp32.json", {"calibrate_device": 1, "merge_sweep": 2}),
         ("results/checkpoints/tiny-qwen2/fp32", {"materialize_checkpoint": 1, "measure_loading": 1}),
         ("results/loading/tiny-qwen2/fp32/cpu.json", {"measure_loading": 1}),
@@ -123,8 +209,9 @@ def test_missing_intermediate_is_remade_and_what_follows_rebuilt(run, missing, j
     counts = job_counts(dry(work))
     assert {rule: counts.get(rule, 0) for rule in jobs} == jobs
     assert counts.get("build_report") == 1  # the report is rebuilt whatever was remade
-    measured = {"calibrate_device", "train_tokenizer", "materialize_checkpoint", "measure_loading", "measure_cell"}
-    assert {rule for rule in counts if rule in measured} == {rule for rule in jobs if rule in measured}
+    remade = {"calibrate_device", "train_tokenizer", "materialize_checkpoint", "measure_loading", "measure_cell",
+              "combine_replicates"}
+    assert {rule for rule in counts if rule in remade} == {rule for rule in jobs if rule in remade}
 
 
 def test_changed_architecture_remeasures_its_cells(run):
@@ -133,7 +220,7 @@ def test_changed_architecture_remeasures_its_cells(run):
     arch["intermediate_size"] *= 2
     (work / "arch" / "tiny.json").write_text(json.dumps(arch))
     proc = dry(work)
-    assert scheduled_cells(proc) == config_cells(cfg)
+    assert measured(proc) == config_replicates(cfg) and combined(proc) == config_cells(cfg)
     assert job_counts(proc)["materialize_checkpoint"] == 1
 
 
@@ -155,19 +242,43 @@ def changed(key: str, schema: dict, cfg: dict):
     raise AssertionError(f"test_rerun.py cannot change measure.{key} yet: teach changed() a value for it")
 
 
-@pytest.mark.parametrize("key", sorted(measure_keys()))
+@pytest.mark.parametrize("key", [
+    pytest.param(key, marks=pytest.mark.skipif(
+        key == "device" and not torch.cuda.is_available(), reason="measure.device: cuda needs a CUDA device"))
+    for key in sorted(set(measure_keys()) - {"replicates"})
+])
 def test_every_measure_key_remeasures_its_cells_or_says_it_does_not(run, key):
-    """Each measure.* key of the schema: changing it re-measures every cell, unless its description says it does
-    not change a cell's numbers (and then it re-measures none)."""
+    """Each measure.* key of the schema: changing it re-measures every replicate of every cell, unless its
+    description says it does not change a cell's numbers (and then it re-measures none). `replicates` names
+    the replicate files instead (the next test)."""
     work, cfg = run
     schema = measure_keys()[key]
     cfg["measure"][key] = changed(key, schema, cfg)
     write_config(work / "cfg" / "config.yaml", cfg)
     proc = dry(work, cores="8")  # enough cores that a thread count is not capped
     if NOT_A_MEASUREMENT in schema.get("description", ""):
-        assert scheduled_cells(proc) == set()
+        assert measured(proc) == set() and combined(proc) == set()
     else:
-        assert scheduled_cells(proc) == config_cells(lsconfig.validate(cfg, base_dir=work)), key
+        cells = lsconfig.validate(cfg, base_dir=work)
+        assert measured(proc) == config_replicates(cells, REPLICATES), key
+        assert combined(proc) == config_cells(cells), key
+
+
+@pytest.mark.parametrize("replicates", [REPLICATES + 1, REPLICATES - 1])
+def test_replicates_measures_only_new_replicates_and_recombines(run, replicates):
+    """Raising measure.replicates measures only the new replicate of each cell; lowering it measures nothing;
+    either way every cell is combined again from its replicates, and what follows rebuilt."""
+    work, cfg = run
+    assert "replicates" in measure_keys()
+    cfg["measure"]["replicates"] = replicates
+    write_config(work / "cfg" / "config.yaml", cfg)
+    proc = dry(work)
+    new = config_replicates(cfg) - config_replicates(cfg, REPLICATES)
+    assert measured(proc) == new and len(new) == (3 if replicates > REPLICATES else 0)
+    assert combined(proc) == config_cells(cfg)
+    counts = job_counts(proc)
+    assert counts.get("measure_cell", 0) == len(new) and counts["merge_sweep"] == 2 and counts["build_report"] == 1
+    assert not {"calibrate_device", "train_tokenizer", "materialize_checkpoint", "measure_loading"} & set(counts)
 
 
 def test_report_settings_are_the_cells(run):
@@ -176,8 +287,8 @@ def test_report_settings_are_the_cells(run):
     cfg["measure"]["threads"] = 2
     write_config(work / "cfg" / "config.yaml", cfg)
     proc = snakemake(work, "--cores", "1", "all", configfile=work / "cfg" / "config.yaml")
-    assert job_counts(proc)["measure_cell"] == 3
-    for path in config_cells(cfg):
+    assert job_counts(proc)["measure_cell"] == 3 * REPLICATES and job_counts(proc)["combine_replicates"] == 3
+    for path in config_cells(cfg) | config_replicates(cfg):
         assert json.loads((work / path).read_text())["cell"]["threads"] == 2
     assert "| `threads` | 2 |" in (work / "results" / "report.md").read_text().splitlines()
     assert yaml.safe_load((work / "cfg" / "config.yaml").read_text())["measure"]["threads"] == 2
