@@ -17,7 +17,6 @@ min_version("9.0")
 # duplicate key (Snakemake's own loader names neither and keeps the last of two equal keys).
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from latency_sensitivity import config as lsconfig
-from latency_sensitivity.analysis import run_summary  # noqa: E402
 
 
 # The default config is used only when no --configfile is given, so that a config file is the whole
@@ -62,29 +61,25 @@ localrules:
     profile_torch,
 
 
-_SUMMARY_SHOWN = []
-
-
-def _run_summary():
-    return run_summary.read_results([*all_cell_files(), *loading_files()])
+# The HTML report (snakemake --report results/report.html): this description, then the findings
+# (results/report.md), the sweep tables and the figures, by sweep (the report() items of the rules).
+report: "workflow/report/workflow.rst"
 
 
 # `all` ends every run (also one with nothing left to measure) with the summary of the cells: ok, oom and
 # error, each failure with its message. A cell with status `error` makes the run exit non-zero once the
 # sweeps, plots and report are written, unless the config sets allow_errors: true. An OOM is a measurement.
+# The summary goes to the terminal and to logs/summary.log.
 rule all:
     default_target: True
     input:
         all_targets(),
+    log:
+        "logs/summary.log",
     run:
-        summary = _run_summary()
-        _SUMMARY_SHOWN.append(True)
-        print(summary.text(config["allow_errors"]), end="", file=sys.stderr)
-        if summary.errors and not config["allow_errors"]:
-            raise WorkflowError(f"{len(summary.errors)} failed cell or loading result(s), listed above")
+        show_run_summary(fail_on_errors=True, log=log[0])
 
 
 # A job failed: say where the cells stand (what was measured before it stopped).
 onerror:
-    if not _SUMMARY_SHOWN:
-        print(_run_summary().text(config["allow_errors"]), end="", file=sys.stderr)
+    show_run_summary(fail_on_errors=False)

@@ -6,7 +6,13 @@ rule merge_sweep:
         cells=sweep_cell_files,
         calibration=calibration_files(),
     output:
-        "results/{sweep}/merged.csv",
+        report(
+            "results/{sweep}/merged.csv",
+            caption="../report/merged.rst",
+            category="Sweeps",
+            subcategory="{sweep}",
+            labels={"sweep": "{sweep}", "item": "merged table"},
+        ),
     log:
         "logs/merge/{sweep}.log",
     conda:
@@ -19,7 +25,13 @@ rule detect_collapse:
     input:
         "results/{sweep}/merged.csv",
     output:
-        "results/{sweep}/sweep.csv",
+        report(
+            "results/{sweep}/sweep.csv",
+            caption="../report/sweep.rst",
+            category="Sweeps",
+            subcategory="{sweep}",
+            labels={"sweep": "{sweep}", "item": "sweep table"},
+        ),
     log:
         "logs/collapse/{sweep}.log",
     params:

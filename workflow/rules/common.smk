@@ -13,6 +13,7 @@ sys.path.insert(0, SRC)
 
 from latency_sensitivity import config as lsconfig  # noqa: E402
 from latency_sensitivity import vocabulary
+from latency_sensitivity.analysis import run_summary  # noqa: E402
 from latency_sensitivity.analysis.merge import cell_problem  # noqa: E402
 from latency_sensitivity.analysis.profiling import NSYS_REPORTS  # noqa: E402
 from latency_sensitivity.vocabulary import tokenizer_file  # noqa: E402
@@ -174,6 +175,25 @@ def all_targets():
             for d in MEASURE["dtypes"]
         )
     return targets
+
+
+_SUMMARY_SHOWN = []
+
+
+def show_run_summary(fail_on_errors, log=None):
+    """Print the summary of the cells and loading results (ok, oom, error with its message) once per run, by
+    `all` or, when a job failed, by onerror, also into `log` when given; with fail_on_errors, fail on an error
+    unless allow_errors is set."""
+    if _SUMMARY_SHOWN:
+        return
+    _SUMMARY_SHOWN.append(True)
+    summary = run_summary.read_results([*all_cell_files(), *loading_files()])
+    text = summary.text(config["allow_errors"])
+    print(text, end="", file=sys.stderr)
+    if log is not None:
+        Path(log).write_text(text)
+    if fail_on_errors and summary.errors and not config["allow_errors"]:
+        raise WorkflowError(f"{len(summary.errors)} failed cell or loading result(s), listed above")
 
 
 def loading_checkpoint(wildcards):

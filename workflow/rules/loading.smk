@@ -9,6 +9,8 @@ rule materialize_checkpoint:
         directory("results/checkpoints/{model}/{dtype}"),
     log:
         "logs/loading/materialize_{model}_{dtype}.log",
+    benchmark:
+        "logs/benchmark/materialize_checkpoint/{model}_{dtype}.tsv"
     params:
         model_kind=model_kind,
         model_location=model_location,
@@ -32,6 +34,8 @@ rule measure_loading:
         "results/loading/{model}/{dtype}/{device}.json",
     log:
         "logs/loading/{model}_{dtype}_{device}.log",
+    benchmark:
+        "logs/benchmark/measure_loading/{model}_{dtype}_{device}.tsv"
     params:
         seq=LOADING["seq"],
     resources:

@@ -1,3 +1,9 @@
+# Measurement, profiling and loading jobs each write Snakemake's benchmark record (wall time, peak RSS/PSS/USS,
+# CPU time, I/O of the job's process tree) under logs/benchmark/<rule>/, beside their logs: it is what a job cost
+# the machine, for sizing cluster resources, not a latency measurement (those are in the result files; the
+# studies folder benchmarks/ and its default output results/benchmarks/ hold the speed studies). Snakemake
+# samples the job's processes every 0.5 s for its first 15 s, then every 30 s, from its own process.
+#
 # One job per cell and replicate. Param `measurement` names every measure.* value beside the cell's wildcards (common.smk),
 # so changing one re-measures exactly the cells it applies to (Snakemake's params rerun trigger), and nothing
 # else; the scalar params only build the command line. Snakemake's other triggers (all on by default) cover the
@@ -14,6 +20,8 @@ rule measure_cell:
         "results/cells/{model}/{dtype}/{backend}/seq{seq}_batch{batch}/r{replicate}.json",
     log:
         "logs/measure/{model}/{dtype}/{backend}/seq{seq}_batch{batch}/r{replicate}.log",
+    benchmark:
+        "logs/benchmark/measure_cell/{model}/{dtype}/{backend}/seq{seq}_batch{batch}/r{replicate}.tsv"
     params:
         model_kind=model_kind,
         model_location=model_location,
@@ -55,6 +63,8 @@ rule calibrate_device:
         "results/calibration/{device}_{dtype}.json",
     log:
         "logs/calibrate/{device}_{dtype}.log",
+    benchmark:
+        "logs/benchmark/calibrate_device/{device}_{dtype}.tsv"
     params:
         threads=MEASURE["threads"],  # the configured count, a rerun trigger (as for measure_cell)
     threads: MEASURE["threads"]

@@ -14,6 +14,8 @@ rule nsys_profile:
         cell=f"results/profiles/nsys/{PROFILE_CELL}.cell.json",
     log:
         f"logs/profile/nsys/{PROFILE_CELL}.log",
+    benchmark:
+        f"logs/benchmark/nsys_profile/{PROFILE_CELL}.tsv"
     params:
         **PROFILE_RUNNER_PARAMS,
         nsys=PROFILE["nsys"]["path"],
@@ -61,6 +63,8 @@ rule ncu_profile:
         cell=f"results/profiles/ncu/{PROFILE_CELL}/{{phase}}.cell.json",
     log:
         f"logs/profile/ncu/{PROFILE_CELL}/{{phase}}.log",
+    benchmark:
+        f"logs/benchmark/ncu_profile/{PROFILE_CELL}/{{phase}}.tsv"
     params:
         **PROFILE_RUNNER_PARAMS,
         ncu=PROFILE["ncu"]["path"],
@@ -113,6 +117,8 @@ rule torch_profile:
         cell=f"results/profiles/torch/{PROFILE_CELL}/cell.json",
     log:
         f"logs/profile/torch/{PROFILE_CELL}.log",
+    benchmark:
+        f"logs/benchmark/torch_profile/{PROFILE_CELL}.tsv"
     params:
         **PROFILE_RUNNER_PARAMS,
         folder=lambda wildcards, output: str(Path(output.trace).parent),

@@ -10,6 +10,7 @@ rule plot_sweep:
             caption="../report/combined.rst",
             category="Sweeps",
             subcategory="{sweep}",
+            labels={"sweep": "{sweep}", "item": "combined figure"},
         ),
     log:
         "logs/plot/{sweep}_combined.log",
@@ -30,6 +31,7 @@ rule plot_heatmap:
             caption="../report/heatmap.rst",
             category="Sweeps",
             subcategory="{sweep}",
+            labels={"sweep": "{sweep}", "item": "heatmap"},
         ),
     log:
         "logs/plot/{sweep}_heatmap.log",
@@ -48,6 +50,7 @@ rule plot_anatomy:
             caption="../report/anatomy.rst",
             category="Sweeps",
             subcategory="{sweep}",
+            labels={"sweep": "{sweep}", "item": "request anatomy"},
         ),
     log:
         "logs/plot/{sweep}_anatomy.log",
@@ -68,7 +71,12 @@ rule build_report:
         loading=loading_files(),
         compare_devices=compare_device_files(),
     output:
-        "results/report.md",
+        report(
+            "results/report.md",
+            caption="../report/findings.rst",
+            category="Findings",
+            labels={"item": "report (markdown)"},
+        ),
     log:
         "logs/report.log",
     params:

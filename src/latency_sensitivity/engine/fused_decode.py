@@ -2,9 +2,9 @@
 
 transformers runs a decoder layer as RMSNorm, q/k/v projections, rotary embedding, cache update, attention,
 output projection, residual addition, RMSNorm, gate/up projections, SiLU-and-multiply, down projection and
-residual addition. Compiled, that is still about 13 kernels per layer, and on the H100 the ones between the
-projections (normalisations, activation, additions, the attention) took about 40% of a batch-1 step's time
-(benchmarks/README.md, "compiled"). ``fuse_decode_layers`` gives such layers a forward that, for a one-token
+residual addition. Compiled, that is still about 13 kernels per layer, and the ones between the projections
+(normalisations, activation, additions, the attention) and the gaps between them take a large share of a
+batch-1 step (benchmarks/decode_target/NOTES.md, "Stage 1"). ``fuse_decode_layers`` gives such layers a forward that, for a one-token
 input, runs them as five products and one attention:
 
 1. ``linear(x, qkv, x_mode=X_PAIR, norm_weight=...)``: the residual addition of the previous layer and the
@@ -25,11 +25,9 @@ transformers' on the CPU and the kernels against the torch forms. Layers that di
 sliding windows, other activations, no fused projection groups) keep their own forward; the rewrite is all
 layers or none, since the pair crosses every layer.
 
-On the H100 (Qwen2.5-3B, fp16, seq 128 x batch 1): 210 kernels and 2.595 ms per step through the pipeline
-(1.26x the weight-read floor), the kernels launched by Triton with programmatic dependent launch (``pdl``);
-with the layers as transformers has them and the step compiled, 473 kernels and 3.27-3.34 ms
-(benchmarks/README.md, "decoder layers rewritten" and "q/k/v with rotation and cache write in one kernel,
-PDL").
+The kernels are launched by Triton with programmatic dependent launch (``pdl``) where the GPU has it. Kernels
+per step and step times against the compiled step with transformers' layers: benchmarks/decode_target/NOTES.md,
+"Stage 2" and "Stage 3".
 """
 
 from __future__ import annotations

@@ -28,23 +28,21 @@ Backends:
     ``cache_position`` (transformers 4.x), from a static position tensor the graph advances itself; either
     way a replayed step needs nothing from the host. The cache is reset (``StaticCache.reset()``: zeroed and
     its length set to 0) before every request, outside the timed region, and its length is checked after
-    every request. The captured step runs transformers' own modules unchanged: on an H100 (Qwen2.5-3B, fp16,
-    batch 1, seq 128, transformers 5.17) its logits equal eager's bit for bit, and a step is 1796 kernels and
-    6.14 ms, 3.0x the 2.06 ms weight-read floor, with the GPU busy 92% of it: what is left is the kernels' own
-    time, not the host.
+    every request. The captured step runs transformers' own modules unchanged, so its logits can equal eager's
+    bit for bit; with the host's launches gone, what is left of a step is the kernels' own time (measured
+    numbers: benchmarks/decode_target/NOTES.md, "The graph backend's step").
 
     A one-token decode query on a static cache comes with a mask, and transformers versions without
     ``pack_gqa`` in their sdpa path (5.17, the GPU image's) then repeat each KV head's keys and values once
     per query head before SDPA, copying the whole cache (8x for Qwen2.5-3B) per layer per step. There the
     backend registers ``packed_gqa_sdpa_forward`` as the model's attention (``pack_gqa``: None = where
     needed), which runs the query heads of a KV group as rows of one query on that KV head, as later
-    transformers do. On the H100, seq 2048 x batch 32: 33.2 -> 8.44 ms per step (benchmarks/README.md).
+    transformers do (measured: benchmarks/packed_gqa/NOTES.md).
 
     ``GraphBackend(fuse_norms=True)`` (off by default; the runner does not use it) runs RMSNorm layers of the
     Llama/Qwen2 form as ``torch.nn.functional.rms_norm`` plus the weight multiply (~2 kernels instead of ~8 per
-    norm). Measured there: 1358 kernels and 5.42 ms per step (-11%), but the logits are no longer eager's
-    (max abs difference 0.026 on logits up to 4.7, greedy tokens diverging after 23 steps on random weights):
-    the fused kernel does not round exactly as the module does.
+    norm), a faster step whose logits are no longer eager's: the fused kernel does not round exactly as the
+    module does (benchmarks/decode_target/NOTES.md, "The graph backend's step").
 
 ``compiled``
     The graph backend with the decode step rewritten for speed, where ``graph`` keeps transformers' modules
@@ -58,18 +56,16 @@ Backends:
     ``compile_s`` apart), never of a measured rep; inductor's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``,
     default under /tmp) serves later cells of the same shapes. The step compiles as one graph (``fullgraph``)
     or the setup fails: a graph break would leave parts of it eager and recompiled per layer, silently. The
-    logits match eager's within fp16 rounding, not bit for bit. On the H100 (Qwen2.5-3B, fp16, seq 128 x
-    batch 1) that step took 3.23-3.30 ms against graph's 6.09 ms (1.6x and 3.0x the 2.06 ms floor): 473
-    kernels, of which the GEMVs take 2.33 ms (benchmarks/README.md, "compiled").
+    logits match eager's within fp16 rounding, not bit for bit (measured: benchmarks/decode_target/NOTES.md,
+    "Stage 1").
 
     At batch 1 on CUDA the compiled backend also rewrites decoder layers of the Llama/Qwen2 form for one-token
     steps (``fuse_layers``, see ``fused_decode``): normalisation, activation and residual additions folded into
     the GEMV kernels, rotary embedding and cache write into the q/k/v kernel, attention as a Triton decode
     kernel. Those layers are not compiled (``compile=None``: their kernels are fused already, and inductor would
     recompute the rotary tables and mask per layer and launch the kernels itself); Triton launches their
-    kernels with programmatic dependent launch on Hopper (``pdl``). On the H100: 210 kernels and 2.595 ms per
-    step at seq 128 through the pipeline (1.26x the 2.06 ms floor), and 3.26 ms at seq 8192 against graph's
-    11.68 ms (benchmarks/README.md, "q/k/v with rotation and cache write in one kernel, PDL").
+    kernels with programmatic dependent launch on Hopper (``pdl``). Measured: benchmarks/decode_target/NOTES.md,
+    "Stage 2" and "Stage 3".
 
     On the CPU the graph backend runs **without capture**: the same static cache and the same step function,
     called directly per step instead of replayed. That keeps the code path (static cache, positions, reset,

@@ -2,19 +2,18 @@
 
 ``gemv(x, weight, bias=None)``: ``torch.nn.functional.linear`` for an input with one row (a decode step at
 batch 1), as a Triton kernel that streams the weight once, BLOCK_N output rows per program, accumulating in
-fp32; the tiling is autotuned per weight shape. cuBLAS runs such a product as a GEMM with one useful row. On
-the H100, for the Qwen2.5-3B shapes in fp16 (benchmarks/device/gemv_shapes.py, weights cycled past the L2),
-cuBLAS streamed the weights at 1.3-2.8 TB/s and this kernel at 1.7-3.1 TB/s; a step's products took 2.77 ms
-through cuBLAS and 2.48 ms through the kernel (benchmarks/README.md, "compiled"). ``linear`` takes the kernel
-where it applies (``takes_gemv``) and ``F.linear`` elsewhere.
+fp32; the tiling is autotuned per weight shape. cuBLAS runs such a product as a GEMM with one useful row, which
+streams the weight more slowly (measured per shape with benchmarks/decode_target/gemv_shapes.py; numbers in
+benchmarks/decode_target/NOTES.md, "Stage 1"). ``linear`` takes the kernel where it applies (``takes_gemv``)
+and ``F.linear`` elsewhere.
 
 The gemv kernel also has the fused forms of fused_decode's rewritten layers (an input row given as a residual
 pair or as gate/up for SiLU-and-multiply, RMSNorm of the input, the residual pair as output), and
 ``qkv_rope`` is the q/k/v product with the rotary embedding and the cache write in its epilogue, and
 ``decode_attention`` runs a one-token query on a KV cache, the query heads of a KV head as the rows of one
-tl.dot, over splits of the cache merged by the split that finishes last (or by a second kernel): on the H100,
-4.1 us at 160 cached positions and 11.4 us at 8224, where torch's SDPA took 14.2 and 170 us
-(benchmarks/device/decode_kernels.py).
+tl.dot, over splits of the cache merged by the split that finishes last (or by a second kernel); measured
+against torch's SDPA with benchmarks/decode_target/decode_kernels.py (benchmarks/decode_target/NOTES.md,
+"Stage 2").
 
 The kernels are plain Triton functions, which torch.compile traces into its graph; launched by Triton they can
 use programmatic dependent launch (``pdl``, Hopper and later: a kernel loads its first weights while the
@@ -30,7 +29,8 @@ import triton.language as tl
 from latency_sensitivity.engine import probe
 from latency_sensitivity.engine.forms import X_PAIR, X_ROW, X_SILU_MUL# noqa: F401 - how gemv's input holds its row
 
-# On the H100 the Qwen2.5-3B shapes chose BLOCK_K 512 or 1024 of (256, 512, 1024) and BLOCK_N 2 to 16
+# The tilings the autotuner chooses from; the ones it chose per shape are recorded in
+# benchmarks/decode_target/NOTES.md ("Stage 1", one-row products)
 GEMV_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w)
                 for bn in (2, 4, 8, 16) for bk in (512, 1024) for w in (4, 8) if bn * bk <= 16384]
 
@@ -395,9 +395,8 @@ def attention_splits(length: int, programs: int, block_l: int | None = None, tar
 
     Blocks of 32 positions up to 1024 positions, of 64 beyond (block_l: fixed). Short caches (up to
     `single_split_blocks` blocks) run as one split, so one kernel; longer ones split until about `target`
-    programs run, each at least one block, so a long context at batch 1 still streams from every SM. On the
-    H100, one query on 2 KV heads (Qwen2.5-3B): 4.1 us at 160 positions (5 splits of 32), 11.4 us at 8224,
-    where torch's SDPA took 14.2 and 170 us (benchmarks/device/decode_kernels.py).
+    programs run, each at least one block, so a long context at batch 1 still streams from every SM. Measured
+    split counts and times: benchmarks/decode_target/NOTES.md ("Stage 2").
     """
     if block_l is None:
         block_l = 32 if length <= 1024 else 64

@@ -115,8 +115,8 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         result["backend_info"] = backend.info()
         # Everything alive now (the model, the backend, torch.compile's code and caches) leaves the garbage
         # collector's reach for the reps, as vLLM does after its graph capture: otherwise each full collection
-        # walks it all in the middle of a rep. On the H100, an eager prefill at seq 128 (host-bound) took 38.7
-        # ms in a fresh process and 59.3 ms after a compiled backend had run in it (benchmarks/README.md).
+        # walks it all in the middle of a rep, which slowed a host-bound eager prefill after a compiled backend
+        # had run in the process (benchmarks/decode_target/NOTES.md, "Prefill after compiling").
         gc.collect()
         gc.freeze()
 
