@@ -233,6 +233,8 @@ def changed(key: str, schema: dict, cfg: dict):
     value = cfg["measure"][key]
     if key == "models":
         return [next(name for name in cfg["models"] if name not in value)]
+    if key == "cpu_affinity":
+        return [0]
     if schema.get("type") == "array":
         return [next(v for v in schema["items"]["enum"] if v not in value)]
     if "enum" in schema:

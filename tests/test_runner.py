@@ -90,3 +90,51 @@ def test_cuda_cell_with_telemetry():
     assert 0 < m["decode_kernel_ms_per_step"] and 0 < m["prefill_kernel_ms"]
     # kernel time cannot exceed the time the phase took (small slack for timer granularity)
     assert 0 < m["decode_gpu_busy"] <= 1.05 and 0 < m["prefill_gpu_busy"] <= 1.05
+
+
+def test_host_state_is_recorded_and_affinity_pins_the_process():
+    """Each cell records the host around its measured reps (affinity, CPU clock, load, stolen time) and
+    measure.cpu_affinity pins the measuring process before anything is measured."""
+    import os
+
+    from latency_sensitivity.measure import host
+
+    before = os.sched_getaffinity(0)
+    try:
+        r = runner.measure(cell_spec(seq_len=8, batch=1, gen_tokens=3, reps=2, cpu_affinity=[0]))
+        assert r["status"] == "ok", r["error"]
+        assert r["host"]["cpu_affinity"] == [0] and r["host"]["cpu_affinity_requested"] == [0]
+        assert r["metrics"]["cpus_allowed"] == 1
+        for key in ("load_1m_start", "load_1m_end"):
+            assert r["metrics"][key] is None or r["metrics"][key] >= 0
+        assert r["metrics"]["steal_s"] is None or r["metrics"]["steal_s"] >= 0
+    finally:
+        os.sched_setaffinity(0, before)
+    bad = runner.measure(cell_spec(seq_len=8, batch=1, gen_tokens=3, reps=1, cpu_affinity=[10_000]))
+    assert bad["status"] == "error" and "cpu_affinity [10000]" in bad["error"]["message"]
+    assert os.sched_getaffinity(0) == before
+
+
+def test_host_readings_from_proc_files(tmp_path):
+    from latency_sensitivity.measure import host
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  10 0 5 100 0 0 0 42 0 0\ncpu0 10 0 5 100 0 0 0 42 0 0\n")
+    assert host.steal_ticks(stat) == 42
+    stat.write_text("intr 1\n")
+    assert host.steal_ticks(stat) is None
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\ncpu MHz\t\t: 2000.0\nprocessor\t: 1\ncpu MHz\t\t: 3000.0\n")
+    assert host.cpu_mhz([0, 1], sysfs=tmp_path / "none", cpuinfo=info) == 2500.0
+    assert host.cpu_mhz([1], sysfs=tmp_path / "none", cpuinfo=info) == 3000.0
+    (tmp_path / "sys" / "cpu0" / "cpufreq").mkdir(parents=True)
+    (tmp_path / "sys" / "cpu0" / "cpufreq" / "scaling_cur_freq").write_text("1500000\n")
+    assert host.cpu_mhz([0], sysfs=tmp_path / "sys", cpuinfo=info) == 1500.0
+    s = host.summary({"steal_ticks": 100, "cpu_mhz": 1.0, "load_1m": 0.5}, {"steal_ticks": 100 + os_ticks(), "cpu_mhz": 2.0, "load_1m": 0.7})
+    assert s["steal_s"] == 1.0 and s["cpu_mhz_start"] == 1.0 and s["load_1m_end"] == 0.7
+
+
+def os_ticks():
+    import os
+
+    return os.sysconf("SC_CLK_TCK")

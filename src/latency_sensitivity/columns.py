@@ -96,6 +96,13 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("decode_replicate_spread_pct", "%", "(max - min) / median × 100 of the replicates' decode_p50_ms_per_tok (empty with one replicate)."),
     Column("decode_replicate_min_ms", "ms/step", "Lowest replicate's decode_p50_ms_per_tok."),
     Column("decode_replicate_max_ms", "ms/step", "Highest replicate's decode_p50_ms_per_tok."),
+    # the host around the measured reps (what explains noise in launch-bound cells; measure/host.py)
+    Column("cpus_allowed", "CPUs", "CPUs the measuring process could run on (measure.cpu_affinity pins it)."),
+    Column("cpu_mhz_start", "MHz", "Mean current clock of those CPUs just before the measured reps."),
+    Column("cpu_mhz_end", "MHz", "Mean current clock of those CPUs just after the measured reps."),
+    Column("load_1m_start", "", "One-minute load average of the machine just before the measured reps."),
+    Column("load_1m_end", "", "One-minute load average just after the measured reps."),
+    Column("steal_s", "s", "CPU time stolen from the machine (by a hypervisor) during the measured reps, all CPUs together."),
     # memory
     Column("vram_allocated_mb", "MiB", "Peak memory allocated by PyTorch tensors on the GPU during the measured reps."),
     Column("device_used_mb", "MiB", "Peak device memory in use according to NVML during the measured reps (all processes)."),

@@ -262,6 +262,10 @@ def measurement(wildcards):
     return named(model_kind=source.kind, model_location=_shown_path(source.location), **settings)
 
 
+# measure.cpu_affinity on the runner's command line ("none": the CPUs the job was started with).
+CPU_AFFINITY = ",".join(str(cpu) for cpu in MEASURE["cpu_affinity"]) or "none"
+
+
 # The runner's command line: the measure rule runs it and the profile rules (profile.smk) wrap it.
 RUNNER = (
     "python3 -m latency_sensitivity.measure.runner"
@@ -270,7 +274,8 @@ RUNNER = (
     " --attn-implementation {params.attn_implementation}"
     " --seq {wildcards.seq} --batch {wildcards.batch}"
     " --gen-tokens {params.gen_tokens} --warmup {params.warmup} --reps {params.reps}"
-    " --seed {params.seed} --threads {params.threads} --tokenizer {input.tokenizer:q}"
+    " --seed {params.seed} --threads {params.threads} --cpu-affinity {params.cpu_affinity}"
+    " --tokenizer {input.tokenizer:q}"
 )
 
 
@@ -313,4 +318,5 @@ PROFILE_RUNNER_PARAMS = dict(
     reps=PROFILE["reps"],
     seed=MEASURE["seed"],
     threads=MEASURE["threads"],
+    cpu_affinity=CPU_AFFINITY,
 )

@@ -32,6 +32,7 @@ rule measure_cell:
         reps=MEASURE["reps"],
         seed=MEASURE["seed"],
         threads=MEASURE["threads"],
+        cpu_affinity=CPU_AFFINITY,
         measurement=measurement,
     threads: MEASURE["threads"]
     priority: replicate_priority

@@ -25,6 +25,7 @@ from pathlib import Path
 from latency_sensitivity import vocabulary
 from latency_sensitivity.engine import registry
 from latency_sensitivity.engine.base import Clock
+from latency_sensitivity.measure import host
 from latency_sensitivity.measure.model import CellSpec, TORCH_DTYPES, build_model, make_prompt, model_config
 from latency_sensitivity.measure.probes import PROFILE_MODES, _peak_rss_mb, _reset_peak_rss, cuda_memory_state, gpu_busy, is_oom, op_table_csv, torch_profiling
 from latency_sensitivity.vocabulary import BACKENDS
@@ -41,6 +42,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 SCHEMA_VERSION = 1
+# The host record (host.summary) copied into the metrics, so that the sweep table shows it per cell.
+HOST_METRICS = ("cpus_allowed", "cpu_mhz_start", "cpu_mhz_end", "load_1m_start", "load_1m_end", "steal_s")
 
 
 class Phase:
@@ -83,6 +86,8 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
     phase = Phase()
     model = prompt = backend = None
     try:
+        if spec.cpu_affinity:  # first, before torch starts its threads (they inherit it)
+            host.pin(spec.cpu_affinity)
         cuda = spec.device == "cuda"
         if cuda and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was asked for (config measure.device) but torch sees no CUDA device")
@@ -135,6 +140,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         device_index = torch.cuda.current_device() if cuda else 0
         sampler = GpuSampler(device_index) if cuda and profile_mode == "off" else None
         phase.name = "measure"
+        host_start = host.snapshot()
         if sampler:
             sampler.start()
         try:
@@ -150,6 +156,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         finally:
             if sampler:
                 sampler.stop()
+        result["host"] = host.summary(host_start, host.snapshot(), spec.cpu_affinity)
 
         m = metrics.latency_metrics(
             samples["prefill_ms"], samples["ttft_ms"], samples["decode_step_ms"], samples["e2e_ms"],
@@ -166,6 +173,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         m["warmup_s"] = warmup_s
         m["backend_setup_s"] = backend.setup_s
         m["backend_compile_s"] = result["backend_info"].get("compile_s")
+        m.update({key: result["host"][key] for key in HOST_METRICS})
         m["decode_attention"] = result["backend_info"].get("decode_attention", spec.attn_implementation)
         if tokenizer is not None:
             # Host-side stages of a request, timed on texts of the cell's shape (auxiliary: a failure is noted).
@@ -250,6 +258,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path]:
     p.add_argument("--reps", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cpu-affinity", default="none", help="CPUs to pin the process to, e.g. 2 or 2,3 (none: as started)")
     p.add_argument("--replicate", type=int, default=1, help="which of the cell's replicates this process measures")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json (or a folder with one): also time tokenising "
@@ -270,6 +279,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path]:
         backend=a.backend, device=a.device, attn_implementation=a.attn_implementation, seq_len=a.seq,
         batch=a.batch, gen_tokens=a.gen_tokens, warmup=a.warmup, reps=a.reps, seed=a.seed, threads=a.threads,
         replicate=a.replicate,
+        cpu_affinity=None if a.cpu_affinity in ("", "none") else [int(c) for c in a.cpu_affinity.split(",")],
     )
     return spec, a.out, a.profile_mode, a.torch_profile_dir, a.tokenizer
 
