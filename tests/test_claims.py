@@ -5,7 +5,7 @@ import pytest
 
 from latency_sensitivity.report import claims
 from latency_sensitivity.report import document as report
-from latency_sensitivity.config import REPO_ROOT
+from conftest import REPO as REPO_ROOT
 
 STUDY = REPO_ROOT / "config" / "reference_study" / "rtx5070_qwen2.5-3b_fp16.csv"
 

@@ -6,6 +6,8 @@ import pytest
 from latency_sensitivity import config as lsconfig
 from latency_sensitivity.config import ConfigError
 
+from conftest import REPO
+
 
 def check(cfg):
     return lsconfig.validate(copy.deepcopy(cfg), base_dir=".")
@@ -66,7 +68,7 @@ def test_graph_backend_is_a_valid_backend_with_its_own_cells(default_config):
 def test_gpu_config_measures_both_backends():
     import yaml
 
-    gpu = yaml.safe_load((lsconfig.REPO_ROOT / "config" / "gpu.yaml").read_text())
+    gpu = yaml.safe_load((REPO / "config" / "gpu.yaml").read_text())
     assert gpu["measure"]["backends"] == ["eager", "graph"]
 
 
@@ -209,7 +211,7 @@ def test_yaml_duplicate_keys_and_syntax_errors_name_file_and_line(tmp_path):
         lsconfig.load_yaml(listed)
     with pytest.raises(ConfigError, match="cannot read it"):
         lsconfig.load_yaml(tmp_path / "missing.yaml")
-    assert lsconfig.load_yaml(lsconfig.REPO_ROOT / "config" / "config.yaml")["measure"]["device"] == "cpu"
+    assert lsconfig.load_yaml(REPO / "config" / "config.yaml")["measure"]["device"] == "cpu"
 
 
 def test_command_line_overrides_are_typed(default_config):
@@ -270,3 +272,23 @@ def test_report_settings_come_from_the_cells(default_config):
     failed = cell(1)
     del failed["architecture"]
     assert cell_settings([failed], summary)["models"]["tiny-qwen2"]["hidden_size"] == hidden
+
+
+def test_schema_and_models_are_package_data_and_the_workflow_is_found(tmp_path, monkeypatch):
+    """Validation and model names work from any directory (the schema and model JSONs ship in the package);
+    the workflow's own paths link to the same files; the sweep command finds the checkout it runs."""
+    assert lsconfig.SCHEMA_PATH.is_file() and (lsconfig.MODELS_DIR / "tiny-qwen2.json").is_file()
+    assert lsconfig.SCHEMA_PATH.parent == lsconfig.DATA_DIR and DATA_IN_PACKAGE(lsconfig.DATA_DIR)
+    assert (REPO / "workflow" / "schemas" / "config.schema.yaml").resolve() == lsconfig.SCHEMA_PATH.resolve()
+    assert (REPO / "config" / "models" / "tiny-qwen2.json").resolve() == (lsconfig.MODELS_DIR / "tiny-qwen2.json").resolve()
+    monkeypatch.chdir(tmp_path)
+    assert lsconfig.resolve_model("tiny-qwen2", {"architecture": "tiny-qwen2"}, tmp_path).kind == "architecture"
+    assert lsconfig.workflow_root(tmp_path) == REPO  # installed from this checkout
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert '"data/*.yaml", "data/models/*.json"' in pyproject  # shipped in the wheel too
+
+
+def DATA_IN_PACKAGE(folder):
+    import latency_sensitivity
+
+    return folder.parent == __import__("pathlib").Path(latency_sensitivity.__file__).resolve().parent

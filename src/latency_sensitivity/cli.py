@@ -130,7 +130,7 @@ def _default_device() -> str:
         return "cpu"
 
 
-def resolve_model_arg(model: str, repo_config: dict) -> tuple[str, dict]:
+def resolve_model_arg(model: str, repo_config: dict, root: Path | None = None) -> tuple[str, dict]:
     """--model as a local checkpoint folder, an architecture JSON, or a name/alias from config/config.yaml."""
     p = Path(model)
     if p.is_dir():
@@ -148,9 +148,9 @@ def resolve_model_arg(model: str, repo_config: dict) -> tuple[str, dict]:
         )
     entry = dict(repo_config["models"][key])
     if "architecture" in entry:
-        entry["architecture"] = str(lsconfig.resolve_model(key, entry, lsconfig.REPO_ROOT).location)
+        entry["architecture"] = str(lsconfig.resolve_model(key, entry, root or Path.cwd()).location)
     elif not Path(entry["path"]).is_absolute():
-        entry["path"] = str((lsconfig.REPO_ROOT / entry["path"]).resolve())
+        entry["path"] = str(((root or Path.cwd()) / entry["path"]).resolve())
     return key, entry
 
 
@@ -169,8 +169,9 @@ def _safe_name(name: str) -> str:
 
 
 def sweep_config(args: argparse.Namespace) -> dict:
-    repo_config = lsconfig.load_yaml(lsconfig.REPO_ROOT / "config" / "config.yaml")
-    name, entry = resolve_model_arg(args.model, repo_config)
+    root = lsconfig.workflow_root(args.workflow)
+    repo_config = lsconfig.load_yaml(root / "config" / "config.yaml")
+    name, entry = resolve_model_arg(args.model, repo_config, root)
     return {
         "models": {name: entry},
         "measure": {
@@ -211,7 +212,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     produced = workdir / "results" / SWEEP_NAME / "sweep.csv"
     report = workdir / "results" / "report.md"
     cmd = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(lsconfig.REPO_ROOT / "Snakefile"),
+        sys.executable, "-m", "snakemake", "--snakefile", str(lsconfig.workflow_root(args.workflow) / "Snakefile"),
         "--directory", str(workdir), "--configfile", str(config_path.resolve()), "--cores", str(args.cores),
     ]
     if args.dry_run:
@@ -290,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
     s.add_argument("--threads", type=_int_at_least(1), default=1, help="CPU threads of a measurement")
     s.add_argument("--cores", type=_int_at_least(1), default=1, help="snakemake --cores")
+    s.add_argument("--workflow", type=Path, help="the latency-sensitivity checkout whose workflow runs the sweep "
+                   "(default: the one the package is installed from, else the working directory or a folder above)")
     s.add_argument("--out", required=True, help="CSV to write (an existing file only with --force)")
     s.add_argument("--force", action="store_true", help="replace --out when it exists")
     s.add_argument("--workdir", help="where the pipeline runs (default: <out>.work beside --out)")

@@ -17,13 +17,25 @@ from typing import Any, Iterable
 from latency_sensitivity.vocabulary import ARCHITECTURE_SUMMARY, Cell
 
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# The schema and the shipped model architectures are package data (the workflow's workflow/schemas/ and
+# config/models/ link to them), so that validation and model names work wherever the package is installed.
+DATA_DIR = Path(__file__).resolve().parent / "data"
+SCHEMA_PATH = DATA_DIR / "config.schema.yaml"
+MODELS_DIR = DATA_DIR / "models"
 
 
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-
-
-MODELS_DIR = REPO_ROOT / "config" / "models"
+def workflow_root(start: Path | str | None = None) -> Path:
+    """The checkout whose Snakefile runs the sweeps: the one this package lives in when it is installed from a
+    checkout (editable), else the first folder with a Snakefile and workflow/ from `start` (default: the
+    working directory) upwards."""
+    candidates = [Path(__file__).resolve().parents[2]]
+    here = Path(start or Path.cwd()).resolve()
+    candidates += [here, *here.parents]
+    for folder in candidates:
+        if (folder / "Snakefile").is_file() and (folder / "workflow" / "rules").is_dir():
+            return folder
+    raise ConfigError(f"no latency-sensitivity workflow (a Snakefile beside workflow/rules/) in {here} or above it; "
+                      "run the command inside a checkout of the project or pass --workflow DIR")
 
 
 class ConfigError(ValueError):
