@@ -153,7 +153,8 @@ def test_gemv_matches_linear_in_the_triton_interpreter():
     if tuple(int(p) for p in numpy.__version__.split(".")[:2]) >= (2, 3):
         pytest.skip("Triton 3.6's interpreter fails on numpy >= 2.3 (int() of a one-element array)")
     env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.path.dirname(os.path.dirname(__file__)),
+                                          os.environ.get("PYTHONPATH", "")])}
     code = INTERPRETED.format(shapes=SHAPES[:3])
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

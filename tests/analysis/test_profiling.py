@@ -13,7 +13,7 @@ from latency_sensitivity.analysis import profiling
 from latency_sensitivity.report import document as report
 from latency_sensitivity.report import profiles
 
-FIX = Path(__file__).parent / "fixtures" / "profiles"
+FIX = Path(__file__).parents[1] / "fixtures" / "profiles"
 H100 = FIX / "h100_eager_s128_b32"
 
 
