@@ -96,6 +96,11 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("decode_replicate_spread_pct", "%", "(max - min) / median × 100 of the replicates' decode_p50_ms_per_tok (empty with one replicate)."),
     Column("decode_replicate_min_ms", "ms/step", "Lowest replicate's decode_p50_ms_per_tok."),
     Column("decode_replicate_max_ms", "ms/step", "Highest replicate's decode_p50_ms_per_tok."),
+    # what the cell cost (summed over replicates in totals: analysis/replicates.py)
+    Column("job_s", "s", "Wall time of the cell's measuring process, from its start (interpreter, imports, CUDA context, model build, backend setup, warmup, side measurements) to its result."),
+    Column("measured_s", "s", "Wall time of the measured reps alone."),
+    Column("job_s_total", "s", "job_s summed over the cell's replicates: the device time the cell took."),
+    Column("measured_s_total", "s", "measured_s summed over the cell's replicates."),
     # the host around the measured reps (what explains noise in launch-bound cells; measure/host.py)
     Column("cpus_allowed", "CPUs", "CPUs the measuring process could run on (measure.cpu_affinity pins it)."),
     Column("cpu_mhz_start", "MHz", "Mean current clock of those CPUs just before the measured reps."),

@@ -62,3 +62,9 @@ def test_spread_pct():
     assert spread_pct([1.0, 1.0]) == 0.0
     assert spread_pct([9.0, 10.0, 11.0]) == pytest.approx(20.0)
     assert math.isnan(spread_pct([5.0])) and math.isnan(spread_pct([1.0, math.nan]))
+
+
+def test_cost_is_summed_over_replicates():
+    a, b = replicate(1, 10.0, 2.0, job_s=12.0, measured_s=2.0), replicate(2, 11.0, 2.0, job_s=14.0, measured_s=3.0)
+    m = combine([a, b])["metrics"]
+    assert m["job_s_total"] == 26.0 and m["measured_s_total"] == 5.0 and m["job_s"] == 13.0

@@ -138,3 +138,15 @@ def os_ticks():
     import os
 
     return os.sysconf("SC_CLK_TCK")
+
+
+def test_the_cell_records_its_job_time_and_its_measured_time(tmp_path):
+    out = tmp_path / "cell.json"
+    argv = ["--model", "tiny", "--model-kind", "architecture", "--model-location", TINY, "--dtype", "fp32",
+            "--device", "cpu", "--seq", "8", "--batch", "1", "--gen-tokens", "3", "--warmup", "0", "--reps", "2",
+            "--out", str(out)]
+    assert runner.main(argv) == 0
+    m = json.loads(out.read_text())["metrics"]
+    # this test's process started before the cell: its age bounds the job from above, the reps from below
+    assert 0 < m["measured_s"] < m["job_s"]
+    assert m["job_s"] >= m["model_build_s"] + m["measured_s"]

@@ -666,3 +666,14 @@ def test_header_counts_a_cell_shared_by_two_sweeps_once():
     assert "Sweeps: `seq` (seq_len), `batch` (batch). 5 cells: 5 ok (1 shared by several sweeps, counted once)." \
         in text
     assert "None of the 5 cells was flagged or failed." in text
+
+
+def test_cost_finding_sums_the_replicates_of_each_cell():
+    from latency_sensitivity.report.findings import cost_finding
+
+    frame = pd.DataFrame({"seq_len": [16, 32], "batch": [1, 1], "replicates": [2, 2],
+                          "job_s_total": [20.0, 30.0], "measured_s_total": [5.0, 5.0]})
+    text = cost_finding(frame)
+    assert text.startswith("cost: 4 measuring process(es) for 2 cell(s) took 50.0 s of wall time for 10.0 s")
+    assert "(5.0x)" in text
+    assert cost_finding(frame.drop(columns=["job_s_total", "measured_s_total"])) is None

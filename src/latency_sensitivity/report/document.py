@@ -27,7 +27,7 @@ from typing import Sequence
 
 from latency_sensitivity.atomic import write_text
 from latency_sensitivity.report.compare import OtherDevice, backend_comparison, devices_section
-from latency_sensitivity.report.findings import memory_model_finding, roofline_finding, series_findings
+from latency_sensitivity.report.findings import cost_finding, memory_model_finding, roofline_finding, series_findings
 from latency_sensitivity.report.format import _clean, _shorten, format_axis_value, markdown_table
 from latency_sensitivity.report.model_loading import loading_section
 from latency_sensitivity.report.profiles import profiles_section
@@ -119,7 +119,7 @@ def sweep_section(sw: SweepInput) -> str:
             parts += ["", "Notes:", "", notes.render()]
         findings = series_findings(sub, sw.axis)
         findings = findings + [f for f in (roofline_finding(sub), memory_model_finding(sub),
-                                           anatomy[1] if anatomy else None) if f]
+                                           anatomy[1] if anatomy else None, cost_finding(sub)) if f]
         parts += ["", "Findings:", ""]
         parts += [f"- {f}" for f in findings] if findings else ["- too few measured cells for findings"]
     for title, table, findings in backend_comparison(sw.frame) if not sw.frame.empty else []:

@@ -380,3 +380,18 @@ def memory_model_finding(frame: pd.DataFrame) -> str | None:
 def _ratio_range(pairs: list[tuple[float, tuple]]) -> str:
     vals = sorted(r for r, _ in pairs)
     return f"{_span(vals[0], vals[-1], '.2f')}x (median {float(np.median(vals)):.2f}x)"
+
+
+def cost_finding(frame: pd.DataFrame) -> str | None:
+    """What the cells cost: their measuring processes' wall time (all replicates) against the measured reps'."""
+    job = _col(frame, "job_s_total") if "job_s_total" in frame.columns else _col(frame, "job_s")
+    measured = _col(frame, "measured_s_total") if "measured_s_total" in frame.columns else _col(frame, "measured_s")
+    ok = job.notna() & measured.notna()
+    if not ok.any():
+        return None
+    job_s, measured_s = float(job[ok].sum()), float(measured[ok].sum())
+    processes = int(_col(frame, "replicates")[ok].fillna(1).sum()) if "replicates" in frame.columns else int(ok.sum())
+    ratio = f" ({job_s / measured_s:.1f}x)" if measured_s > 0 else ""
+    return (f"cost: {processes} measuring process(es) for {int(ok.sum())} cell(s) took {job_s:.1f} s of wall time "
+            f"for {measured_s:.1f} s of measured reps{ratio}; the rest is start-up, model build, backend setup, "
+            f"warmup and side measurements")
