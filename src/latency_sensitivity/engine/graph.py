@@ -1,6 +1,6 @@
-"""Execution backends: how one request (a prefill, then gen_tokens - 1 greedy decode steps) runs on a model.
+"""The graph and compiled backends: a static KV cache and the decode step replayed as a CUDA graph.
 
-Every backend has the same interface, so the runner's warmup and measured loops and its kernel-time pass do
+Every backend (engine/base.py) has the same interface, so the runner's warmup and measured loops and its kernel-time pass do
 not care which one runs:
 
 - ``request(prompt, gen_tokens, clock, rep_name) -> (prefill_ms, ttft_ms, [decode step ms], e2e_ms)``: one

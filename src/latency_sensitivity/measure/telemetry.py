@@ -1,4 +1,4 @@
-"""Read-only GPU telemetry around a measurement, and NVTX ranges for profilers.
+"""Read-only GPU telemetry around a measurement (the NVTX ranges for profilers are in engine/nvtx.py).
 
 `GpuSampler` polls NVML (the `pynvml` module of nvidia-ml-py) from a daemon thread while a cell is
 measured: utilisation, clocks, power, temperature and device memory, plus the board's energy counter at

@@ -1,3 +1,5 @@
+"""Backends compared cell by cell, and this run beside other devices' runs of the same sweeps."""
+
 from __future__ import annotations
 
 import math

@@ -2,8 +2,8 @@
 
 The report follows the reference study's layout: per sweep and per series (model, dtype, backend) a
 "Prefill + memory" table and a "Decode + throughput" table (one compact table for a grid sweep), the
-sweep's figures, and findings. Every finding is computed from the data by the small functions below
-(`format_change`, `trend_finding`, `sweep_findings`, ...); none is written in advance.
+sweep's figures, and findings. Every finding is computed from the data (report/findings.py, worded by
+report/format.py); none is written in advance. This module assembles the sections.
 
 Conventions of the findings:
 

@@ -1,3 +1,5 @@
+"""Findings of a sweep, computed from its table: trends beyond the noise, scaling, saturation, collapse, failures, floors, cost."""
+
 from __future__ import annotations
 
 import numpy as np

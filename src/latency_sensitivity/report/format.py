@@ -1,3 +1,5 @@
+"""How the report writes numbers, changes, ranges and noise, and its markdown tables."""
+
 from __future__ import annotations
 
 import math

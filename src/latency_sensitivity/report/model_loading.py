@@ -1,3 +1,5 @@
+"""The report's "Model loading" section: each stage of a cold start, and what it costs per request."""
+
 from __future__ import annotations
 
 import pandas as pd

@@ -1,3 +1,5 @@
+"""The report's profile sections: kernel classes, GPU idle share and Nsight Compute figures per profiled cell."""
+
 from __future__ import annotations
 
 import math

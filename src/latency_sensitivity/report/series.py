@@ -1,3 +1,5 @@
+"""A sweep table cut into series (model, dtype, backend) along its axis; shared by tables, findings and figures."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,3 +1,5 @@
+"""The report's setup: environment, settings (from the cells themselves) and how to read the report."""
+
 from __future__ import annotations
 
 from typing import Any, Sequence

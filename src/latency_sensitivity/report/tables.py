@@ -1,3 +1,5 @@
+"""The report's per-series tables: prefill, decode, grid, roofline and request anatomy, with their notes."""
+
 from __future__ import annotations
 
 import pandas as pd
