@@ -6,12 +6,12 @@
 # BACKENDS (default eager,graph,compiled) limits the backends measured in this call (run again for the others:
 # cells already measured are kept).
 set -euo pipefail
-out=${1:-results/benchmarks/replicates}
+out_dir=${1:-results/benchmarks/replicates}
 backends=${2:-eager,graph,compiled}
-mkdir -p "$out"
+mkdir -p "$out_dir"
 start=$(date +%s)
 snakemake --cores 1 all --configfile benchmarks/replicates/config.yaml \
-  --config measure="{backends: [${backends}]}" 2>&1 | tee "$out/snakemake.log" | grep -E "cells:|error|Error" || true
-echo "pipeline wall time: $(( $(date +%s) - start )) s" | tee -a "$out/snakemake.log"
-python3 benchmarks/replicates/spread.py results/batch_sweep/sweep.csv | tee "$out/spread.md"
-cp results/batch_sweep/sweep.csv results/report.md "$out/"
+  --config measure="{backends: [${backends}]}" 2>&1 | tee "$out_dir/snakemake.log" | grep -E "cells:|error|Error" || true
+echo "pipeline wall time: $(( $(date +%s) - start )) s" | tee -a "$out_dir/snakemake.log"
+python3 benchmarks/replicates/spread.py results/batch_sweep/sweep.csv | tee "$out_dir/spread.md"
+cp results/batch_sweep/sweep.csv results/report.md "$out_dir/"
