@@ -10,8 +10,13 @@ out_dir=${1:-results/benchmarks/replicates}
 backends=${2:-eager,graph,compiled}
 mkdir -p "$out_dir"
 start=$(date +%s)
+rc=0
 snakemake --cores 1 all --configfile benchmarks/replicates/config.yaml \
-  --config measure="{backends: [${backends}]}" 2>&1 | tee "$out_dir/snakemake.log" | grep -E "cells:|error|Error" || true
-echo "pipeline wall time: $(( $(date +%s) - start )) s" | tee -a "$out_dir/snakemake.log"
-python3 benchmarks/replicates/spread.py results/batch_sweep/sweep.csv | tee "$out_dir/spread.md"
-cp results/batch_sweep/sweep.csv results/report.md "$out_dir/"
+  --config measure="{backends: [${backends}]}" > "$out_dir/snakemake.log" 2>&1 || rc=$?
+grep -E "cells:|^  (error|oom) " "$out_dir/snakemake.log" || true
+echo "pipeline wall time: $(( $(date +%s) - start )) s, exit status $rc" | tee -a "$out_dir/snakemake.log"
+if [ -f results/batch_sweep/sweep.csv ]; then
+  python3 benchmarks/replicates/spread.py results/batch_sweep/sweep.csv | tee "$out_dir/spread.md"
+  cp results/batch_sweep/sweep.csv results/report.md "$out_dir/"
+fi
+exit $rc
