@@ -230,11 +230,11 @@ def measure_keys():
 
 def changed(key: str, schema: dict, cfg: dict):
     """Another valid value for measure.<key>."""
+    if key == "cpu_affinity":  # default [] (the CPUs the job starts with)
+        return [0]
     value = cfg["measure"][key]
     if key == "models":
         return [next(name for name in cfg["models"] if name not in value)]
-    if key == "cpu_affinity":
-        return [0]
     if schema.get("type") == "array":
         return [next(v for v in schema["items"]["enum"] if v not in value)]
     if "enum" in schema:
