@@ -110,7 +110,8 @@ def readable_cells(wildcards):
         names = " ".join(path for path, _ in unreadable)
         raise WorkflowError(
             f"{len(unreadable)} cell result file(s) cannot be read (cut short or edited by hand):\n{listed}\n"
-            f"Measure them again: delete them and rerun (only those cells are measured), or add "
+            f"Make them again: delete them and rerun (a replicate file is measured again, a cell file is combined "
+            f"again from its replicates; nothing else), or add "
             f"`--forcerun {names}`."
         )
     return []

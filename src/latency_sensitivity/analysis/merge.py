@@ -70,9 +70,9 @@ class UnreadableCell(ValueError):
     def __init__(self, path: str | Path, problem: str):
         self.path, self.problem = str(path), problem
         super().__init__(
-            f"{path} is not a readable cell result ({problem}). It was cut short or edited by hand; measure the "
-            f"cell again: delete it and rerun `snakemake all` (only that cell is measured), or run "
-            f"`snakemake all --forcerun {path}`."
+            f"{path} is not a readable cell result ({problem}). It was cut short or edited by hand; make it "
+            f"again: delete it and rerun `snakemake all` (a replicate file is measured again, a cell file is "
+            f"combined again from its replicates; nothing else), or run `snakemake all --forcerun {path}`."
         )
 
 
