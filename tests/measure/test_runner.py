@@ -58,13 +58,17 @@ def test_out_of_memory_is_a_recorded_row(monkeypatch):
     assert r["error"]["message"].startswith("OutOfMemoryError during warmup: CUDA out of memory")
 
 
+def runner_argv(out, dtype="fp32", device="cpu", gen_tokens=3, reps=2):
+    """The runner's command line for a seq 8 x batch 1 cell of the tiny model, written to `out`."""
+    return ["--model", "tiny", "--model-kind", "architecture", "--model-location", TINY, "--dtype", dtype,
+            "--device", device, "--seq", "8", "--batch", "1", "--gen-tokens", str(gen_tokens), "--warmup", "0",
+            "--reps", str(reps), "--out", str(out)]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
 def test_cuda_without_a_gpu_is_an_error_row_and_the_cli_exits_zero(tmp_path):
     out = tmp_path / "cell.json"
-    argv = ["--model", "tiny", "--model-kind", "architecture", "--model-location", TINY, "--dtype", "fp16",
-            "--device", "cuda", "--seq", "8", "--batch", "1", "--gen-tokens", "2", "--warmup", "0", "--reps", "1",
-            "--out", str(out)]
-    assert runner.main(argv) == 0
+    assert runner.main(runner_argv(out, dtype="fp16", device="cuda", gen_tokens=2, reps=1)) == 0
     r = json.loads(out.read_text())
     assert r["status"] == "error" and "torch sees no CUDA device" in r["error"]["message"]
     assert r["cell"]["seq_len"] == 8
@@ -142,10 +146,7 @@ def os_ticks():
 
 def test_the_cell_records_its_job_time_and_its_measured_time(tmp_path):
     out = tmp_path / "cell.json"
-    argv = ["--model", "tiny", "--model-kind", "architecture", "--model-location", TINY, "--dtype", "fp32",
-            "--device", "cpu", "--seq", "8", "--batch", "1", "--gen-tokens", "3", "--warmup", "0", "--reps", "2",
-            "--out", str(out)]
-    assert runner.main(argv) == 0
+    assert runner.main(runner_argv(out)) == 0
     m = json.loads(out.read_text())["metrics"]
     # this test's process started before the cell: its age bounds the job from above, the reps from below
     assert 0 < m["measured_s"] < m["job_s"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import pandas as pd
 
@@ -89,6 +89,15 @@ def cell_problem(path: str | Path) -> str | None:
 
 def read_cell(path: str | Path) -> dict:
     """One cell's result (runner.py's layout); UnreadableCell when it is not valid JSON or not a result."""
+    result = read_result(path, ("cell", "status"))
+    if not isinstance(result["cell"], dict):
+        raise UnreadableCell(path, "'cell' is not an object")
+    return result
+
+
+def read_result(path: str | Path, keys: Sequence[str] = ("status",)) -> dict:
+    """A result file (a cell's, or a loading measurement's) as a JSON object with these keys; UnreadableCell
+    naming the file when it is not one. A missing file raises FileNotFoundError."""
     try:
         with open(path, encoding="utf-8") as fh:
             result = json.load(fh)
@@ -98,11 +107,9 @@ def read_cell(path: str | Path) -> dict:
         raise UnreadableCell(path, f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(result, dict):
         raise UnreadableCell(path, f"a JSON {type(result).__name__}, not an object")
-    missing = [key for key in ("cell", "status") if key not in result]
+    missing = [key for key in keys if key not in result]
     if missing:
         raise UnreadableCell(path, f"no {' or '.join(repr(k) for k in missing)} key")
-    if not isinstance(result["cell"], dict):
-        raise UnreadableCell(path, "'cell' is not an object")
     return result
 
 

@@ -12,11 +12,12 @@ fail unless errors are allowed (config `allow_errors`).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
+
+from latency_sensitivity.analysis.merge import UnreadableCell, read_result
 
 STATUSES = ("ok", "oom", "error")
 
@@ -79,18 +80,18 @@ def read_results(paths: Iterable[str | Path]) -> RunSummary:
         if not path.exists():
             summary.missing.append(str(path))
             continue
+        # results/loading/<model>/<dtype>/<device>.json; anything else counts as a cell
+        loading = len(path.parts) >= 4 and path.parts[-4] == "loading"
         try:
-            with open(path) as fh:
-                result = json.load(fh)
-            status = result["status"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            summary.unreadable.append((str(path), _first_line(f"{type(exc).__name__}: {exc}")))
+            result = read_result(path)  # the summary needs the status alone
+        except UnreadableCell as exc:
+            summary.unreadable.append((str(path), _first_line(exc.problem)))
             continue
+        status = result["status"]
         if status not in STATUSES:
             summary.unreadable.append((str(path), f"unknown status {status!r}"))
             continue
-        # results/loading/<model>/<dtype>/<device>.json; anything else counts as a cell
-        group = summary.loading if len(path.parts) >= 4 and path.parts[-4] == "loading" else summary.cells
+        group = summary.loading if loading else summary.cells
         group[status].append((str(path), "" if status == "ok" else _message(result)))
     return summary
 
