@@ -167,11 +167,14 @@ def test_norm_with_other_arithmetic_is_left_alone():
 
 
 def test_fused_projections_are_one_gemm_on_the_same_weights(tiny):
+    """One-token forwards (decode steps) run each group as one GEMM; a prefill runs every module's own GEMM, as
+    eager does, to the bit."""
     model, prompt = tiny
     params = {n: p.clone() for n, p in model.named_parameters()}
+    one_token = prompt[:, :1]
     with torch.inference_mode():
         want = model(input_ids=prompt).logits
-        calls = []
+        want_step = model(input_ids=one_token).logits
         real_linear = torch.nn.functional.linear
         groups = surgery.fuse_sibling_projections(model)
         try:
@@ -183,13 +186,21 @@ def test_fused_projections_are_one_gemm_on_the_same_weights(tiny):
             assert attn.k_proj.weight.data_ptr() == fused.weight.data_ptr() + 256 * 256 * fused.weight.element_size()
             for name, p in model.named_parameters():
                 assert torch.equal(p, params[name]), name
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(torch.nn.functional, "linear",
-                           lambda x, w, b=None: calls.append(w.shape) or real_linear(x, w, b))
-                got = model(input_ids=prompt).logits
+
+            def forward(ids):
+                calls = []
+                with pytest.MonkeyPatch.context() as mp:
+                    mp.setattr(torch.nn.functional, "linear",
+                               lambda x, w, b=None: calls.append(tuple(w.shape)) or real_linear(x, w, b))
+                    return model(input_ids=ids).logits, calls
+
+            got, calls = forward(one_token)
             # per layer: q/k/v, o, gate/up, down; then the LM head
             assert calls[:4] == [(512, 256), (256, 256), (1408, 256), (256, 704)] and len(calls) == 4 * 4 + 1
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got, want_step, rtol=1e-5, atol=1e-5)
+            got, calls = forward(prompt)
+            assert calls[:7] == [(256, 256), (128, 256), (128, 256), (256, 256), (704, 256), (704, 256), (256, 704)]
+            assert len(calls) == 7 * 4 + 1 and torch.equal(got, want)
             assert all(g.input is None and g.output is None for g in groups)  # nothing held after a forward
         finally:
             surgery.unfuse_sibling_projections(groups)

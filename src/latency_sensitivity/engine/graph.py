@@ -52,9 +52,11 @@ Backends:
     head run as the Triton GEMV kernel of ``kernels`` (``route_linears_to_gemv``); and the step is compiled by
     ``torch.compile`` (inductor, its own CUDA graphs off) before it is captured as above, so normalisation,
     rotary embedding, activation and residual additions run as a few fused kernels instead of ~40 per layer.
-    Prefill runs the same modules eagerly. Compiling is part of the backend's setup (``setup_s``;
-    ``compile_s`` apart), never of a measured rep; inductor's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``,
-    default under /tmp) serves later cells of the same shapes. The step compiles as one graph (``fullgraph``)
+    Prefill runs the same modules eagerly, and each projection as its own GEMM, exactly as eager does (the
+    fused GEMM serves one-token steps only: benchmarks/prefill_parity/NOTES.md). Compiling is part of the
+    backend's setup (``setup_s``; ``compile_s`` apart), never of a measured rep; inductor's on-disk cache
+    (``TORCHINDUCTOR_CACHE_DIR``; the pipeline keeps it under results/cache/compile/, see
+    measure/compile_cache.py) serves later cells of the same shapes. The step compiles as one graph (``fullgraph``)
     or the setup fails: a graph break would leave parts of it eager and recompiled per layer, silently. The
     logits match eager's within fp16 rounding, not bit for bit (measured: benchmarks/decode_target/NOTES.md,
     "Stage 1").

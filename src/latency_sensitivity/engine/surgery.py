@@ -172,8 +172,20 @@ class _ProjectionGroup:
 
 
 def _fused_projection_forward(self, x):
+    if x.dim() >= 2 and x.shape[-2] != 1:
+        # a prefill (many tokens per sequence): the module's own product on its own weight (a contiguous view
+        # of the fused one), exactly as eager runs it. The fused GEMM is for decode steps, where it saves
+        # launches; a prefill is compute-bound, and there the fused product and its strided slices were slower
+        # than eager's separate GEMMs (benchmarks/prefill_parity/NOTES.md).
+        return _torch_linear(x, self.weight, self.bias)
     start, stop = self.fused_span
     return self.fused_group.product(x)[..., start:stop]
+
+
+def _torch_linear(x, weight, bias):
+    import torch
+
+    return torch.nn.functional.linear(x, weight, bias)
 
 
 def fuse_sibling_projections(model) -> list:
