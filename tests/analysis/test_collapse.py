@@ -100,6 +100,16 @@ def test_saturation_is_where_a_doubling_stops_raising_throughput_beyond_noise():
     growing = [dict(r, decode_tok_s=100.0 * r["batch"]) for r in rows]
     sat = saturation(frame(growing))
     assert sat.at is None and sat.last == 16
+    # a step within the noise that is followed by growth beyond it is no saturation point
+    paused = [dict(r, decode_tok_s={1: 100.0, 2: 105.0, 4: 300.0, 8: 600.0, 16: 1200.0}[r["batch"]]) for r in rows]
+    assert saturation(frame(paused)).at is None
+    paused[-1]["decode_tok_s"] = 610.0  # ... until the last doubling, within the noise: saturated at 8
+    assert saturation(frame(paused)).at == 8
+    # a dip that a later cell climbs out of, beyond the noise, is no saturation point either
+    dipped = [dict(r, decode_tok_s={1: 100.0, 2: 200.0, 4: 150.0, 8: 260.0, 16: 265.0}[r["batch"]]) for r in rows]
+    assert saturation(frame(dipped)).at == 8
+    dipped[-2]["decode_tok_s"] = 215.0  # ... but not beyond the noise: saturated at batch 2
+    assert saturation(frame(dipped)).at == 2
 
 
 def test_throughput_drop_is_flagged_and_order_of_rows_does_not_matter():

@@ -11,7 +11,7 @@ same-batch comparison could never fire.
 Along the batch axis a cell is judged per token of the batch, not per step: a larger batch is expected to
 take a longer step, so the decode step time (`decode_p50_ms_per_tok`) is left out there and decode is judged
 by its throughput (`decode_tok_s`). A batch series *saturates* at the first batch after which a doubling of
-the batch no longer raises throughput by more than the noise (`saturation`).
+the batch no longer raises throughput by more than the noise, for good (`saturation`).
 
 Noise of a cell's metric, as a fraction of its value (`relative_noise`): with more than one replicate (the
 cell measured in separate processes), half the replicates' spread ((max - min) / median); otherwise half the
@@ -142,8 +142,10 @@ class Saturation:
 def saturation(group: pd.DataFrame, metric: str = "decode_tok_s", axis: str = "batch") -> Saturation | None:
     """The saturation point of one series along the batch axis (None with fewer than two measured cells).
 
-    Walks consecutive measured cells; the first step whose growth per doubling of the batch,
-    (v1 / v0) ** (1 / log2(b1 / b0)) - 1, is not larger than the two cells' noise names the saturation point.
+    The growth from one cell to a later one is per doubling of the batch, (v1 / v0) ** (1 / log2(b1 / b0)) - 1,
+    and counts only beyond the two cells' noise. The saturation point is the first measured batch from which no
+    later cell grows by more than the noise: a pause within the noise that is followed by growth beyond it (a
+    noisy launch-bound stretch) is no saturation, nor is a dip that later cells climb out of again.
     """
     rows = []
     for _, row in group.sort_values(axis).iterrows():
@@ -152,16 +154,21 @@ def saturation(group: pd.DataFrame, metric: str = "decode_tok_s", axis: str = "b
             rows.append(row)
     if len(rows) < 2:
         return None
-    for r0, r1 in zip(rows, rows[1:]):
-        x0, x1 = _num(r0, axis), _num(r1, axis)
-        v0, v1 = _num(r0, metric), _num(r1, metric)
-        if x1 <= x0:
-            continue
-        growth = (v1 / v0) ** (1 / math.log2(x1 / x0)) - 1
+
+    def growth(r0, r1) -> float:
+        if _num(r1, axis) <= _num(r0, axis):  # two cells at one batch (not a series): no growth between them
+            return 0.0
+        return (_num(r1, metric) / _num(r0, metric)) ** (1 / math.log2(_num(r1, axis) / _num(r0, axis))) - 1
+
+    def grows(r0, r1) -> bool:
         noise = combined_noise([r0, r1], metric)
-        threshold = noise.fraction if noise.known else 0.0
-        if growth <= threshold:
-            return Saturation(x0, x1, growth, noise, _num(rows[-1], axis))
+        return growth(r0, r1) > (noise.fraction if noise.known else 0.0)
+
+    for i, r0 in enumerate(rows[:-1]):
+        if not any(grows(r0, r1) for r1 in rows[i + 1:]):
+            r1 = rows[i + 1]
+            return Saturation(_num(r0, axis), _num(r1, axis), growth(r0, r1), combined_noise([r0, r1], metric),
+                              _num(rows[-1], axis))
     return Saturation(None, None, None, None, _num(rows[-1], axis))
 
 

@@ -185,6 +185,6 @@ def how_to_read_section(settings: dict) -> str:
         f"latencies {latency} (lower is better) and the throughputs {throughput} (higher is better); along "
         "batch the step time is not compared (a larger batch takes a longer step), throughput is. A change must "
         "also exceed the two cells' noise. A batch series *saturates* where a doubling of the batch no longer "
-        f"raises throughput by more than the noise. {_definition('flag_detail')}{cf_text}",
+        f"raises throughput by more than the noise, at that batch or any larger one. {_definition('flag_detail')}{cf_text}",
     ]
     return "\n".join(lines)
