@@ -82,4 +82,10 @@ rule all:
 
 # A job failed: say where the cells stand (what was measured before it stopped).
 onerror:
+    stop_measurement_workers()
     show_run_summary(fail_on_errors=False)
+
+
+# The run is over: measurement workers (measure.isolation: shared) exit now instead of idling.
+onsuccess:
+    stop_measurement_workers()

@@ -97,10 +97,16 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("decode_replicate_min_ms", "ms/step", "Lowest replicate's decode_p50_ms_per_tok."),
     Column("decode_replicate_max_ms", "ms/step", "Highest replicate's decode_p50_ms_per_tok."),
     # what the cell cost (summed over replicates in totals: analysis/replicates.py)
-    Column("job_s", "s", "Wall time of the cell's measuring process, from its start (interpreter, imports, CUDA context, model build, backend setup, warmup, side measurements) to its result."),
+    Column("job_s", "s", "Wall time of the cell's job, from its process's start to its result: with isolation process the interpreter, imports, CUDA context, model build, backend setup, warmup and side measurements; with isolation shared the same less what its worker had paid already (plus the worker's start-up, when this job started it)."),
     Column("measured_s", "s", "Wall time of the measured reps alone."),
+    Column("cell_s", "s", "Wall time of the cell's measurement in its measuring process (model build to its last side measurement); job_s less cell_s is the job's own start-up and hand-over."),
+    Column("tokenization_s", "s", "Wall time of the side measurement of tokenising and detokenising the cell's texts."),
+    Column("kernel_time_s", "s", "Wall time of the side measurement of GPU kernel time (one profiled prefill and request)."),
+    Column("worker_start_s", "s", "Seconds the cell's job waited for its measurement worker to start (isolation shared; 0 when the worker was running, and with isolation process): a one-time cost per worker, inside job_s."),
+    Column("cells_before", "", "Cells the measuring process had measured before this one (0 with isolation process; the median over replicates)."),
     Column("job_s_total", "s", "job_s summed over the cell's replicates: the device time the cell took."),
     Column("measured_s_total", "s", "measured_s summed over the cell's replicates."),
+    Column("worker_start_s_total", "s", "worker_start_s summed over the cell's replicates."),
     # the host around the measured reps (what explains noise in launch-bound cells; measure/host.py)
     Column("cpus_allowed", "CPUs", "CPUs the measuring process could run on (measure.cpu_affinity pins it)."),
     Column("cpu_mhz_start", "MHz", "Mean current clock of those CPUs just before the measured reps."),
@@ -111,7 +117,7 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     # memory
     Column("vram_allocated_mb", "MiB", "Peak memory allocated by PyTorch tensors on the GPU during the measured reps."),
     Column("device_used_mb", "MiB", "Peak device memory in use according to NVML during the measured reps (all processes)."),
-    Column("peak_rss_mb", "MiB", "Peak resident set size of the measuring process during the measured reps (CPU)."),
+    Column("peak_rss_mb", "MiB", "Peak resident set size of the measuring process during the measured reps (CPU); with isolation shared it includes what the worker keeps from earlier cells (a few percent more)."),
     Column("predicted_memory_mb", "MiB", "Predicted peak: weights + KV cache + kept logits + activation estimate."),
     Column("kv_cache_mb", "MiB", "Predicted KV cache at the end of generation (GQA formula)."),
     Column("weights_mb", "MiB", "Parameter bytes of the model as built."),

@@ -55,6 +55,10 @@ def profile_stem(cell: Cell) -> str:
 
 BACKENDS = ("eager", "graph", "compiled")
 
+# How cells share processes: each in its own (process), or served by a worker per model, dtype, backend,
+# device and replicate that has paid the start-up once (shared; measure/worker.py).
+ISOLATIONS = ("process", "shared")
+
 
 # One line per backend, for help texts and the column documentation.
 DESCRIPTIONS = {

@@ -654,7 +654,7 @@ def test_saturation_finding_from_replicates():
     # decode throughput grows beyond ±4% at every doubling up to 64
     f = _replicated(batch_frame(), 4.0)
     assert findings.saturation_finding(f, "decode_tok_s") == (
-        "decode tok/s does not saturate up to batch 64: every step along the batch raises it by more than the noise")
+        "decode tok/s does not saturate up to batch 64: the last step along the batch still raises it by more than the noise")
     assert any(x.startswith("decode tok/s does not saturate") for x in sweep_findings(f, "batch"))
 
 
@@ -674,6 +674,10 @@ def test_cost_finding_sums_the_replicates_of_each_cell():
     frame = pd.DataFrame({"seq_len": [16, 32], "batch": [1, 1], "replicates": [2, 2],
                           "job_s_total": [20.0, 30.0], "measured_s_total": [5.0, 5.0]})
     text = cost_finding(frame)
-    assert text.startswith("cost: 4 measuring process(es) for 2 cell(s) took 50.0 s of wall time for 10.0 s")
-    assert "(5.0x)" in text
+    assert text.startswith("cost: 4 measuring job(s) for 2 cell(s) took 50.0 s of wall time for 10.0 s")
+    assert "(5.0x)" in text and "workers starting up" not in text
     assert cost_finding(frame.drop(columns=["job_s_total", "measured_s_total"])) is None
+    # shared workers: their start-up is named apart (once per worker), and the ratio without it
+    frame["worker_start_s_total"] = [15.0, 0.0]
+    text = cost_finding(frame)
+    assert "15.0 s of it were shared measurement workers starting up" in text and "the rest is 3.5x" in text

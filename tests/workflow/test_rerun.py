@@ -232,7 +232,7 @@ def changed(key: str, schema: dict, cfg: dict):
     """Another valid value for measure.<key>."""
     if key == "cpu_affinity":  # default [] (the CPUs the job starts with)
         return [0]
-    value = cfg["measure"][key]
+    value = cfg["measure"].get(key, schema.get("default"))  # a key the config leaves to its default
     if key == "models":
         return [next(name for name in cfg["models"] if name not in value)]
     if schema.get("type") == "array":

@@ -131,9 +131,13 @@ def cell_replicate_files(wildcards):
     return cell.replicate_paths(MEASURE["replicates"])
 
 
-def replicate_priority(wildcards):
-    """Every cell's first replicate before any cell's second: drift of the machine spreads over all cells."""
-    return MEASURE["replicates"] - int(wildcards.replicate)
+MEASUREMENT_ORDER = lsconfig.measurement_order(CELLS, MEASURE["replicates"])
+
+
+def measurement_priority(wildcards):
+    """The order of the measure jobs (config.measurement_order): replicate by replicate, worker by worker."""
+    cell = vocabulary.Cell(wildcards.model, wildcards.dtype, wildcards.backend, int(wildcards.seq), int(wildcards.batch))
+    return MEASUREMENT_ORDER.get((cell, int(wildcards.replicate)), 0)
 
 
 def calibration_files():
@@ -176,6 +180,12 @@ def all_targets():
             for d in MEASURE["dtypes"]
         )
     return targets
+
+
+def stop_measurement_workers():
+    from latency_sensitivity.measure import worker_pool
+
+    worker_pool.stop_all()
 
 
 _SUMMARY_SHOWN = []

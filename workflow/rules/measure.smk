@@ -4,7 +4,10 @@
 # studies folder benchmarks/ and its default output results/benchmarks/ hold the speed studies). Snakemake
 # samples the job's processes every 0.5 s for its first 15 s, then every 30 s, from its own process.
 #
-# One job per cell and replicate. Param `measurement` names every measure.* value beside the cell's wildcards (common.smk),
+# One job per cell and replicate. With measure.isolation: shared the job hands its cell to a measurement worker
+# (measure/worker_pool.py; one per model, dtype, backend, device and replicate, stopped when the run ends) and
+# the priority (config.measurement_order) runs a worker's cells one after another, replicate by replicate.
+# Compiled code is cached under results/cache/compile/ (measure/compile_cache.py). Param `measurement` names every measure.* value beside the cell's wildcards (common.smk),
 # so changing one re-measures exactly the cells it applies to (Snakemake's params rerun trigger), and nothing
 # else; the scalar params only build the command line. Snakemake's other triggers (all on by default) cover the
 # inputs: a changed architecture JSON or tokenizer re-measures the cells that read it. `threads:` is no rerun
@@ -33,15 +36,17 @@ rule measure_cell:
         seed=MEASURE["seed"],
         threads=MEASURE["threads"],
         cpu_affinity=CPU_AFFINITY,
+        isolation=MEASURE["isolation"],
         measurement=measurement,
     threads: MEASURE["threads"]
-    priority: replicate_priority
+    priority: measurement_priority
     resources:
         **MEASURE_RESOURCES,
     conda:
         "../../envs/measure.yaml"
     shell:
-        f"{RUNNER} --replicate {{wildcards.replicate}} --out {{output}} > {{log}} 2>&1"
+        f"{RUNNER} --replicate {{wildcards.replicate}} --isolation {{params.isolation}}"
+        " --compile-cache results/cache/compile --out {output} > {log} 2>&1"
 
 
 # A cell's result: the median of its replicates' medians, with the spread between them (replicates.py).

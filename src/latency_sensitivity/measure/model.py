@@ -24,8 +24,9 @@ class CellSpec:
     reps: int
     seed: int
     threads: int
-    replicate: int = 1
-    cpu_affinity: list[int] | None = None  # CPUs the process is pinned to (host.pin); None: as started  # which of the cell's separate measuring processes this is (replicates.py)
+    replicate: int = 1  # which of the cell's separate measuring processes this is (replicates.py)
+    cpu_affinity: list[int] | None = None  # CPUs the process is pinned to (host.pin); None: as started
+    isolation: str = "process"  # process: one process per cell; shared: a worker serves cells (worker.py)
 
 
 def model_config(spec: CellSpec):

@@ -28,7 +28,7 @@ from latency_sensitivity.engine.base import Clock
 from latency_sensitivity.measure import host
 from latency_sensitivity.measure.model import CellSpec, TORCH_DTYPES, build_model, make_prompt, model_config
 from latency_sensitivity.measure.probes import PROFILE_MODES, _peak_rss_mb, _reset_peak_rss, cuda_memory_state, gpu_busy, is_oom, op_table_csv, torch_profiling
-from latency_sensitivity.vocabulary import BACKENDS
+from latency_sensitivity.vocabulary import BACKENDS, ISOLATIONS
 
 
 # Nothing may reach a model hub at run time.
@@ -178,6 +178,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         m["backend_compile_s"] = result["backend_info"].get("compile_s")
         m.update({key: result["host"][key] for key in HOST_METRICS})
         m["decode_attention"] = result["backend_info"].get("decode_attention", spec.attn_implementation)
+        side_start = time.perf_counter()
         if tokenizer is not None:
             # Host-side stages of a request, timed on texts of the cell's shape (auxiliary: a failure is noted).
             try:
@@ -192,6 +193,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
             except Exception as exc:  # noqa: BLE001
                 result["tokenization_error"] = f"{type(exc).__name__}: {exc}"
                 print(f"tokenisation not measured: {result['tokenization_error']}", file=sys.stderr)
+        m["tokenization_s"] = time.perf_counter() - side_start
         try:
             predicted = memory_model.predicted_memory(
                 memory_model.Architecture.from_config(arch), spec.dtype, spec.batch, spec.seq_len,
@@ -205,6 +207,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
             result["memory_model_error"] = str(exc)
         if cuda and profile_mode == "off":
             # Auxiliary: a failure here is recorded and the measured numbers are kept.
+            kernel_start = time.perf_counter()
             try:
                 with torch.inference_mode(), nvtx_range("kernel_time"):
                     k = gpu_busy(backend, prompt, spec.gen_tokens, clock)
@@ -214,6 +217,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
             except Exception as exc:  # noqa: BLE001
                 result["kernel_time_error"] = f"{type(exc).__name__}: {exc}"
                 print(f"kernel time not measured: {result['kernel_time_error']}", file=sys.stderr)
+            m["kernel_time_s"] = time.perf_counter() - kernel_start
         if sampler:
             summary = sampler.summary()
             m.update(summary)
@@ -263,9 +267,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path]:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cpu-affinity", default="none", help="CPUs to pin the process to, e.g. 2 or 2,3 (none: as started)")
     p.add_argument("--replicate", type=int, default=1, help="which of the cell's replicates this process measures")
+    p.add_argument("--isolation", choices=ISOLATIONS, default="process",
+                   help="process: measure in this process; shared: hand the cell to a worker process that has "
+                   "started up already (worker.py)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json (or a folder with one): also time tokenising "
                    "the batch's texts and detokenising its generated ids")
+    p.add_argument("--compile-cache", help="folder for inductor's and Triton's caches, one subfolder per device "
+                   "and versions (compile_cache.py); default: torch's own (under /tmp)")
     p.add_argument("--profile-mode", choices=PROFILE_MODES, default="off",
                    help="off: measure; external: run under nsys/ncu; torch: record a torch.profiler trace")
     p.add_argument("--torch-profile-dir", type=Path, help="where --profile-mode torch writes its trace")
@@ -281,10 +290,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path]:
         model=a.model, model_kind=a.model_kind, model_location=a.model_location, dtype=a.dtype,
         backend=a.backend, device=a.device, attn_implementation=a.attn_implementation, seq_len=a.seq,
         batch=a.batch, gen_tokens=a.gen_tokens, warmup=a.warmup, reps=a.reps, seed=a.seed, threads=a.threads,
-        replicate=a.replicate,
+        replicate=a.replicate, isolation=a.isolation,
         cpu_affinity=None if a.cpu_affinity in ("", "none") else [int(c) for c in a.cpu_affinity.split(",")],
     )
-    return spec, a.out, a.profile_mode, a.torch_profile_dir, a.tokenizer
+    return spec, a.out, a.profile_mode, a.torch_profile_dir, a.tokenizer, a.compile_cache
 
 
 def _ensure_torch_profile_files(folder: Path) -> None:
@@ -314,30 +323,98 @@ def process_age_s() -> float | None:
         return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def measure_to_file(argv: list[str] | None = None, worker: dict | None = None, job_start: float | None = None) -> int:
+    """Measure the cell of the runner command line `argv` in this process and write its result file.
+
+    worker: the record of the shared worker this runs in (worker.py), which has claimed the GPU already; None
+    in a process of its own (``isolation: process``), which claims one here. job_start: when the cell's job
+    started (epoch seconds), for `job_s`; None: this process's start.
+    """
     from latency_sensitivity.atomic import write_json
 
-    spec, out, profile_mode, torch_profile_dir, tokenizer = parse_args(argv)
-    from latency_sensitivity.measure.gpu_slots import claim_for
+    spec, out, profile_mode, torch_profile_dir, tokenizer, cache_root = parse_args(argv)
+    claim = None
+    if worker is None:
+        from latency_sensitivity.measure import compile_cache
+        from latency_sensitivity.measure.gpu_slots import claim_for
 
-    claim = claim_for(spec.device)  # before CUDA starts: this cell gets a GPU of its own
+        claim = claim_for(spec.device)  # before CUDA starts: this cell gets a GPU of its own
+        cache = compile_cache.configure(cache_root, spec.device)  # before torch is imported
+    else:
+        cache = worker["compile_cache"]
     print(f"cell {spec.model} {spec.dtype} {spec.backend} seq={spec.seq_len} batch={spec.batch} on {spec.device}",
           file=sys.stderr)
+    cell_start = time.perf_counter()
     result = measure(spec, profile_mode, torch_profile_dir, tokenizer)
+    result.setdefault("metrics", {})["cell_s"] = time.perf_counter() - cell_start
+    result["compile_cache"] = cache
     if profile_mode == "torch":
         _ensure_torch_profile_files(Path(torch_profile_dir))
-    # The job's whole wall time, from the process's start (interpreter and imports included) to its result:
+    # The job's whole wall time, from its process's start (interpreter and imports included) to its result:
     # what the GPU is held for, against measured_s, what it measures.
-    result.setdefault("metrics", {})["job_s"] = process_age_s()
+    m = result.setdefault("metrics", {})
+    m["job_s"] = time.time() - job_start if job_start is not None else process_age_s()
+    result["worker"] = worker or {"isolation": "process", "pid": os.getpid(), "cells_before": 0}
+    m["cells_before"] = result["worker"]["cells_before"]
+    m["worker_start_s"] = result["worker"].get("worker_start_s", 0.0)
     if claim is not None:
         result["gpu_slot"] = {"device": claim.device, "devices": list(claim.devices), "waited_s": claim.waited_s}
+    elif worker and "gpu_slot" in worker:
+        result["gpu_slot"] = worker["gpu_slot"]
     write_json(out, result)
+    _print_outcome(result)
+    return 0
+
+
+def _print_outcome(result: dict) -> None:
     m = result["metrics"]
     if result["status"] == "ok":
         print(f"prefill p50 {m['prefill_p50_ms']:.3f} ms, decode p50 {m['decode_p50_ms_per_tok']:.3f} ms/step, "
               f"total {m['total_tok_s']:.1f} tok/s", file=sys.stderr)
     else:
         print(f"cell {result['status']}: {result['error']['message']}", file=sys.stderr)
+
+
+def failed_result(spec: CellSpec, phase: str, message: str, job_s: float | None) -> dict:
+    """The result of a cell that could not be measured at all (its worker failed): an `error` row."""
+    return {
+        "schema_version": SCHEMA_VERSION, "cell": asdict(spec), "status": "error",
+        "error": {"type": "WorkerError", "message": f"WorkerError during {phase}: {(message.splitlines() or [''])[0]}",
+                  "phase": phase, "memory": None, "traceback": message},
+        "metrics": {"job_s": job_s}, "samples": {}, "telemetry": {}, "environment": {}, "profile_mode": "off",
+    }
+
+
+def worker_fields(spec: CellSpec) -> dict:
+    """What a shared worker's process must agree on with the cell (worker.worker_key): all but the cell's shape
+    and the per-cell settings."""
+    return {k: getattr(spec, k) for k in ("model", "model_kind", "model_location", "dtype", "backend", "device",
+                                          "attn_implementation", "threads", "cpu_affinity", "replicate")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    spec, out, profile_mode, _, _, cache_root = parse_args(argv)  # argument errors here, before a worker is asked
+    if spec.isolation == "process":
+        return measure_to_file(argv)
+    if profile_mode != "off":
+        raise SystemExit("--isolation shared measures in a worker process; a profiler wraps this process: "
+                         "profile with --isolation process")
+    from latency_sensitivity.atomic import write_json
+    from latency_sensitivity.measure import worker_pool
+
+    job_start = time.time() - (process_age_s() or 0.0)
+    try:
+        reply = worker_pool.measure_in_worker({**worker_fields(spec), "compile_cache": cache_root}, argv, job_start)
+    except worker_pool.WorkerError as exc:
+        reply = {"rc": 1, "log": str(exc)}
+    print(reply["log"], end="", file=sys.stderr)
+    if reply["rc"] != 0 or not out.exists():
+        # the worker failed outside the cell's own try (or died): the cell is an error row, never a missing file
+        result = failed_result(spec, "worker", reply["log"] or f"the worker returned {reply['rc']}",
+                               time.time() - job_start)
+        write_json(out, result)
+        _print_outcome(result)
     return 0
 
 

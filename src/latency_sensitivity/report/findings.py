@@ -130,8 +130,8 @@ def saturation_finding(frame: pd.DataFrame, metric: str = "decode_tok_s", axis: 
         return None
     label = LABELS.get(metric, metric)
     if sat.at is None:
-        return (f"{label} does not saturate up to {axis} {format_axis_value(sat.last)}: every step along the "
-                f"{axis} raises it by more than the noise")
+        return (f"{label} does not saturate up to {axis} {format_axis_value(sat.last)}: the last step along the "
+                f"{axis} still raises it by more than the noise")
     if sat.noise is not None and sat.noise.known:
         within = f"within noise ({format_noise(sat.noise)})"
     else:
@@ -385,7 +385,8 @@ def _ratio_range(pairs: list[tuple[float, tuple]]) -> str:
 
 
 def cost_finding(frame: pd.DataFrame) -> str | None:
-    """What the cells cost: their measuring processes' wall time (all replicates) against the measured reps'."""
+    """What the cells cost: their measuring jobs' wall time (all replicates) against the measured reps', with the
+    one-time start-up of shared measurement workers apart."""
     job = _col(frame, "job_s_total") if "job_s_total" in frame.columns else _col(frame, "job_s")
     measured = _col(frame, "measured_s_total") if "measured_s_total" in frame.columns else _col(frame, "measured_s")
     ok = job.notna() & measured.notna()
@@ -394,6 +395,13 @@ def cost_finding(frame: pd.DataFrame) -> str | None:
     job_s, measured_s = float(job[ok].sum()), float(measured[ok].sum())
     processes = int(_col(frame, "replicates")[ok].fillna(1).sum()) if "replicates" in frame.columns else int(ok.sum())
     ratio = f" ({job_s / measured_s:.1f}x)" if measured_s > 0 else ""
-    return (f"cost: {processes} measuring process(es) for {int(ok.sum())} cell(s) took {job_s:.1f} s of wall time "
-            f"for {measured_s:.1f} s of measured reps{ratio}; the rest is start-up, model build, backend setup, "
-            f"warmup and side measurements")
+    text = (f"cost: {processes} measuring job(s) for {int(ok.sum())} cell(s) took {job_s:.1f} s of wall time "
+            f"for {measured_s:.1f} s of measured reps{ratio}")
+    start_column = "worker_start_s_total" if "worker_start_s_total" in frame.columns else "worker_start_s"
+    started = _col(frame, start_column)[ok].fillna(0.0) if start_column in frame.columns else None
+    if started is not None and float(started.sum()) > 0 and measured_s > 0:
+        once = float(started.sum())
+        text += (f"; {once:.1f} s of it were shared measurement workers starting up (once per worker, not per "
+                 f"cell), and the rest is {(job_s - once) / measured_s:.1f}x the measured reps")
+    return text + ("; besides the reps a job spends its time on start-up, model build, backend setup, warmup and "
+                   "side measurements")

@@ -1,0 +1,84 @@
+"""Where compiled code is cached between cells and runs: one folder per device and versions, under results/.
+
+The compiled backend spends most of its setup in torch.compile: inductor's FX graph compilation and kernel
+autotuning, and Triton's kernel compilation (also of this package's own Triton kernels). Each keeps an on-disk
+cache, by default under /tmp, shared by everything the user ever ran and lost with /tmp. The measure rule points
+them instead at ``results/cache/compile/<device>-torch<v>-triton<v>/`` (``inductor/``, ``triton/``): a second
+replicate, a rerun, or a cell of a shape compiled before, finds its code there, and a new device or a new torch or
+Triton version starts a folder of its own (the caches also check versions themselves; the folder makes the
+separation visible and lets a user delete one). Triton's autotuning results are cached too
+(``TRITON_CACHE_AUTOTUNING``). The cache changes how long a compile takes, not the code a cell runs: each cell
+records the cache hits and misses of its compile (``backend_info.compile_stats``).
+
+A cache folder set by the user (``TORCHINDUCTOR_CACHE_DIR``, ``TRITON_CACHE_DIR``) is kept, and recorded as such.
+This module must run before torch is imported, and imports neither torch nor Triton (only their versions).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+ENV_DIRS = {"inductor": "TORCHINDUCTOR_CACHE_DIR", "triton": "TRITON_CACHE_DIR"}
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+def device_name(device: str, environ: dict | None = None) -> str:
+    """The device the process will measure on: the GPU's name from NVML (the first of CUDA_VISIBLE_DEVICES), or
+    the CPU's architecture. Best effort: 'cuda-unknown' when NVML cannot say."""
+    environ = os.environ if environ is None else environ
+    if device != "cuda":
+        return f"cpu-{platform.machine() or 'unknown'}"
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            visible = (environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip()
+            handle = (pynvml.nvmlDeviceGetHandleByIndex(int(visible)) if visible.isdigit()
+                      else pynvml.nvmlDeviceGetHandleByUUID(visible))
+            name = pynvml.nvmlDeviceGetName(handle)
+            return name.decode() if isinstance(name, bytes) else str(name)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no NVML, or a device it does not know
+        return "cuda-unknown"
+
+
+def cache_key(device: str, environ: dict | None = None, versions: dict | None = None) -> str:
+    """The folder name: device and the versions of torch and Triton, as a safe file name."""
+    versions = versions or {"torch": _version("torch"), "triton": _version("triton")}
+    raw = f"{device_name(device, environ)}-torch{versions['torch']}-triton{versions['triton']}"
+    return "".join(c if c.isalnum() or c in ".+-" else "-" for c in raw.lower().replace(" ", "-"))
+
+
+def configure(root: str | os.PathLike | None, device: str, environ: dict | None = None,
+              versions: dict | None = None) -> dict:
+    """Point inductor's and Triton's caches at `root`/<cache_key>/ (unless the user set them); returns the record
+    (folders and whether each was ours or the user's). `root` None: leave torch's defaults, and say so."""
+    environ = os.environ if environ is None else environ
+    record: dict = {"root": None if root is None else str(root)}
+    key = cache_key(device, environ, versions) if root is not None else None
+    record["key"] = key
+    for name, var in ENV_DIRS.items():
+        if environ.get(var):
+            record[name] = {"dir": environ[var], "set_by": "user"}
+        elif root is not None:
+            folder = Path(root) / key / name
+            folder.mkdir(parents=True, exist_ok=True)
+            environ[var] = str(folder.resolve())
+            record[name] = {"dir": environ[var], "set_by": "workflow"}
+        else:
+            record[name] = {"dir": None, "set_by": "default"}
+    if root is not None:
+        environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
+    record["triton_autotuning_cached"] = environ.get("TRITON_CACHE_AUTOTUNING") == "1"
+    return record

@@ -1,0 +1,178 @@
+"""A measurement worker: the process that measures the cells handed to it (``measure.isolation: shared``).
+
+How cells find it, what it shares between cells and when it exits: worker_pool.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from latency_sensitivity.measure.worker_pool import IDLE_S, STATE_DIR, _receive, _send, key_digest
+
+
+class Worker:
+    def __init__(self, socket_path: str, key: dict, state: Path):
+        self.socket_path, self.key, self.state = socket_path, key, Path(state)
+        self.digest = key_digest(key)
+        self.fields = key["fields"]
+        self.cwd = key["cwd"]
+        self.started = time.time()
+        self.cells = 0
+        self.startup_s = None
+        self.claim = None
+        self.compile_cache = None
+        self.registry = self.state / "registry" / f"{self.digest}-{os.path.basename(socket_path)}.json"
+
+    def start_up(self) -> None:
+        """What a cell job would pay each time: a GPU slot, the imports, the CUDA context."""
+        t0 = time.perf_counter()
+        from latency_sensitivity.measure import compile_cache, gpu_slots
+
+        self.claim = gpu_slots.claim_for(self.fields.get("device", "cpu"))
+        # before torch is imported, as in a cell's own process
+        self.compile_cache = compile_cache.configure(self.fields.get("compile_cache"), self.fields.get("device", "cpu"))
+        if self.fields.get("cpu_affinity"):
+            from latency_sensitivity.measure import host
+
+            host.pin(self.fields["cpu_affinity"])
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+
+        from latency_sensitivity.measure import runner  # noqa: F401
+        from latency_sensitivity.measure.model import model_config
+
+        # the model's transformers code (imported by its config): the same for every cell of this worker
+        with contextlib.suppress(Exception):  # a model that cannot be read: its cells report it
+            model_config(SimpleNamespace(**self.fields))
+
+        if self.fields.get("device") == "cuda" and torch.cuda.is_available():
+            torch.cuda.init()
+            torch.empty(1, device="cuda")
+        self.startup_s = time.perf_counter() - t0
+
+    def should_exit(self, idle_since: float) -> str | None:
+        if time.monotonic() - idle_since > IDLE_S:
+            return f"idle for {IDLE_S:.0f} s"
+        if not os.path.isdir(self.cwd):
+            return "its working directory is gone"
+        device = self.fields.get("device", "cpu")
+        with contextlib.suppress(OSError):
+            for marker in self.state.glob(f"starting-{device}-*"):
+                if f"-{self.digest}-" not in marker.name:
+                    return f"a worker of another key is starting ({marker.name})"
+        return None
+
+    def serve(self) -> None:
+        self.start_up()
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        tmp = self.socket_path + f".{os.getpid()}.tmp"
+        server.bind(tmp)
+        os.replace(tmp, self.socket_path)  # clients see the socket only once it listens
+        server.listen(8)
+        server.settimeout(0.2)
+        self.registry.parent.mkdir(parents=True, exist_ok=True)
+        self.registry.write_text(json.dumps({"socket": self.socket_path, "pid": os.getpid(), "key": self.fields}))
+        print(f"worker pid {os.getpid()} listening on {self.socket_path} after {self.startup_s:.2f} s of "
+              f"start-up", file=sys.stderr, flush=True)
+        idle_since = time.monotonic()
+        reason = None
+        try:
+            while reason is None:
+                try:
+                    conn, _ = server.accept()
+                except socket.timeout:
+                    reason = self.should_exit(idle_since)
+                    continue
+                conn.settimeout(None)
+                with conn, conn.makefile("r") as reader:
+                    try:
+                        request = _receive(reader)
+                    except (ConnectionError, json.JSONDecodeError):
+                        request = None
+                    if request is None:
+                        continue
+                    if request.get("stop"):
+                        reason = "asked to stop"
+                        continue
+                    try:
+                        _send(conn, {"accepted": True, "key": self.digest, "pid": os.getpid()})
+                    except OSError:  # the job is gone already (killed): nothing to measure for
+                        continue
+                    reply = self.handle(request)
+                    with contextlib.suppress(OSError):  # a job killed while its cell ran: the result file is
+                        _send(conn, reply)              # written all the same, and the worker serves the next
+                idle_since = time.monotonic()
+                reason = self.should_exit(idle_since)
+        finally:
+            server.close()
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.exists(self.socket_path):
+                    os.unlink(self.socket_path)
+            self.registry.unlink(missing_ok=True)
+            print(f"worker pid {os.getpid()} exits after {self.cells} cell(s): {reason}", file=sys.stderr,
+                  flush=True)
+
+    def handle(self, request: dict) -> dict:
+        from latency_sensitivity.measure import runner
+
+        # worker_start_s: how long this cell's job waited for the worker to start (0 when it was running): a
+        # one-time cost per worker, reported apart from the per-cell overhead
+        record = {"isolation": "shared", "pid": os.getpid(), "cells_before": self.cells,
+                  "process_age_s": time.time() - self.started, "startup_s": self.startup_s,
+                  "worker_start_s": float(request.get("worker_start_s") or 0.0), "compile_cache": self.compile_cache}
+        if self.claim is not None:
+            record["gpu_slot"] = {"device": self.claim.device, "devices": list(self.claim.devices),
+                                  "waited_s": self.claim.waited_s}
+        log = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
+                rc = runner.measure_to_file(request["argv"], worker=record, job_start=request.get("job_start"))
+        except SystemExit as exc:  # the runner's argument errors
+            rc = exc.code if isinstance(exc.code, int) else 2
+        except Exception:  # noqa: BLE001 - the client writes the error row
+            import traceback
+
+            log.write(traceback.format_exc())
+            rc = 1
+        finally:
+            self.cells += 1
+            _release_memory()
+        sys.stderr.write(log.getvalue())
+        sys.stderr.flush()
+        return {"rc": rc, "log": log.getvalue(), "worker": record}
+
+
+def _release_memory() -> None:
+    """After a cell: collect its garbage and hand freed heap back to the OS, so that the next cell's peak RSS
+    starts where a fresh process's would (glibc keeps freed memory otherwise)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m latency_sensitivity.measure.worker",
+                                description="A measurement worker (started by cell jobs; see the module docstring).")
+    p.add_argument("--socket", required=True)
+    p.add_argument("--key", required=True, help="the key as JSON")
+    p.add_argument("--state-dir", default=str(STATE_DIR))
+    a = p.parse_args(argv)
+    Worker(a.socket, json.loads(a.key), Path(a.state_dir)).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Measurement workers, the cell job's side: find or start the worker of a cell, hand it the cell, stop them all.
+
+Cells that share a process (``measure.isolation: shared``); the worker process itself is worker.py.
+
+A cell job costs the machine its start-up before it measures anything: the interpreter, torch and transformers
+imports, the CUDA context. With ``isolation: shared`` the cell job is a thin client: it hands its runner command
+line to a worker process that has paid that start-up once, waits for the result file, and exits. One worker
+serves one *key*: the model, dtype, backend, device, attention implementation, thread count, CPU affinity and
+replicate index, the Python interpreter, the environment variables that change what torch does, the package's
+source files, and the working directory. Everything a cell builds (model, backend, caches, compiled code) is
+built per cell and freed after it, as in its own process; what carries over is the imported code, the CUDA
+context and on-disk compile caches. Each replicate has its own worker, so a cell's replicates still come from
+separate processes.
+
+Protocol (one Unix socket per worker, one JSON line each way): the client sends ``{"argv": [...], "job_start":
+<epoch>}``; the worker answers ``{"accepted": true, "key": ...}`` at once, then ``{"rc": 0, "log": ...}`` once
+the result file is written. A worker that dies after accepting leaves the client to write an ``error`` result
+(a failed cell is a recorded row). A client that finds no worker (or a dead one) starts it under a lock, so
+concurrent jobs of one key do not start two for the same slot; jobs of one key running at the same time (on
+several GPUs) each get a slot of their own (``<key>-<n>``).
+
+A worker lives until it has been idle for ``IDLE_S`` seconds, until a client starts a worker of another key on
+the same device type (an idle worker then exits at once, so two idle processes never hold one GPU), until
+``stop_all`` asks it to (the workflow does so when it ends), or until its working directory is gone. On CUDA it
+claims its GPU as a cell job would (gpu_slots) and holds it while it lives.
+
+This module imports only the standard library: the cell job's side must start in milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+IDLE_S = float(os.environ.get("LATENCY_SENSITIVITY_WORKER_IDLE_S", "120"))
+STATE_DIR = Path(".snakemake/workers")  # under the working directory: locks, start markers, the worker registry
+LOG_DIR = Path("logs/workers")
+START_TIMEOUT_S = 600.0  # a worker's start-up (imports, CUDA context, a GPU to become free)
+# Environment variables that change what a measuring process does: a worker serves only clients that agree.
+ENV_IN_KEY = ("CUDA_VISIBLE_DEVICES", "PYTHONPATH", "PYTORCH_", "TORCH", "TRITON", "OMP_", "MKL_", "CUDA_",
+              "NCCL_", "HF_", "TRANSFORMERS_", "LATENCY_SENSITIVITY_", "LD_PRELOAD", "LD_LIBRARY_PATH")
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+class WorkerError(RuntimeError):
+    """The worker could not be started, or died while measuring."""
+
+
+def code_fingerprint(package_dir: Path = PACKAGE_DIR) -> str:
+    """A digest of the package's source files (path, size, modification time): a worker started before the code
+    changed does not serve a client of the new code."""
+    digest = hashlib.sha256()
+    for path in sorted(package_dir.rglob("*")):
+        if path.suffix in (".py", ".json", ".yaml") and "__pycache__" not in path.parts:
+            st = path.stat()
+            digest.update(f"{path.relative_to(package_dir)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def worker_key(fields: dict, environ: dict | None = None, cwd: str | None = None) -> dict:
+    """Everything a worker must agree on with a client: the cell's process-wide settings (`fields`: model, dtype,
+    backend, device, attn_implementation, threads, cpu_affinity, replicate, ...), the interpreter, the environment
+    variables of ENV_IN_KEY, the code and the working directory."""
+    environ = dict(os.environ if environ is None else environ)
+    env = {k: v for k, v in sorted(environ.items()) if k.startswith(ENV_IN_KEY)}
+    return {"fields": dict(sorted(fields.items())), "python": sys.executable, "env": env,
+            "code": code_fingerprint(), "cwd": os.path.realpath(cwd or os.getcwd())}
+
+
+def key_digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def socket_path(digest: str, slot: int) -> str:
+    """A short path (Unix socket paths are limited to about 100 bytes), private to this user."""
+    folder = Path(tempfile.gettempdir()) / f"latency-sensitivity-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return str(folder / f"{digest}-{slot}.sock")
+
+
+def _label(fields: dict) -> str:
+    parts = [fields.get(k) for k in ("model", "dtype", "backend", "device")]
+    label = "_".join(str(p) for p in parts if p) + f"_r{fields.get('replicate', 1)}"
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
+
+
+# -- the client side
+
+
+def _send(sock: socket.socket, message: dict) -> None:
+    sock.sendall((json.dumps(message) + "\n").encode())
+
+
+def _receive(reader) -> dict | None:
+    line = reader.readline()
+    return json.loads(line) if line else None
+
+
+def _connect(path: str) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        return None
+    return sock
+
+
+def _start_marker(state: Path, device: str, digest: str) -> Path:
+    return state / f"starting-{device}-{digest}-{os.getpid()}"
+
+
+def _start_worker(key: dict, digest: str, slot: int, path: str, state: Path) -> float:
+    """Start a worker for `key` in slot `slot` and wait until it listens; returns the seconds that took."""
+    fields = key["fields"]
+    marker = _start_marker(state, fields.get("device", "cpu"), digest)
+    marker.touch()  # idle workers of other keys on this device type exit (see Worker.should_exit)
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = LOG_DIR / f"{_label(fields)}-{digest[:8]}-{slot}.log"
+    t0 = time.monotonic()
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        with open(log_path, "a") as log:
+            log.write(f"--- worker started {time.strftime('%Y-%m-%d %H:%M:%S')} for {json.dumps(fields)}\n")
+            log.flush()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "latency_sensitivity.measure.worker", "--socket", path,
+                 "--key", json.dumps(key), "--state-dir", str(state)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        while True:
+            if os.path.exists(path):
+                sock = _connect(path)
+                if sock is not None:
+                    sock.close()
+                    return time.monotonic() - t0
+            if proc.poll() is not None:
+                raise WorkerError(f"the measurement worker exited with code {proc.returncode} before it listened; "
+                                  f"its log {log_path} ends:\n{_tail(log_path)}")
+            if time.monotonic() - t0 > START_TIMEOUT_S:
+                proc.kill()
+                raise WorkerError(f"the measurement worker did not listen within {START_TIMEOUT_S:.0f} s "
+                                  f"(log: {log_path})")
+            time.sleep(0.05)
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def measure_in_worker(fields: dict, argv: list[str], job_start: float, state: Path = STATE_DIR) -> dict:
+    """Hand the runner command line `argv` to the worker of `fields`' key (started if needed), wait for it to
+    measure and write the result file; returns its reply (rc, log, worker). Raises WorkerError when no worker
+    could be started or it died while measuring."""
+    state.mkdir(parents=True, exist_ok=True)
+    key = worker_key(fields)
+    digest = key_digest(key)
+    slot = 0
+    while True:  # the first slot of this key that no other job is using now
+        client_lock = open(state / f"{digest}-{slot}.client", "a+")
+        try:
+            fcntl.flock(client_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            client_lock.close()
+            slot += 1
+    with client_lock:
+        path = socket_path(digest, slot)
+        started_s = 0.0
+        for attempt in range(3):
+            sock = _connect(path)
+            if sock is None:
+                started_s += _start_worker(key, digest, slot, path, state)
+                continue
+            with sock, sock.makefile("r") as reader:
+                _send(sock, {"argv": argv, "job_start": job_start, "key": digest, "worker_start_s": started_s})
+                try:
+                    accepted = _receive(reader)
+                except (ConnectionError, json.JSONDecodeError):
+                    accepted = None
+                if not accepted or not accepted.get("accepted"):
+                    continue  # it was exiting: start another
+                if accepted.get("key") != digest:
+                    raise WorkerError(f"the worker at {path} serves another key ({accepted.get('key')})")
+                try:
+                    reply = _receive(reader)
+                except (ConnectionError, json.JSONDecodeError):
+                    reply = None
+                if reply is None:
+                    raise WorkerError(f"the measurement worker (pid {accepted.get('pid')}) died while measuring; "
+                                      f"see logs/workers/ for its output")
+                return reply
+        raise WorkerError(f"no measurement worker could be reached at {path} after 3 attempts")
+
+
+def stop_all(state: Path = STATE_DIR, timeout_s: float = 30.0) -> int:
+    """Ask every worker of this working directory to exit once idle (the workflow calls this when it ends);
+    returns how many were asked."""
+    asked = 0
+    registry = Path(state) / "registry"
+    for entry in sorted(registry.glob("*.json")) if registry.is_dir() else []:
+        try:
+            path = json.loads(entry.read_text())["socket"]
+        except (OSError, ValueError, KeyError):
+            entry.unlink(missing_ok=True)
+            continue
+        sock = _connect(path)
+        if sock is None:
+            entry.unlink(missing_ok=True)
+            continue
+        with sock:
+            sock.settimeout(timeout_s)
+            with contextlib.suppress(OSError):
+                _send(sock, {"stop": True})
+                sock.recv(1)  # the worker closes the connection once it has stopped listening
+        asked += 1
+    return asked

@@ -1,0 +1,44 @@
+"""Where inductor's and Triton's caches go: a folder per device and versions, a user's own folder kept."""
+
+from latency_sensitivity.measure import compile_cache
+
+V1 = {"torch": "2.11.0+cu130", "triton": "3.6.0"}
+
+
+def test_one_folder_per_device_and_versions(tmp_path, monkeypatch):
+    monkeypatch.setattr(compile_cache, "device_name", lambda device, environ=None: "NVIDIA H200" if device == "cuda"
+                        else "cpu-x86_64")
+    key = compile_cache.cache_key("cuda", {}, V1)
+    assert key == "nvidia-h200-torch2.11.0+cu130-triton3.6.0"
+    assert compile_cache.cache_key("cuda", {}, {**V1, "torch": "2.13.0"}) != key
+    assert compile_cache.cache_key("cuda", {}, {**V1, "triton": "3.7.0"}) != key
+    assert compile_cache.cache_key("cpu", {}, V1) != key
+    env = {}
+    record = compile_cache.configure(tmp_path / "cache", "cuda", env, V1)
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "cache" / key / "inductor").resolve())
+    assert env["TRITON_CACHE_DIR"] == str((tmp_path / "cache" / key / "triton").resolve())
+    assert env["TRITON_CACHE_AUTOTUNING"] == "1" and record["triton_autotuning_cached"]
+    assert record["inductor"]["set_by"] == record["triton"]["set_by"] == "workflow" and record["key"] == key
+    assert (tmp_path / "cache" / key / "inductor").is_dir()
+
+
+def test_a_users_cache_folder_is_kept_and_recorded(tmp_path):
+    env = {"TORCHINDUCTOR_CACHE_DIR": "/mine/inductor"}
+    record = compile_cache.configure(tmp_path, "cpu", env, V1)
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == "/mine/inductor"
+    assert record["inductor"] == {"dir": "/mine/inductor", "set_by": "user"}
+    assert record["triton"]["set_by"] == "workflow"
+
+
+def test_no_root_leaves_torchs_defaults(tmp_path):
+    env = {}
+    record = compile_cache.configure(None, "cpu", env, V1)
+    assert env == {} and record["inductor"] == {"dir": None, "set_by": "default"}
+
+
+def test_device_name_without_nvml_is_named_unknown(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
+    assert compile_cache.device_name("cuda", {}) == "cuda-unknown"
+    assert compile_cache.device_name("cpu", {}).startswith("cpu-")

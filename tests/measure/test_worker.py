@@ -1,0 +1,180 @@
+"""Cells that share a measurement worker (measure.isolation: shared), on the CPU with the tiny model."""
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_ARCHITECTURE
+from latency_sensitivity.measure import runner, worker_pool
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A working directory of its own (workers are per working directory), the package importable from it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]))
+    yield tmp_path
+    worker_pool.stop_all()
+
+
+def argv(out, seq=8, replicate=1, isolation="shared"):
+    return ["--model", "tiny", "--model-kind", "architecture", "--model-location", TINY_ARCHITECTURE,
+            "--dtype", "fp32", "--device", "cpu", "--seq", str(seq), "--batch", "1", "--gen-tokens", "3",
+            "--warmup", "0", "--reps", "2", "--replicate", str(replicate), "--isolation", isolation,
+            "--out", str(out)]
+
+
+def alive(pid: int) -> bool:
+    """Running (an exited worker started by this test process stays a zombie until reaped: not alive)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def wait_gone(pid: int, timeout_s: float = 20.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if not alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_cells_of_one_replicate_share_a_worker_and_replicates_do_not(workdir):
+    for seq in (8, 16):
+        assert runner.main(argv(workdir / f"seq{seq}.json", seq=seq)) == 0
+    first, second = (json.loads((workdir / f"seq{seq}.json").read_text()) for seq in (8, 16))
+    assert first["status"] == second["status"] == "ok", (first["error"], second["error"])
+    assert first["worker"]["isolation"] == "shared" and first["cell"]["isolation"] == "shared"
+    assert first["worker"]["pid"] == second["worker"]["pid"] != os.getpid()
+    assert (first["metrics"]["cells_before"], second["metrics"]["cells_before"]) == (0, 1)
+    # the first job waited for the worker to start (a one-time cost, recorded apart); the second did not
+    assert first["metrics"]["worker_start_s"] > 0 and second["metrics"]["worker_start_s"] == 0
+    assert second["metrics"]["job_s"] >= second["metrics"]["measured_s"] > 0
+    # another replicate is another process; the idle worker of replicate 1 exits when it starts
+    assert runner.main(argv(workdir / "r2.json", replicate=2)) == 0
+    other = json.loads((workdir / "r2.json").read_text())
+    assert other["status"] == "ok" and other["worker"]["pid"] != first["worker"]["pid"]
+    assert wait_gone(first["worker"]["pid"])
+    assert worker_pool.stop_all() == 1
+    assert wait_gone(other["worker"]["pid"])
+    assert list((workdir / "logs" / "workers").glob("*.log"))
+
+
+def test_shared_and_process_records_have_the_same_columns(workdir):
+    runner.main(argv(workdir / "shared.json"))
+    runner.main(argv(workdir / "process.json", isolation="process"))
+    shared, own = (json.loads((workdir / f"{name}.json").read_text()) for name in ("shared", "process"))
+    assert shared["status"] == own["status"] == "ok"
+    assert set(shared["metrics"]) == set(own["metrics"])
+    assert own["worker"] == {"isolation": "process", "pid": os.getpid(), "cells_before": 0}
+    assert own["metrics"]["worker_start_s"] == 0
+
+
+def test_a_worker_that_cannot_start_leaves_an_error_row(workdir, monkeypatch):
+    monkeypatch.setattr(worker_pool.sys, "executable", "/bin/false")
+    assert runner.main(argv(workdir / "cell.json")) == 0
+    r = json.loads((workdir / "cell.json").read_text())
+    assert r["status"] == "error" and r["error"]["phase"] == "worker"
+    assert "exited with code 1 before it listened" in r["error"]["message"]
+    assert r["cell"]["seq_len"] == 8 and r["metrics"]["job_s"] > 0
+
+
+def test_a_worker_that_dies_while_measuring_leaves_an_error_row(workdir):
+    """A worker that accepts the cell and then vanishes (killed, crashed): the cell is an error row."""
+    spec = runner.parse_args(argv(workdir / "cell.json"))[0]
+    key = worker_pool.worker_key({**runner.worker_fields(spec), "compile_cache": None})
+    digest = worker_pool.key_digest(key)
+    path = worker_pool.socket_path(digest, 0)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if os.path.exists(path):
+        os.unlink(path)
+    server.bind(path)
+    server.listen(1)
+
+    def accept_then_die():
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.sendall((json.dumps({"accepted": True, "key": digest, "pid": 1}) + "\n").encode())
+        conn.close()
+
+    thread = threading.Thread(target=accept_then_die)
+    thread.start()
+    try:
+        assert runner.main(argv(workdir / "cell.json")) == 0
+    finally:
+        thread.join(10)
+        server.close()
+        os.unlink(path)
+    r = json.loads((workdir / "cell.json").read_text())
+    assert r["status"] == "error" and "died while measuring" in r["error"]["message"]
+
+
+def test_profiling_refuses_a_shared_worker(workdir):
+    with pytest.raises(SystemExit, match="profile with --isolation process"):
+        runner.main(argv(workdir / "cell.json") + ["--profile-mode", "external"])
+
+
+def test_the_key_changes_with_what_a_process_depends_on(tmp_path):
+    fields = {"model": "m", "dtype": "fp16", "backend": "graph", "device": "cuda", "replicate": 1}
+    base = worker_pool.worker_key(fields, environ={"HOME": "/x"}, cwd=str(tmp_path))
+    assert worker_pool.key_digest(base) == worker_pool.key_digest(
+        worker_pool.worker_key(dict(reversed(list(fields.items()))), environ={"HOME": "/y"}, cwd=str(tmp_path)))
+    for changed in ({**fields, "replicate": 2}, {**fields, "backend": "compiled"}):
+        assert worker_pool.key_digest(worker_pool.worker_key(changed, environ={}, cwd=str(tmp_path))) != \
+            worker_pool.key_digest(base)
+    for env in ({"CUDA_VISIBLE_DEVICES": "1"}, {"TORCHINDUCTOR_CACHE_DIR": "/c"}, {"OMP_NUM_THREADS": "4"}):
+        assert worker_pool.key_digest(worker_pool.worker_key(fields, environ=env, cwd=str(tmp_path))) != \
+            worker_pool.key_digest(base)
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    assert worker_pool.key_digest(worker_pool.worker_key(fields, environ={"HOME": "/x"}, cwd=str(other_dir))) != \
+        worker_pool.key_digest(base)
+    assert len(worker_pool.socket_path(worker_pool.key_digest(base), 3)) < 100
+
+
+def test_changed_code_is_a_different_worker(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "a.py").write_text("x = 1\n")
+    before = worker_pool.code_fingerprint(package)
+    (package / "a.py").write_text("x = 22\n")
+    assert worker_pool.code_fingerprint(package) != before
+
+
+def test_the_cell_job_side_imports_no_torch():
+    """A cell job with isolation shared must start in milliseconds: the runner and the pool import no torch."""
+    import subprocess
+
+    code = ("import sys; import latency_sensitivity.measure.runner, latency_sensitivity.measure.worker_pool; "
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": SRC}).stdout.split()
+    assert out == ["False", "False"]
+
+
+def test_a_job_killed_while_its_cell_runs_does_not_take_the_worker_down(workdir):
+    """The worker writes the cell's result file and serves the next job, whose client is still there."""
+    assert runner.main(argv(workdir / "first.json")) == 0
+    pid = json.loads((workdir / "first.json").read_text())["worker"]["pid"]
+    spec = runner.parse_args(argv(workdir / "gone.json", seq=16))[0]
+    digest = worker_pool.key_digest(worker_pool.worker_key({**runner.worker_fields(spec), "compile_cache": None}))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(worker_pool.socket_path(digest, 0))
+    sock.sendall((json.dumps({"argv": argv(workdir / "gone.json", seq=16), "job_start": time.time()}) + "\n").encode())
+    assert json.loads(sock.makefile("r").readline())["accepted"]
+    sock.close()  # the job is killed while its cell runs
+    assert runner.main(argv(workdir / "next.json", seq=32)) == 0
+    after = json.loads((workdir / "next.json").read_text())
+    assert after["status"] == "ok" and after["worker"]["pid"] == pid and after["metrics"]["cells_before"] == 2
+    assert json.loads((workdir / "gone.json").read_text())["status"] == "ok"
