@@ -38,6 +38,7 @@ def cluster():
 def test_pipeline_on_slurm_matches_a_local_run(cluster, tmp_path, default_config):
     cfg = small_config(default_config)
     cfg["sweeps"] = {"seq_sweep": {"seq": [16, 32], "batch": [1]}, "batch_sweep": {"seq": [16], "batch": [1, 2]}}
+    cfg["measure"]["isolation"] = "process"  # every cell a SLURM job of its own (README: no shared workers there)
     config_file = write_config(tmp_path / "cfg" / "config.yaml", cfg)
     before = cluster.read_text() if cluster.exists() else ""
 
