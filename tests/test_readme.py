@@ -16,7 +16,7 @@ def test_ci_runs_the_readme_test_command():
     ci = [l for l in (REPO / ".ci" / "run").read_text().splitlines() if l and not l.startswith(("#", "set "))]
     readme = (REPO / "README.md").read_text()
     assert all(line in readme for line in ci)  # every step, the last one the whole suite
-    assert ci[-1].endswith("python -m pytest -q")
+    assert ci[-1].endswith("python -m pytest -q -n 2 --dist loadfile")
 
 
 def _markdown_files():
