@@ -42,3 +42,34 @@ def test_device_name_without_nvml_is_named_unknown(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
     assert compile_cache.device_name("cuda", {}) == "cuda-unknown"
     assert compile_cache.device_name("cpu", {}).startswith("cpu-")
+
+
+def test_triton_uses_torchs_ptxas_from_the_start(tmp_path, monkeypatch):
+    """The ptxas inductor would pick the first time it compiles is picked before anything compiles, so a Triton
+    kernel is built by the same ptxas whatever ran before it in the process; a user's choice is kept."""
+    ptxas = tmp_path / "torch" / "bin" / "ptxas"
+    monkeypatch.setattr(compile_cache, "torch_ptxas", lambda: str(ptxas))
+    env = {}
+    record = compile_cache.configure(None, "cuda", env, V1)
+    assert env["TRITON_PTXAS_PATH"] == str(ptxas) and record["ptxas"] == {"path": str(ptxas), "set_by": "workflow"}
+    env = {"TRITON_PTXAS_PATH": "/opt/cuda/bin/ptxas"}
+    assert compile_cache.configure(None, "cuda", env, V1)["ptxas"]["set_by"] == "user"
+    assert env["TRITON_PTXAS_PATH"] == "/opt/cuda/bin/ptxas"
+    monkeypatch.setattr(compile_cache, "torch_ptxas", lambda: None)
+    env = {}
+    assert compile_cache.configure(None, "cpu", env, V1)["ptxas"] == {"path": None, "set_by": "default"}
+    assert "TRITON_PTXAS_PATH" not in env
+
+
+def test_torchs_ptxas_is_found_without_importing_torch(tmp_path, monkeypatch):
+    import importlib.machinery
+
+    package = tmp_path / "torch"
+    (package / "bin").mkdir(parents=True)
+    (package / "bin" / "ptxas").write_text("#!/bin/sh\n")
+    spec = importlib.machinery.ModuleSpec("torch", None, is_package=True)
+    spec.submodule_search_locations = [str(package)]
+    monkeypatch.setattr(compile_cache.util, "find_spec", lambda name: spec)
+    assert compile_cache.torch_ptxas() is None  # not executable
+    (package / "bin" / "ptxas").chmod(0o755)
+    assert compile_cache.torch_ptxas() == str(package / "bin" / "ptxas")

@@ -11,6 +11,15 @@ separation visible and lets a user delete one). Triton's autotuning results are 
 records the cache hits and misses of its compile (``backend_info.compile_stats``).
 
 A cache folder set by the user (``TORCHINDUCTOR_CACHE_DIR``, ``TRITON_CACHE_DIR``) is kept, and recorded as such.
+
+One more setting makes compiled code the same whatever ran before it in the process: the ``ptxas`` that turns
+Triton's kernels into GPU code. inductor, the first time it compiles, points Triton at the ptxas that ships
+with torch (``TRITON_PTXAS_PATH``); until then Triton uses its own. So this package's Triton kernels (the
+compiled backend's batch-1 layers) were built by one ptxas in a process that had run torch.compile before and by
+the other in one that had not: different GPU code, and a different key in Triton's cache, which then missed.
+``configure`` makes the choice at the start, the one inductor would make (torch's ptxas where torch has one),
+unless the user set ``TRITON_PTXAS_PATH``; the cell records it.
+
 This module must run before torch is imported, and imports neither torch nor Triton (only their versions).
 """
 
@@ -18,7 +27,7 @@ from __future__ import annotations
 
 import os
 import platform
-from importlib import metadata
+from importlib import metadata, util
 from pathlib import Path
 
 ENV_DIRS = {"inductor": "TORCHINDUCTOR_CACHE_DIR", "triton": "TRITON_CACHE_DIR"}
@@ -53,6 +62,17 @@ def device_name(device: str, environ: dict | None = None) -> str:
         return "cuda-unknown"
 
 
+def torch_ptxas() -> str | None:
+    """The ptxas that ships with torch (its CUDA builds: torch/bin/ptxas), found without importing torch; None
+    where there is none (CPU builds)."""
+    spec = util.find_spec("torch")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(folder) / "bin" / "ptxas"
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    return None
+
+
 def cache_key(device: str, environ: dict | None = None, versions: dict | None = None) -> str:
     """The folder name: device and the versions of torch and Triton, as a safe file name."""
     versions = versions or {"torch": _version("torch"), "triton": _version("triton")}
@@ -81,4 +101,11 @@ def configure(root: str | os.PathLike | None, device: str, environ: dict | None 
     if root is not None:
         environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
     record["triton_autotuning_cached"] = environ.get("TRITON_CACHE_AUTOTUNING") == "1"
+    if environ.get("TRITON_PTXAS_PATH"):
+        record["ptxas"] = {"path": environ["TRITON_PTXAS_PATH"], "set_by": "user"}
+    elif (ptxas := torch_ptxas()) is not None:
+        environ["TRITON_PTXAS_PATH"] = ptxas
+        record["ptxas"] = {"path": ptxas, "set_by": "workflow"}
+    else:  # no torch ptxas: Triton uses its own, and so would inductor
+        record["ptxas"] = {"path": None, "set_by": "default"}
     return record
