@@ -60,6 +60,9 @@ def test_cells_of_one_replicate_share_a_worker_and_replicates_do_not(workdir):
     assert (first["metrics"]["cells_before"], second["metrics"]["cells_before"]) == (0, 1)
     # the first job waited for the worker to start (a one-time cost, recorded apart); the second did not
     assert first["metrics"]["worker_start_s"] > 0 and second["metrics"]["worker_start_s"] == 0
+    parts = first["worker"]["startup_parts"]
+    assert set(parts) == {"gpu_claim_s", "import_s", "model_code_s", "cuda_init_s"}
+    assert sum(parts.values()) <= first["worker"]["startup_s"] + 1e-6 and parts["import_s"] > 0
     assert second["metrics"]["job_s"] >= second["metrics"]["measured_s"] > 0
     # another replicate is another process; the idle worker of replicate 1 exits when it starts
     assert runner.main(argv(workdir / "r2.json", replicate=2)) == 0

@@ -62,6 +62,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
     """
     if profile_mode not in PROFILE_MODES:
         raise ValueError(f"profile_mode must be one of {PROFILE_MODES}, not {profile_mode!r}")
+    import_start = time.perf_counter()
     import torch
 
     from latency_sensitivity.measure import environment
@@ -70,8 +71,11 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
     from latency_sensitivity.measure.telemetry import GpuSampler, energy_per_token_j
     from latency_sensitivity.engine.nvtx import nvtx_range
 
+    import_s = time.perf_counter() - import_start  # 0 where a worker imported them already
     torch.set_num_threads(spec.threads)
+    environment_start = time.perf_counter()
     env = environment.collect(spec.device)
+    environment_s = time.perf_counter() - environment_start
     result: dict = {
         "schema_version": SCHEMA_VERSION,
         "cell": asdict(spec),
@@ -97,10 +101,12 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         phase.name = "startup"
         t0 = time.perf_counter()
         cfg = model_config(spec)
+        model_code_s = time.perf_counter() - t0
         if cuda:
             torch.cuda.init()
             torch.empty(1, device="cuda")
         startup_s = time.perf_counter() - t0
+        cuda_init_s = startup_s - model_code_s
 
         phase.name = "model_build"
         t0 = time.perf_counter()
@@ -171,6 +177,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         m["peak_rss_covers_measured_reps_only"] = rss_reset
         m["weights_mb"] = weights_bytes / mib
         m["startup_s"] = startup_s
+        m.update(import_s=import_s, environment_s=environment_s, model_code_s=model_code_s, cuda_init_s=cuda_init_s)
         m["model_build_s"] = build_s
         m["warmup_s"] = warmup_s
         m["measured_s"] = measured_s

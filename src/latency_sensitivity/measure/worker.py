@@ -29,11 +29,21 @@ class Worker:
         self.startup_s = None
         self.claim = None
         self.compile_cache = None
+        self.startup_parts: dict = {}
         self.registry = self.state / "registry" / f"{self.digest}-{os.path.basename(socket_path)}.json"
 
     def start_up(self) -> None:
-        """What a cell job would pay each time: a GPU slot, the imports, the CUDA context."""
-        t0 = time.perf_counter()
+        """What a cell job would pay each time: a GPU slot, the imports, the model's code, the CUDA context (each
+        timed, in self.startup_parts)."""
+        t0 = mark = time.perf_counter()
+        parts = {}
+
+        def lap(name: str) -> None:
+            nonlocal mark
+            now = time.perf_counter()
+            parts[name] = now - mark
+            mark = now
+
         from latency_sensitivity.measure import compile_cache, gpu_slots
 
         self.claim = gpu_slots.claim_for(self.fields.get("device", "cpu"))
@@ -43,19 +53,23 @@ class Worker:
             from latency_sensitivity.measure import host
 
             host.pin(self.fields["cpu_affinity"])
+        lap("gpu_claim_s")
         import torch  # noqa: F401
         import transformers  # noqa: F401
 
         from latency_sensitivity.measure import runner  # noqa: F401
         from latency_sensitivity.measure.model import model_config
 
+        lap("import_s")
         # the model's transformers code (imported by its config): the same for every cell of this worker
         with contextlib.suppress(Exception):  # a model that cannot be read: its cells report it
             model_config(SimpleNamespace(**self.fields))
-
+        lap("model_code_s")
         if self.fields.get("device") == "cuda" and torch.cuda.is_available():
             torch.cuda.init()
             torch.empty(1, device="cuda")
+        lap("cuda_init_s")
+        self.startup_parts = parts
         self.startup_s = time.perf_counter() - t0
 
     def should_exit(self, idle_since: float) -> str | None:
@@ -80,8 +94,9 @@ class Worker:
         server.settimeout(0.2)
         self.registry.parent.mkdir(parents=True, exist_ok=True)
         self.registry.write_text(json.dumps({"socket": self.socket_path, "pid": os.getpid(), "key": self.fields}))
+        parts = ", ".join(f"{k[:-2]} {v:.2f} s" for k, v in self.startup_parts.items())
         print(f"worker pid {os.getpid()} listening on {self.socket_path} after {self.startup_s:.2f} s of "
-              f"start-up", file=sys.stderr, flush=True)
+              f"start-up ({parts})", file=sys.stderr, flush=True)
         idle_since = time.monotonic()
         reason = None
         try:
@@ -127,6 +142,7 @@ class Worker:
         # one-time cost per worker, reported apart from the per-cell overhead
         record = {"isolation": "shared", "pid": os.getpid(), "cells_before": self.cells,
                   "process_age_s": time.time() - self.started, "startup_s": self.startup_s,
+                  "startup_parts": self.startup_parts,
                   "worker_start_s": float(request.get("worker_start_s") or 0.0), "compile_cache": self.compile_cache}
         if self.claim is not None:
             record["gpu_slot"] = {"device": self.claim.device, "devices": list(self.claim.devices),
