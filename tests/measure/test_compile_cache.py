@@ -73,3 +73,22 @@ def test_torchs_ptxas_is_found_without_importing_torch(tmp_path, monkeypatch):
     assert compile_cache.torch_ptxas() is None  # not executable
     (package / "bin" / "ptxas").chmod(0o755)
     assert compile_cache.torch_ptxas() == str(package / "bin" / "ptxas")
+
+
+def test_device_name_follows_cuda_visible_devices_like_the_telemetry(monkeypatch):
+    """The GPU named is the process's first visible device, found by index or UUID as the telemetry finds it."""
+    import sys
+    import types
+
+    names = {0: "NVIDIA H100", 3: "NVIDIA H200"}
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None, nvmlShutdown=lambda: None,
+        nvmlDeviceGetCount=lambda: 4,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetUUID=lambda h: f"GPU-{h}000",
+        nvmlDeviceGetName=lambda h: names.get(h, "other"),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert compile_cache.device_name("cuda", {}) == "NVIDIA H100"
+    assert compile_cache.device_name("cuda", {"CUDA_VISIBLE_DEVICES": "3,1"}) == "NVIDIA H200"
+    assert compile_cache.device_name("cuda", {"CUDA_VISIBLE_DEVICES": "GPU-3000"}) == "NVIDIA H200"

@@ -49,11 +49,12 @@ def device_name(device: str, environ: dict | None = None) -> str:
     try:
         import pynvml
 
+        from latency_sensitivity.measure.telemetry import resolve_nvml_device
+
         pynvml.nvmlInit()
         try:
-            visible = (environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip()
-            handle = (pynvml.nvmlDeviceGetHandleByIndex(int(visible)) if visible.isdigit()
-                      else pynvml.nvmlDeviceGetHandleByUUID(visible))
+            # the process's first visible device, as the telemetry finds it (indices, UUIDs, MIG), without torch
+            handle = resolve_nvml_device(pynvml, 0, environ.get("CUDA_VISIBLE_DEVICES"), torch_uuid=None)[0]
             name = pynvml.nvmlDeviceGetName(handle)
             return name.decode() if isinstance(name, bytes) else str(name)
         finally:

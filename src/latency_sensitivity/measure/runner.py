@@ -353,13 +353,13 @@ def measure_to_file(argv: list[str] | None = None, worker: dict | None = None, j
           file=sys.stderr)
     cell_start = time.perf_counter()
     result = measure(spec, profile_mode, torch_profile_dir, tokenizer)
-    result.setdefault("metrics", {})["cell_s"] = time.perf_counter() - cell_start
+    m = result.setdefault("metrics", {})
+    m["cell_s"] = time.perf_counter() - cell_start
     result["compile_cache"] = cache
     if profile_mode == "torch":
         _ensure_torch_profile_files(Path(torch_profile_dir))
     # The job's whole wall time, from its process's start (interpreter and imports included) to its result:
     # what the GPU is held for, against measured_s, what it measures.
-    m = result.setdefault("metrics", {})
     m["job_s"] = time.time() - job_start if job_start is not None else process_age_s()
     result["worker"] = worker or {"isolation": "process", "pid": os.getpid(), "cells_before": 0}
     m["cells_before"] = result["worker"]["cells_before"]

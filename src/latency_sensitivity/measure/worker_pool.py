@@ -182,7 +182,7 @@ def measure_in_worker(fields: dict, argv: list[str], job_start: float, state: Pa
     with client_lock:
         path = socket_path(digest, slot)
         started_s = 0.0
-        for attempt in range(3):
+        for _ in range(3):
             sock = _connect(path)
             if sock is None:
                 started_s += _start_worker(key, digest, slot, path, state)
