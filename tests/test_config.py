@@ -292,19 +292,3 @@ def DATA_IN_PACKAGE(folder):
     import latency_sensitivity
 
     return folder.parent == __import__("pathlib").Path(latency_sensitivity.__file__).resolve().parent
-
-
-def test_measurement_order_runs_replicate_by_replicate_and_worker_by_worker():
-    """Higher priority first: all first replicates, then all second ones; within a replicate the cells of one
-    model, dtype and backend together (one worker); a worker's cells in reverse order in even replicates."""
-    from latency_sensitivity.vocabulary import Cell
-
-    cells = [Cell("m", "fp16", backend, seq, 1) for backend in ("eager", "graph") for seq in (128, 256, 512)]
-    order = lsconfig.measurement_order(cells, 2)
-    ranked = [job for job, _ in sorted(order.items(), key=lambda item: -item[1])]
-    assert [r for _, r in ranked] == [1] * 6 + [2] * 6
-    first = [(c.backend, c.seq) for c, _ in ranked[:6]]
-    second = [(c.backend, c.seq) for c, _ in ranked[6:]]
-    assert first == [("eager", 128), ("eager", 256), ("eager", 512), ("graph", 128), ("graph", 256), ("graph", 512)]
-    assert second == [("eager", 512), ("eager", 256), ("eager", 128), ("graph", 512), ("graph", 256), ("graph", 128)]
-    assert len(set(order.values())) == len(order) and min(order.values()) > 0

@@ -452,29 +452,6 @@ def all_cells(config: dict) -> list[Cell]:
     return list(seen)
 
 
-def measurement_order(cells: list[Cell], replicates: int) -> dict[tuple[Cell, int], int]:
-    """The Snakemake priority of each (cell, replicate) job: higher runs first.
-
-    Every cell's first replicate runs before any cell's second (slow drift of the machine spreads over all
-    cells); within a replicate, the cells of one model, dtype and backend run one after another (one shared
-    worker serves them without restarting); and the cells of a worker run in the configured order in odd
-    replicates and in reverse order in even ones, so that a cell is measured early in one process and late in
-    another, and its replicate spread includes any effect of the cells measured before it.
-    """
-    groups: dict[tuple, list[Cell]] = {}
-    for cell in cells:
-        groups.setdefault((cell.model, cell.dtype, cell.backend), []).append(cell)
-    n = len(cells)
-    order = {}
-    for r in range(1, replicates + 1):
-        rank = 0
-        for members in groups.values():
-            for cell in (members if r % 2 else list(reversed(members))):
-                order[(cell, r)] = (replicates - r + 1) * (n + 1) - rank
-                rank += 1
-    return order
-
-
 def sweep_axis(config: dict, sweep: str) -> str:
     """'seq_len' when only seq varies, 'batch' when only batch varies, 'grid' when both do."""
     s = config["sweeps"][sweep]

@@ -59,6 +59,10 @@ BACKENDS = ("eager", "graph", "compiled")
 # device and replicate that has paid the start-up once (shared; measure/worker.py).
 ISOLATIONS = ("process", "shared")
 
+# How the compiled backend compiles its decode step at batch 2 and more: for each batch size's own shapes
+# (static), or once with the batch as a dynamic dimension that every batch size shares (dynamic_batch).
+COMPILE_SHAPES = ("static", "dynamic_batch")
+
 
 # One line per backend, for help texts and the column documentation.
 DESCRIPTIONS = {

@@ -2,12 +2,13 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
 import transformers
 
-from conftest import cell_spec
+from conftest import TINY_ARCHITECTURE, cell_spec
 from latency_sensitivity.engine import eager as eager_backend
 from latency_sensitivity.engine import graph as graph_backend
 from latency_sensitivity.engine import probe
@@ -249,6 +250,41 @@ def test_compiled_backend_matches_eager_on_the_cpu(tiny, monkeypatch, tmp_path):
     assert extern_calls[False, False] - extern_calls[True, False] == 4 * 3
 
 
+def test_dynamic_batch_compiles_once_for_every_batch_size(monkeypatch, tmp_path):
+    """compile_shapes dynamic_batch: the step compiled at batch 2 serves batch 3 from inductor's cache (a hit, no
+    second compile), and both match eager. A batch-1 step (size-1 dimensions are specialized) and the static
+    default compile for their own shapes, and say so."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    # one decoder layer: what is compiled is the same step, in a quarter of the CPU's compile time
+    arch = json.loads(Path(TINY_ARCHITECTURE).read_text())
+    (tmp_path / "one_layer.json").write_text(json.dumps({**arch, "num_hidden_layers": 1}))
+    one_layer = spec(model_location=str(tmp_path / "one_layer.json"))
+    model = cell_model.build_model(one_layer)
+    for batch, dynamic, expected in ((1, True, False), (3, False, False), (3, True, True)):
+        backend = graph_backend.CompiledBackend(model, batch=batch, seq_len=12, gen_tokens=6, dynamic_batch=dynamic)
+        try:
+            assert backend.info()["compile_dynamic_batch"] is expected and backend.info()["compiled"] is True
+        finally:
+            backend.close()
+    stats = {}
+    with torch.inference_mode():
+        for batch in (2, 3):
+            prompt = cell_model.make_prompt(spec(batch=batch), model.config.vocab_size)
+            want_tokens, want_logits = eager_backend.EagerBackend(model).generate(prompt, 6)
+            compiled = registry.make("compiled", model, prompt, 6, base.Clock(False), dynamic_batch=True)
+            try:
+                info = compiled.info()
+                assert info["compile_dynamic_batch"] is True and info["compile_stats"]["graphs"] == 1
+                stats[batch] = info["compile_stats"]
+                tokens, logits = compiled.generate(prompt, 6)
+                assert torch.equal(tokens, want_tokens)
+                torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-4)
+            finally:
+                compiled.close()
+    assert stats[2]["fxgraph_cache_miss"] == 1 and stats[2]["fxgraph_cache_hit"] == 0
+    assert stats[3]["fxgraph_cache_hit"] == 1 and stats[3]["fxgraph_cache_miss"] == 0  # batch 2's graph
+
+
 def test_gemv_routing_keeps_the_tokens_and_is_undone(tiny, monkeypatch):
     model, prompt = tiny
     monkeypatch.setattr(graph_backend, "gemv_available", lambda: False)
@@ -377,7 +413,7 @@ def test_runner_measures_a_graph_cell_on_the_cpu():
     assert info.pop("paths") == {"step": 3, **packed}
     assert info == {"name": "graph", "captured": False, "max_cache_len": 18, "capture_warmup_steps": 3,
                     "fused_rms_norms": 0, "fused_projections": 0, "compiled": False, "compile_s": None,
-                    "compile_stats": {}, "compile_options": {}, "gemv": False, "pdl": False, "fused_layers": 0}
+                    "compile_stats": {}, "compile_options": {}, "compile_dynamic_batch": False, "gemv": False, "pdl": False, "fused_layers": 0}
     assert m["backend_compile_s"] is None
     # the versions the paths depend on, beside them in every cell
     env = r["environment"]

@@ -151,3 +151,18 @@ def test_the_cell_records_its_job_time_and_its_measured_time(tmp_path):
     # this test's process started before the cell: its age bounds the job from above, the reps from below
     assert 0 < m["measured_s"] < m["job_s"]
     assert m["job_s"] >= m["model_build_s"] + m["measured_s"]
+
+
+def test_compile_shapes_reaches_the_compiled_backend_only():
+    """--compile-shapes dynamic_batch asks the compiled backend for a batch-dynamic step; other backends do not
+    compile and get no option (the eager backend would refuse one)."""
+    argv = ["--model", "tiny", "--model-kind", "architecture", "--model-location", "x.json", "--dtype", "fp32",
+            "--device", "cpu", "--seq", "8", "--batch", "2", "--gen-tokens", "4", "--warmup", "1", "--reps", "1",
+            "--out", "r.json"]
+    for backend in ("eager", "graph", "compiled"):
+        for shapes in ("static", "dynamic_batch"):
+            spec = runner.parse_args(argv + ["--backend", backend, "--compile-shapes", shapes])[0]
+            assert spec.compile_shapes == shapes
+            want = {"dynamic_batch": True} if (backend, shapes) == ("compiled", "dynamic_batch") else {}
+            assert runner.backend_options(spec) == want
+    assert runner.parse_args(argv)[0].compile_shapes == "static"

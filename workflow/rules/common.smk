@@ -12,7 +12,7 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 
 from latency_sensitivity import config as lsconfig  # noqa: E402
-from latency_sensitivity import vocabulary
+from latency_sensitivity import measurement_jobs, vocabulary
 from latency_sensitivity.analysis import run_summary  # noqa: E402
 from latency_sensitivity.analysis.merge import cell_problem  # noqa: E402
 from latency_sensitivity.analysis.profiling import NSYS_REPORTS  # noqa: E402
@@ -131,11 +131,11 @@ def cell_replicate_files(wildcards):
     return cell.replicate_paths(MEASURE["replicates"])
 
 
-MEASUREMENT_ORDER = lsconfig.measurement_order(CELLS, MEASURE["replicates"])
+MEASUREMENT_ORDER = measurement_jobs.measurement_order(CELLS, MEASURE["replicates"])
 
 
 def measurement_priority(wildcards):
-    """The order of the measure jobs (config.measurement_order): replicate by replicate, worker by worker."""
+    """The order of the measure jobs (measurement_jobs.measurement_order): replicate by replicate, worker by worker."""
     cell = vocabulary.Cell(wildcards.model, wildcards.dtype, wildcards.backend, int(wildcards.seq), int(wildcards.batch))
     return MEASUREMENT_ORDER.get((cell, int(wildcards.replicate)), 0)
 
@@ -255,22 +255,18 @@ def named(**values):
     return " ".join(f"{key}={values[key]!r}" for key in sorted(values))
 
 
-# measure.* keys that name the cells (wildcards), and those whose schema description says they do not change
-# a cell's numbers: neither is part of a cell's `measurement` param.
-NOT_A_MEASUREMENT = "Does not change a cell's numbers"
-# replicates names the replicate files (r1..rK) as the others name the cells: raising it adds jobs.
-MEASURE_NOT_IN_PARAM = {"models", "dtypes", "backends", "replicates"} | {
-    key
-    for key, sub in lsconfig.load_schema()["properties"]["measure"]["properties"].items()
-    if NOT_A_MEASUREMENT in sub.get("description", "")
-}
-
-
 def measurement(wildcards):
-    """Everything besides the wildcards that a cell's numbers depend on, named (see `named`)."""
+    """Everything besides the wildcards that a cell's numbers depend on, named (see `named`;
+    measurement_jobs.measurement_settings says which measure.* keys those are for the cell's backend)."""
     source = MODEL_SOURCES[wildcards.model]
-    settings = {key: MEASURE[key] for key in MEASURE if key not in MEASURE_NOT_IN_PARAM}
+    settings = measurement_jobs.measurement_settings(MEASURE, wildcards.backend)
     return named(model_kind=source.kind, model_location=_shown_path(source.location), **settings)
+
+
+def compile_shapes(wildcards):
+    """measure.compile_shapes for a compiled cell; the runner's default (static) for the others, which do not
+    compile."""
+    return MEASURE["compile_shapes"] if wildcards.backend == "compiled" else "static"
 
 
 # measure.cpu_affinity on the runner's command line ("none": the CPUs the job was started with).
@@ -286,6 +282,7 @@ RUNNER = (
     " --seq {wildcards.seq} --batch {wildcards.batch}"
     " --gen-tokens {params.gen_tokens} --warmup {params.warmup} --reps {params.reps}"
     " --seed {params.seed} --threads {params.threads} --cpu-affinity {params.cpu_affinity}"
+    " --compile-shapes {params.compile_shapes}"
     " --tokenizer {input.tokenizer:q}"
 )
 
@@ -330,4 +327,5 @@ PROFILE_RUNNER_PARAMS = dict(
     seed=MEASURE["seed"],
     threads=MEASURE["threads"],
     cpu_affinity=CPU_AFFINITY,
+    compile_shapes=compile_shapes,
 )

@@ -95,6 +95,15 @@ def _static_cache(model, batch: int, max_cache_len: int):
                            device=param.device, dtype=param.dtype)
 
 
+def _cache_tensors(cache, batch: int) -> list:
+    """The KV cache's tensors with the batch as their first dimension: each layer's keys and values
+    (``cache.layers[i].keys``/``.values``, allocated by the first prefill)."""
+    import torch
+
+    return [v for layer in getattr(cache, "layers", None) or [] for v in vars(layer).values()
+            if isinstance(v, torch.Tensor) and v.dim() == 4 and v.shape[0] == batch]
+
+
 class GraphBackend(Backend):
     """Static KV cache; the decode step captured as a CUDA graph (on the CPU: the same step, not captured).
 
@@ -116,7 +125,8 @@ class GraphBackend(Backend):
     def __init__(self, model, batch: int, seq_len: int, gen_tokens: int, *, capture: bool | None = None,
                  warmup_steps: int = 3, fuse_norms: bool = False, pack_gqa: bool | None = None,
                  fuse_projections: bool = False, gemv: bool | None = False, fuse_layers: bool | None = False,
-                 compile: bool | None = False, compile_options: dict | None = None, pdl: bool | None = None):
+                 compile: bool | None = False, compile_options: dict | None = None, pdl: bool | None = None,
+                 dynamic_batch: bool = False):
         import torch
 
         if gen_tokens < 2:
@@ -156,6 +166,7 @@ class GraphBackend(Backend):
         self.compile = compile  # None: decided once the layers are (or are not) rewritten
         # inductor settings: torch.compile's `options` (e.g. {"coordinate_descent_tuning": True})
         self.compile_options = dict(compile_options or {})
+        self.dynamic_batch = False  # decided with compile (below)
         self.compile_s = None  # wall time of the first (compiling) step
         self.compile_stats: dict = {}
         # what close() undoes, empty until the model is changed
@@ -172,12 +183,18 @@ class GraphBackend(Backend):
                                  "fused_decode rewrites (see fused_decode.fuse_decode_layers)")
             if self.compile is None:
                 self.compile = not self.fused_layers
+            # batch compiled as a dynamic dimension: one graph for every batch size of 2 or more, which inductor's
+            # on-disk cache then serves to the other batch sizes. Where the step is not compiled (the rewritten
+            # batch-1 layers) there is nothing to make dynamic, and a dimension of size 1 is always specialized,
+            # so a batch-1 step compiles for its own shape; info() says which it was.
+            self.dynamic_batch = bool(dynamic_batch and self.compile and batch >= 2)
             if self.compile:
                 # inductor without its own CUDA graphs: the backend captures the compiled step itself
                 # fullgraph: one compiled graph for the whole step, or an error (a graph break would leave parts
                 # of the step to run eagerly, each recompiled per layer until dynamo's limit, and say nothing)
-                self._step_fn = torch.compile(self._step, dynamic=False, fullgraph=True,
-                                              options=self.compile_options or None)
+                # dynamic: only the dimensions _mark_dynamic_batch marks (the rest stay static, as with False)
+                self._step_fn = torch.compile(self._step, dynamic=None if self.dynamic_batch else False,
+                                              fullgraph=True, options=self.compile_options or None)
             self.cache = _static_cache(model, batch, self.max_cache_len)
             # transformers 4.x takes positions as `cache_position`; 5.x derives them from the cache on the device
             self.explicit_positions = "cache_position" in inspect.signature(model.forward).parameters
@@ -263,6 +280,18 @@ class GraphBackend(Backend):
             "extern_calls": after["extern_calls"] - before.get("extern_calls", 0),
         }
 
+    def _mark_dynamic_batch(self) -> None:
+        """Mark the batch dimension of the step's inputs dynamic for torch.compile: the input tokens and every KV
+        cache tensor (allocated by the prefill before). torch.compile fails the setup if it specializes a marked
+        dimension, so a step that is not dynamic in batch is an error, never silently one graph per batch."""
+        torch = self.torch
+        tensors = [self.static_in] + _cache_tensors(self.cache, self.batch)
+        if len(tensors) < 2:
+            raise RuntimeError("dynamic_batch: the KV cache holds no tensors of this batch to mark")
+        for tensor in tensors:
+            torch._dynamo.mark_dynamic(tensor, 0)
+        self.dynamic_tensors = len(tensors)
+
     def _warm_up(self):
         self._first_step()
         for _ in range(self.warmup_steps - 1):
@@ -287,6 +316,8 @@ class GraphBackend(Backend):
             self._filled = True
             _, token = self._prefill(prompt)
             self.static_in.copy_(token)
+            if self.compile and self.dynamic_batch:
+                self._mark_dynamic_batch()
             if self.compile:
                 # one step as Python runs it, to count the paths inside the step that is compiled next (the
                 # cache holds it: seq_len + 1 + warmup_steps <= max_cache_len)
@@ -418,7 +449,8 @@ class GraphBackend(Backend):
                 "explicit_positions": self.explicit_positions, "decode_attention": self.decode_attention(),
                 "fused_projections": len(self.fused_projections), "compiled": self.compile,
                 "compile_s": self.compile_s, "compile_stats": self.compile_stats,
-                "compile_options": self.compile_options, "gemv": self.gemv, "pdl": self.pdl,
+                "compile_options": self.compile_options, "compile_dynamic_batch": self.dynamic_batch,
+                "gemv": self.gemv, "pdl": self.pdl,
                 # decoder layers given the fused one-token forward (the final norm is not counted)
                 "fused_layers": max(0, len(self.fused_layers) - 1),
                 # how often each code path ran in the setup's steps, all claimed ones checked (PathProbe)

@@ -27,6 +27,7 @@ class CellSpec:
     replicate: int = 1  # which of the cell's separate measuring processes this is (replicates.py)
     cpu_affinity: list[int] | None = None  # CPUs the process is pinned to (host.pin); None: as started
     isolation: str = "process"  # process: one process per cell; shared: a worker serves cells (worker.py)
+    compile_shapes: str = "static"  # the compiled backend's step: per batch size, or batch dynamic (vocabulary)
 
 
 def model_config(spec: CellSpec):

@@ -28,7 +28,7 @@ from latency_sensitivity.engine.base import Clock
 from latency_sensitivity.measure import host
 from latency_sensitivity.measure.model import CellSpec, TORCH_DTYPES, build_model, make_prompt, model_config
 from latency_sensitivity.measure.probes import PROFILE_MODES, _peak_rss_mb, _reset_peak_rss, cuda_memory_state, gpu_busy, is_oom, op_table_csv, torch_profiling
-from latency_sensitivity.vocabulary import BACKENDS, ISOLATIONS
+from latency_sensitivity.vocabulary import BACKENDS, COMPILE_SHAPES, ISOLATIONS
 
 
 # Nothing may reach a model hub at run time.
@@ -122,7 +122,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         # The backend's per-cell setup (static cache, graph capture) is timed apart from every rep.
         phase.name = "backend_setup"
         with nvtx_range("backend_setup"):
-            backend = registry.make(spec.backend, model, prompt, spec.gen_tokens, clock)
+            backend = registry.make(spec.backend, model, prompt, spec.gen_tokens, clock, **backend_options(spec))
         result["backend_info"] = backend.info()
         # Everything alive now (the model, the backend, torch.compile's code and caches) leaves the garbage
         # collector's reach for the reps, as vLLM does after its graph capture: otherwise each full collection
@@ -277,6 +277,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path]:
     p.add_argument("--isolation", choices=ISOLATIONS, default="process",
                    help="process: measure in this process; shared: hand the cell to a worker process that has "
                    "started up already (worker.py)")
+    p.add_argument("--compile-shapes", choices=COMPILE_SHAPES, default="static",
+                   help="the compiled backend's step compiled for this batch size (static) or with the batch as "
+                   "a dynamic dimension, one graph for every batch size of 2 or more (dynamic_batch)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json (or a folder with one): also time tokenising "
                    "the batch's texts and detokenising its generated ids")
@@ -297,7 +300,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path]:
         model=a.model, model_kind=a.model_kind, model_location=a.model_location, dtype=a.dtype,
         backend=a.backend, device=a.device, attn_implementation=a.attn_implementation, seq_len=a.seq,
         batch=a.batch, gen_tokens=a.gen_tokens, warmup=a.warmup, reps=a.reps, seed=a.seed, threads=a.threads,
-        replicate=a.replicate, isolation=a.isolation,
+        replicate=a.replicate, isolation=a.isolation, compile_shapes=a.compile_shapes,
         cpu_affinity=None if a.cpu_affinity in ("", "none") else [int(c) for c in a.cpu_affinity.split(",")],
     )
     return spec, a.out, a.profile_mode, a.torch_profile_dir, a.tokenizer, a.compile_cache
@@ -390,6 +393,13 @@ def failed_result(spec: CellSpec, phase: str, message: str, job_s: float | None)
                   "phase": phase, "memory": None, "traceback": message},
         "metrics": {"job_s": job_s}, "samples": {}, "telemetry": {}, "environment": {}, "profile_mode": "off",
     }
+
+
+def backend_options(spec: CellSpec) -> dict:
+    """The backend's keyword options the cell's settings ask for (registry.make)."""
+    if spec.backend == "compiled" and spec.compile_shapes == "dynamic_batch":
+        return {"dynamic_batch": True}
+    return {}
 
 
 def worker_fields(spec: CellSpec) -> dict:

@@ -1,0 +1,40 @@
+import copy
+
+from conftest import REPO
+from latency_sensitivity import config as lsconfig
+from latency_sensitivity import measurement_jobs
+
+
+def test_measurement_order_runs_replicate_by_replicate_and_worker_by_worker():
+    """Higher priority first: all first replicates, then all second ones; within a replicate the cells of one
+    model, dtype and backend together (one worker); a worker's cells in reverse order in even replicates."""
+    from latency_sensitivity.vocabulary import Cell
+
+    cells = [Cell("m", "fp16", backend, seq, 1) for backend in ("eager", "graph") for seq in (128, 256, 512)]
+    order = measurement_jobs.measurement_order(cells, 2)
+    ranked = [job for job, _ in sorted(order.items(), key=lambda item: -item[1])]
+    assert [r for _, r in ranked] == [1] * 6 + [2] * 6
+    first = [(c.backend, c.seq) for c, _ in ranked[:6]]
+    second = [(c.backend, c.seq) for c, _ in ranked[6:]]
+    assert first == [("eager", 128), ("eager", 256), ("eager", 512), ("graph", 128), ("graph", 256), ("graph", 512)]
+    assert second == [("eager", 512), ("eager", 256), ("eager", 128), ("graph", 512), ("graph", 256), ("graph", 128)]
+    assert len(set(order.values())) == len(order) and min(order.values()) > 0
+
+
+def test_measurement_settings_are_what_a_cell_of_its_backend_depends_on(default_config):
+    """The rerun trigger of a measurement job: the keys that name the cells and those that do not change its
+    numbers are out; compile_shapes is in for compiled cells only."""
+    cfg = lsconfig.validate(copy.deepcopy(default_config), base_dir=REPO)
+    measure = cfg["measure"]
+    schema = lsconfig.load_schema()["properties"]["measure"]["properties"]
+    assert measurement_jobs.COMPILED_ONLY in schema["compile_shapes"]["description"]
+    for backend in ("eager", "graph", "compiled"):
+        settings = measurement_jobs.measurement_settings(measure, backend)
+        assert not set(settings) & {"models", "dtypes", "backends", "replicates"}
+        assert not any(measurement_jobs.NOT_A_MEASUREMENT in schema[key].get("description", "") for key in settings)
+        assert ("compile_shapes" in settings) is (backend == "compiled")
+        assert {"gen_tokens", "reps", "warmup", "seed", "device"} <= set(settings)
+    assert measurement_jobs.measurement_settings({**measure, "compile_shapes": "dynamic_batch"}, "compiled") != \
+        measurement_jobs.measurement_settings(measure, "compiled")
+    assert measurement_jobs.measurement_settings({**measure, "compile_shapes": "dynamic_batch"}, "graph") == \
+        measurement_jobs.measurement_settings(measure, "graph")
