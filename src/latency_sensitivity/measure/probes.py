@@ -22,6 +22,11 @@ def kernel_time_ms(fn) -> float:
 
     from latency_sensitivity.analysis import metrics
 
+    # kineto detaches CUPTI when a profiler stops only where TEARDOWN_CUPTI is 1 (read at each stop); otherwise
+    # CUPTI stays attached and every kernel and graph the process runs afterwards pays for it, so a cell measured
+    # after another in a shared worker was slower than the same cell measured first (benchmarks/sweep_cost/NOTES.md,
+    # "The profiler left attached"). Set before each use, whatever the environment said.
+    os.environ["TEARDOWN_CUPTI"] = "1"
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
