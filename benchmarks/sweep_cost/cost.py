@@ -1,6 +1,6 @@
 """What a sweep cost the machine, from its replicate result files: per backend and isolation, the measure jobs'
-wall time against the measured reps', the one-time worker start-ups apart; and whether a cell's value depends on
-its position in its process (cells_before).
+wall time against the measured reps', the one-time worker start-ups apart; whether a cell's value depends on
+its position in its process (cells_before); where a process's start-up goes; and torch.compile's time per cell.
 
     python3 benchmarks/sweep_cost/cost.py RESULTS_DIR [RESULTS_DIR ...]   # each with results/cells/ below it
 
@@ -37,6 +37,10 @@ def load(roots):
                 "cells_before": m.get("cells_before", 0), "decode_ms": m.get("decode_p50_ms_per_tok"),
                 "prefill_ms": m.get("prefill_p50_ms"), "pid": w.get("pid"),
                 "fx_hits": (r.get("backend_info") or {}).get("compile_stats", {}).get("fxgraph_cache_hit"),
+                "dynamic_batch": (r.get("backend_info") or {}).get("compile_dynamic_batch"),
+                "startup": {k: m.get(k) for k in ("import_s", "environment_s", "model_code_s", "cuda_init_s",
+                                                  "startup_s")},
+                "worker_parts": w.get("startup_parts") or {},
             })
     return rows
 
@@ -67,27 +71,57 @@ def cost_table(rows) -> str:
 
 
 def position_table(rows) -> str:
-    """Per cell of a shared run: the value of the replicate measured first in its process against the others."""
+    """Per cell measured in a shared worker: each replicate's decode value, with the cells its process measured
+    before it, beside the same cell's values from runs in a process of its own (the runs given together)."""
     cells = defaultdict(list)
     for row in rows:
-        if row["isolation"] == "shared":
-            cells[(row["root"], row["backend"], row["seq"], row["batch"])].append(row)
-    lines = ["| run | backend | seq | batch | decode ms/step by replicate (cells before it in its process) | spread % |",
-             "|---|---|---:|---:|---|---:|"]
-    for (root, backend, seq, batch), members in sorted(cells.items()):
-        members.sort(key=lambda r: r["replicate"])
+        cells[(row["backend"], row["seq"], row["batch"])].append(row)
+    lines = ["| backend | seq | batch | decode ms/step: run/replicate, isolation (cells before it in its process) "
+             "| spread % |", "|---|---:|---:|---|---:|"]
+    for (backend, seq, batch), members in sorted(cells.items()):
+        if not any(r["isolation"] == "shared" for r in members):
+            continue
+        members.sort(key=lambda r: (r["isolation"] != "shared", r["root"], r["replicate"]))
         values = [r["decode_ms"] for r in members]
         spread = (max(values) - min(values)) / statistics.median(values) * 100 if len(values) > 1 else float("nan")
-        shown = ", ".join(f"r{r['replicate']} {r['decode_ms']:.3f} ({r['cells_before']})" for r in members)
-        lines.append(f"| {Path(root).name} | {backend} | {seq} | {batch} | {shown} | {spread:.2f} |")
+        shown = ", ".join(f"{Path(r['root']).name}/r{r['replicate']} {r['isolation']} {r['decode_ms']:.3f} "
+                          f"({r['cells_before']})" for r in members)
+        lines.append(f"| {backend} | {seq} | {batch} | {shown} | {spread:.2f} |")
     return "\n".join(lines)
 
 
 def compile_table(rows) -> str:
-    lines = ["| run | batch | replicate | compile s | FX graph cache hits | backend setup s |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| run | batch | replicate | batch dynamic | compile s | FX graph cache hits | backend setup s | "
+             "decode ms/step |", "|---|---:|---:|---|---:|---:|---:|---:|"]
     for row in sorted((r for r in rows if r["compile_s"] is not None), key=lambda r: (r["root"], r["batch"], r["replicate"])):
-        lines.append(f"| {Path(row['root']).name} | {row['batch']} | {row['replicate']} | {row['compile_s']:.1f} | "
-                     f"{row['fx_hits']} | {row['setup_s']:.1f} |")
+        lines.append(f"| {Path(row['root']).name} | {row['batch']} | {row['replicate']} | {row['dynamic_batch']} | "
+                     f"{row['compile_s']:.1f} | {row['fx_hits']} | {row['setup_s']:.1f} | {row['decode_ms']:.3f} |")
+    return "\n".join(lines)
+
+
+def _seconds(value) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def startup_table(rows) -> str:
+    """Where a measuring process's start-up goes: a cell in its own process (its imports, environment record,
+    model code and CUDA context) and a shared worker (its GPU claim, imports, model code and CUDA context)."""
+    lines = ["| run | process | backend | batch | replicate | job s | imports s | environment s | model code s "
+             "| CUDA context s | GPU claim s |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    seen_workers = set()
+    for row in sorted(rows, key=lambda r: (r["root"], r["isolation"], r["backend"], r["replicate"], r["batch"])):
+        if row["isolation"] == "process":
+            s = row["startup"]
+            lines.append(f"| {Path(row['root']).name} | own | {row['backend']} | {row['batch']} | {row['replicate']} "
+                         f"| {_seconds(row['job_s'])} | {_seconds(s['import_s'])} | {_seconds(s['environment_s'])} "
+                         f"| {_seconds(s['model_code_s'])} | {_seconds(s['cuda_init_s'])} | |")
+        elif row["worker_parts"] and (row["root"], row["pid"]) not in seen_workers:
+            seen_workers.add((row["root"], row["pid"]))
+            w = row["worker_parts"]
+            lines.append(f"| {Path(row['root']).name} | worker | {row['backend']} | | {row['replicate']} | "
+                         f"{_seconds(sum(w.values()))} | {_seconds(w.get('import_s'))} | | "
+                         f"{_seconds(w.get('model_code_s'))} | {_seconds(w.get('cuda_init_s'))} "
+                         f"| {_seconds(w.get('gpu_claim_s'))} |")
     return "\n".join(lines)
 
 
@@ -98,6 +132,7 @@ def main(argv: list[str]) -> int:
     rows = load([Path(a) for a in argv])
     print("## What the measure jobs cost\n\n" + cost_table(rows))
     print("\n## A cell's value by its position in its process (shared workers)\n\n" + position_table(rows))
+    print("\n## Start-up of a measuring process\n\n" + startup_table(rows))
     if any(r["compile_s"] is not None for r in rows):
         print("\n## torch.compile per cell (first replicate cold, later ones from the cache)\n\n" + compile_table(rows))
     return 0

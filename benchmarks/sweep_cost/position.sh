@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Does a cell's value depend on its position in a shared measurement worker? The graph and compiled backends at
+# seq 128 x batch 1, 8 and 64 (benchmarks/replicates/config.yaml's model and settings), 3 replicates with
+# isolation: shared -- each replicate's worker measures batch 1 first in replicates 1 and 3 and last, after
+# batch 64 and 8, in replicate 2 -- then the same batch-1 cells with isolation: process (2 replicates, one
+# process each) on the shared run's compile cache, then cost.py's tables. Run from the repository root:
+#   bash benchmarks/sweep_cost/position.sh [OUT_DIR]
+# OUT_DIR (default results/benchmarks/sweep_cost/position) receives shared/ and process/ (pipeline working
+# directories) and cost.md.
+set -euo pipefail
+out_dir=${1:-results/benchmarks/sweep_cost/position}
+repo=$(pwd)
+cells() {  # the combined cell files of the given batch sizes, both backends
+  for backend in graph compiled; do for batch in "$@"; do
+    echo "results/cells/qwen2.5-3b/fp16/$backend/seq128_batch$batch.json"; done; done
+}
+rc=0  # (--config takes every argument after it: the targets come before)
+mkdir -p "$out_dir/shared" "$out_dir/process/results"
+start=$(date +%s)
+snakemake --snakefile "$repo/Snakefile" --directory "$out_dir/shared" --cores 1 $(cells 1 8 64) \
+  --configfile "$repo/benchmarks/replicates/config.yaml" \
+  --config measure="{backends: [graph, compiled], isolation: shared, replicates: 3}" \
+  sweeps="{batch_sweep: {seq: [128], batch: [1, 8, 64]}}" > "$out_dir/shared/snakemake.log" 2>&1 || rc=$?
+echo "shared: pipeline wall time $(( $(date +%s) - start )) s" | tee -a "$out_dir/shared/snakemake.log"
+# the process run compiles nothing new: it reads the kernels and graphs the shared run cached
+ln -sfn "$(cd "$out_dir/shared/results" && pwd)/cache" "$out_dir/process/results/cache"
+start=$(date +%s)
+snakemake --snakefile "$repo/Snakefile" --directory "$out_dir/process" --cores 1 $(cells 1) \
+  --configfile "$repo/benchmarks/replicates/config.yaml" \
+  --config measure="{backends: [graph, compiled], isolation: process, replicates: 2}" \
+  sweeps="{batch_sweep: {seq: [128], batch: [1]}}" > "$out_dir/process/snakemake.log" 2>&1 || rc=$?
+echo "process: pipeline wall time $(( $(date +%s) - start )) s" | tee -a "$out_dir/process/snakemake.log"
+python3 "$repo/benchmarks/sweep_cost/cost.py" "$out_dir/shared" "$out_dir/process" | tee "$out_dir/cost.md"
+exit $rc
