@@ -272,6 +272,15 @@ def test_report_settings_come_from_the_cells(default_config):
     failed = cell(1)
     del failed["architecture"]
     assert cell_settings([failed], summary)["models"]["tiny-qwen2"]["hidden_size"] == hidden
+    # how the cells were measured: isolation from every cell, compile_shapes from the compiled ones only
+    shared = [dict(c, cell=dict(c["cell"], isolation=iso, backend=backend, compile_shapes=shapes))
+              for c, iso, backend, shapes in ((cell(1), "shared", "eager", "static"),
+                                              (cell(1), "shared", "compiled", "dynamic_batch"),
+                                              (cell(1), "process", "compiled", "dynamic_batch"))]
+    settings = cell_settings(shared, summary)
+    assert settings["isolation"] == "shared (2 cells), process (1 cell)"
+    assert settings["compile_shapes"] == "dynamic_batch"
+    assert "compile_shapes" not in cell_settings(shared[:1], summary)  # no compiled cell: nothing to say
 
 
 def test_schema_and_models_are_package_data_and_the_workflow_is_found(tmp_path, monkeypatch):

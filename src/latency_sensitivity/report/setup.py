@@ -36,6 +36,8 @@ SETTINGS_KEYS = (
     "reps",
     "seed",
     "threads",
+    "isolation",
+    "compile_shapes",
     "collapse_factor",
 )
 
@@ -44,7 +46,10 @@ SETTINGS_KEYS = (
 # backends) lists the values; a scalar one shows its value, or each value with its count where cells differ.
 CELL_SETTINGS = {"dtypes": "dtype", "backends": "backend", "device": "device",
                  "attn_implementation": "attn_implementation", "gen_tokens": "gen_tokens", "warmup": "warmup",
-                 "reps": "reps", "seed": "seed", "threads": "threads"}
+                 "reps": "reps", "seed": "seed", "threads": "threads", "isolation": "isolation",
+                 "compile_shapes": "compile_shapes"}
+# Settings that only some backends' cells have: {setting: the backends whose cells show it}.
+CELL_SETTINGS_OF = {"compile_shapes": ("compiled",)}
 
 
 CELL_LIST_SETTINGS = ("dtypes", "backends")
@@ -107,7 +112,8 @@ def cell_settings(results: Sequence[dict], settings: dict | None = None) -> dict
     if not specs:
         return out
     for name, key in CELL_SETTINGS.items():
-        values = [spec[key] for spec in specs if key in spec]
+        backends = CELL_SETTINGS_OF.get(name)
+        values = [spec[key] for spec in specs if key in spec and (backends is None or spec.get("backend") in backends)]
         if not values:
             continue
         out[name] = list(dict.fromkeys(values)) if name in CELL_LIST_SETTINGS else _counted(values)
