@@ -13,8 +13,9 @@ pytestmark = pytest.mark.e2e
 
 
 def profiled_config(default_config, **profile):
-    cfg = small_config(default_config)
+    cfg = small_config(default_config, replicates=1)
     cfg["sweeps"] = {"seq_sweep": {"seq": [16], "batch": [1]}}
+    cfg["loading"] = dict(cfg.get("loading") or {}, enabled=False)  # not what these tests are about
     cfg["profile"] = dict({"tools": ["torch"], "cells": [{"seq": 16, "batch": 4}, {"seq": 64, "batch": 1}],
                            "warmup": 0, "reps": 1}, **profile)
     return cfg
