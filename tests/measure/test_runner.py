@@ -1,6 +1,7 @@
 """The runner on the CPU: a real tiny model, a local checkpoint, and failures recorded as rows."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -166,3 +167,29 @@ def test_compile_shapes_reaches_the_compiled_backend_only():
             want = {"dynamic_batch": True} if (backend, shapes) == ("compiled", "dynamic_batch") else {}
             assert runner.backend_options(spec) == want
     assert runner.parse_args(argv)[0].compile_shapes == "static"
+
+
+def test_kernel_time_pass_detaches_cupti_after_each_session(monkeypatch):
+    """kineto detaches CUPTI when a profiler stops only with TEARDOWN_CUPTI=1, read at each stop: the kernel-time
+    pass sets it before every session, whatever the environment said (else later cells in the process run with
+    CUPTI attached)."""
+    import contextlib
+    import types
+
+    import torch.profiler
+
+    from latency_sensitivity.measure import probes
+
+    seen = []
+
+    @contextlib.contextmanager
+    def fake_profile(**kwargs):
+        seen.append(os.environ.get("TEARDOWN_CUPTI"))
+        results = types.SimpleNamespace(events=lambda: [])
+        yield types.SimpleNamespace(profiler=types.SimpleNamespace(kineto_results=results))
+
+    monkeypatch.setattr(torch.profiler, "profile", fake_profile)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args, **kwargs: None)
+    monkeypatch.setenv("TEARDOWN_CUPTI", "0")
+    assert probes.kernel_time_ms(lambda: None) == 0.0
+    assert seen == ["1"]
