@@ -107,6 +107,7 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("job_s_total", "s", "job_s summed over the cell's replicates: the device time the cell took."),
     Column("measured_s_total", "s", "measured_s summed over the cell's replicates."),
     Column("worker_start_s_total", "s", "worker_start_s summed over the cell's replicates."),
+    Column("backend_setup_s_total", "s", "backend_setup_s summed over the cell's replicates: graph capture, and for the compiled backend compiling and autotuning, which a later run of the same shapes on the same machine loads from results/cache/compile/."),
     # the host around the measured reps (what explains noise in launch-bound cells; measure/host.py)
     Column("cpus_allowed", "CPUs", "CPUs the measuring process could run on (measure.cpu_affinity pins it)."),
     Column("cpu_mhz_start", "MHz", "Mean current clock of those CPUs just before the measured reps."),

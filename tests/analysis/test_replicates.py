@@ -68,3 +68,5 @@ def test_cost_is_summed_over_replicates():
     a, b = replicate(1, 10.0, 2.0, job_s=12.0, measured_s=2.0), replicate(2, 11.0, 2.0, job_s=14.0, measured_s=3.0)
     m = combine([a, b])["metrics"]
     assert m["job_s_total"] == 26.0 and m["measured_s_total"] == 5.0 and m["job_s"] == 13.0
+    a["metrics"]["backend_setup_s"], b["metrics"]["backend_setup_s"] = 40.0, 1.0  # compiled, then from the cache
+    assert combine([a, b])["metrics"]["backend_setup_s_total"] == 41.0

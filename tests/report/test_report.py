@@ -681,3 +681,9 @@ def test_cost_finding_sums_the_replicates_of_each_cell():
     frame["worker_start_s_total"] = [15.0, 0.0]
     text = cost_finding(frame)
     assert "15.0 s of it were shared measurement workers starting up" in text and "the rest is 3.5x" in text
+    assert "were backend setup" not in text
+    # a compiled sweep: compiling and autotuning named, when they are a good part of the cost
+    frame["backend_setup_s_total"] = [1.0, 2.0]
+    assert "were backend setup" not in cost_finding(frame)
+    frame["backend_setup_s_total"] = [10.0, 8.0]
+    assert "18.0 s were backend setup (graph capture, compiling, autotuning)" in cost_finding(frame)

@@ -121,7 +121,7 @@ def combine(replicates: Sequence[dict]) -> dict:
             combined[key] = statistics.median(numbers)
     combined.update(derived_rates(combined, cell["batch"], cell["seq_len"], cell["gen_tokens"]))
     combined["replicates"] = len(replicates)
-    for key in ("job_s", "measured_s", "worker_start_s"):  # what the cell cost, all replicates together
+    for key in ("job_s", "measured_s", "worker_start_s", "backend_setup_s"):  # the cost, all replicates together
         values = _finite(m.get(key) for m in metrics)
         combined[f"{key}_total"] = sum(values) if values else math.nan
     for phase, key in PHASE_MEDIANS.items():

@@ -403,5 +403,10 @@ def cost_finding(frame: pd.DataFrame) -> str | None:
         once = float(started.sum())
         text += (f"; {once:.1f} s of it were shared measurement workers starting up (once per worker, not per "
                  f"cell), and the rest is {(job_s - once) / measured_s:.1f}x the measured reps")
+    setup_column = "backend_setup_s_total" if "backend_setup_s_total" in frame.columns else "backend_setup_s"
+    setup = float(_col(frame, setup_column)[ok].fillna(0.0).sum()) if setup_column in frame.columns else 0.0
+    if setup >= 0.25 * job_s:  # worth naming: compiling and autotuning, cached for a later run on this machine
+        text += (f"; {setup:.1f} s were backend setup (graph capture, compiling, autotuning), which a later run "
+                 "of the same shapes on this machine loads from results/cache/compile/")
     return text + ("; besides the reps a job spends its time on start-up, model build, backend setup, warmup and "
                    "side measurements")
