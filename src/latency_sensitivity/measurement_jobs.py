@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from latency_sensitivity.config import SCHEMA_PATH, load_schema
@@ -21,11 +22,17 @@ def measurement_settings(measure: dict, backend: str, schema_path: Path | str = 
     measurement job): all but the keys that name the cells, those whose schema description says they do not
     change a cell's numbers (NOT_A_MEASUREMENT), and, for a backend other than compiled, those that change the
     compiled backend's cells only (COMPILED_ONLY)."""
-    described = {key: sub.get("description", "")
-                 for key, sub in load_schema(schema_path)["properties"]["measure"]["properties"].items()}
+    described = _measure_descriptions(str(schema_path))
     return {key: value for key, value in measure.items()
             if key not in CELL_NAMING_KEYS and NOT_A_MEASUREMENT not in described.get(key, "")
             and (backend == "compiled" or COMPILED_ONLY not in described.get(key, ""))}
+
+
+@functools.lru_cache(maxsize=None)
+def _measure_descriptions(schema_path: str) -> dict[str, str]:
+    """{measure key: its schema description}, read once per schema (the rerun trigger is asked for every job)."""
+    return {key: sub.get("description", "")
+            for key, sub in load_schema(schema_path)["properties"]["measure"]["properties"].items()}
 
 
 def measurement_order(cells: list[Cell], replicates: int) -> dict[tuple[Cell, int], int]:

@@ -290,7 +290,6 @@ class GraphBackend(Backend):
             raise RuntimeError("dynamic_batch: the KV cache holds no tensors of this batch to mark")
         for tensor in tensors:
             torch._dynamo.mark_dynamic(tensor, 0)
-        self.dynamic_tensors = len(tensors)
 
     def _warm_up(self):
         self._first_step()
@@ -316,7 +315,7 @@ class GraphBackend(Backend):
             self._filled = True
             _, token = self._prefill(prompt)
             self.static_in.copy_(token)
-            if self.compile and self.dynamic_batch:
+            if self.dynamic_batch:  # compiled, batch 2 or more
                 self._mark_dynamic_batch()
             if self.compile:
                 # one step as Python runs it, to count the paths inside the step that is compiled next (the
