@@ -687,3 +687,11 @@ def test_cost_finding_sums_the_replicates_of_each_cell():
     assert "were backend setup" not in cost_finding(frame)
     frame["backend_setup_s_total"] = [10.0, 8.0]
     assert "18.0 s were backend setup (graph capture, compiling, autotuning)" in cost_finding(frame)
+
+
+def test_how_to_read_says_compiled_cells_share_their_tuning_between_replicates():
+    from latency_sensitivity.report.setup import how_to_read_section
+
+    assert "autotune their Triton kernels" in how_to_read_section({"backends": ["eager", "compiled"]})
+    assert "autotune" not in how_to_read_section({"backends": ["eager", "graph"]})
+    assert "autotune" not in how_to_read_section({})

@@ -193,4 +193,12 @@ def how_to_read_section(settings: dict) -> str:
         "also exceed the two cells' noise. A batch series *saturates* where a doubling of the batch no longer "
         f"raises throughput by more than the noise, at that batch or any larger one. {_definition('flag_detail')}{cf_text}",
     ]
+    if "compiled" in ((settings or {}).get("backends") or []):
+        lines += [
+            "",
+            "Compiled cells autotune their Triton kernels and compile their step once per machine, and every "
+            "replicate reuses that choice from results/cache/compile/: their replicate spread leaves it out, and the "
+            "same compiled cell can measure further apart on two machines of one kind than its replicates do "
+            "(benchmarks/sweep_cost/NOTES.md).",
+        ]
     return "\n".join(lines)
