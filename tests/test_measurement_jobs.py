@@ -38,3 +38,10 @@ def test_measurement_settings_are_what_a_cell_of_its_backend_depends_on(default_
         measurement_jobs.measurement_settings(measure, "compiled")
     assert measurement_jobs.measurement_settings({**measure, "compile_shapes": "dynamic_batch"}, "graph") == \
         measurement_jobs.measurement_settings(measure, "graph")
+
+
+def test_compile_shapes_reaches_the_runner_of_compiled_cells_only():
+    measure = {"compile_shapes": "dynamic_batch"}
+    assert measurement_jobs.compile_shapes(measure, "compiled") == "dynamic_batch"
+    assert measurement_jobs.compile_shapes(measure, "graph") == "static"
+    assert measurement_jobs.compile_shapes(measure, "eager") == "static"

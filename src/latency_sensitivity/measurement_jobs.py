@@ -7,7 +7,7 @@ import functools
 from pathlib import Path
 
 from latency_sensitivity.config import SCHEMA_PATH, load_schema
-from latency_sensitivity.vocabulary import Cell
+from latency_sensitivity.vocabulary import COMPILING_BACKENDS, Cell
 
 
 # Marks in the descriptions of the schema's measure.* keys, read by measurement_settings.
@@ -20,12 +20,18 @@ CELL_NAMING_KEYS = frozenset({"models", "dtypes", "backends", "replicates"})
 def measurement_settings(measure: dict, backend: str, schema_path: Path | str = SCHEMA_PATH) -> dict:
     """The measure.* settings a cell of `backend` depends on besides its wildcards (the rerun trigger of a
     measurement job): all but the keys that name the cells, those whose schema description says they do not
-    change a cell's numbers (NOT_A_MEASUREMENT), and, for a backend other than compiled, those that change the
+    change a cell's numbers (NOT_A_MEASUREMENT), and, for a backend that does not compile, those that change the
     compiled backend's cells only (COMPILED_ONLY)."""
     described = _measure_descriptions(str(schema_path))
     return {key: value for key, value in measure.items()
             if key not in CELL_NAMING_KEYS and NOT_A_MEASUREMENT not in described.get(key, "")
-            and (backend == "compiled" or COMPILED_ONLY not in described.get(key, ""))}
+            and (backend in COMPILING_BACKENDS or COMPILED_ONLY not in described.get(key, ""))}
+
+
+def compile_shapes(measure: dict, backend: str) -> str:
+    """The runner's --compile-shapes for a cell: measure.compile_shapes where the backend compiles, else the
+    runner's default (static)."""
+    return measure["compile_shapes"] if backend in COMPILING_BACKENDS else "static"
 
 
 @functools.lru_cache(maxsize=None)

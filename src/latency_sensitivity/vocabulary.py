@@ -62,6 +62,8 @@ ISOLATIONS = ("process", "shared")
 # How the compiled backend compiles its decode step at batch 2 and more: for each batch size's own shapes
 # (static), or once with the batch as a dynamic dimension that every batch size shares (dynamic_batch).
 COMPILE_SHAPES = ("static", "dynamic_batch")
+# The backends that compile their decode step, and so the cells measure.compile_shapes applies to.
+COMPILING_BACKENDS = ("compiled",)
 
 
 # One line per backend, for help texts and the column documentation.

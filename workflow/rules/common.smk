@@ -264,9 +264,8 @@ def measurement(wildcards):
 
 
 def compile_shapes(wildcards):
-    """measure.compile_shapes for a compiled cell; the runner's default (static) for the others, which do not
-    compile."""
-    return MEASURE["compile_shapes"] if wildcards.backend == "compiled" else "static"
+    """The cell's --compile-shapes (measurement_jobs.compile_shapes)."""
+    return measurement_jobs.compile_shapes(MEASURE, wildcards.backend)
 
 
 # measure.cpu_affinity on the runner's command line ("none": the CPUs the job was started with).

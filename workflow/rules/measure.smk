@@ -6,8 +6,9 @@
 #
 # One job per cell and replicate. With measure.isolation: shared the job hands its cell to a measurement worker
 # (measure/worker_pool.py; one per model, dtype, backend, device and replicate, stopped when the run ends) and
-# the priority (measurement_jobs.measurement_order) runs a worker's cells one after another, replicate by replicate.
-# Compiled code is cached under results/cache/compile/ (measure/compile_cache.py). Param `measurement` names every measure.* value beside the cell's wildcards (common.smk),
+# the priority (measurement_jobs.measurement_order) runs a worker's cells one after another, replicate by
+# replicate. Compiled code is cached under results/cache/compile/ (measure/compile_cache.py). Param `measurement`
+# names every measure.* value the cell depends on beside its wildcards (measurement_jobs.measurement_settings),
 # so changing one re-measures exactly the cells it applies to (Snakemake's params rerun trigger), and nothing
 # else; the scalar params only build the command line. Snakemake's other triggers (all on by default) cover the
 # inputs: a changed architecture JSON or tokenizer re-measures the cells that read it. `threads:` is no rerun

@@ -28,7 +28,7 @@ from latency_sensitivity.engine.base import Clock
 from latency_sensitivity.measure import host
 from latency_sensitivity.measure.model import CellSpec, TORCH_DTYPES, build_model, make_prompt, model_config
 from latency_sensitivity.measure.probes import PROFILE_MODES, _peak_rss_mb, _reset_peak_rss, cuda_memory_state, gpu_busy, is_oom, op_table_csv, torch_profiling
-from latency_sensitivity.vocabulary import BACKENDS, COMPILE_SHAPES, ISOLATIONS
+from latency_sensitivity.vocabulary import BACKENDS, COMPILE_SHAPES, COMPILING_BACKENDS, ISOLATIONS
 
 
 # Nothing may reach a model hub at run time.
@@ -256,7 +256,8 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
     return result
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path]:
+def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path, str, Path | None, Path | None, str | None]:
+    """The cell and the runner's options: (spec, out, profile_mode, torch_profile_dir, tokenizer, compile_cache)."""
     p = argparse.ArgumentParser(prog="python -m latency_sensitivity.measure.runner", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="model name (for the record)")
     p.add_argument("--model-kind", choices=["architecture", "path"], required=True)
@@ -397,7 +398,7 @@ def failed_result(spec: CellSpec, phase: str, message: str, job_s: float | None)
 
 def backend_options(spec: CellSpec) -> dict:
     """The backend's keyword options the cell's settings ask for (registry.make)."""
-    if spec.backend == "compiled" and spec.compile_shapes == "dynamic_batch":
+    if spec.backend in COMPILING_BACKENDS and spec.compile_shapes == "dynamic_batch":
         return {"dynamic_batch": True}
     return {}
 

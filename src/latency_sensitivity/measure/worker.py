@@ -129,8 +129,7 @@ class Worker:
         finally:
             server.close()
             with contextlib.suppress(FileNotFoundError):
-                if os.path.exists(self.socket_path):
-                    os.unlink(self.socket_path)
+                os.unlink(self.socket_path)
             self.registry.unlink(missing_ok=True)
             print(f"worker pid {os.getpid()} exits after {self.cells} cell(s): {reason}", file=sys.stderr,
                   flush=True)

@@ -387,8 +387,13 @@ def _ratio_range(pairs: list[tuple[float, tuple]]) -> str:
 def cost_finding(frame: pd.DataFrame) -> str | None:
     """What the cells cost: their measuring jobs' wall time (all replicates) against the measured reps', with the
     one-time start-up of shared measurement workers apart."""
-    job = _col(frame, "job_s_total") if "job_s_total" in frame.columns else _col(frame, "job_s")
-    measured = _col(frame, "measured_s_total") if "measured_s_total" in frame.columns else _col(frame, "measured_s")
+    def summed(name: str) -> pd.Series | None:  # a cost column over all replicates where combined, else as is
+        column = f"{name}_total" if f"{name}_total" in frame.columns else name
+        return _col(frame, column) if column in frame.columns else None
+
+    job, measured = summed("job_s"), summed("measured_s")
+    if job is None or measured is None:
+        return None
     ok = job.notna() & measured.notna()
     if not ok.any():
         return None
@@ -397,14 +402,13 @@ def cost_finding(frame: pd.DataFrame) -> str | None:
     ratio = f" ({job_s / measured_s:.1f}x)" if measured_s > 0 else ""
     text = (f"cost: {processes} measuring job(s) for {int(ok.sum())} cell(s) took {job_s:.1f} s of wall time "
             f"for {measured_s:.1f} s of measured reps{ratio}")
-    start_column = "worker_start_s_total" if "worker_start_s_total" in frame.columns else "worker_start_s"
-    started = _col(frame, start_column)[ok].fillna(0.0) if start_column in frame.columns else None
-    if started is not None and float(started.sum()) > 0 and measured_s > 0:
-        once = float(started.sum())
+    started = summed("worker_start_s")
+    once = float(started[ok].fillna(0.0).sum()) if started is not None else 0.0
+    if once > 0 and measured_s > 0:
         text += (f"; {once:.1f} s of it were shared measurement workers starting up (once per worker, not per "
                  f"cell), and the rest is {(job_s - once) / measured_s:.1f}x the measured reps")
-    setup_column = "backend_setup_s_total" if "backend_setup_s_total" in frame.columns else "backend_setup_s"
-    setup = float(_col(frame, setup_column)[ok].fillna(0.0).sum()) if setup_column in frame.columns else 0.0
+    setup_s = summed("backend_setup_s")
+    setup = float(setup_s[ok].fillna(0.0).sum()) if setup_s is not None else 0.0
     if setup >= 0.25 * job_s:  # worth naming: compiling and autotuning, cached for a later run on this machine
         text += (f"; {setup:.1f} s were backend setup (graph capture, compiling, autotuning), which a later run "
                  "of the same shapes on this machine loads from results/cache/compile/")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from latency_sensitivity.columns import COLUMNS_BY_NAME, LATENCY_METRICS, THROUGHPUT_METRICS
-from latency_sensitivity.vocabulary import ARCHITECTURE_SUMMARY
+from latency_sensitivity.vocabulary import ARCHITECTURE_SUMMARY, COMPILING_BACKENDS
 from latency_sensitivity.report.findings import NOISE_THRESHOLD
 from latency_sensitivity.report.format import FLAT_TOLERANCE, _fmt_value, markdown_table
 
@@ -49,7 +49,7 @@ CELL_SETTINGS = {"dtypes": "dtype", "backends": "backend", "device": "device",
                  "reps": "reps", "seed": "seed", "threads": "threads", "isolation": "isolation",
                  "compile_shapes": "compile_shapes"}
 # Settings that only some backends' cells have: {setting: the backends whose cells show it}.
-CELL_SETTINGS_OF = {"compile_shapes": ("compiled",)}
+CELL_SETTINGS_OF = {"compile_shapes": COMPILING_BACKENDS}
 
 
 CELL_LIST_SETTINGS = ("dtypes", "backends")
