@@ -101,7 +101,7 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("measured_s", "s", "Wall time of the measured reps alone."),
     Column("cell_s", "s", "Wall time of the cell's measurement in its measuring process (model build to its last side measurement); job_s less cell_s is the job's own start-up and hand-over."),
     Column("tokenization_s", "s", "Wall time of the side measurement of tokenising and detokenising the cell's texts."),
-    Column("kernel_time_s", "s", "Wall time of the side measurement of GPU kernel time (one profiled prefill and request)."),
+    Column("kernel_time_s", "s", "Wall time of the side measurement of GPU kernel time (one profiled prefill and one request of up to 8 generated tokens)."),
     Column("worker_start_s", "s", "Seconds the cell's job waited for its measurement worker to start (isolation shared; 0 when the worker was running, and with isolation process): a one-time cost per worker, inside job_s."),
     Column("cells_before", "", "Cells the measuring process had measured before this one (0 with isolation process; the median over replicates)."),
     Column("job_s_total", "s", "job_s summed over the cell's replicates: the device time the cell took."),
@@ -129,9 +129,10 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     ),
     # host overhead (CUDA): GPU kernel time from a profiled, unmeasured pass, against the measured time
     Column("prefill_kernel_ms", "ms", "GPU time of the prefill's kernels (profiled once after the measured reps; the union of their intervals, so overlapping kernels count once)."),
-    Column("decode_kernel_ms_per_step", "ms/step", "GPU time of one decode step's kernels (profiled once, averaged over steps; overlapping kernels count once)."),
+    Column("decode_kernel_ms_per_step", "ms/step", "GPU time of one decode step's kernels (profiled once, averaged over the first kernel_time_decode_steps steps; overlapping kernels count once)."),
+    Column("kernel_time_decode_steps", "steps", "Decode steps the kernel-time pass profiled: min(gen_tokens, 8) - 1, the steps right after the prompt."),
     Column("prefill_gpu_busy", "ratio", "prefill_kernel_ms / prefill_p50_ms: the share of the prefill the GPU was working."),
-    Column("decode_gpu_busy", "ratio", "decode_kernel_ms_per_step / decode_p50_ms_per_tok: the share of a decode step the GPU was working. The kernel time comes from one extra profiled request and the step time from the measured median, so a GPU busy throughout can read slightly above 1 (up to 1.03 in the H100 grid)."),
+    Column("decode_gpu_busy", "ratio", "decode_kernel_ms_per_step / decode_p50_ms_per_tok: the share of a decode step the GPU was working. The kernel time comes from one extra profiled request's first decode steps (kernel_time_decode_steps; after a compute-bound prefill they run a few percent slower than later steps, see benchmarks/sweep_cost/NOTES.md) and the step time from the measured median, so a GPU busy throughout can read slightly above 1 (up to 1.03 in the H100 grid)."),
     Column(
         "prefill_regime",
         "",

@@ -193,3 +193,29 @@ def test_kernel_time_pass_detaches_cupti_after_each_session(monkeypatch):
     monkeypatch.setenv("TEARDOWN_CUPTI", "0")
     assert probes.kernel_time_ms(lambda: None) == 0.0
     assert seen == ["1"]
+
+
+@pytest.mark.parametrize("gen_tokens, steps", [(32, 7), (8, 7), (3, 2)])
+def test_kernel_time_pass_profiles_a_short_request(monkeypatch, gen_tokens, steps):
+    """The kernel-time pass's request generates min(gen_tokens, 8) tokens (reading a profiler trace costs per
+    device event), and its decode kernel time is per profiled step."""
+    from latency_sensitivity.measure import probes
+
+    calls = []
+
+    class Backend:
+        def reset(self):
+            calls.append("reset")
+
+        def prefill(self, prompt):
+            calls.append("prefill")
+            return 2.0  # ms of kernels
+
+        def request(self, prompt, gen_tokens, clock, rep_name):
+            calls.append(("request", gen_tokens))
+            return 2.0 + 0.5 * (gen_tokens - 1)
+
+    monkeypatch.setattr(probes, "kernel_time_ms", lambda fn: fn())
+    got = probes.gpu_busy(Backend(), prompt=None, gen_tokens=gen_tokens, clock=None)
+    assert calls == ["reset", "prefill", "reset", ("request", min(gen_tokens, probes.KERNEL_TIME_TOKENS))]
+    assert got == {"prefill_kernel_ms": 2.0, "decode_kernel_ms_per_step": 0.5, "kernel_time_decode_steps": steps}

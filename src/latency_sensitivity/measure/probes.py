@@ -38,15 +38,26 @@ def kernel_time_ms(fn) -> float:
     return metrics.covered_length(spans) / 1e6
 
 
+# The kernel-time pass's request generates this many tokens (the cell's gen_tokens where fewer). Stopping the
+# profiler and reading its events costs about 20 us per device event, and a decode step of a 3B model is some 1,800
+# kernels: a whole 32-token request was about 1 to 1.5 s of a cell's job for a few ms of GPU work. A step's kernel
+# time hardly moves over a request's steps (benchmarks/sweep_cost/NOTES.md, "The kernel-time pass").
+KERNEL_TIME_TOKENS = 8
+
+
 def gpu_busy(backend, prompt, gen_tokens: int, clock: Clock) -> dict:
-    """Kernel time per phase (one extra, unmeasured prefill and request of the backend, after the measured reps)."""
+    """Kernel time per phase, from one extra, unmeasured prefill and one request of the backend after the measured
+    reps; the request generates min(gen_tokens, KERNEL_TIME_TOKENS) tokens, and its decode steps' kernel time is
+    averaged over them."""
+    tokens = min(gen_tokens, KERNEL_TIME_TOKENS)
     backend.reset()  # emptying a static cache is not part of either phase
     prefill_ms = kernel_time_ms(lambda: backend.prefill(prompt))
     backend.reset()
-    request_ms = kernel_time_ms(lambda: backend.request(prompt, gen_tokens, clock, "kernel_time"))
+    request_ms = kernel_time_ms(lambda: backend.request(prompt, tokens, clock, "kernel_time"))
     return {
         "prefill_kernel_ms": prefill_ms,
-        "decode_kernel_ms_per_step": max(request_ms - prefill_ms, 0.0) / (gen_tokens - 1),
+        "decode_kernel_ms_per_step": max(request_ms - prefill_ms, 0.0) / (tokens - 1),
+        "kernel_time_decode_steps": tokens - 1,
     }
 
 
