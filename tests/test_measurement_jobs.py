@@ -45,3 +45,20 @@ def test_compile_shapes_reaches_the_runner_of_compiled_cells_only():
     assert measurement_jobs.compile_shapes(measure, "compiled") == "dynamic_batch"
     assert measurement_jobs.compile_shapes(measure, "graph") == "static"
     assert measurement_jobs.compile_shapes(measure, "eager") == "static"
+
+
+def test_placement_is_a_measurement_of_cuda_cells_only(default_config):
+    """measure.placement moves nothing on the CPU: it re-measures CUDA cells only and reaches their runner only."""
+    cfg = lsconfig.validate(copy.deepcopy(default_config), base_dir=REPO)
+    schema = lsconfig.load_schema()["properties"]["measure"]["properties"]
+    assert measurement_jobs.CUDA_ONLY in schema["placement"]["description"]
+    cpu = {**cfg["measure"], "device": "cpu"}
+    cuda = {**cfg["measure"], "device": "cuda"}
+    for backend in ("eager", "graph", "compiled"):
+        assert "placement" not in measurement_jobs.measurement_settings(cpu, backend)
+        assert measurement_jobs.measurement_settings(cuda, backend)["placement"] == "by_replicate"
+        assert measurement_jobs.measurement_settings({**cpu, "placement": "fixed"}, backend) == \
+            measurement_jobs.measurement_settings(cpu, backend)
+    assert measurement_jobs.placement(cuda) == "by_replicate"
+    assert measurement_jobs.placement({**cuda, "placement": "fixed"}) == "fixed"
+    assert measurement_jobs.placement(cpu) == "fixed"

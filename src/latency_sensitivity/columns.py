@@ -122,6 +122,7 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("predicted_memory_mb", "MiB", "Predicted peak: weights + KV cache + kept logits + activation estimate."),
     Column("kv_cache_mb", "MiB", "Predicted KV cache at the end of generation (GQA formula)."),
     Column("weights_mb", "MiB", "Parameter bytes of the model as built."),
+    Column("placement_pad_mb", "MiB", "Device memory the replicate held while its model and backend were allocated, then freed before its warmup (measure.placement by_replicate: 0 for replicate 1; the median over replicates)."),
     Column(
         "peak_rss_covers_measured_reps_only",
         "",

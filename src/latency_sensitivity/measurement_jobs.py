@@ -13,6 +13,7 @@ from latency_sensitivity.vocabulary import COMPILING_BACKENDS, Cell
 # Marks in the descriptions of the schema's measure.* keys, read by measurement_settings.
 NOT_A_MEASUREMENT = "Does not change a cell's numbers"
 COMPILED_ONLY = "Changes the compiled backend's cells only"
+CUDA_ONLY = "Changes cells measured on CUDA only"
 # measure.* keys that name the cells (the wildcards), and replicates, which names the replicate files (r1..rK).
 CELL_NAMING_KEYS = frozenset({"models", "dtypes", "backends", "replicates"})
 
@@ -20,18 +21,24 @@ CELL_NAMING_KEYS = frozenset({"models", "dtypes", "backends", "replicates"})
 def measurement_settings(measure: dict, backend: str, schema_path: Path | str = SCHEMA_PATH) -> dict:
     """The measure.* settings a cell of `backend` depends on besides its wildcards (the rerun trigger of a
     measurement job): all but the keys that name the cells, those whose schema description says they do not
-    change a cell's numbers (NOT_A_MEASUREMENT), and, for a backend that does not compile, those that change the
-    compiled backend's cells only (COMPILED_ONLY)."""
+    change a cell's numbers (NOT_A_MEASUREMENT), for a backend that does not compile, those that change the
+    compiled backend's cells only (COMPILED_ONLY), and off CUDA, those that change CUDA cells only (CUDA_ONLY)."""
     described = _measure_descriptions(str(schema_path))
     return {key: value for key, value in measure.items()
             if key not in CELL_NAMING_KEYS and NOT_A_MEASUREMENT not in described.get(key, "")
-            and (backend in COMPILING_BACKENDS or COMPILED_ONLY not in described.get(key, ""))}
+            and (backend in COMPILING_BACKENDS or COMPILED_ONLY not in described.get(key, ""))
+            and (measure.get("device") == "cuda" or CUDA_ONLY not in described.get(key, ""))}
 
 
 def compile_shapes(measure: dict, backend: str) -> str:
     """The runner's --compile-shapes for a cell: measure.compile_shapes where the backend compiles, else the
     runner's default (static)."""
     return measure["compile_shapes"] if backend in COMPILING_BACKENDS else "static"
+
+
+def placement(measure: dict) -> str:
+    """The runner's --placement for a cell: measure.placement on CUDA, else fixed (nothing is moved on the CPU)."""
+    return measure["placement"] if measure.get("device") == "cuda" else "fixed"
 
 
 @functools.lru_cache(maxsize=None)

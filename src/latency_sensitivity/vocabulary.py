@@ -62,6 +62,10 @@ ISOLATIONS = ("process", "shared")
 # How the compiled backend compiles its decode step at batch 2 and more: for each batch size's own shapes
 # (static), or once with the batch as a dynamic dimension that every batch size shares (dynamic_batch).
 COMPILE_SHAPES = ("static", "dynamic_batch")
+# Where a cell's model and cache land in device memory: as a fresh process allocates them, the same every time
+# (fixed), or moved by a buffer held while they are allocated whose size depends on the replicate (by_replicate;
+# measure/placement.py), so that replicates sample placement.
+PLACEMENTS = ("fixed", "by_replicate")
 # The backends that compile their decode step, and so the cells measure.compile_shapes applies to.
 COMPILING_BACKENDS = ("compiled",)
 

@@ -24,6 +24,7 @@ CELL = "results/cells/tiny-qwen2/fp32/eager/seq{seq}_batch{batch}.json"
 REPLICATE = "results/cells/tiny-qwen2/fp32/eager/seq{seq}_batch{batch}/r{k}.json"
 NOT_A_MEASUREMENT = measurement_jobs.NOT_A_MEASUREMENT
 COMPILED_ONLY = measurement_jobs.COMPILED_ONLY
+CUDA_ONLY = measurement_jobs.CUDA_ONLY
 REPLICATES = 2  # the finished run's replicates per cell
 NOTHING = {"all": 1}  # nothing to measure or rebuild: only `all` runs, printing the run's summary
 
@@ -253,16 +254,17 @@ def changed(key: str, schema: dict, cfg: dict):
 ])
 def test_every_measure_key_remeasures_its_cells_or_says_it_does_not(run, key):
     """Each measure.* key of the schema: changing it re-measures every replicate of every cell, unless its
-    description says it does not change a cell's numbers, or changes only the compiled backend's cells (the
-    finished run's cells are eager ones): then it re-measures none. `replicates` names the replicate files
+    description says it does not change a cell's numbers, changes only the compiled backend's cells (the
+    finished run's cells are eager ones) or only cells on CUDA (they are on the CPU): then it re-measures none. `replicates` names the replicate files
     instead (the next test)."""
     work, cfg = run
     schema = measure_keys()[key]
     cfg["measure"][key] = changed(key, schema, cfg)
     write_config(work / "cfg" / "config.yaml", cfg)
     proc = dry(work, cores="8")  # enough cores that a thread count is not capped
-    if NOT_A_MEASUREMENT in schema.get("description", "") or COMPILED_ONLY in schema.get("description", ""):
-        assert {cell.backend for cell in lsconfig.all_cells(cfg)} == {"eager"}
+    described = schema.get("description", "")
+    if NOT_A_MEASUREMENT in described or COMPILED_ONLY in described or CUDA_ONLY in described:
+        assert {cell.backend for cell in lsconfig.all_cells(cfg)} == {"eager"} and cfg["measure"]["device"] == "cpu"
         assert measured(proc) == set() and combined(proc) == set()
     else:
         cells = lsconfig.validate(cfg, base_dir=work)

@@ -268,6 +268,11 @@ def compile_shapes(wildcards):
     return measurement_jobs.compile_shapes(MEASURE, wildcards.backend)
 
 
+def placement(wildcards):
+    """The cell's --placement (measurement_jobs.placement)."""
+    return measurement_jobs.placement(MEASURE)
+
+
 # measure.cpu_affinity on the runner's command line ("none": the CPUs the job was started with).
 CPU_AFFINITY = ",".join(str(cpu) for cpu in MEASURE["cpu_affinity"]) or "none"
 
@@ -281,7 +286,7 @@ RUNNER = (
     " --seq {wildcards.seq} --batch {wildcards.batch}"
     " --gen-tokens {params.gen_tokens} --warmup {params.warmup} --reps {params.reps}"
     " --seed {params.seed} --threads {params.threads} --cpu-affinity {params.cpu_affinity}"
-    " --compile-shapes {params.compile_shapes}"
+    " --compile-shapes {params.compile_shapes} --placement {params.placement}"
     " --tokenizer {input.tokenizer:q}"
 )
 
@@ -327,4 +332,5 @@ PROFILE_RUNNER_PARAMS = dict(
     threads=MEASURE["threads"],
     cpu_affinity=CPU_AFFINITY,
     compile_shapes=compile_shapes,
+    placement=placement,
 )

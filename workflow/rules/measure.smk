@@ -39,6 +39,7 @@ rule measure_cell:
         cpu_affinity=CPU_AFFINITY,
         isolation=MEASURE["isolation"],
         compile_shapes=compile_shapes,
+        placement=placement,
         measurement=measurement,
     threads: MEASURE["threads"]
     priority: measurement_priority

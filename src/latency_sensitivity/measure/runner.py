@@ -27,8 +27,9 @@ from latency_sensitivity.engine import registry
 from latency_sensitivity.engine.base import Clock
 from latency_sensitivity.measure import host
 from latency_sensitivity.measure.model import CellSpec, TORCH_DTYPES, build_model, make_prompt, model_config
+from latency_sensitivity.measure.placement import Pad
 from latency_sensitivity.measure.probes import PROFILE_MODES, _peak_rss_mb, _reset_peak_rss, cuda_memory_state, gpu_busy, is_oom, op_table_csv, torch_profiling
-from latency_sensitivity.vocabulary import BACKENDS, COMPILE_SHAPES, COMPILING_BACKENDS, ISOLATIONS
+from latency_sensitivity.vocabulary import BACKENDS, COMPILE_SHAPES, COMPILING_BACKENDS, ISOLATIONS, PLACEMENTS
 
 
 # Nothing may reach a model hub at run time.
@@ -88,7 +89,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         "profile_mode": profile_mode,
     }
     phase = Phase()
-    model = prompt = backend = None
+    model = prompt = backend = pad = None
     try:
         if spec.cpu_affinity:  # first, before torch starts its threads (they inherit it)
             host.pin(spec.cpu_affinity)
@@ -108,6 +109,11 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         startup_s = time.perf_counter() - t0
         cuda_init_s = startup_s - model_code_s
 
+        # With placement by_replicate a later replicate holds a buffer while its model and backend are allocated,
+        # so they land elsewhere on the device (placement.py); it is freed before the warmup.
+        pad = Pad(spec.placement, spec.replicate, cuda).hold()
+        result["placement_pad_mb"] = pad.mib
+
         phase.name = "model_build"
         t0 = time.perf_counter()
         with nvtx_range("model_build"):
@@ -124,6 +130,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         with nvtx_range("backend_setup"):
             backend = registry.make(spec.backend, model, prompt, spec.gen_tokens, clock, **backend_options(spec))
         result["backend_info"] = backend.info()
+        pad.release()
         # Everything alive now (the model, the backend, torch.compile's code and caches) leaves the garbage
         # collector's reach for the reps, as vLLM does after its graph capture: otherwise each full collection
         # walks it all in the middle of a rep, which slowed a host-bound eager prefill after a compiled backend
@@ -176,6 +183,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         m["peak_rss_mb"] = _peak_rss_mb()
         m["peak_rss_covers_measured_reps_only"] = rss_reset
         m["weights_mb"] = weights_bytes / mib
+        m["placement_pad_mb"] = pad.mib
         m["startup_s"] = startup_s
         m.update(import_s=import_s, environment_s=environment_s, model_code_s=model_code_s, cuda_init_s=cuda_init_s)
         m["model_build_s"] = build_s
@@ -248,9 +256,11 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         print(traceback.format_exc(), file=sys.stderr)
     finally:
         gc.unfreeze()
+        if pad is not None:
+            pad.release()
         if backend is not None:
             backend.close()
-        del model, prompt, backend
+        del model, prompt, backend, pad
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
     return result
@@ -281,6 +291,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path, str, Path
     p.add_argument("--compile-shapes", choices=COMPILE_SHAPES, default="static",
                    help="the compiled backend's step compiled for this batch size (static) or with the batch as "
                    "a dynamic dimension, one graph for every batch size of 2 or more (dynamic_batch)")
+    p.add_argument("--placement", choices=PLACEMENTS, default="fixed",
+                   help="on CUDA: the model and cache as allocated (fixed), or moved by a buffer whose size the "
+                   "replicate sets, held while they are allocated (by_replicate)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json (or a folder with one): also time tokenising "
                    "the batch's texts and detokenising its generated ids")
@@ -301,7 +314,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path, str, Path
         model=a.model, model_kind=a.model_kind, model_location=a.model_location, dtype=a.dtype,
         backend=a.backend, device=a.device, attn_implementation=a.attn_implementation, seq_len=a.seq,
         batch=a.batch, gen_tokens=a.gen_tokens, warmup=a.warmup, reps=a.reps, seed=a.seed, threads=a.threads,
-        replicate=a.replicate, isolation=a.isolation, compile_shapes=a.compile_shapes,
+        replicate=a.replicate, isolation=a.isolation, compile_shapes=a.compile_shapes, placement=a.placement,
         cpu_affinity=None if a.cpu_affinity in ("", "none") else [int(c) for c in a.cpu_affinity.split(",")],
     )
     return spec, a.out, a.profile_mode, a.torch_profile_dir, a.tokenizer, a.compile_cache

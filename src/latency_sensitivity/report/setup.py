@@ -38,6 +38,7 @@ SETTINGS_KEYS = (
     "threads",
     "isolation",
     "compile_shapes",
+    "placement",
     "collapse_factor",
 )
 
@@ -47,7 +48,7 @@ SETTINGS_KEYS = (
 CELL_SETTINGS = {"dtypes": "dtype", "backends": "backend", "device": "device",
                  "attn_implementation": "attn_implementation", "gen_tokens": "gen_tokens", "warmup": "warmup",
                  "reps": "reps", "seed": "seed", "threads": "threads", "isolation": "isolation",
-                 "compile_shapes": "compile_shapes"}
+                 "compile_shapes": "compile_shapes", "placement": "placement"}
 # Settings that only some backends' cells have: {setting: the backends whose cells show it}.
 CELL_SETTINGS_OF = {"compile_shapes": COMPILING_BACKENDS}
 
