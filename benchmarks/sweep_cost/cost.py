@@ -36,6 +36,8 @@ def load(roots):
                 "setup_s": m.get("backend_setup_s") or 0.0, "compile_s": m.get("backend_compile_s"),
                 "cells_before": m.get("cells_before", 0), "decode_ms": m.get("decode_p50_ms_per_tok"),
                 "prefill_ms": m.get("prefill_p50_ms"), "pid": w.get("pid"),
+                "kernel_time_s": m.get("kernel_time_s") or 0.0, "warmup_s": m.get("warmup_s") or 0.0,
+                "pad_mb": m.get("placement_pad_mb"),
                 "fx_hits": (r.get("backend_info") or {}).get("compile_stats", {}).get("fxgraph_cache_hit"),
                 "dynamic_batch": (r.get("backend_info") or {}).get("compile_dynamic_batch"),
                 "startup": {k: m.get(k) for k in ("import_s", "environment_s", "model_code_s", "cuda_init_s",
@@ -50,23 +52,26 @@ def cost_table(rows) -> str:
     for row in rows:
         groups[(row["root"], row["isolation"], row["backend"])].append(row)
     lines = ["| run | isolation | backend | jobs | processes | job s | worker start-up s | measured s | job / measured "
-             "| (job - start-up) / measured | backend setup s |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| (job - start-up) / measured | backend setup s | warmup s | kernel-time pass s |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     totals = defaultdict(float)
     for (root, isolation, backend), members in sorted(groups.items()):
         job = sum(r["job_s"] for r in members if r["job_s"] is not None)
         measured = sum(r["measured_s"] for r in members)
         start = sum(r["worker_start_s"] or 0.0 for r in members)
         setup = sum(r["setup_s"] for r in members)
+        warmup = sum(r["warmup_s"] for r in members)
+        kernel = sum(r["kernel_time_s"] for r in members)
         pids = len({r["pid"] for r in members})
         lines.append(f"| {Path(root).name} | {isolation} | {backend} | {len(members)} | {pids} | {job:.1f} | {start:.1f} "
-                     f"| {measured:.1f} | {job / measured:.2f} | {(job - start) / measured:.2f} | {setup:.1f} |")
+                     f"| {measured:.1f} | {job / measured:.2f} | {(job - start) / measured:.2f} | {setup:.1f} | {warmup:.1f} "
+                     f"| {kernel:.1f} |")
         for k, v in (("job", job), ("measured", measured), ("start", start)):
             totals[(root, isolation, k)] += v
     for (root, isolation) in sorted({(k[0], k[1]) for k in totals}):
         job, measured, start = (totals[(root, isolation, k)] for k in ("job", "measured", "start"))
         lines.append(f"| {Path(root).name} | {isolation} | all | | | {job:.1f} | {start:.1f} | {measured:.1f} | "
-                     f"{job / measured:.2f} | {(job - start) / measured:.2f} | |")
+                     f"{job / measured:.2f} | {(job - start) / measured:.2f} | | | |")
     return "\n".join(lines)
 
 
@@ -76,8 +81,8 @@ def position_table(rows) -> str:
     cells = defaultdict(list)
     for row in rows:
         cells[(row["backend"], row["seq"], row["batch"])].append(row)
-    lines = ["| backend | seq | batch | decode ms/step: run/replicate, isolation (cells before it in its process) "
-             "| spread % |", "|---|---:|---:|---|---:|"]
+    lines = ["| backend | seq | batch | decode ms/step: run/replicate, isolation (cells before it in its process"
+             "; MiB held while it was built, where any) | spread % |", "|---|---:|---:|---|---:|"]
     for (backend, seq, batch), members in sorted(cells.items()):
         if not any(r["isolation"] == "shared" for r in members):
             continue
@@ -85,9 +90,13 @@ def position_table(rows) -> str:
         values = [r["decode_ms"] for r in members]
         spread = (max(values) - min(values)) / statistics.median(values) * 100 if len(values) > 1 else float("nan")
         shown = ", ".join(f"{Path(r['root']).name}/r{r['replicate']} {r['isolation']} {r['decode_ms']:.3f} "
-                          f"({r['cells_before']})" for r in members)
+                          f"({_position(r)})" for r in members)
         lines.append(f"| {backend} | {seq} | {batch} | {shown} | {spread:.2f} |")
     return "\n".join(lines)
+
+
+def _position(row) -> str:
+    return f"{row['cells_before']}; {row['pad_mb']}" if row["pad_mb"] else str(row["cells_before"])
 
 
 def compile_table(rows) -> str:

@@ -1,0 +1,199 @@
+"""What the kernel-time pass costs, and in which part: profiler start, the profiled work, profiler stop, reading
+its events, for the pass as the runner runs it and for the alternatives considered.
+
+Every cell on a GPU ends with a kernel-time pass (`probes.gpu_busy`): one unmeasured prefill and one request,
+each under a torch.profiler session (CUDA activity only), whose device events give each phase's GPU-busy share.
+This study builds each backend once per cell (the Qwen2.5-3B architecture with random fp16 weights, seq 128 by
+default, gen 32, as benchmarks/replicates/), warms it up, then runs each way `--rounds` times, alternating, and
+prints wall times, where they go and the kernel times each way gives:
+
+- ``whole request``: the pass as it was, a session for the prefill and one for a request of all gen tokens;
+- ``short request``: as the runner does it now (probes.gpu_busy), the request generating KERNEL_TIME_TOKENS;
+- ``one session``: prefill, cache reset and whole request in one profiler session, told apart by a marker
+  kernel (torch.cuda._sleep) between them;
+- ``request only``: one session around the whole request alone (how much the prefill's session adds);
+- ``no external correlation``: as ``whole request``, with the profiler's external correlation off.
+
+    python3 benchmarks/sweep_cost/kernel_time_pass.py [--backends graph,eager] [--batches 1,64] [--seq 128]
+        [--rounds 3] [--ways "whole request,short request"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ARCHITECTURE = Path(__file__).resolve().parents[2] / "src" / "latency_sensitivity" / "data" / "models" / "qwen2.5-3b.json"
+MARKER = "spin_kernel"
+WAYS = ("whole request", "short request", "one session", "request only", "no external correlation")
+
+
+def profiled(fns, timing: dict, **profile_kwargs) -> list[float]:
+    """Kernel time (ms) of each of fns, profiled in one session (marker kernels between them); timing gets the
+    session's parts in seconds."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from latency_sensitivity.analysis import metrics
+
+    os.environ["TEARDOWN_CUPTI"] = "1"
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    prof = profile(activities=[ProfilerActivity.CUDA], **profile_kwargs)
+    prof.__enter__()
+    t1 = time.perf_counter()
+    for i, fn in enumerate(fns):
+        if i:
+            torch.cuda.synchronize()
+            torch.cuda._sleep(1)
+        torch.cuda.synchronize()
+        fn()
+        torch.cuda.synchronize()
+    t2 = time.perf_counter()
+    prof.__exit__(None, None, None)
+    t3 = time.perf_counter()
+    raw = list(prof.profiler.kineto_results.events())
+    events = sorted((e.start_ns(), e.end_ns(), e.name()) for e in raw if e.device_type() == DeviceType.CUDA)
+    t4 = time.perf_counter()
+    for key, value in (("start_s", t1 - t0), ("work_s", t2 - t1), ("stop_s", t3 - t2), ("read_s", t4 - t3)):
+        timing[key] = timing.get(key, 0.0) + value
+    timing["events"] = timing.get("events", 0) + len(raw)
+    timing["device_events"] = timing.get("device_events", 0) + len(events)
+    marks = [(s, e) for s, e, name in events if MARKER in name]
+    if len(marks) != len(fns) - 1:
+        raise RuntimeError(f"{len(marks)} marker kernels in the trace, {len(fns) - 1} expected")
+    cuts = [(-math.inf, -math.inf)] + marks + [(math.inf, math.inf)]
+    return [metrics.covered_length([(s, e) for s, e, name in events if MARKER not in name and s >= lo and e <= hi]) / 1e6
+            for (_, lo), (hi, _) in zip(cuts, cuts[1:])]
+
+
+def ways(backend, prompt, gen_tokens: int, clock):
+    import torch
+
+    from latency_sensitivity.measure import probes
+
+    def request():
+        backend.request(prompt, gen_tokens, clock, "kernel_time")
+
+    def prefill():
+        backend.prefill(prompt)
+
+    def two_sessions(timing, **kw):
+        backend.reset()
+        (p,) = profiled([prefill], timing, **kw)
+        backend.reset()
+        (r,) = profiled([request], timing, **kw)
+        return p, (r - p) / (gen_tokens - 1)
+
+    def short_request(timing):
+        real = probes.kernel_time_ms
+
+        def timed(fn):
+            (ms,) = profiled([fn], timing)
+            return ms
+
+        probes.kernel_time_ms = timed
+        try:
+            k = probes.gpu_busy(backend, prompt, gen_tokens, clock)
+        finally:
+            probes.kernel_time_ms = real
+        return k["prefill_kernel_ms"], k["decode_kernel_ms_per_step"]
+
+    def one_session(timing):
+        backend.reset()
+        p, _, r = profiled([prefill, backend.reset, request], timing)
+        return p, (r - p) / (gen_tokens - 1)
+
+    def request_only(timing):
+        backend.reset()
+        profiled([request], timing)
+        return math.nan, math.nan
+
+    def no_external_correlation(timing):
+        config = torch._C._profiler._ExperimentalConfig(disable_external_correlation=True)
+        return two_sessions(timing, experimental_config=config)
+
+    return {"whole request": two_sessions, "short request": short_request, "one session": one_session,
+            "request only": request_only, "no external correlation": no_external_correlation}
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backends", default="graph,eager")
+    p.add_argument("--batches", default="1,64")
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--ways", help="comma-separated, of: " + ", ".join(WAYS) + " (default: all)")
+    p.add_argument("--json", type=Path, help="also write every round here")
+    a = p.parse_args(argv)
+
+    import torch
+
+    from latency_sensitivity.engine import registry
+    from latency_sensitivity.engine.base import Clock
+    from latency_sensitivity.measure import compile_cache
+    from latency_sensitivity.measure.model import CellSpec, build_model, make_prompt, model_config
+
+    chosen = a.ways.split(",") if a.ways else list(WAYS)
+    if set(chosen) - set(WAYS):
+        p.error(f"unknown ways: {', '.join(set(chosen) - set(WAYS))}")
+    compile_cache.configure(None, "cuda")
+    clock = Clock(True)
+    rows = []
+    for backend_name in a.backends.split(","):
+        for batch in (int(b) for b in a.batches.split(",")):
+            spec = CellSpec(model="qwen2.5-3b", model_kind="architecture", model_location=str(ARCHITECTURE),
+                            dtype="fp16", backend=backend_name, device="cuda", attn_implementation="sdpa",
+                            seq_len=a.seq, batch=batch, gen_tokens=32, warmup=3, reps=7, seed=0, threads=1)
+            model = build_model(spec, model_config(spec))
+            prompt = make_prompt(spec, model.config.vocab_size)
+            backend = registry.make(backend_name, model, prompt, spec.gen_tokens, clock)
+            with torch.inference_mode():
+                for i in range(spec.warmup):
+                    backend.request(prompt, spec.gen_tokens, clock, f"warmup{i}")
+                for r in range(a.rounds):
+                    for way, fn in ways(backend, prompt, spec.gen_tokens, clock).items():
+                        if way not in chosen:
+                            continue
+                        timing: dict = {}
+                        t0 = time.perf_counter()
+                        prefill_ms, decode_ms = fn(timing)
+                        rows.append({"backend": backend_name, "seq": a.seq, "batch": batch, "round": r + 1,
+                                     "way": way, "wall_s": time.perf_counter() - t0, **timing,
+                                     "prefill_kernel_ms": prefill_ms, "decode_kernel_ms_per_step": decode_ms})
+                        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            backend.close()
+            del backend, model
+            torch.cuda.empty_cache()
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
+    print(f"seq {a.seq}\n")
+    print("| backend | batch | way | wall s | start s | work s | stop s | read s | events (device) "
+          "| prefill kernel ms | decode kernel ms/step |")
+    print("|---|---:|---|---|---|---|---|---|---|---|---|")
+    order = list(WAYS)
+    for key in sorted({(r["backend"], r["batch"], r["way"]) for r in rows}, key=lambda k: (k[0], k[1], order.index(k[2]))):
+        sel = [r for r in rows if (r["backend"], r["batch"], r["way"]) == key]
+
+        def span(col, fmt):
+            vals = [r[col] for r in sel if not math.isnan(r[col])]
+            if not vals:
+                return "-"
+            return f"{fmt.format(statistics.median(vals))} ({fmt.format(min(vals))}-{fmt.format(max(vals))})"
+
+        print(f"| {key[0]} | {key[1]} | {key[2]} | {span('wall_s', '{:.2f}')} | {span('start_s', '{:.2f}')} "
+              f"| {span('work_s', '{:.2f}')} | {span('stop_s', '{:.2f}')} | {span('read_s', '{:.2f}')} "
+              f"| {sel[0]['events']} ({sel[0]['device_events']}) | {span('prefill_kernel_ms', '{:.3f}')} "
+              f"| {span('decode_kernel_ms_per_step', '{:.4f}')} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
