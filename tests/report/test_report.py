@@ -695,3 +695,17 @@ def test_how_to_read_says_compiled_cells_share_their_tuning_between_replicates()
     assert "autotune their Triton kernels" in how_to_read_section({"backends": ["eager", "compiled"]})
     assert "autotune" not in how_to_read_section({"backends": ["eager", "graph"]})
     assert "autotune" not in how_to_read_section({})
+
+
+def test_how_to_read_says_what_the_replicate_spread_includes_of_placement():
+    from latency_sensitivity.report.setup import how_to_read_section
+
+    varied = how_to_read_section({"device": "cuda", "placement": "by_replicate"})
+    assert "another place in device memory" in varied and "placement_pad_mb" in varied
+    assert "leaves out how much a cell depends" not in varied
+    fixed = how_to_read_section({"device": "cuda", "placement": "fixed"})
+    assert "leaves out how much a cell depends on where it lands" in fixed
+    both = how_to_read_section({"device": "cuda", "placement": "by_replicate (4 cells), fixed (2 cells)"})
+    assert "another place in device memory" in both and "leaves out" in both
+    for cpu in ({"device": "cpu", "placement": "fixed"}, {}):
+        assert "device memory" not in how_to_read_section(cpu)

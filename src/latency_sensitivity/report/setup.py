@@ -202,4 +202,21 @@ def how_to_read_section(settings: dict) -> str:
             "same compiled cell can measure further apart on two machines of one kind than its replicates do "
             "(benchmarks/sweep_cost/NOTES.md).",
         ]
+    placement = str((settings or {}).get("placement") or "")
+    if (settings or {}).get("device") == "cuda" and "by_replicate" in placement:
+        lines += [
+            "",
+            "Each replicate after the first built its model and cache at another place in device memory "
+            "(placement by_replicate; the MiB it held meanwhile is each cell's `placement_pad_mb`), so the replicate "
+            "spread includes how much a cell depends on where it lands: a GPU-bound cell can take one of a few "
+            "levels, and with few "
+            "replicates its median can fall on either.",
+        ]
+    if (settings or {}).get("device") == "cuda" and "fixed" in placement:
+        lines += [
+            "",
+            "Replicates with placement fixed built their model and cache in the same order in a fresh process, so "
+            "they landed at the same place in device memory: their spread leaves out how much a cell depends on "
+            "where it lands (benchmarks/sweep_cost/NOTES.md).",
+        ]
     return "\n".join(lines)
