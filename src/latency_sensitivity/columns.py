@@ -108,6 +108,11 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("measured_s_total", "s", "measured_s summed over the cell's replicates."),
     Column("worker_start_s_total", "s", "worker_start_s summed over the cell's replicates."),
     Column("backend_setup_s_total", "s", "backend_setup_s summed over the cell's replicates: graph capture, and for the compiled backend compiling and autotuning, which a later run of the same shapes on the same machine loads from results/cache/compile/."),
+    Column("import_s_total", "s", "import_s summed over the cell's replicates."),
+    Column("startup_s_total", "s", "startup_s summed over the cell's replicates."),
+    Column("warmup_s_total", "s", "warmup_s summed over the cell's replicates."),
+    Column("kernel_time_s_total", "s", "kernel_time_s summed over the cell's replicates."),
+    Column("tokenization_s_total", "s", "tokenization_s summed over the cell's replicates."),
     # the host around the measured reps (what explains noise in launch-bound cells; measure/host.py)
     Column("cpus_allowed", "CPUs", "CPUs the measuring process could run on (measure.cpu_affinity pins it)."),
     Column("cpu_mhz_start", "MHz", "Mean current clock of those CPUs just before the measured reps."),

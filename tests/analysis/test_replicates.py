@@ -70,3 +70,6 @@ def test_cost_is_summed_over_replicates():
     assert m["job_s_total"] == 26.0 and m["measured_s_total"] == 5.0 and m["job_s"] == 13.0
     a["metrics"]["backend_setup_s"], b["metrics"]["backend_setup_s"] = 40.0, 1.0  # compiled, then from the cache
     assert combine([a, b])["metrics"]["backend_setup_s_total"] == 41.0
+    a["metrics"]["kernel_time_s"], b["metrics"]["kernel_time_s"] = 0.5, 0.75
+    m = combine([a, b])["metrics"]
+    assert m["kernel_time_s_total"] == 1.25 and math.isnan(m["warmup_s_total"])  # a part no replicate recorded

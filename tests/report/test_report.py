@@ -6,6 +6,7 @@ findings can be checked by hand against the published numbers.
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -687,6 +688,30 @@ def test_cost_finding_sums_the_replicates_of_each_cell():
     assert "were backend setup" not in cost_finding(frame)
     frame["backend_setup_s_total"] = [10.0, 8.0]
     assert "18.0 s were backend setup (graph capture, compiling, autotuning)" in cost_finding(frame)
+    assert cost_finding(frame).endswith("; besides the reps: backend setup 18.0 s, and 7.0 s else (model build, "
+                                        "handing the cell over, recording it)")
+
+
+def test_cost_finding_names_where_the_jobs_time_went():
+    """The cost line splits what the jobs spent besides their reps and their workers' start-up, largest first;
+    results that recorded no parts keep the generic sentence."""
+    from latency_sensitivity.report.findings import cost_finding
+
+    frame = pd.DataFrame({"seq_len": [16, 32], "batch": [1, 1], "replicates": [3, 3],
+                          "job_s_total": [20.0, 30.0], "measured_s_total": [5.0, 5.0],
+                          "worker_start_s_total": [10.0, 0.0], "warmup_s_total": [2.0, 3.0],
+                          "kernel_time_s_total": [1.0, 2.0], "import_s_total": [0.5, 0.0],
+                          "startup_s_total": [0.5, 1.0], "tokenization_s_total": [0.25, 0.25],
+                          "backend_setup_s_total": [1.0, 1.5]})
+    text = cost_finding(frame)
+    assert text.endswith("; besides the reps: warmup 5.0 s, the GPU kernel-time pass 3.0 s, backend setup 2.5 s, "
+                         "start-up 2.0 s, timing tokenization 0.5 s, and 17.0 s else (model build, handing the cell "
+                         "over, recording it)"), text
+    frame["kernel_time_s_total"] = [math.nan, math.nan]  # not recorded (on the CPU): not named
+    assert "kernel-time" not in cost_finding(frame) and "and 20.0 s else" in cost_finding(frame)
+    bare = frame[["seq_len", "batch", "replicates", "job_s_total", "measured_s_total"]]
+    assert cost_finding(bare).endswith("besides the reps a job spends its time on start-up, model build, backend "
+                                       "setup, warmup and side measurements")
 
 
 def test_how_to_read_says_compiled_cells_share_their_tuning_between_replicates():

@@ -30,6 +30,11 @@ REPLICATE_SUMMARY = ("prefill_p50_ms", "decode_p50_ms_per_tok", "ttft_p50_ms", "
                      "prefill_gpu_busy", "decode_gpu_busy")
 
 
+# What a cell's jobs cost, summed over its replicates as `<key>_total` (the report's cost line reads them).
+COST_PARTS = ("job_s", "measured_s", "worker_start_s", "backend_setup_s", "import_s", "startup_s", "warmup_s",
+              "kernel_time_s", "tokenization_s")
+
+
 def _finite(values: Sequence[Any]) -> list[float]:
     return [float(v) for v in values
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
@@ -121,7 +126,7 @@ def combine(replicates: Sequence[dict]) -> dict:
             combined[key] = statistics.median(numbers)
     combined.update(derived_rates(combined, cell["batch"], cell["seq_len"], cell["gen_tokens"]))
     combined["replicates"] = len(replicates)
-    for key in ("job_s", "measured_s", "worker_start_s", "backend_setup_s"):  # the cost, all replicates together
+    for key in COST_PARTS:  # the cost, all replicates together
         values = _finite(m.get(key) for m in metrics)
         combined[f"{key}_total"] = sum(values) if values else math.nan
     for phase, key in PHASE_MEDIANS.items():

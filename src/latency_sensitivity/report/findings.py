@@ -412,5 +412,28 @@ def cost_finding(frame: pd.DataFrame) -> str | None:
     if setup >= 0.25 * job_s:  # worth naming: compiling and autotuning, cached for a later run on this machine
         text += (f"; {setup:.1f} s were backend setup (graph capture, compiling, autotuning), which a later run "
                  "of the same shapes on this machine loads from results/cache/compile/")
-    return text + ("; besides the reps a job spends its time on start-up, model build, backend setup, warmup and "
-                   "side measurements")
+    return text + _cost_parts(summed, ok, job_s - measured_s - once)
+
+
+# The parts of a job besides its reps and its worker's start-up, as the cost line names them: {name: columns}.
+COST_LINE_PARTS = {"start-up": ("import_s", "startup_s"), "backend setup": ("backend_setup_s",),
+                   "warmup": ("warmup_s",), "the GPU kernel-time pass": ("kernel_time_s",),
+                   "timing tokenization": ("tokenization_s",)}
+
+
+def _cost_parts(summed, ok: pd.Series, besides_s: float) -> str:
+    """'; besides the reps: warmup 6.8 s, ...' from the cells' recorded parts, largest first, and what is left
+    (model build, handing the cell over, recording it); the generic sentence where cells recorded no parts."""
+    parts = {}
+    for name, columns in COST_LINE_PARTS.items():
+        series = [summed(c) for c in columns]
+        if any(s is not None for s in series):
+            parts[name] = sum(float(s[ok].fillna(0.0).sum()) for s in series if s is not None)
+    if not parts:
+        return ("; besides the reps a job spends its time on start-up, model build, backend setup, warmup and "
+                "side measurements")
+    rest = besides_s - sum(parts.values())
+    shown = [f"{name} {seconds:.1f} s" for name, seconds in sorted(parts.items(), key=lambda kv: -kv[1])
+             if round(seconds, 1) > 0]  # a part these cells did not have (no kernel-time pass on the CPU) is left out
+    return (f"; besides the reps: {''.join(f'{part}, ' for part in shown)}and {max(rest, 0.0):.1f} s else (model "
+            "build, handing the cell over, recording it)")
