@@ -39,9 +39,10 @@ def kernel_time_ms(fn) -> float:
 
 
 # The kernel-time pass's request generates this many tokens (the cell's gen_tokens where fewer). Stopping the
-# profiler and reading its events costs about 20 us per device event, and a decode step of a 3B model is some 1,800
-# kernels: a whole 32-token request was about 1 to 1.5 s of a cell's job for a few ms of GPU work. A step's kernel
-# time hardly moves over a request's steps (benchmarks/sweep_cost/NOTES.md, "The kernel-time pass").
+# profiler and reading its events costs per device event, and a decode step is thousands of kernels, so a whole
+# request's trace cost seconds of a cell's job for milliseconds of GPU work. The first steps' kernel time matched the
+# whole request's at batch 1 and read a few percent higher after a compute-bound prefill
+# (benchmarks/sweep_cost/NOTES.md, "The kernel-time pass").
 KERNEL_TIME_TOKENS = 8
 
 
