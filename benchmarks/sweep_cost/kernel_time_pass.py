@@ -9,6 +9,8 @@ prints wall times, where they go and the kernel times each way gives:
 
 - ``whole request``: the pass as it was, a session for the prefill and one for a request of all gen tokens;
 - ``short request``: as the runner does it now (probes.gpu_busy), the request generating KERNEL_TIME_TOKENS;
+- ``middle steps``: the prefill profiled alone, then a whole request profiled over KERNEL_TIME_TOKENS - 1 decode
+  steps in its middle, where the median step lies (a clock that starts and stops the profiler at their marks);
 - ``one session``: prefill, cache reset and whole request in one profiler session, told apart by a marker
   kernel (torch.cuda._sleep) between them;
 - ``request only``: one session around the whole request alone (how much the prefill's session adds);
@@ -31,7 +33,7 @@ from pathlib import Path
 
 ARCHITECTURE = Path(__file__).resolve().parents[2] / "src" / "latency_sensitivity" / "data" / "models" / "qwen2.5-3b.json"
 MARKER = "spin_kernel"
-WAYS = ("whole request", "short request", "one session", "request only", "no external correlation")
+WAYS = ("whole request", "short request", "middle steps", "one session", "request only", "no external correlation")
 
 
 def profiled(fns, timing: dict, **profile_kwargs) -> list[float]:
@@ -74,6 +76,49 @@ def profiled(fns, timing: dict, **profile_kwargs) -> list[float]:
             for (_, lo), (hi, _) in zip(cuts, cuts[1:])]
 
 
+class WindowClock:
+    """The runner's clock, that also profiles the device over `steps` decode steps from step `first` of a request
+    (engine.base.timed_request marks twice for the prefill, then before and after each decode step)."""
+
+    def __init__(self, clock, first: int, steps: int, timing: dict):
+        self.clock, self.timing = clock, timing
+        self.start_at, self.stop_at = 2 + 2 * first, 3 + 2 * (first + steps - 1)
+        self.marks, self.prof, self.events = 0, None, None
+
+    def mark(self):
+        import torch
+        from torch.autograd import DeviceType
+        from torch.profiler import ProfilerActivity, profile
+
+        if self.marks == self.start_at:
+            os.environ["TEARDOWN_CUPTI"] = "1"
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            self.prof = profile(activities=[ProfilerActivity.CUDA])
+            self.prof.__enter__()
+            self.timing["start_s"] = self.timing.get("start_s", 0.0) + time.perf_counter() - t0
+        ev = self.clock.mark()
+        if self.marks == self.stop_at:
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            self.prof.__exit__(None, None, None)
+            t1 = time.perf_counter()
+            raw = list(self.prof.profiler.kineto_results.events())
+            self.events = [(e.start_ns(), e.end_ns()) for e in raw if e.device_type() == DeviceType.CUDA]
+            self.timing["stop_s"] = self.timing.get("stop_s", 0.0) + t1 - t0
+            self.timing["read_s"] = self.timing.get("read_s", 0.0) + time.perf_counter() - t1
+            self.timing["events"] = self.timing.get("events", 0) + len(raw)
+            self.timing["device_events"] = self.timing.get("device_events", 0) + len(self.events)
+        self.marks += 1
+        return ev
+
+    def elapsed_ms(self, a, b):
+        return self.clock.elapsed_ms(a, b)
+
+    def sync(self):
+        self.clock.sync()
+
+
 def ways(backend, prompt, gen_tokens: int, clock):
     import torch
 
@@ -106,6 +151,20 @@ def ways(backend, prompt, gen_tokens: int, clock):
             probes.kernel_time_ms = real
         return k["prefill_kernel_ms"], k["decode_kernel_ms_per_step"]
 
+    def middle_steps(timing):
+        from latency_sensitivity.analysis import metrics
+
+        steps = min(gen_tokens, probes.KERNEL_TIME_TOKENS) - 1
+        first = (gen_tokens - 1 - steps) // 2
+        backend.reset()
+        (p,) = profiled([prefill], timing)
+        backend.reset()
+        window = WindowClock(clock, first, steps, timing)
+        backend.request(prompt, gen_tokens, window, "kernel_time")
+        if window.events is None:
+            raise RuntimeError(f"the request made {window.marks} marks; the window ends at mark {window.stop_at}")
+        return p, metrics.covered_length(window.events) / 1e6 / steps
+
     def one_session(timing):
         backend.reset()
         p, _, r = profiled([prefill, backend.reset, request], timing)
@@ -120,7 +179,8 @@ def ways(backend, prompt, gen_tokens: int, clock):
         config = torch._C._profiler._ExperimentalConfig(disable_external_correlation=True)
         return two_sessions(timing, experimental_config=config)
 
-    return {"whole request": two_sessions, "short request": short_request, "one session": one_session,
+    return {"whole request": two_sessions, "short request": short_request, "middle steps": middle_steps,
+            "one session": one_session,
             "request only": request_only, "no external correlation": no_external_correlation}
 
 
