@@ -77,3 +77,29 @@ def test_cuda_replicate_holds_its_pad_while_building_and_frees_it_before_measuri
     first = runner.measure(cell_spec(device="cuda", dtype="fp16", seq_len=64, batch=2, gen_tokens=4, reps=2,
                                 placement="by_replicate", replicate=1))
     assert first["metrics"]["placement_pad_mb"] == 0
+
+
+def test_a_cell_that_fails_after_holding_its_pad_still_releases_it(monkeypatch):
+    """The pad is released on every path: a cell whose model build fails is an error row, and its pad is not kept
+    into the next cell of a shared worker."""
+    events = []
+
+    class RecordingPad:
+        def __init__(self, placement, replicate, cuda):
+            self.mib = 0
+
+        def hold(self):
+            events.append("hold")
+            return self
+
+        def release(self):
+            events.append("release")
+
+    def failing_build(spec, cfg):
+        raise RuntimeError("build failed")
+
+    monkeypatch.setattr(runner, "Pad", RecordingPad)
+    monkeypatch.setattr(runner, "build_model", failing_build)
+    r = runner.measure(cell_spec(placement="by_replicate", replicate=2))
+    assert r["status"] == "error" and "build failed" in r["error"]["message"]
+    assert events == ["hold", "release"]
