@@ -11,19 +11,15 @@ set -euo pipefail
 out_dir=${1:-results/benchmarks/sweep_cost/compile_shapes}
 repo=$(pwd)
 batches=${BATCHES:-2 4 8 16 32 64}
-rc=0  # (--config takes every argument after it: the targets come before)
+source "$repo/benchmarks/sweep_cost/pipeline.sh"
+rc=0
 for shapes in dynamic_batch static; do
-  work="$out_dir/$shapes"
   replicates=2
   [ "$shapes" = static ] && replicates=${STATIC_REPLICATES:-1}
-  mkdir -p "$work"
   targets=$(for b in $batches; do echo "results/cells/qwen2.5-3b/fp16/compiled/seq128_batch$b.json"; done)
-  start=$(date +%s)
-  snakemake --snakefile "$repo/Snakefile" --directory "$work" --cores 1 $targets \
-    --configfile "$repo/benchmarks/replicates/config.yaml" \
-    --config measure="{backends: [compiled], isolation: shared, replicates: $replicates, compile_shapes: $shapes}" \
-    sweeps="{batch_sweep: {seq: [128], batch: [${batches// /, }]}}" > "$work/snakemake.log" 2>&1 || rc=$?
-  echo "$shapes: pipeline wall time $(( $(date +%s) - start )) s" | tee -a "$work/snakemake.log"
+  sweep_pipeline "$out_dir/$shapes" \
+    "{backends: [compiled], isolation: shared, replicates: $replicates, compile_shapes: $shapes}" \
+    "{batch_sweep: {seq: [128], batch: [${batches// /, }]}}" $targets || rc=$?
 done
 python3 "$repo/benchmarks/sweep_cost/cost.py" "$out_dir/dynamic_batch" "$out_dir/static" | tee "$out_dir/cost.md"
 exit $rc

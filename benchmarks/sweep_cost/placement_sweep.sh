@@ -12,15 +12,12 @@ out_dir=${1:-results/benchmarks/sweep_cost/placement}
 backend=${2:-graph}
 repo=$(pwd)
 cells=$(for batch in 1 8 64; do echo "results/cells/qwen2.5-3b/fp16/$backend/seq128_batch$batch.json"; done)
-rc=0  # (--config takes every argument after it: the targets come before)
+source "$repo/benchmarks/sweep_cost/pipeline.sh"
+rc=0
 for isolation in shared process; do
-  mkdir -p "$out_dir/$isolation"
-  start=$(date +%s)
-  snakemake --snakefile "$repo/Snakefile" --directory "$out_dir/$isolation" --cores 1 $cells \
-    --configfile "$repo/benchmarks/replicates/config.yaml" \
-    --config measure="{backends: [$backend], isolation: $isolation, replicates: 3, placement: by_replicate}" \
-    sweeps="{batch_sweep: {seq: [128], batch: [1, 8, 64]}}" > "$out_dir/$isolation/snakemake.log" 2>&1 || rc=$?
-  echo "$isolation: pipeline wall time $(( $(date +%s) - start )) s" | tee -a "$out_dir/$isolation/snakemake.log"
+  sweep_pipeline "$out_dir/$isolation" \
+    "{backends: [$backend], isolation: $isolation, replicates: 3, placement: by_replicate}" \
+    "{batch_sweep: {seq: [128], batch: [1, 8, 64]}}" $cells || rc=$?
 done
 python3 "$repo/benchmarks/sweep_cost/cost.py" "$out_dir/shared" "$out_dir/process" | tee "$out_dir/cost.md"
 exit $rc

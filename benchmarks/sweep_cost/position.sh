@@ -14,21 +14,14 @@ cells() {  # the combined cell files of the given batch sizes, both backends
   for backend in graph compiled; do for batch in "$@"; do
     echo "results/cells/qwen2.5-3b/fp16/$backend/seq128_batch$batch.json"; done; done
 }
-rc=0  # (--config takes every argument after it: the targets come before)
-mkdir -p "$out_dir/shared" "$out_dir/process/results"
-start=$(date +%s)
-snakemake --snakefile "$repo/Snakefile" --directory "$out_dir/shared" --cores 1 $(cells 1 8 64) \
-  --configfile "$repo/benchmarks/replicates/config.yaml" \
-  --config measure="{backends: [graph, compiled], isolation: shared, replicates: 3}" \
-  sweeps="{batch_sweep: {seq: [128], batch: [1, 8, 64]}}" > "$out_dir/shared/snakemake.log" 2>&1 || rc=$?
-echo "shared: pipeline wall time $(( $(date +%s) - start )) s" | tee -a "$out_dir/shared/snakemake.log"
+source "$repo/benchmarks/sweep_cost/pipeline.sh"
+rc=0
+mkdir -p "$out_dir/process/results"
+sweep_pipeline "$out_dir/shared" "{backends: [graph, compiled], isolation: shared, replicates: 3}" \
+  "{batch_sweep: {seq: [128], batch: [1, 8, 64]}}" $(cells 1 8 64) || rc=$?
 # the process run compiles nothing new: it reads the kernels and graphs the shared run cached
 ln -sfn "$(cd "$out_dir/shared/results" && pwd)/cache" "$out_dir/process/results/cache"
-start=$(date +%s)
-snakemake --snakefile "$repo/Snakefile" --directory "$out_dir/process" --cores 1 $(cells 1) \
-  --configfile "$repo/benchmarks/replicates/config.yaml" \
-  --config measure="{backends: [graph, compiled], isolation: process, replicates: 2}" \
-  sweeps="{batch_sweep: {seq: [128], batch: [1]}}" > "$out_dir/process/snakemake.log" 2>&1 || rc=$?
-echo "process: pipeline wall time $(( $(date +%s) - start )) s" | tee -a "$out_dir/process/snakemake.log"
+sweep_pipeline "$out_dir/process" "{backends: [graph, compiled], isolation: process, replicates: 2}" \
+  "{batch_sweep: {seq: [128], batch: [1]}}" $(cells 1) || rc=$?
 python3 "$repo/benchmarks/sweep_cost/cost.py" "$out_dir/shared" "$out_dir/process" | tee "$out_dir/cost.md"
 exit $rc

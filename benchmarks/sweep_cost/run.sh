@@ -9,15 +9,10 @@ set -euo pipefail
 out_dir=${1:-results/benchmarks/sweep_cost}
 backends=${2:-eager,graph,compiled}
 repo=$(pwd)
+source "$repo/benchmarks/sweep_cost/pipeline.sh"
 rc=0
 for isolation in process shared; do
-  work="$out_dir/$isolation"
-  mkdir -p "$work"
-  start=$(date +%s)
-  snakemake --snakefile "$repo/Snakefile" --directory "$work" --cores 1 all \
-    --configfile "$repo/benchmarks/replicates/config.yaml" \
-    --config measure="{backends: [${backends}], isolation: ${isolation}}" > "$work/snakemake.log" 2>&1 || rc=$?
-  echo "isolation ${isolation}: pipeline wall time $(( $(date +%s) - start )) s" | tee -a "$work/snakemake.log"
+  sweep_pipeline "$out_dir/$isolation" "{backends: [${backends}], isolation: ${isolation}}" "" || rc=$?
 done
 python3 "$repo/benchmarks/sweep_cost/cost.py" "$out_dir/process" "$out_dir/shared" | tee "$out_dir/cost.md"
 exit $rc
