@@ -35,6 +35,26 @@ def test_measures_a_real_tiny_model():
     assert r["environment"]["torch"] == torch.__version__
 
 
+def test_collection_after_setup_skips_the_start_up_and_the_cell_leaves_nothing_frozen(monkeypatch):
+    """The full collection after backend setup runs with what the start-up made frozen (it walks only the cell's
+    own objects), the reps run with everything frozen, and the cell hands the collector back as it found it."""
+    import gc
+
+    frozen_at_collect = []
+    real_collect = gc.collect
+
+    def collect(*args):
+        frozen_at_collect.append(gc.get_freeze_count())
+        return real_collect(*args)
+
+    monkeypatch.setattr(gc, "collect", collect)
+    before = gc.get_freeze_count()
+    r = runner.measure(spec())
+    assert r["status"] == "ok", r["error"]
+    assert frozen_at_collect and all(n > 0 for n in frozen_at_collect)
+    assert gc.get_freeze_count() == before == 0 and gc.isenabled()
+
+
 def test_local_checkpoint_loads_real_weights(tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -108,6 +108,9 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
             torch.empty(1, device="cuda")
         startup_s = time.perf_counter() - t0
         cuda_init_s = startup_s - model_code_s
+        # What the imports made is never garbage (a collection here finds nothing unreachable): it leaves the
+        # collector's reach now, so the full collection after backend setup walks only what this cell made.
+        gc.freeze()
 
         # With placement by_replicate a later replicate holds a buffer while its model and backend are allocated,
         # so they land elsewhere on the device (placement.py); it is freed before the warmup.
@@ -134,7 +137,8 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         # Everything alive now (the model, the backend, torch.compile's code and caches) leaves the garbage
         # collector's reach for the reps, as vLLM does after its graph capture: otherwise each full collection
         # walks it all in the middle of a rep, which slowed a host-bound eager prefill after a compiled backend
-        # had run in the process (benchmarks/decode_target/NOTES.md, "Prefill after compiling").
+        # had run in the process (benchmarks/decode_target/NOTES.md, "Prefill after compiling"). The collection
+        # first frees what setup left in reference cycles; it does not walk the start-up's objects (frozen above).
         gc.collect()
         gc.freeze()
 

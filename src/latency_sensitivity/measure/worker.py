@@ -124,6 +124,9 @@ class Worker:
                     reply = self.handle(request)
                     with contextlib.suppress(OSError):  # a job killed while its cell ran: the result file is
                         _send(conn, reply)              # written all the same, and the worker serves the next
+                # after the reply, so that its job ends while the worker cleans up; a job that comes meanwhile
+                # waits for it (its hand-over time shows that)
+                _release_memory()
                 idle_since = time.monotonic()
                 reason = self.should_exit(idle_since)
         finally:
@@ -159,7 +162,6 @@ class Worker:
             rc = 1
         finally:
             self.cells += 1
-            _release_memory()
         sys.stderr.write(log.getvalue())
         sys.stderr.flush()
         return {"rc": rc, "log": log.getvalue(), "worker": record}
@@ -167,7 +169,8 @@ class Worker:
 
 def _release_memory() -> None:
     """After a cell: collect its garbage and hand freed heap back to the OS, so that the next cell's peak RSS
-    starts where a fresh process's would (glibc keeps freed memory otherwise)."""
+    starts where a fresh process's would (glibc keeps freed memory otherwise). This is the worker's one full
+    collection per cell (the cell's own, after backend setup, skips what the start-up made)."""
     import ctypes
     import gc
 
