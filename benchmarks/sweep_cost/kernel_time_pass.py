@@ -8,9 +8,11 @@ default, gen 32, as benchmarks/replicates/), warms it up, then runs each way `--
 prints wall times, where they go and the kernel times each way gives:
 
 - ``whole request``: the pass as it was, a session for the prefill and one for a request of all gen tokens;
-- ``short request``: as the runner does it now (probes.gpu_busy), the request generating KERNEL_TIME_TOKENS;
-- ``middle steps``: the prefill profiled alone, then a whole request profiled over KERNEL_TIME_TOKENS - 1 decode
-  steps in its middle, where the median step lies (a clock that starts and stops the profiler at their marks);
+- ``short request``: the pass as it was next, the request generating 8 tokens (its first 7 decode steps timed);
+- ``middle steps``: the prefill profiled alone, then a whole request profiled over 7 decode steps in its middle,
+  where the median step lies (a clock that starts and stops the profiler at their marks);
+- ``cut after middle steps``: as the runner does it now (probes.gpu_busy): ``middle steps``, the request stopping
+  after the timed steps;
 - ``one session``: prefill, cache reset and whole request in one profiler session, told apart by a marker
   kernel (torch.cuda._sleep) between them;
 - ``request only``: one session around the whole request alone (how much the prefill's session adds);
@@ -33,7 +35,8 @@ from pathlib import Path
 
 ARCHITECTURE = Path(__file__).resolve().parents[2] / "src" / "latency_sensitivity" / "data" / "models" / "qwen2.5-3b.json"
 MARKER = "spin_kernel"
-WAYS = ("whole request", "short request", "middle steps", "one session", "request only", "no external correlation")
+WAYS = ("whole request", "short request", "middle steps", "cut after middle steps", "one session", "request only",
+        "no external correlation")
 
 
 def profiled(fns, timing: dict, **profile_kwargs) -> list[float]:
@@ -76,47 +79,36 @@ def profiled(fns, timing: dict, **profile_kwargs) -> list[float]:
             for (_, lo), (hi, _) in zip(cuts, cuts[1:])]
 
 
-class WindowClock:
-    """The runner's clock, that also profiles the device over `steps` decode steps from step `first` of a request
-    (engine.base.timed_request marks twice for the prefill, then before and after each decode step)."""
+def timed_timer(timing: dict):
+    """probes.KernelTimer that adds its parts (start, the work between, stop, reading the events) to timing."""
+    import torch
+    from torch.autograd import DeviceType
 
-    def __init__(self, clock, first: int, steps: int, timing: dict):
-        self.clock, self.timing = clock, timing
-        self.start_at, self.stop_at = 2 + 2 * first, 3 + 2 * (first + steps - 1)
-        self.marks, self.prof, self.events = 0, None, None
+    from latency_sensitivity.analysis import metrics
+    from latency_sensitivity.measure import probes
 
-    def mark(self):
-        import torch
-        from torch.autograd import DeviceType
-        from torch.profiler import ProfilerActivity, profile
-
-        if self.marks == self.start_at:
-            os.environ["TEARDOWN_CUPTI"] = "1"
-            torch.cuda.synchronize()
+    class Timed(probes.KernelTimer):
+        def start(self):
             t0 = time.perf_counter()
-            self.prof = profile(activities=[ProfilerActivity.CUDA])
-            self.prof.__enter__()
-            self.timing["start_s"] = self.timing.get("start_s", 0.0) + time.perf_counter() - t0
-        ev = self.clock.mark()
-        if self.marks == self.stop_at:
+            super().start()
+            self.started = time.perf_counter()
+            timing["start_s"] = timing.get("start_s", 0.0) + self.started - t0
+
+        def stop(self):
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             self.prof.__exit__(None, None, None)
             t1 = time.perf_counter()
             raw = list(self.prof.profiler.kineto_results.events())
-            self.events = [(e.start_ns(), e.end_ns()) for e in raw if e.device_type() == DeviceType.CUDA]
-            self.timing["stop_s"] = self.timing.get("stop_s", 0.0) + t1 - t0
-            self.timing["read_s"] = self.timing.get("read_s", 0.0) + time.perf_counter() - t1
-            self.timing["events"] = self.timing.get("events", 0) + len(raw)
-            self.timing["device_events"] = self.timing.get("device_events", 0) + len(self.events)
-        self.marks += 1
-        return ev
+            self.prof = None
+            spans = [(e.start_ns(), e.end_ns()) for e in raw if e.device_type() == DeviceType.CUDA]
+            for key, value in (("work_s", t0 - self.started), ("stop_s", t1 - t0), ("read_s", time.perf_counter() - t1)):
+                timing[key] = timing.get(key, 0.0) + value
+            timing["events"] = timing.get("events", 0) + len(raw)
+            timing["device_events"] = timing.get("device_events", 0) + len(spans)
+            return metrics.covered_length(spans) / 1e6
 
-    def elapsed_ms(self, a, b):
-        return self.clock.elapsed_ms(a, b)
-
-    def sync(self):
-        self.clock.sync()
+    return Timed()
 
 
 def ways(backend, prompt, gen_tokens: int, clock):
@@ -138,32 +130,26 @@ def ways(backend, prompt, gen_tokens: int, clock):
         return p, (r - p) / (gen_tokens - 1)
 
     def short_request(timing):
-        real = probes.kernel_time_ms
-
-        def timed(fn):
-            (ms,) = profiled([fn], timing)
-            return ms
-
-        probes.kernel_time_ms = timed
-        try:
-            k = probes.gpu_busy(backend, prompt, gen_tokens, clock)
-        finally:
-            probes.kernel_time_ms = real
-        return k["prefill_kernel_ms"], k["decode_kernel_ms_per_step"]
-
-    def middle_steps(timing):
-        from latency_sensitivity.analysis import metrics
-
-        steps = min(gen_tokens, probes.KERNEL_TIME_TOKENS) - 1
-        first = (gen_tokens - 1 - steps) // 2
         backend.reset()
         (p,) = profiled([prefill], timing)
         backend.reset()
-        window = WindowClock(clock, first, steps, timing)
+        (r,) = profiled([lambda: backend.request(prompt, 8, clock, "kernel_time")], timing)
+        return p, (r - p) / 7
+
+    def middle_steps(timing):
+        first, steps = probes.kernel_time_window(gen_tokens)
+        backend.reset()
+        (p,) = profiled([prefill], timing)
+        backend.reset()
+        window = probes.WindowClock(clock, first, steps, timed_timer(timing))
         backend.request(prompt, gen_tokens, window, "kernel_time")
-        if window.events is None:
+        if window.kernel_ms is None:
             raise RuntimeError(f"the request made {window.marks} marks; the window ends at mark {window.stop_at}")
-        return p, metrics.covered_length(window.events) / 1e6 / steps
+        return p, window.kernel_ms / steps
+
+    def middle_steps_cut(timing):
+        k = probes.gpu_busy(backend, prompt, gen_tokens, clock, timer_factory=lambda: timed_timer(timing))
+        return k["prefill_kernel_ms"], k["decode_kernel_ms_per_step"]
 
     def one_session(timing):
         backend.reset()
@@ -180,7 +166,7 @@ def ways(backend, prompt, gen_tokens: int, clock):
         return two_sessions(timing, experimental_config=config)
 
     return {"whole request": two_sessions, "short request": short_request, "middle steps": middle_steps,
-            "one session": one_session,
+            "cut after middle steps": middle_steps_cut, "one session": one_session,
             "request only": request_only, "no external correlation": no_external_correlation}
 
 

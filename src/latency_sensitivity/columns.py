@@ -135,10 +135,11 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     ),
     # host overhead (CUDA): GPU kernel time from a profiled, unmeasured pass, against the measured time
     Column("prefill_kernel_ms", "ms", "GPU time of the prefill's kernels (profiled once after the measured reps; the union of their intervals, so overlapping kernels count once)."),
-    Column("decode_kernel_ms_per_step", "ms/step", "GPU time of one decode step's kernels (profiled once, averaged over the first kernel_time_decode_steps steps; overlapping kernels count once)."),
-    Column("kernel_time_decode_steps", "steps", "Decode steps the kernel-time pass profiled: min(gen_tokens, 8) - 1, the steps right after the prompt."),
+    Column("decode_kernel_ms_per_step", "ms/step", "GPU time of one decode step's kernels (profiled once, averaged over kernel_time_decode_steps steps in the middle of a request; overlapping kernels count once)."),
+    Column("kernel_time_decode_steps", "steps", "Decode steps the kernel-time pass profiled: min(gen_tokens - 1, 7), from decode step kernel_time_first_step on."),
+    Column("kernel_time_first_step", "step", "The first decode step the kernel-time pass profiled (counted from 0): the window is centred in the request's gen_tokens - 1 steps, where the median step lies; the pass's request stops after the window."),
     Column("prefill_gpu_busy", "ratio", "prefill_kernel_ms / prefill_p50_ms: the share of the prefill the GPU was working."),
-    Column("decode_gpu_busy", "ratio", "decode_kernel_ms_per_step / decode_p50_ms_per_tok: the share of a decode step the GPU was working. The kernel time comes from one extra profiled request's first decode steps (kernel_time_decode_steps; after a compute-bound prefill they run a few percent slower than later steps, see benchmarks/sweep_cost/NOTES.md) and the step time from the measured median, so a GPU busy throughout can read slightly above 1 (up to 1.03 in the H100 grid)."),
+    Column("decode_gpu_busy", "ratio", "decode_kernel_ms_per_step / decode_p50_ms_per_tok: the share of a decode step the GPU was working. The kernel time comes from decode steps in the middle of one extra profiled request (kernel_time_first_step, kernel_time_decode_steps; after a compute-bound prefill the first steps run a few percent slower, see benchmarks/sweep_cost/NOTES.md) and the step time from the measured median, so a GPU busy throughout can read slightly above 1 (up to 1.03 in the H100 grid)."),
     Column(
         "prefill_regime",
         "",

@@ -193,7 +193,6 @@ def test_kernel_time_pass_detaches_cupti_after_each_session(monkeypatch):
     """kineto detaches CUPTI when a profiler stops only with TEARDOWN_CUPTI=1, read at each stop: the kernel-time
     pass sets it before every session, whatever the environment said (else later cells in the process run with
     CUPTI attached)."""
-    import contextlib
     import types
 
     import torch.profiler
@@ -202,40 +201,107 @@ def test_kernel_time_pass_detaches_cupti_after_each_session(monkeypatch):
 
     seen = []
 
-    @contextlib.contextmanager
-    def fake_profile(**kwargs):
-        seen.append(os.environ.get("TEARDOWN_CUPTI"))
-        results = types.SimpleNamespace(events=lambda: [])
-        yield types.SimpleNamespace(profiler=types.SimpleNamespace(kineto_results=results))
+    class FakeProfile:
+        def __init__(self, **kwargs):
+            results = types.SimpleNamespace(events=lambda: [])
+            self.profiler = types.SimpleNamespace(kineto_results=results)
 
-    monkeypatch.setattr(torch.profiler, "profile", fake_profile)
+        def __enter__(self):
+            seen.append(os.environ.get("TEARDOWN_CUPTI"))
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.profiler, "profile", FakeProfile)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *args, **kwargs: None)
     monkeypatch.setenv("TEARDOWN_CUPTI", "0")
     assert probes.kernel_time_ms(lambda: None) == 0.0
     assert seen == ["1"]
 
 
-@pytest.mark.parametrize("gen_tokens, steps", [(32, 7), (8, 7), (3, 2)])
-def test_kernel_time_pass_profiles_a_short_request(monkeypatch, gen_tokens, steps):
-    """The kernel-time pass's request generates min(gen_tokens, 8) tokens (reading a profiler trace costs per
-    device event), and its decode kernel time is per profiled step."""
+@pytest.mark.parametrize("gen_tokens, first, steps", [(32, 12, 7), (8, 0, 7), (20, 6, 7), (3, 0, 2)])
+def test_kernel_time_pass_times_the_steps_in_the_middle_of_the_request(gen_tokens, first, steps):
+    """The kernel-time pass times the prefill alone, then decode steps first .. first + steps - 1 of a request that
+    runs as the cell's (the same timed_request and clock) and stops after them: the middle of the cell's request,
+    where its median step lies (the first steps ran slower after a compute-bound prefill)."""
+    from latency_sensitivity.engine.base import Clock, timed_request
     from latency_sensitivity.measure import probes
 
-    calls = []
+    log = []
+
+    class Timer:
+        """Kernel time: 2 ms for the prefill, 0.5 ms for each decode step run while it timed."""
+
+        def start(self):
+            log.append("start")
+
+        def stop(self):
+            timed = log[len(log) - log[::-1].index("start"):]
+            log.append("stop")
+            return 2.0 if "prefill" in timed else 0.5 * sum(isinstance(entry, int) for entry in timed)
+
+        def abandon(self):
+            log.append("abandon")
 
     class Backend:
         def reset(self):
-            calls.append("reset")
+            log.append("reset")
 
         def prefill(self, prompt):
-            calls.append("prefill")
-            return 2.0  # ms of kernels
+            log.append("prefill")
 
         def request(self, prompt, gen_tokens, clock, rep_name):
-            calls.append(("request", gen_tokens))
-            return 2.0 + 0.5 * (gen_tokens - 1)
+            log.append(("request", gen_tokens))
+            step_no = iter(range(gen_tokens))
 
-    monkeypatch.setattr(probes, "kernel_time_ms", lambda fn: fn())
-    got = probes.gpu_busy(Backend(), prompt=None, gen_tokens=gen_tokens, clock=None)
-    assert calls == ["reset", "prefill", "reset", ("request", min(gen_tokens, probes.KERNEL_TIME_TOKENS))]
-    assert got == {"prefill_kernel_ms": 2.0, "decode_kernel_ms_per_step": 0.5, "kernel_time_decode_steps": steps}
+            def step(token):
+                log.append(next(step_no))
+                return token
+
+            return timed_request(lambda: torch.zeros(1), step, gen_tokens, clock, rep_name)
+
+    assert probes.kernel_time_window(gen_tokens) == (first, steps)
+    got = probes.gpu_busy(Backend(), prompt=None, gen_tokens=gen_tokens, clock=Clock(False), timer_factory=Timer)
+    window = list(range(first, first + steps))
+    assert log == (["reset", "start", "prefill", "stop", "reset", ("request", first + steps + 1)]
+                   + list(range(first)) + ["start"] + window + ["stop"])
+    assert got == {"prefill_kernel_ms": 2.0, "decode_kernel_ms_per_step": 0.5, "kernel_time_decode_steps": steps,
+                   "kernel_time_first_step": first}
+
+
+def test_a_failing_kernel_time_request_closes_its_profiler_session():
+    from latency_sensitivity.engine.base import Clock, timed_request
+    from latency_sensitivity.measure import probes
+
+    log = []
+
+    class Timer:
+        def start(self):
+            log.append("start")
+
+        def stop(self):
+            log.append("stop")
+            return 1.0
+
+        def abandon(self):
+            log.append("abandon")
+
+    class Backend:
+        def reset(self):
+            pass
+
+        def prefill(self, prompt):
+            pass
+
+        def request(self, prompt, gen_tokens, clock, rep_name):
+            def step(token):
+                if clock.marks > clock.start_at:
+                    raise RuntimeError("step failed")
+                return token
+
+            return timed_request(lambda: torch.zeros(1), step, gen_tokens, clock, rep_name)
+
+    with pytest.raises(RuntimeError, match="step failed"):
+        probes.gpu_busy(Backend(), prompt=None, gen_tokens=32, clock=Clock(False), timer_factory=Timer)
+    assert log == ["start", "stop", "start", "abandon"]

@@ -9,56 +9,145 @@ from pathlib import Path
 from latency_sensitivity.engine.base import Clock
 
 
-def kernel_time_ms(fn) -> float:
-    """GPU time of everything fn() puts on the device (kernels, copies, sets), from a torch.profiler trace.
+class KernelTimer:
+    """GPU time of everything put on the device between start() and stop() (kernels, copies, sets), from a
+    torch.profiler trace.
 
     The union of the device events' intervals, so idle gaps between kernels are not counted, and kernels that
     overlap (launched with programmatic dependent launch, one starts as the previous finishes) count once:
     this is the time the GPU spent working, whatever the host was doing.
     """
-    import torch
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
 
-    from latency_sensitivity.analysis import metrics
+    def __init__(self):
+        self.prof = None
 
-    # kineto detaches CUPTI when a profiler stops only where TEARDOWN_CUPTI is 1 (read at each stop); otherwise
-    # CUPTI stays attached and every kernel and graph the process runs afterwards pays for it, so a cell measured
-    # after another in a shared worker was slower than the same cell measured first (benchmarks/sweep_cost/NOTES.md,
-    # "The profiler left attached"). Set before each use, whatever the environment said.
-    os.environ["TEARDOWN_CUPTI"] = "1"
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
+    def start(self) -> None:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        # kineto detaches CUPTI when a profiler stops only where TEARDOWN_CUPTI is 1 (read at each stop); otherwise
+        # CUPTI stays attached and every kernel and graph the process runs afterwards pays for it, so a cell
+        # measured after another in a shared worker was slower than the same cell measured first
+        # (benchmarks/sweep_cost/NOTES.md, "The profiler left attached"). Set before each use, whatever the
+        # environment said.
+        os.environ["TEARDOWN_CUPTI"] = "1"
         torch.cuda.synchronize()
-    # the profiler's raw events (ns), not prof.events(): building those function events parses the whole trace in
-    # Python, seconds for the tens of thousands of kernels of an eager request
-    spans = [(e.start_ns(), e.end_ns()) for e in prof.profiler.kineto_results.events()
-             if e.device_type() == DeviceType.CUDA]
-    return metrics.covered_length(spans) / 1e6
+        self.prof = profile(activities=[ProfilerActivity.CUDA])
+        self.prof.__enter__()
+
+    def stop(self) -> float:
+        """The kernel time since start(), in ms."""
+        import torch
+        from torch.autograd import DeviceType
+
+        from latency_sensitivity.analysis import metrics
+
+        torch.cuda.synchronize()
+        prof, self.prof = self.prof, None
+        prof.__exit__(None, None, None)
+        # the profiler's raw events (ns), not prof.events(): building those function events parses the whole trace
+        # in Python, seconds for the tens of thousands of kernels of an eager request
+        spans = [(e.start_ns(), e.end_ns()) for e in prof.profiler.kineto_results.events()
+                 if e.device_type() == DeviceType.CUDA]
+        return metrics.covered_length(spans) / 1e6
+
+    def abandon(self) -> None:
+        """Stop a session that start() opened, when what it timed failed."""
+        if self.prof is not None:
+            prof, self.prof = self.prof, None
+            prof.__exit__(None, None, None)
 
 
-# The kernel-time pass's request generates this many tokens (the cell's gen_tokens where fewer). Stopping the
+def kernel_time_ms(fn) -> float:
+    """GPU time of everything fn() puts on the device (KernelTimer)."""
+    timer = KernelTimer()
+    timer.start()
+    try:
+        fn()
+    except BaseException:
+        timer.abandon()
+        raise
+    return timer.stop()
+
+
+class WindowClock:
+    """A request's clock that also times the kernels of decode steps first .. first + steps - 1.
+
+    engine.base.timed_request marks twice around the prefill, then before and after each decode step: the
+    timer starts before the mark that opens step `first` and stops after the mark that closes the window's last
+    step.
+    """
+
+    def __init__(self, clock: Clock, first: int, steps: int, timer=None):
+        self.clock = clock
+        self.timer = timer if timer is not None else KernelTimer()
+        self.start_at, self.stop_at = 2 + 2 * first, 3 + 2 * (first + steps - 1)
+        self.marks = 0
+        self.kernel_ms: float | None = None
+
+    def mark(self):
+        if self.marks == self.start_at:
+            self.timer.start()
+        ev = self.clock.mark()
+        if self.marks == self.stop_at:
+            self.kernel_ms = self.timer.stop()
+        self.marks += 1
+        return ev
+
+    def elapsed_ms(self, a, b) -> float:
+        return self.clock.elapsed_ms(a, b)
+
+    def sync(self) -> None:
+        self.clock.sync()
+
+
+# The kernel-time pass times this many decode steps (fewer where the cell's request has fewer). Stopping the
 # profiler and reading its events costs per device event, and a decode step is thousands of kernels, so a whole
-# request's trace cost seconds of a cell's job for milliseconds of GPU work. The first steps' kernel time matched the
-# whole request's at batch 1 and read a few percent higher after a compute-bound prefill
-# (benchmarks/sweep_cost/NOTES.md, "The kernel-time pass").
-KERNEL_TIME_TOKENS = 8
+# request's trace cost seconds of a cell's job for milliseconds of GPU work. The steps are those in the middle of
+# the cell's request, where its median step lies: after a compute-bound prefill the first steps' kernels ran a few
+# percent slower than later ones (benchmarks/sweep_cost/NOTES.md, "The kernel-time pass").
+KERNEL_TIME_STEPS = 7
 
 
-def gpu_busy(backend, prompt, gen_tokens: int, clock: Clock) -> dict:
+def kernel_time_window(gen_tokens: int) -> tuple[int, int]:
+    """(first, steps): the decode steps the kernel-time pass times, centred in a request of gen_tokens tokens
+    (gen_tokens - 1 decode steps, numbered from 0)."""
+    steps = min(gen_tokens - 1, KERNEL_TIME_STEPS)
+    return (gen_tokens - 1 - steps) // 2, steps
+
+
+def gpu_busy(backend, prompt, gen_tokens: int, clock: Clock, timer_factory=KernelTimer) -> dict:
     """Kernel time per phase, from one extra, unmeasured prefill and one request of the backend after the measured
-    reps; the request generates min(gen_tokens, KERNEL_TIME_TOKENS) tokens, and its decode steps' kernel time is
-    averaged over them."""
-    tokens = min(gen_tokens, KERNEL_TIME_TOKENS)
+    reps. The request runs as the cell's did up to the end of the timed window (kernel_time_window) and stops
+    there; the decode kernel time is averaged over the window's steps."""
+    first, steps = kernel_time_window(gen_tokens)
     backend.reset()  # emptying a static cache is not part of either phase
-    prefill_ms = kernel_time_ms(lambda: backend.prefill(prompt))
+    timer = timer_factory()
+    timer.start()
+    try:
+        backend.prefill(prompt)
+    except BaseException:
+        timer.abandon()
+        raise
+    prefill_ms = timer.stop()
+    if steps < 1:
+        return {"prefill_kernel_ms": prefill_ms, "decode_kernel_ms_per_step": float("nan"),
+                "kernel_time_decode_steps": 0, "kernel_time_first_step": 0}
     backend.reset()
-    request_ms = kernel_time_ms(lambda: backend.request(prompt, tokens, clock, "kernel_time"))
+    window = WindowClock(clock, first, steps, timer_factory())
+    try:
+        backend.request(prompt, first + steps + 1, window, "kernel_time")
+    except BaseException:
+        window.timer.abandon()
+        raise
+    if window.kernel_ms is None:
+        raise RuntimeError(f"the kernel-time request made {window.marks} clock marks; its window ends at mark "
+                           f"{window.stop_at}")
     return {
         "prefill_kernel_ms": prefill_ms,
-        "decode_kernel_ms_per_step": max(request_ms - prefill_ms, 0.0) / (tokens - 1),
-        "kernel_time_decode_steps": tokens - 1,
+        "decode_kernel_ms_per_step": window.kernel_ms / steps,
+        "kernel_time_decode_steps": steps,
+        "kernel_time_first_step": first,
     }
 
 
