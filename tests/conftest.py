@@ -42,6 +42,8 @@ def small_config(default: dict, **measure) -> dict:
     """The default config shrunk for fast tests."""
     cfg = {k: v for k, v in default.items()}
     cfg["measure"] = dict(default["measure"], gen_tokens=3, warmup=0, reps=2, **measure)
+    # a smaller tokenizer trains in a tenth of the default's time; the texts a cell times still fit its shape
+    cfg["tokenizer"] = dict(default["tokenizer"], vocab_size=2000, corpus_chars=200_000)
     cfg["sweeps"] = {
         "seq_sweep": {"seq": [16, 32, 64], "batch": [1]},
         "batch_sweep": {"seq": [16], "batch": [1, 2, 4]},
