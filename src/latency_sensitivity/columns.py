@@ -101,7 +101,7 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("measured_s", "s", "Wall time of the measured reps alone."),
     Column("cell_s", "s", "Wall time of the cell's measurement in its measuring process (model build to its last side measurement); job_s less cell_s is the job's own start-up and hand-over."),
     Column("tokenization_s", "s", "Wall time of the side measurement of tokenising and detokenising the cell's texts."),
-    Column("kernel_time_s", "s", "Wall time of the side measurement of GPU kernel time (one profiled prefill and one request of up to 8 generated tokens)."),
+    Column("kernel_time_s", "s", "Wall time of the side measurement of GPU kernel time (one profiled prefill and one request profiled over up to 7 decode steps in its middle, stopping after them)."),
     Column("worker_start_s", "s", "Seconds the cell's job waited for its measurement worker to start (isolation shared; 0 when the worker was running, and with isolation process): a one-time cost per worker, inside job_s."),
     Column("cells_before", "", "Cells the measuring process had measured before this one (0 with isolation process; the median over replicates)."),
     Column("job_s_total", "s", "job_s summed over the cell's replicates: the device time the cell took."),
