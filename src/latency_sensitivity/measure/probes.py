@@ -58,9 +58,9 @@ class KernelTimer:
             prof.__exit__(None, None, None)
 
 
-def kernel_time_ms(fn) -> float:
+def kernel_time_ms(fn, timer: KernelTimer | None = None) -> float:
     """GPU time of everything fn() puts on the device (KernelTimer)."""
-    timer = KernelTimer()
+    timer = timer if timer is not None else KernelTimer()
     timer.start()
     try:
         fn()
@@ -122,14 +122,7 @@ def gpu_busy(backend, prompt, gen_tokens: int, clock: Clock, timer_factory=Kerne
     there; the decode kernel time is averaged over the window's steps."""
     first, steps = kernel_time_window(gen_tokens)
     backend.reset()  # emptying a static cache is not part of either phase
-    timer = timer_factory()
-    timer.start()
-    try:
-        backend.prefill(prompt)
-    except BaseException:
-        timer.abandon()
-        raise
-    prefill_ms = timer.stop()
+    prefill_ms = kernel_time_ms(lambda: backend.prefill(prompt), timer_factory())
     if steps < 1:
         return {"prefill_kernel_ms": prefill_ms, "decode_kernel_ms_per_step": float("nan"),
                 "kernel_time_decode_steps": 0, "kernel_time_first_step": 0}
