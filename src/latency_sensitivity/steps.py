@@ -12,9 +12,11 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where a table is built or read
+    import pandas as pd
+
 
 from latency_sensitivity.atomic import write_csv
 
@@ -32,6 +34,8 @@ def logged(log_path: str | os.PathLike) -> Iterator[None]:
 
 
 def read_sweep(path: str | os.PathLike) -> pd.DataFrame:
+    import pandas as pd  # in the steps that read tables only: a combine job, say, needs no pandas
+
     return pd.read_csv(path, keep_default_na=True, na_values=[""], dtype={"flag_detail": str, "error": str})
 
 
@@ -130,6 +134,8 @@ def build_report(
     compare_devices: Sequence[dict] = (),
 ) -> str:
     """The markdown report; compare_devices: [{label, results}] other runs of the same sweeps (see the schema)."""
+    import pandas as pd
+
     from latency_sensitivity import config as lsconfig
     from latency_sensitivity.report import document as report
     from latency_sensitivity.report import compare, series, setup
@@ -257,6 +263,8 @@ def summarize_profile(tool: str, inputs: dict, cell_file: str, out_json: str) ->
 
 def profile_report(summary_files: Sequence[str], out_md: str, tables_dir: str) -> str:
     """results/profiles/report.md plus tidy CSVs (kernel_classes, phases, ncu_kernels) over all profiles."""
+    import pandas as pd
+
     from latency_sensitivity.analysis import profiling
     from latency_sensitivity.atomic import write_text
     from latency_sensitivity.report import profiles

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where a table is built or read
+    import pandas as pd
 
 from latency_sensitivity.columns import REFERENCE_NAMES, order_columns
 
@@ -123,6 +124,8 @@ def merge(results: list[dict], sweep: str | None = None, ceilings: dict | None =
     ceilings: {(device, dtype): {"bandwidth_gb_s", "matmul_tflops", ...}} from the calibration step; cells
     with ceilings get roofline columns.
     """
+    import pandas as pd  # here, not at the top: reading cells (a Snakefile, combine jobs) needs no pandas
+
     ceilings = ceilings or {}
     rows = []
     for r in results:
