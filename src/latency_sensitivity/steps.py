@@ -14,11 +14,10 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
+from latency_sensitivity.atomic import write_csv
+
 if TYPE_CHECKING:  # pandas is imported where a table is built or read
     import pandas as pd
-
-
-from latency_sensitivity.atomic import write_csv
 
 
 @contextlib.contextmanager

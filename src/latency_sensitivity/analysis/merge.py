@@ -7,10 +7,10 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
+from latency_sensitivity.columns import REFERENCE_NAMES, order_columns
+
 if TYPE_CHECKING:  # pandas is imported where a table is built or read
     import pandas as pd
-
-from latency_sensitivity.columns import REFERENCE_NAMES, order_columns
 
 IDENTITY = ("model", "dtype", "backend", "device", "device_name", "attn_implementation",
             "gen_tokens", "warmup", "reps", "status", "error")
