@@ -1,0 +1,151 @@
+"""Could the kernel-time pass ride on a warmup request instead of an extra request after the reps?
+
+The pass (`probes.gpu_busy`) runs after the measured reps: an extra prefill and a request stopped after the timed
+window, each under a profiler session. A warmup request does that GPU work anyway. This study builds each backend
+once per cell (the Qwen2.5-3B architecture with random fp16 weights, seq 128, gen 32, warmup 3, reps 7, as
+benchmarks/replicates/) and alternates two ways of running the cell, `--rounds` times each:
+
+- ``plain``: 3 warmup requests, the 7 measured reps, then the pass as the runner runs it;
+- ``profiled warmup``: the same, but warmup request 2 of 3 runs under a clock that profiles its prefill and its
+  middle decode steps (the runner's window), leaving one plain warmup request before the reps.
+
+It prints, per cell and way, the reps' decode and prefill medians (does a profiler in the warmup move the
+measurement?), the kernel times from the warmup request and from the pass after the reps (do they agree?), and
+the seconds of the warmup and of the pass (what would be saved).
+
+    python3 benchmarks/sweep_cost/kernel_time_in_warmup.py [--backends graph,eager] [--batches 1,64] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ARCHITECTURE = Path(__file__).resolve().parents[2] / "src" / "latency_sensitivity" / "data" / "models" / "qwen2.5-3b.json"
+WAYS = ("plain", "profiled warmup")
+
+
+class MarksClock:
+    """The runner's clock that also runs a KernelTimer from mark `start` to mark `stop` of each window."""
+
+    def __init__(self, clock, windows):
+        self.clock, self.windows, self.marks = clock, windows, 0
+        self.kernel_ms = {}
+
+    def mark(self):
+        for start, _stop, timer in self.windows.values():
+            if self.marks == start:
+                timer.start()
+        ev = self.clock.mark()
+        for name, (_start, stop, timer) in self.windows.items():
+            if self.marks == stop:
+                self.kernel_ms[name] = timer.stop()
+        self.marks += 1
+        return ev
+
+    def elapsed_ms(self, a, b):
+        return self.clock.elapsed_ms(a, b)
+
+    def sync(self):
+        self.clock.sync()
+
+
+def run_cell(backend, prompt, spec, clock, way: str) -> dict:
+    import torch
+
+    from latency_sensitivity.measure import probes
+
+    row: dict = {}
+    first, steps = probes.kernel_time_window(spec.gen_tokens)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        for i in range(spec.warmup):
+            if way == "profiled warmup" and i == spec.warmup - 2:
+                window = MarksClock(clock, {"prefill": (0, 1, probes.KernelTimer()),
+                                            "decode": (2 + 2 * first, 3 + 2 * (first + steps - 1), probes.KernelTimer())})
+                backend.request(prompt, spec.gen_tokens, window, f"warmup{i}")
+                row["warmup_prefill_kernel_ms"] = window.kernel_ms["prefill"]
+                row["warmup_decode_kernel_ms_per_step"] = window.kernel_ms["decode"] / steps
+            else:
+                backend.request(prompt, spec.gen_tokens, clock, f"warmup{i}")
+        row["warmup_s"] = time.perf_counter() - t0
+        prefill, decode = [], []
+        for i in range(spec.reps):
+            p, _t, step_ms, _e = backend.request(prompt, spec.gen_tokens, clock, f"rep{i}")
+            prefill.append(p)
+            decode.append(statistics.median(step_ms))
+        row["prefill_p50_ms"] = statistics.median(prefill)
+        row["decode_p50_ms_per_tok"] = statistics.median(decode)
+        t0 = time.perf_counter()
+        k = probes.gpu_busy(backend, prompt, spec.gen_tokens, clock)
+        row["pass_s"] = time.perf_counter() - t0
+        row["after_prefill_kernel_ms"] = k["prefill_kernel_ms"]
+        row["after_decode_kernel_ms_per_step"] = k["decode_kernel_ms_per_step"]
+    return row
+
+
+def span(rows, col, fmt) -> str:
+    vals = [r[col] for r in rows if col in r]
+    if not vals:
+        return "-"
+    return f"{fmt.format(statistics.median(vals))} ({fmt.format(min(vals))}-{fmt.format(max(vals))})"
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backends", default="graph,eager")
+    p.add_argument("--batches", default="1,64")
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--json", type=Path, help="also write every round here")
+    a = p.parse_args(argv)
+
+    import torch
+
+    from latency_sensitivity.engine import registry
+    from latency_sensitivity.engine.base import Clock
+    from latency_sensitivity.measure import compile_cache
+    from latency_sensitivity.measure.model import CellSpec, build_model, make_prompt, model_config
+
+    compile_cache.configure(None, "cuda")
+    clock = Clock(True)
+    rows = []
+    for backend_name in a.backends.split(","):
+        for batch in (int(b) for b in a.batches.split(",")):
+            spec = CellSpec(model="qwen2.5-3b", model_kind="architecture", model_location=str(ARCHITECTURE),
+                            dtype="fp16", backend=backend_name, device="cuda", attn_implementation="sdpa",
+                            seq_len=a.seq, batch=batch, gen_tokens=32, warmup=3, reps=7, seed=0, threads=1)
+            model = build_model(spec, model_config(spec))
+            prompt = make_prompt(spec, model.config.vocab_size)
+            backend = registry.make(backend_name, model, prompt, spec.gen_tokens, clock)
+            for r in range(a.rounds):
+                for way in WAYS:
+                    row = {"backend": backend_name, "seq": a.seq, "batch": batch, "round": r + 1, "way": way,
+                           **run_cell(backend, prompt, spec, clock, way)}
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+            backend.close()
+            del backend, model
+            torch.cuda.empty_cache()
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
+    print(f"seq {a.seq}, median (min-max) of {a.rounds} rounds\n")
+    print("| backend | batch | way | decode ms/step (reps) | prefill ms (reps) | decode kernel ms/step: warmup "
+          "/ after reps | prefill kernel ms: warmup / after reps | warmup s | pass s |")
+    print("|---|---:|---|---|---|---|---|---|---|")
+    for key in sorted({(r["backend"], r["batch"], r["way"]) for r in rows}, key=lambda k: (k[0], k[1], WAYS.index(k[2]))):
+        sel = [r for r in rows if (r["backend"], r["batch"], r["way"]) == key]
+        print(f"| {key[0]} | {key[1]} | {key[2]} | {span(sel, 'decode_p50_ms_per_tok', '{:.4f}')} "
+              f"| {span(sel, 'prefill_p50_ms', '{:.3f}')} "
+              f"| {span(sel, 'warmup_decode_kernel_ms_per_step', '{:.4f}')} / {span(sel, 'after_decode_kernel_ms_per_step', '{:.4f}')} "
+              f"| {span(sel, 'warmup_prefill_kernel_ms', '{:.3f}')} / {span(sel, 'after_prefill_kernel_ms', '{:.3f}')} "
+              f"| {span(sel, 'warmup_s', '{:.2f}')} | {span(sel, 'pass_s', '{:.2f}')} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
