@@ -25,26 +25,23 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
+
+from study_cell import cell_spec
 
 MODES = ("pass", "no_pass", "teardown")
 SEQUENCE = (1, 64, 1)
-ARCHITECTURE = Path(__file__).resolve().parents[2] / "src" / "latency_sensitivity" / "data" / "models" / "qwen2.5-3b.json"
 
 
 def child(mode: str, backend: str, sequence: tuple[int, ...]) -> None:
     if mode == "teardown":
         os.environ["TEARDOWN_CUPTI"] = "1"
     from latency_sensitivity.measure import compile_cache, runner
-    from latency_sensitivity.measure.model import CellSpec
 
     compile_cache.configure(None, "cuda")
     if mode == "no_pass":
         runner.gpu_busy = lambda *args, **kwargs: {"prefill_kernel_ms": 0.0, "decode_kernel_ms_per_step": 0.0}
     for batch in sequence:
-        spec = CellSpec(model="qwen2.5-3b", model_kind="architecture", model_location=str(ARCHITECTURE),
-                        dtype="fp16", backend=backend, device="cuda", attn_implementation="sdpa", seq_len=128,
-                        batch=batch, gen_tokens=32, warmup=3, reps=7, seed=0, threads=1)
+        spec = cell_spec(backend, batch)
         result = runner.measure(spec)
         m = result["metrics"]
         print(json.dumps({"mode": mode, "batch": batch, "status": result["status"],

@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-ARCHITECTURE = Path(__file__).resolve().parents[2] / "src" / "latency_sensitivity" / "data" / "models" / "qwen2.5-3b.json"
+from study_cell import cell_spec
+
 PARTS = ("model_build_s", "backend_setup_s", "warmup_s", "measured_s", "tokenization_s", "kernel_time_s",
          "environment_s", "import_s", "startup_s")
 
@@ -36,14 +37,11 @@ def main(argv: list[str]) -> int:
     from latency_sensitivity.measure import compile_cache
     compile_cache.configure(None, "cuda")
     from latency_sensitivity.measure import runner
-    from latency_sensitivity.measure.model import CellSpec
 
     if a.out:
         a.out.mkdir(parents=True, exist_ok=True)
     for i, batch in enumerate(int(b) for b in a.batches.split(",")):
-        spec = CellSpec(model="qwen2.5-3b", model_kind="architecture", model_location=str(ARCHITECTURE),
-                        dtype="fp16", backend=a.backend, device="cuda", attn_implementation="sdpa", seq_len=128,
-                        batch=batch, gen_tokens=32, warmup=3, reps=7, seed=0, threads=1)
+        spec = cell_spec(a.backend, batch)
         prof = cProfile.Profile() if i else None
         t0 = time.perf_counter()
         if prof:

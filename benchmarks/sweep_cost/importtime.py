@@ -16,7 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ARCHITECTURE = Path(__file__).resolve().parents[2] / "src" / "latency_sensitivity" / "data" / "models" / "qwen2.5-3b.json"
+from study_cell import ARCHITECTURE
+
 
 CHILD = """
 import time

@@ -25,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-ARCHITECTURE = Path(__file__).resolve().parents[2] / "src" / "latency_sensitivity" / "data" / "models" / "qwen2.5-3b.json"
+from study_cell import build_backend, by_way, cell_spec, release, span
+
 WAYS = ("plain", "profiled warmup")
 
 
@@ -88,11 +89,21 @@ def run_cell(backend, prompt, spec, clock, way: str) -> dict:
     return row
 
 
-def span(rows, col, fmt) -> str:
-    vals = [r[col] for r in rows if col in r]
-    if not vals:
-        return "-"
-    return f"{fmt.format(statistics.median(vals))} ({fmt.format(min(vals))}-{fmt.format(max(vals))})"
+def print_table(rows: list[dict], seq: int, rounds: int) -> None:
+    """The markdown table of the rows, as recorded under results/."""
+    print(f"seq {seq}, median (min-max) of {rounds} rounds\n")
+    print("| backend | batch | way | decode ms/step (reps) | prefill ms (reps) | decode kernel ms/step: warmup "
+          "/ after reps | prefill kernel ms: warmup / after reps | warmup s | pass s |")
+    print("|---|---:|---|---|---|---|---|---|---|")
+    for key, sel in by_way(rows, WAYS):
+        def col(name, fmt):
+            return span([r.get(name) for r in sel], fmt)
+
+        print(f"| {key[0]} | {key[1]} | {key[2]} | {col('decode_p50_ms_per_tok', '{:.4f}')} "
+              f"| {col('prefill_p50_ms', '{:.3f}')} "
+              f"| {col('warmup_decode_kernel_ms_per_step', '{:.4f}')} / {col('after_decode_kernel_ms_per_step', '{:.4f}')} "
+              f"| {col('warmup_prefill_kernel_ms', '{:.3f}')} / {col('after_prefill_kernel_ms', '{:.3f}')} "
+              f"| {col('warmup_s', '{:.2f}')} | {col('pass_s', '{:.2f}')} |")
 
 
 def main(argv: list[str]) -> int:
@@ -104,46 +115,27 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", type=Path, help="also write every round here")
     a = p.parse_args(argv)
 
-    import torch
-
-    from latency_sensitivity.engine import registry
     from latency_sensitivity.engine.base import Clock
     from latency_sensitivity.measure import compile_cache
-    from latency_sensitivity.measure.model import CellSpec, build_model, make_prompt, model_config
 
     compile_cache.configure(None, "cuda")
     clock = Clock(True)
     rows = []
     for backend_name in a.backends.split(","):
         for batch in (int(b) for b in a.batches.split(",")):
-            spec = CellSpec(model="qwen2.5-3b", model_kind="architecture", model_location=str(ARCHITECTURE),
-                            dtype="fp16", backend=backend_name, device="cuda", attn_implementation="sdpa",
-                            seq_len=a.seq, batch=batch, gen_tokens=32, warmup=3, reps=7, seed=0, threads=1)
-            model = build_model(spec, model_config(spec))
-            prompt = make_prompt(spec, model.config.vocab_size)
-            backend = registry.make(backend_name, model, prompt, spec.gen_tokens, clock)
+            spec = cell_spec(backend_name, batch, a.seq)
+            model, prompt, backend = build_backend(spec, clock)
             for r in range(a.rounds):
                 for way in WAYS:
                     row = {"backend": backend_name, "seq": a.seq, "batch": batch, "round": r + 1, "way": way,
                            **run_cell(backend, prompt, spec, clock, way)}
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
-            backend.close()
+            release(backend)
             del backend, model
-            torch.cuda.empty_cache()
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
-    print(f"seq {a.seq}, median (min-max) of {a.rounds} rounds\n")
-    print("| backend | batch | way | decode ms/step (reps) | prefill ms (reps) | decode kernel ms/step: warmup "
-          "/ after reps | prefill kernel ms: warmup / after reps | warmup s | pass s |")
-    print("|---|---:|---|---|---|---|---|---|---|")
-    for key in sorted({(r["backend"], r["batch"], r["way"]) for r in rows}, key=lambda k: (k[0], k[1], WAYS.index(k[2]))):
-        sel = [r for r in rows if (r["backend"], r["batch"], r["way"]) == key]
-        print(f"| {key[0]} | {key[1]} | {key[2]} | {span(sel, 'decode_p50_ms_per_tok', '{:.4f}')} "
-              f"| {span(sel, 'prefill_p50_ms', '{:.3f}')} "
-              f"| {span(sel, 'warmup_decode_kernel_ms_per_step', '{:.4f}')} / {span(sel, 'after_decode_kernel_ms_per_step', '{:.4f}')} "
-              f"| {span(sel, 'warmup_prefill_kernel_ms', '{:.3f}')} / {span(sel, 'after_prefill_kernel_ms', '{:.3f}')} "
-              f"| {span(sel, 'warmup_s', '{:.2f}')} | {span(sel, 'pass_s', '{:.2f}')} |")
+    print_table(rows, a.seq, a.rounds)
     return 0
 
 

@@ -28,12 +28,12 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
-ARCHITECTURE = Path(__file__).resolve().parents[2] / "src" / "latency_sensitivity" / "data" / "models" / "qwen2.5-3b.json"
+from study_cell import build_backend, by_way, cell_spec, release, span
+
 MARKER = "spin_kernel"
 WAYS = ("whole request", "short request", "middle steps", "cut after middle steps", "one session", "request only",
         "no external correlation")
@@ -170,6 +170,22 @@ def ways(backend, prompt, gen_tokens: int, clock):
             "request only": request_only, "no external correlation": no_external_correlation}
 
 
+def print_table(rows: list[dict], seq: int) -> None:
+    """The markdown table of the rows, as recorded under results/."""
+    print(f"seq {seq}\n")
+    print("| backend | batch | way | wall s | start s | work s | stop s | read s | events (device) "
+          "| prefill kernel ms | decode kernel ms/step |")
+    print("|---|---:|---|---|---|---|---|---|---|---|---|")
+    for key, sel in by_way(rows, WAYS):
+        def col(name, fmt):
+            return span([r[name] for r in sel], fmt)
+
+        print(f"| {key[0]} | {key[1]} | {key[2]} | {col('wall_s', '{:.2f}')} | {col('start_s', '{:.2f}')} "
+              f"| {col('work_s', '{:.2f}')} | {col('stop_s', '{:.2f}')} | {col('read_s', '{:.2f}')} "
+              f"| {sel[0]['events']} ({sel[0]['device_events']}) | {col('prefill_kernel_ms', '{:.3f}')} "
+              f"| {col('decode_kernel_ms_per_step', '{:.4f}')} |")
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backends", default="graph,eager")
@@ -182,10 +198,8 @@ def main(argv: list[str]) -> int:
 
     import torch
 
-    from latency_sensitivity.engine import registry
     from latency_sensitivity.engine.base import Clock
     from latency_sensitivity.measure import compile_cache
-    from latency_sensitivity.measure.model import CellSpec, build_model, make_prompt, model_config
 
     chosen = a.ways.split(",") if a.ways else list(WAYS)
     if set(chosen) - set(WAYS):
@@ -195,12 +209,8 @@ def main(argv: list[str]) -> int:
     rows = []
     for backend_name in a.backends.split(","):
         for batch in (int(b) for b in a.batches.split(",")):
-            spec = CellSpec(model="qwen2.5-3b", model_kind="architecture", model_location=str(ARCHITECTURE),
-                            dtype="fp16", backend=backend_name, device="cuda", attn_implementation="sdpa",
-                            seq_len=a.seq, batch=batch, gen_tokens=32, warmup=3, reps=7, seed=0, threads=1)
-            model = build_model(spec, model_config(spec))
-            prompt = make_prompt(spec, model.config.vocab_size)
-            backend = registry.make(backend_name, model, prompt, spec.gen_tokens, clock)
+            spec = cell_spec(backend_name, batch, a.seq)
+            model, prompt, backend = build_backend(spec, clock)
             with torch.inference_mode():
                 for i in range(spec.warmup):
                     backend.request(prompt, spec.gen_tokens, clock, f"warmup{i}")
@@ -215,29 +225,11 @@ def main(argv: list[str]) -> int:
                                      "way": way, "wall_s": time.perf_counter() - t0, **timing,
                                      "prefill_kernel_ms": prefill_ms, "decode_kernel_ms_per_step": decode_ms})
                         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-            backend.close()
+            release(backend)
             del backend, model
-            torch.cuda.empty_cache()
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
-    print(f"seq {a.seq}\n")
-    print("| backend | batch | way | wall s | start s | work s | stop s | read s | events (device) "
-          "| prefill kernel ms | decode kernel ms/step |")
-    print("|---|---:|---|---|---|---|---|---|---|---|---|")
-    order = list(WAYS)
-    for key in sorted({(r["backend"], r["batch"], r["way"]) for r in rows}, key=lambda k: (k[0], k[1], order.index(k[2]))):
-        sel = [r for r in rows if (r["backend"], r["batch"], r["way"]) == key]
-
-        def span(col, fmt):
-            vals = [r[col] for r in sel if not math.isnan(r[col])]
-            if not vals:
-                return "-"
-            return f"{fmt.format(statistics.median(vals))} ({fmt.format(min(vals))}-{fmt.format(max(vals))})"
-
-        print(f"| {key[0]} | {key[1]} | {key[2]} | {span('wall_s', '{:.2f}')} | {span('start_s', '{:.2f}')} "
-              f"| {span('work_s', '{:.2f}')} | {span('stop_s', '{:.2f}')} | {span('read_s', '{:.2f}')} "
-              f"| {sel[0]['events']} ({sel[0]['device_events']}) | {span('prefill_kernel_ms', '{:.3f}')} "
-              f"| {span('decode_kernel_ms_per_step', '{:.4f}')} |")
+    print_table(rows, a.seq)
     return 0
 
 

@@ -18,9 +18,9 @@ import json
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
-ARCHITECTURE = Path(__file__).resolve().parents[2] / "src" / "latency_sensitivity" / "data" / "models" / "qwen2.5-3b.json"
+from study_cell import cell_spec
+
 
 
 def child(pad_mb: int, backend: str, batch: int) -> None:
@@ -30,12 +30,9 @@ def child(pad_mb: int, backend: str, batch: int) -> None:
     import torch
 
     from latency_sensitivity.measure import runner
-    from latency_sensitivity.measure.model import CellSpec
 
     held = [torch.empty(pad_mb * 2**20, dtype=torch.uint8, device="cuda")] if pad_mb else []
-    spec = CellSpec(model="qwen2.5-3b", model_kind="architecture", model_location=str(ARCHITECTURE), dtype="fp16",
-                    backend=backend, device="cuda", attn_implementation="sdpa", seq_len=128, batch=batch,
-                    gen_tokens=32, warmup=3, reps=7, seed=0, threads=1)
+    spec = cell_spec(backend, batch)
     result = runner.measure(spec)
     del held
     m = result["metrics"]

@@ -1,0 +1,54 @@
+"""The cell the sweep-cost studies measure in one process: benchmarks/replicates/'s model and settings (the
+Qwen2.5-3B architecture with random fp16 weights, on CUDA, gen 32, warmup 3, reps 7). The scripts beside this
+file import it (run as `python3 benchmarks/sweep_cost/<script>.py`, their folder is on the import path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ARCHITECTURE = Path(__file__).resolve().parents[2] / "src" / "latency_sensitivity" / "data" / "models" / "qwen2.5-3b.json"
+
+
+def cell_spec(backend: str, batch: int, seq: int = 128):
+    """The runner's CellSpec of the study cell."""
+    from latency_sensitivity.measure.model import CellSpec
+
+    return CellSpec(model="qwen2.5-3b", model_kind="architecture", model_location=str(ARCHITECTURE), dtype="fp16",
+                    backend=backend, device="cuda", attn_implementation="sdpa", seq_len=seq, batch=batch,
+                    gen_tokens=32, warmup=3, reps=7, seed=0, threads=1)
+
+
+def build_backend(spec, clock):
+    """(model, prompt, backend) of a spec, built as the runner builds them."""
+    from latency_sensitivity.engine import registry
+    from latency_sensitivity.measure.model import build_model, make_prompt, model_config
+
+    model = build_model(spec, model_config(spec))
+    prompt = make_prompt(spec, model.config.vocab_size)
+    return model, prompt, registry.make(spec.backend, model, prompt, spec.gen_tokens, clock)
+
+
+def release(backend) -> None:
+    """Drop a built backend's device memory before the next cell is built."""
+    import torch
+
+    backend.close()
+    torch.cuda.empty_cache()
+
+
+def by_way(rows: list[dict], ways) -> list[tuple[tuple, list[dict]]]:
+    """The rows grouped by (backend, batch, way), in backend, batch and `ways` order."""
+    order = list(ways)
+    keys = sorted({(r["backend"], r["batch"], r["way"]) for r in rows}, key=lambda k: (k[0], k[1], order.index(k[2])))
+    return [(key, [r for r in rows if (r["backend"], r["batch"], r["way"]) == key]) for key in keys]
+
+
+def span(values, fmt: str) -> str:
+    """median (min-max) of the values that are numbers, or '-'."""
+    import math
+    import statistics
+
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return "-"
+    return f"{fmt.format(statistics.median(vals))} ({fmt.format(min(vals))}-{fmt.format(max(vals))})"
