@@ -23,9 +23,7 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
-
-from study_cell import build_backend, by_way, cell_spec, release, span
+from study_cell import add_cell_arguments, build_backend, by_way, cell_spec, release, span
 
 WAYS = ("plain", "profiled warmup")
 
@@ -108,11 +106,7 @@ def print_table(rows: list[dict], seq: int, rounds: int) -> None:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backends", default="graph,eager")
-    p.add_argument("--batches", default="1,64")
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--json", type=Path, help="also write every round here")
+    add_cell_arguments(p)
     a = p.parse_args(argv)
 
     from latency_sensitivity.engine.base import Clock

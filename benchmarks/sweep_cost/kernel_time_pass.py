@@ -30,9 +30,7 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
-
-from study_cell import build_backend, by_way, cell_spec, release, span
+from study_cell import add_cell_arguments, build_backend, by_way, cell_spec, release, span
 
 MARKER = "spin_kernel"
 WAYS = ("whole request", "short request", "middle steps", "cut after middle steps", "one session", "request only",
@@ -188,12 +186,8 @@ def print_table(rows: list[dict], seq: int) -> None:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backends", default="graph,eager")
-    p.add_argument("--batches", default="1,64")
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--rounds", type=int, default=3)
+    add_cell_arguments(p)
     p.add_argument("--ways", help="comma-separated, of: " + ", ".join(WAYS) + " (default: all)")
-    p.add_argument("--json", type=Path, help="also write every round here")
     a = p.parse_args(argv)
 
     import torch

@@ -52,3 +52,13 @@ def span(values, fmt: str) -> str:
     if not vals:
         return "-"
     return f"{fmt.format(statistics.median(vals))} ({fmt.format(min(vals))}-{fmt.format(max(vals))})"
+
+
+def add_cell_arguments(parser) -> None:
+    """The one-process studies' common options: which cells, how many rounds, where to write every round."""
+    parser.add_argument("--backends", default="graph,eager")
+    parser.add_argument("--batches", default="1,64")
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write every round here")
+
