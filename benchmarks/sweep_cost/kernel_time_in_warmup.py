@@ -23,7 +23,7 @@ import json
 import statistics
 import sys
 import time
-from study_cell import add_cell_arguments, build_backend, by_way, cell_spec, release, span
+from study_cell import add_cell_arguments, by_way, each_cell, span
 
 WAYS = ("plain", "profiled warmup")
 
@@ -109,24 +109,16 @@ def main(argv: list[str]) -> int:
     add_cell_arguments(p)
     a = p.parse_args(argv)
 
-    from latency_sensitivity.engine.base import Clock
-    from latency_sensitivity.measure import compile_cache
+    def measure(spec, prompt, backend, clock) -> list[dict]:
+        rows = []
+        for r in range(a.rounds):
+            for way in WAYS:
+                rows.append({"backend": spec.backend, "seq": a.seq, "batch": spec.batch, "round": r + 1, "way": way,
+                             **run_cell(backend, prompt, spec, clock, way)})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        return rows
 
-    compile_cache.configure(None, "cuda")
-    clock = Clock(True)
-    rows = []
-    for backend_name in a.backends.split(","):
-        for batch in (int(b) for b in a.batches.split(",")):
-            spec = cell_spec(backend_name, batch, a.seq)
-            model, prompt, backend = build_backend(spec, clock)
-            for r in range(a.rounds):
-                for way in WAYS:
-                    row = {"backend": backend_name, "seq": a.seq, "batch": batch, "round": r + 1, "way": way,
-                           **run_cell(backend, prompt, spec, clock, way)}
-                    rows.append(row)
-                    print(json.dumps(row), file=sys.stderr, flush=True)
-            release(backend)
-            del backend, model
+    rows = each_cell(a, measure)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
     print_table(rows, a.seq, a.rounds)

@@ -30,7 +30,7 @@ import math
 import os
 import sys
 import time
-from study_cell import add_cell_arguments, build_backend, by_way, cell_spec, release, span
+from study_cell import add_cell_arguments, by_way, each_cell, span
 
 MARKER = "spin_kernel"
 WAYS = ("whole request", "short request", "middle steps", "cut after middle steps", "one session", "request only",
@@ -192,35 +192,29 @@ def main(argv: list[str]) -> int:
 
     import torch
 
-    from latency_sensitivity.engine.base import Clock
-    from latency_sensitivity.measure import compile_cache
-
     chosen = a.ways.split(",") if a.ways else list(WAYS)
     if set(chosen) - set(WAYS):
         p.error(f"unknown ways: {', '.join(set(chosen) - set(WAYS))}")
-    compile_cache.configure(None, "cuda")
-    clock = Clock(True)
-    rows = []
-    for backend_name in a.backends.split(","):
-        for batch in (int(b) for b in a.batches.split(",")):
-            spec = cell_spec(backend_name, batch, a.seq)
-            model, prompt, backend = build_backend(spec, clock)
-            with torch.inference_mode():
-                for i in range(spec.warmup):
-                    backend.request(prompt, spec.gen_tokens, clock, f"warmup{i}")
-                for r in range(a.rounds):
-                    for way, fn in ways(backend, prompt, spec.gen_tokens, clock).items():
-                        if way not in chosen:
-                            continue
-                        timing: dict = {}
-                        t0 = time.perf_counter()
-                        prefill_ms, decode_ms = fn(timing)
-                        rows.append({"backend": backend_name, "seq": a.seq, "batch": batch, "round": r + 1,
-                                     "way": way, "wall_s": time.perf_counter() - t0, **timing,
-                                     "prefill_kernel_ms": prefill_ms, "decode_kernel_ms_per_step": decode_ms})
-                        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-            release(backend)
-            del backend, model
+
+    def measure(spec, prompt, backend, clock) -> list[dict]:
+        rows = []
+        with torch.inference_mode():
+            for i in range(spec.warmup):
+                backend.request(prompt, spec.gen_tokens, clock, f"warmup{i}")
+            for r in range(a.rounds):
+                for way, fn in ways(backend, prompt, spec.gen_tokens, clock).items():
+                    if way not in chosen:
+                        continue
+                    timing: dict = {}
+                    t0 = time.perf_counter()
+                    prefill_ms, decode_ms = fn(timing)
+                    rows.append({"backend": spec.backend, "seq": a.seq, "batch": spec.batch, "round": r + 1,
+                                 "way": way, "wall_s": time.perf_counter() - t0, **timing,
+                                 "prefill_kernel_ms": prefill_ms, "decode_kernel_ms_per_step": decode_ms})
+                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        return rows
+
+    rows = each_cell(a, measure)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
     print_table(rows, a.seq)

@@ -28,12 +28,28 @@ def build_backend(spec, clock):
     return model, prompt, registry.make(spec.backend, model, prompt, spec.gen_tokens, clock)
 
 
-def release(backend) -> None:
-    """Drop a built backend's device memory before the next cell is built."""
+def each_cell(args, measure) -> list[dict]:
+    """Build the cell of each backend and batch of the options in turn (on CUDA, torch's ptxas chosen first, as in
+    a measuring process), call measure(spec, prompt, backend, clock) on it and collect the rows it returns. Each
+    cell's backend is closed and its model dropped, and the freed memory handed back to the driver, before the
+    next is built: where a model lands in device memory changes its speed (NOTES.md)."""
     import torch
 
-    backend.close()
-    torch.cuda.empty_cache()
+    from latency_sensitivity.engine.base import Clock
+    from latency_sensitivity.measure import compile_cache
+
+    compile_cache.configure(None, "cuda")
+    clock = Clock(True)
+    rows: list[dict] = []
+    for backend_name in args.backends.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+            spec = cell_spec(backend_name, batch, args.seq)
+            model, prompt, backend = build_backend(spec, clock)
+            rows += measure(spec, prompt, backend, clock)
+            backend.close()
+            del backend, model
+            torch.cuda.empty_cache()
+    return rows
 
 
 def by_way(rows: list[dict], ways) -> list[tuple[tuple, list[dict]]]:

@@ -220,19 +220,11 @@ def test_kernel_time_pass_detaches_cupti_after_each_session(monkeypatch):
     assert seen == ["1"]
 
 
-@pytest.mark.parametrize("gen_tokens, first, steps", [(32, 12, 7), (8, 0, 7), (20, 6, 7), (3, 0, 2)])
-def test_kernel_time_pass_times_the_steps_in_the_middle_of_the_request(gen_tokens, first, steps):
-    """The kernel-time pass times the prefill alone, then decode steps first .. first + steps - 1 of a request that
-    runs as the cell's (the same timed_request and clock) and stops after them: the middle of the cell's request,
-    where its median step lies (the first steps ran slower after a compute-bound prefill)."""
-    from latency_sensitivity.engine.base import Clock, timed_request
-    from latency_sensitivity.measure import probes
-
-    log = []
+def recording_timer(log: list):
+    """A stand-in for probes.KernelTimer that writes start, stop and abandon into log. Its kernel time: 2 ms when
+    the prefill ran while it timed, else 0.5 ms for each decode step (an int in log) that did."""
 
     class Timer:
-        """Kernel time: 2 ms for the prefill, 0.5 ms for each decode step run while it timed."""
-
         def start(self):
             log.append("start")
 
@@ -243,6 +235,20 @@ def test_kernel_time_pass_times_the_steps_in_the_middle_of_the_request(gen_token
 
         def abandon(self):
             log.append("abandon")
+
+    return Timer
+
+
+@pytest.mark.parametrize("gen_tokens, first, steps", [(32, 12, 7), (8, 0, 7), (20, 6, 7), (3, 0, 2)])
+def test_kernel_time_pass_times_the_steps_in_the_middle_of_the_request(gen_tokens, first, steps):
+    """The kernel-time pass times the prefill alone, then decode steps first .. first + steps - 1 of a request that
+    runs as the cell's (the same timed_request and clock) and stops after them: the middle of the cell's request,
+    where its median step lies (the first steps ran slower after a compute-bound prefill)."""
+    from latency_sensitivity.engine.base import Clock, timed_request
+    from latency_sensitivity.measure import probes
+
+    log = []
+    Timer = recording_timer(log)
 
     class Backend:
         def reset(self):
@@ -275,17 +281,7 @@ def test_a_failing_kernel_time_request_closes_its_profiler_session():
     from latency_sensitivity.measure import probes
 
     log = []
-
-    class Timer:
-        def start(self):
-            log.append("start")
-
-        def stop(self):
-            log.append("stop")
-            return 1.0
-
-        def abandon(self):
-            log.append("abandon")
+    Timer = recording_timer(log)
 
     class Backend:
         def reset(self):
