@@ -17,7 +17,7 @@ def profiled_config(default_config, **profile):
     cfg["sweeps"] = {"seq_sweep": {"seq": [16], "batch": [1]}}
     cfg["loading"] = dict(cfg.get("loading") or {}, enabled=False)  # not what these tests are about
     cfg["profile"] = dict({"tools": ["torch"], "cells": [{"seq": 16, "batch": 4}, {"seq": 64, "batch": 1}],
-                           "warmup": 0, "reps": 1}, **profile)
+                           "warmup": 1, "reps": 1}, **profile)
     return cfg
 
 
