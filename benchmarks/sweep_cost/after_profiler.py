@@ -1,13 +1,14 @@
 """Does a cell measured after other cells in one process differ because of the profiler that ran before it?
 
-Every cell ends with a kernel-time pass under torch.profiler (CUPTI), after its measured reps. If CUPTI stays
-attached once that profiler stops, the next cell's reps in the same process run with it. This study measures
+Every cell times its kernels under torch.profiler (CUPTI): when this study was recorded, in a pass after its
+measured reps; now in a warmup request where the cell has 3 or more. If CUPTI stays attached once that profiler
+stops, the next cell's reps in the same process run with it. This study measures
 seq 128 x batch 1, then batch 64, then batch 1 again in one process (the graph backend by default, the
 Qwen2.5-3B architecture with random fp16 weights, gen 32, warmup 3, reps 7, as benchmarks/replicates/), in a
 fresh process per mode:
 
-- ``pass``: as the runner measures (the kernel-time pass after each cell's reps);
-- ``no_pass``: the kernel-time pass skipped (no profiler in the process at all);
+- ``pass``: as the runner measures (the kernel time taken in each cell);
+- ``no_pass``: kernel time not taken (no profiler in the process at all);
 - ``teardown``: the pass, with ``TEARDOWN_CUPTI=1`` set at the process's start (kineto detaches CUPTI when a
   profiler stops).
 
@@ -35,11 +36,12 @@ SEQUENCE = (1, 64, 1)
 def child(mode: str, backend: str, sequence: tuple[int, ...]) -> None:
     if mode == "teardown":
         os.environ["TEARDOWN_CUPTI"] = "1"
-    from latency_sensitivity.measure import compile_cache, runner
+    from latency_sensitivity.measure import compile_cache, probes, runner
 
     compile_cache.configure(None, "cuda")
     if mode == "no_pass":
-        runner.gpu_busy = lambda *args, **kwargs: {"prefill_kernel_ms": 0.0, "decode_kernel_ms_per_step": 0.0}
+        probes.kernel_time_warmup_request = lambda warmup: None
+        probes.gpu_busy = lambda *args, **kwargs: {"prefill_kernel_ms": 0.0, "decode_kernel_ms_per_step": 0.0}
     for batch in sequence:
         spec = cell_spec(backend, batch)
         result = runner.measure(spec)

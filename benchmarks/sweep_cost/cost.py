@@ -52,7 +52,7 @@ def cost_table(rows) -> str:
     for row in rows:
         groups[(row["root"], row["isolation"], row["backend"])].append(row)
     lines = ["| run | isolation | backend | jobs | processes | job s | worker start-up s | measured s | job / measured "
-             "| (job - start-up) / measured | backend setup s | warmup s | kernel-time pass s |",
+             "| (job - start-up) / measured | backend setup s | warmup s | kernel time s |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     totals = defaultdict(float)
     for (root, isolation, backend), members in sorted(groups.items()):

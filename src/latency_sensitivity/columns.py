@@ -101,7 +101,7 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("measured_s", "s", "Wall time of the measured reps alone."),
     Column("cell_s", "s", "Wall time of the cell's measurement in its measuring process (model build to its last side measurement); job_s less cell_s is the job's own start-up and hand-over."),
     Column("tokenization_s", "s", "Wall time of the side measurement of tokenising and detokenising the cell's texts."),
-    Column("kernel_time_s", "s", "Wall time of the side measurement of GPU kernel time (one profiled prefill and one request profiled over up to 7 decode steps in its middle, stopping after them)."),
+    Column("kernel_time_s", "s", "What taking the GPU kernel time cost (kernel_time_request): from a warmup request, the profiler's own seconds (starting and stopping its two sessions, reading their traces); from the pass after the reps, its wall time (one profiled prefill and one request profiled over up to 7 decode steps in its middle, stopping after them)."),
     Column("worker_start_s", "s", "Seconds the cell's job waited for its measurement worker to start (isolation shared; 0 when the worker was running, and with isolation process): a one-time cost per worker, inside job_s."),
     Column("cells_before", "", "Cells the measuring process had measured before this one (0 with isolation process; the median over replicates)."),
     Column("job_s_total", "s", "job_s summed over the cell's replicates: the device time the cell took."),
@@ -133,13 +133,14 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
         "",
         "True when the kernel's peak-RSS counter could be reset after warmup (else peak_rss_mb is the process peak).",
     ),
-    # host overhead (CUDA): GPU kernel time from a profiled, unmeasured pass, against the measured time
-    Column("prefill_kernel_ms", "ms", "GPU time of the prefill's kernels (profiled once after the measured reps; the union of their intervals, so overlapping kernels count once)."),
-    Column("decode_kernel_ms_per_step", "ms/step", "GPU time of one decode step's kernels (profiled once, averaged over kernel_time_decode_steps steps in the middle of a request; overlapping kernels count once)."),
-    Column("kernel_time_decode_steps", "steps", "Decode steps the kernel-time pass profiled: min(gen_tokens - 1, 7), from decode step kernel_time_first_step on."),
-    Column("kernel_time_first_step", "step", "The first decode step the kernel-time pass profiled (counted from 0): the window is centred in the request's gen_tokens - 1 steps, where the median step lies; the pass's request stops after the window."),
+    # host overhead (CUDA): GPU kernel time from an unmeasured, profiled request, against the measured time
+    Column("kernel_time_request", "", "The unmeasured request the kernel time comes from: `warmup<i>`, warmup request i (counted from 0; the second to last, with 3 or more warmup requests), or `after_reps`, a pass after the measured reps (a prefill, then a request stopped after its window)."),
+    Column("prefill_kernel_ms", "ms", "GPU time of the prefill's kernels (profiled once, in kernel_time_request; the union of their intervals, so overlapping kernels count once)."),
+    Column("decode_kernel_ms_per_step", "ms/step", "GPU time of one decode step's kernels (profiled once, averaged over kernel_time_decode_steps steps in the middle of kernel_time_request; overlapping kernels count once)."),
+    Column("kernel_time_decode_steps", "steps", "Decode steps profiled for the kernel time: min(gen_tokens - 1, 7), from decode step kernel_time_first_step on."),
+    Column("kernel_time_first_step", "step", "The first decode step profiled for the kernel time (counted from 0): the window is centred in the request's gen_tokens - 1 steps, where the median step lies."),
     Column("prefill_gpu_busy", "ratio", "prefill_kernel_ms / prefill_p50_ms: the share of the prefill the GPU was working."),
-    Column("decode_gpu_busy", "ratio", "decode_kernel_ms_per_step / decode_p50_ms_per_tok: the share of a decode step the GPU was working. The kernel time comes from decode steps in the middle of one extra profiled request (kernel_time_first_step, kernel_time_decode_steps; after a compute-bound prefill the first steps run a few percent slower, see benchmarks/sweep_cost/NOTES.md) and the step time from the measured median, so a GPU busy throughout can read slightly above 1 (up to 1.03 in the H100 grid)."),
+    Column("decode_gpu_busy", "ratio", "decode_kernel_ms_per_step / decode_p50_ms_per_tok: the share of a decode step the GPU was working. The kernel time comes from decode steps in the middle of one unmeasured profiled request (kernel_time_request, kernel_time_first_step, kernel_time_decode_steps; after a compute-bound prefill the first steps run a few percent slower, see benchmarks/sweep_cost/NOTES.md) and the step time from the measured median, so a GPU busy throughout can read slightly above 1 (up to 1.03 in the H100 grid)."),
     Column(
         "prefill_regime",
         "",
@@ -154,7 +155,7 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("import_s", "s", "Importing torch and the measuring modules before startup_s (0 in a shared worker)."),
     Column("environment_s", "s", "Recording the cell's environment (versions, device, driver) before startup_s."),
     Column("model_build_s", "s", "Time to build (random weights) or load the model onto the device, imports excluded."),
-    Column("warmup_s", "s", "Wall time of the warmup reps (kept out of every metric)."),
+    Column("warmup_s", "s", "Wall time of the warmup requests (kept out of every metric), without the profiler's seconds when one of them is profiled (kernel_time_s)."),
     Column(
         "decode_attention",
         "",

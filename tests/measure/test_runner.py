@@ -104,14 +104,16 @@ def test_bad_runner_arguments_exit_early():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_cell_with_telemetry():
-    r = runner.measure(spec(device="cuda", dtype="fp16", seq_len=64, batch=4, gen_tokens=8, reps=3))
+@pytest.mark.parametrize("warmup, request_", [(1, "after_reps"), (3, "warmup1")])
+def test_cuda_cell_with_telemetry(warmup, request_):
+    r = runner.measure(spec(device="cuda", dtype="fp16", seq_len=64, batch=4, gen_tokens=8, reps=3, warmup=warmup))
     assert r["status"] == "ok", r["error"]
     m = r["metrics"]
     assert m["vram_reserved_mb"] >= m["vram_allocated_mb"] > m["weights_mb"]
     assert m["n_samples"] >= 2 and m["sm_clock_start_mhz"] is not None
     assert r["environment"]["device_name"] == torch.cuda.get_device_name()
     assert "kernel_time_error" not in r, r.get("kernel_time_error")
+    assert m["kernel_time_request"] == request_ and m["kernel_time_s"] > 0 and m["warmup_s"] > 0
     assert 0 < m["decode_kernel_ms_per_step"] and 0 < m["prefill_kernel_ms"]
     # kernel time cannot exceed the time the phase took (small slack for timer granularity)
     assert 0 < m["decode_gpu_busy"] <= 1.05 and 0 < m["prefill_gpu_busy"] <= 1.05
@@ -301,3 +303,96 @@ def test_a_failing_kernel_time_request_closes_its_profiler_session():
     with pytest.raises(RuntimeError, match="step failed"):
         probes.gpu_busy(Backend(), prompt=None, gen_tokens=32, clock=Clock(False), timer_factory=Timer)
     assert log == ["start", "stop", "start", "abandon"]
+
+
+class LoggingBackend:
+    """A stand-in backend whose requests run engine.base.timed_request, writing each request's name, its prefill
+    and its decode step numbers into log. fail: {request name: [step, ...]}, the step at which that request's
+    first, second, ... run raises."""
+
+    def __init__(self, log: list, fail: dict | None = None):
+        self.log, self.fail = log, fail or {}
+
+    def reset(self):
+        self.log.append("reset")
+
+    def prefill(self, prompt):
+        self.log.append("prefill")
+
+    def request(self, prompt, gen_tokens, clock, rep_name):
+        from latency_sensitivity.engine.base import timed_request
+
+        self.log.append(rep_name)
+        step_no = iter(range(gen_tokens))
+        fail_at = self.fail[rep_name].pop(0) if self.fail.get(rep_name) else None
+
+        def prefill():
+            self.log.append("prefill")
+            return torch.zeros(1)
+
+        def step(token):
+            n = next(step_no)
+            if n == fail_at:
+                raise RuntimeError(f"{rep_name} step {n} failed")
+            self.log.append(n)
+            return token
+
+        return timed_request(prefill, step, gen_tokens, clock, rep_name)
+
+
+@pytest.mark.parametrize("warmup, profiled", [(0, None), (1, None), (2, None), (3, 1), (5, 3)])
+def test_kernel_time_comes_from_the_second_to_last_warmup_request(warmup, profiled):
+    """With 3 or more warmup requests the kernel time is taken from the second to last (a warmed request before
+    it, a plain one between it and the reps): its prefill under one profiler session, its middle decode steps
+    (kernel_time_window) under another; the request runs whole, as every warmup request. With fewer, none is
+    profiled (the pass after the reps takes it)."""
+    from latency_sensitivity.engine.base import Clock
+    from latency_sensitivity.measure import probes
+
+    assert probes.kernel_time_warmup_request(warmup) == profiled
+    log = []
+    gen_tokens = 20
+    warm = probes.warm_up(LoggingBackend(log), None, gen_tokens, warmup, Clock(False), profiled,
+                          timer_factory=recording_timer(log))
+    steps = list(range(gen_tokens - 1))
+    plain = [[f"warmup{i}", "prefill", *steps] for i in range(warmup)]
+    if profiled is not None:
+        first, n = probes.kernel_time_window(gen_tokens)
+        plain[profiled] = ([f"warmup{profiled}", "start", "prefill", "stop"] + steps[:first] + ["start"]
+                           + steps[first:first + n] + ["stop"] + steps[first + n:])
+        assert warm["kernel"] == {"prefill_kernel_ms": 2.0, "decode_kernel_ms_per_step": 0.5,
+                                  "kernel_time_decode_steps": n, "kernel_time_first_step": first}
+    else:
+        assert warm["kernel"] is None
+    assert log == [entry for request in plain for entry in request]
+    assert warm["error"] is None and warm["kernel_time_s"] == 0.0 and warm["warmup_s"] >= 0
+
+
+def test_a_failing_profiled_warmup_request_is_recorded_and_run_again_plain():
+    """The profiled request fails in its window: its profiler sessions are closed, the error is kept, the request
+    runs again without the profiler (the reps still follow 3 whole warmup requests), and the failed attempt's
+    seconds are counted as the kernel time's, not the warmup's."""
+    from latency_sensitivity.engine.base import Clock
+    from latency_sensitivity.measure import probes
+
+    log = []
+    first, n = probes.kernel_time_window(8)
+    backend = LoggingBackend(log, fail={"warmup1": [first + 1]})
+    warm = probes.warm_up(backend, None, 8, 3, Clock(False), 1, timer_factory=recording_timer(log))
+    assert warm["kernel"] is None and warm["error"] == f"RuntimeError: warmup1 step {first + 1} failed"
+    steps = list(range(7))
+    assert log == (["warmup0", "prefill", *steps]
+                   + ["warmup1", "start", "prefill", "stop", *steps[:first], "start", first, "abandon", "abandon"]
+                   + ["warmup1", "prefill", *steps] + ["warmup2", "prefill", *steps])
+    assert warm["kernel_time_s"] > 0
+
+
+def test_a_warmup_request_that_fails_without_the_profiler_fails_the_cell():
+    from latency_sensitivity.engine.base import Clock
+    from latency_sensitivity.measure import probes
+
+    log = []
+    backend = LoggingBackend(log, fail={"warmup1": [0, 0]})
+    with pytest.raises(RuntimeError, match="warmup1 step 0 failed"):
+        probes.warm_up(backend, None, 8, 3, Clock(False), 1, timer_factory=recording_timer(log))
+    assert log.count("warmup1") == 2 and "warmup2" not in log

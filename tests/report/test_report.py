@@ -704,7 +704,7 @@ def test_cost_finding_names_where_the_jobs_time_went():
                           "startup_s_total": [0.5, 1.0], "tokenization_s_total": [0.25, 0.25],
                           "backend_setup_s_total": [1.0, 1.5]})
     text = cost_finding(frame)
-    assert text.endswith("; besides the reps: warmup 5.0 s, the GPU kernel-time pass 3.0 s, backend setup 2.5 s, "
+    assert text.endswith("; besides the reps: warmup 5.0 s, the GPU kernel-time profile 3.0 s, backend setup 2.5 s, "
                          "start-up 2.0 s, timing tokenization 0.5 s, and 17.0 s else (model build, handing the cell "
                          "over, recording it)"), text
     frame["kernel_time_s_total"] = [math.nan, math.nan]  # not recorded (on the CPU): not named

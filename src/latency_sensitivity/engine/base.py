@@ -1,4 +1,4 @@
-"""The interface every backend has (the runner's reps and kernel-time pass do not care which one runs) and the timing of one request."""
+"""The interface every backend has (the runner's requests and kernel-time profiling do not care which one runs) and the timing of one request."""
 
 from __future__ import annotations
 

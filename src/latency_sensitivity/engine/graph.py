@@ -1,12 +1,12 @@
 """The graph and compiled backends: a static KV cache and the decode step replayed as a CUDA graph.
 
-Every backend (engine/base.py) has the same interface, so the runner's warmup and measured loops and its kernel-time pass do
+Every backend (engine/base.py) has the same interface, so the runner's warmup and measured loops and its kernel-time profile do
 not care which one runs:
 
 - ``request(prompt, gen_tokens, clock, rep_name) -> (prefill_ms, ttft_ms, [decode step ms], e2e_ms)``: one
   timed request with the runner's timing semantics (see ``runner.one_request``) and the NVTX ranges
   ``{rep_name}.prefill`` and ``{rep_name}.decode``;
-- ``prefill(prompt)``: one prefill forward, untimed (the kernel-time pass profiles it);
+- ``prefill(prompt)``: one prefill forward, untimed (the kernel-time pass after the reps profiles it);
 - ``generate(prompt, gen_tokens, forced=None) -> (tokens, logits)``: an untimed request that keeps every
   step's logits, optionally feeding given tokens instead of its own (teacher forcing), for checking one
   backend against another;

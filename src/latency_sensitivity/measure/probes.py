@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,10 +21,13 @@ class KernelTimer:
 
     def __init__(self):
         self.prof = None
+        self.seconds = 0.0  # wall time in start, stop and abandon: the profiler's own cost, apart from the work timed
 
     def start(self) -> None:
         import torch
         from torch.profiler import ProfilerActivity, profile
+
+        t0 = time.perf_counter()
 
         # kineto detaches CUPTI when a profiler stops only where TEARDOWN_CUPTI is 1 (read at each stop); otherwise
         # CUPTI stays attached and every kernel and graph the process runs afterwards pays for it, so a cell
@@ -34,6 +38,7 @@ class KernelTimer:
         torch.cuda.synchronize()
         self.prof = profile(activities=[ProfilerActivity.CUDA])
         self.prof.__enter__()
+        self.seconds += time.perf_counter() - t0
 
     def stop(self) -> float:
         """The kernel time since start(), in ms."""
@@ -42,6 +47,7 @@ class KernelTimer:
 
         from latency_sensitivity.analysis import metrics
 
+        t0 = time.perf_counter()
         torch.cuda.synchronize()
         prof, self.prof = self.prof, None
         prof.__exit__(None, None, None)
@@ -49,13 +55,16 @@ class KernelTimer:
         # in Python, seconds for the tens of thousands of kernels of an eager request
         spans = [(e.start_ns(), e.end_ns()) for e in prof.profiler.kineto_results.events()
                  if e.device_type() == DeviceType.CUDA]
+        self.seconds += time.perf_counter() - t0
         return metrics.covered_length(spans) / 1e6
 
     def abandon(self) -> None:
         """Stop a session that start() opened, when what it timed failed."""
         if self.prof is not None:
+            t0 = time.perf_counter()
             prof, self.prof = self.prof, None
             prof.__exit__(None, None, None)
+            self.seconds += time.perf_counter() - t0
 
 
 def kernel_time_ms(fn, timer: KernelTimer | None = None) -> float:
@@ -71,24 +80,31 @@ def kernel_time_ms(fn, timer: KernelTimer | None = None) -> float:
 
 
 class WindowClock:
-    """A request's clock that also times the kernels of decode steps first .. first + steps - 1.
+    """A request's clock that also times the kernels of decode steps first .. first + steps - 1, and with
+    prefill_timer those of the prefill.
 
     engine.base.timed_request marks twice around the prefill, then before and after each decode step: the
     timer starts before the mark that opens step `first` and stops after the mark that closes the window's last
-    step.
+    step; the prefill's timer starts before the first mark and stops after the second.
     """
 
-    def __init__(self, clock: Clock, first: int, steps: int, timer=None):
+    def __init__(self, clock: Clock, first: int, steps: int, timer=None, prefill_timer=None):
         self.clock = clock
         self.timer = timer if timer is not None else KernelTimer()
+        self.prefill_timer = prefill_timer
         self.start_at, self.stop_at = 2 + 2 * first, 3 + 2 * (first + steps - 1)
         self.marks = 0
         self.kernel_ms: float | None = None
+        self.prefill_kernel_ms: float | None = None
 
     def mark(self):
+        if self.prefill_timer is not None and self.marks == 0:
+            self.prefill_timer.start()
         if self.marks == self.start_at:
             self.timer.start()
         ev = self.clock.mark()
+        if self.prefill_timer is not None and self.marks == 1:
+            self.prefill_kernel_ms = self.prefill_timer.stop()
         if self.marks == self.stop_at:
             self.kernel_ms = self.timer.stop()
         self.marks += 1
@@ -100,8 +116,19 @@ class WindowClock:
     def sync(self) -> None:
         self.clock.sync()
 
+    def abandon(self) -> None:
+        """Close the sessions a failed request left open."""
+        for timer in (self.prefill_timer, self.timer):
+            if timer is not None:
+                timer.abandon()
 
-# The kernel-time pass times this many decode steps (fewer where the cell's request has fewer). Stopping the
+    @property
+    def profiler_s(self) -> float:
+        """The timers' own seconds (KernelTimer.seconds)."""
+        return sum(getattr(t, "seconds", 0.0) for t in (self.prefill_timer, self.timer) if t is not None)
+
+
+# The kernel time is taken over this many decode steps (fewer where the cell's request has fewer). Stopping the
 # profiler and reading its events costs per device event, and a decode step is thousands of kernels, so a whole
 # request's trace cost seconds of a cell's job for milliseconds of GPU work. The steps are those in the middle of
 # the cell's request, where its median step lies: after a compute-bound prefill the first steps' kernels ran a few
@@ -110,10 +137,70 @@ KERNEL_TIME_STEPS = 7
 
 
 def kernel_time_window(gen_tokens: int) -> tuple[int, int]:
-    """(first, steps): the decode steps the kernel-time pass times, centred in a request of gen_tokens tokens
+    """(first, steps): the decode steps profiled for the kernel time, centred in a request of gen_tokens tokens
     (gen_tokens - 1 decode steps, numbered from 0)."""
     steps = min(gen_tokens - 1, KERNEL_TIME_STEPS)
     return (gen_tokens - 1 - steps) // 2, steps
+
+
+def kernel_time_warmup_request(warmup: int) -> int | None:
+    """The warmup request (counted from 0) the kernel time is taken from: the second to last, so that a warmed
+    request runs before it and a plain one between it and the reps. None with fewer than 3 warmup requests: the
+    kernel time then comes from a pass after the reps (gpu_busy)."""
+    return warmup - 2 if warmup >= 3 else None
+
+
+def profiled_request(backend, prompt, gen_tokens: int, clock: Clock, rep_name: str,
+                     timer_factory=KernelTimer) -> dict:
+    """Kernel time per phase from one whole request of the cell (a warmup request): its prefill and the decode
+    steps of kernel_time_window, each under a profiler session. The GPU does this work anyway, so no request is
+    added for it. Returns gpu_busy's keys and `profiler_s`, the seconds the sessions themselves took."""
+    first, steps = kernel_time_window(gen_tokens)
+    if steps < 1:
+        raise ValueError(f"a request of {gen_tokens} tokens has no decode step to time")
+    window = WindowClock(clock, first, steps, timer_factory(), prefill_timer=timer_factory())
+    try:
+        backend.request(prompt, gen_tokens, window, rep_name)
+    except BaseException:
+        window.abandon()
+        raise
+    if window.kernel_ms is None or window.prefill_kernel_ms is None:
+        raise RuntimeError(f"the profiled request made {window.marks} clock marks; its window ends at mark "
+                           f"{window.stop_at}")
+    return {
+        "prefill_kernel_ms": window.prefill_kernel_ms,
+        "decode_kernel_ms_per_step": window.kernel_ms / steps,
+        "kernel_time_decode_steps": steps,
+        "kernel_time_first_step": first,
+        "profiler_s": window.profiler_s,
+    }
+
+
+def warm_up(backend, prompt, gen_tokens: int, warmup: int, clock: Clock, profiled: int | None,
+            timer_factory=KernelTimer) -> dict:
+    """The cell's warmup requests, request `profiled` (None: none) timed by profiled_request.
+
+    A profiled request that fails (the profiler, or the request under it) is recorded and run again plain, so the
+    reps always follow `warmup` whole requests; a request that fails plain fails the cell. Returns `kernel` (the
+    kernel times, or None), `error` (why there are none, or None), `kernel_time_s` (the profiled attempt's cost:
+    the profiler's own seconds, or the whole failed attempt) and `warmup_s` (the warmup's wall time without it).
+    """
+    out = {"kernel": None, "error": None, "kernel_time_s": 0.0}
+    t0 = time.perf_counter()
+    for i in range(warmup):
+        if i == profiled:
+            attempt = time.perf_counter()
+            try:
+                kernel = profiled_request(backend, prompt, gen_tokens, clock, f"warmup{i}", timer_factory)
+                out["kernel_time_s"] = kernel.pop("profiler_s")
+                out["kernel"] = kernel
+                continue
+            except Exception as exc:  # noqa: BLE001 - auxiliary: recorded, and the request runs again plain
+                out["error"] = f"{type(exc).__name__}: {exc}"
+                out["kernel_time_s"] = time.perf_counter() - attempt
+        backend.request(prompt, gen_tokens, clock, f"warmup{i}")
+    out["warmup_s"] = time.perf_counter() - t0 - out["kernel_time_s"]
+    return out
 
 
 def gpu_busy(backend, prompt, gen_tokens: int, clock: Clock, timer_factory=KernelTimer) -> dict:
@@ -131,7 +218,7 @@ def gpu_busy(backend, prompt, gen_tokens: int, clock: Clock, timer_factory=Kerne
     try:
         backend.request(prompt, first + steps + 1, window, "kernel_time")
     except BaseException:
-        window.timer.abandon()
+        window.abandon()
         raise
     if window.kernel_ms is None:
         raise RuntimeError(f"the kernel-time request made {window.marks} clock marks; its window ends at mark "

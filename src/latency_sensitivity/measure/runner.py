@@ -28,7 +28,8 @@ from latency_sensitivity.engine.base import Clock
 from latency_sensitivity.measure import host
 from latency_sensitivity.measure.model import CellSpec, TORCH_DTYPES, build_model, make_prompt, model_config
 from latency_sensitivity.measure.placement import Pad
-from latency_sensitivity.measure.probes import PROFILE_MODES, _peak_rss_mb, _reset_peak_rss, cuda_memory_state, gpu_busy, is_oom, op_table_csv, torch_profiling
+from latency_sensitivity.measure import probes
+from latency_sensitivity.measure.probes import PROFILE_MODES, _peak_rss_mb, _reset_peak_rss, cuda_memory_state, is_oom, op_table_csv, torch_profiling
 from latency_sensitivity.vocabulary import BACKENDS, COMPILE_SHAPES, COMPILING_BACKENDS, ISOLATIONS, PLACEMENTS
 
 
@@ -58,7 +59,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
     """Run the cell; always returns a result dict (status ok, oom or error).
 
     profile_mode: ``off`` (a measurement), ``external`` (nsys or ncu wrap this process: no NVML sampler
-    and no torch.profiler kernel-time pass, which would compete with the profiler for CUPTI) or ``torch``
+    and no torch.profiler kernel-time profile, which would compete with the profiler for CUPTI) or ``torch``
     (torch.profiler records the measured reps into `torch_profile_dir`).
     """
     if profile_mode not in PROFILE_MODES:
@@ -142,12 +143,17 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         gc.collect()
         gc.freeze()
 
+        # The kernel time (GPU busy) is taken from a warmup request where the cell has enough of them (probes.warm_up),
+        # else from a pass after the reps.
+        kernel_time = cuda and profile_mode == "off"
+        profiled = probes.kernel_time_warmup_request(spec.warmup) if kernel_time else None
         phase.name = "warmup"
-        t0 = time.perf_counter()
         with torch.inference_mode(), nvtx_range("warmup"):
-            for i in range(spec.warmup):
-                backend.request(prompt, spec.gen_tokens, clock, f"warmup{i}")
-        warmup_s = time.perf_counter() - t0
+            warm = probes.warm_up(backend, prompt, spec.gen_tokens, spec.warmup, clock, profiled)
+        if warm["error"]:
+            result["kernel_time_error"] = warm["error"]
+            print(f"kernel time not measured (warmup request {profiled} was run again without the profiler): "
+                  f"{warm['error']}", file=sys.stderr)
 
         # Peak counters cover the measured reps only.
         if cuda:
@@ -191,7 +197,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         m["startup_s"] = startup_s
         m.update(import_s=import_s, environment_s=environment_s, model_code_s=model_code_s, cuda_init_s=cuda_init_s)
         m["model_build_s"] = build_s
-        m["warmup_s"] = warmup_s
+        m["warmup_s"] = warm["warmup_s"]
         m["measured_s"] = measured_s
         m["backend_setup_s"] = backend.setup_s
         m["backend_compile_s"] = result["backend_info"].get("compile_s")
@@ -224,19 +230,24 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
             m["predicted_memory_mb"] = math.nan
             m["kv_cache_mb"] = math.nan
             result["memory_model_error"] = str(exc)
-        if cuda and profile_mode == "off":
-            # Auxiliary: a failure here is recorded and the measured numbers are kept.
-            kernel_start = time.perf_counter()
-            try:
-                with torch.inference_mode(), nvtx_range("kernel_time"):
-                    k = gpu_busy(backend, prompt, spec.gen_tokens, clock)
+        if kernel_time:
+            # Auxiliary: a failure is recorded and the measured numbers are kept.
+            k = warm["kernel"]
+            m["kernel_time_s"] = warm["kernel_time_s"]
+            if profiled is None:
+                kernel_start = time.perf_counter()
+                try:
+                    with torch.inference_mode(), nvtx_range("kernel_time"):
+                        k = probes.gpu_busy(backend, prompt, spec.gen_tokens, clock)
+                except Exception as exc:  # noqa: BLE001
+                    result["kernel_time_error"] = f"{type(exc).__name__}: {exc}"
+                    print(f"kernel time not measured: {result['kernel_time_error']}", file=sys.stderr)
+                m["kernel_time_s"] = time.perf_counter() - kernel_start
+            if k is not None:
                 m.update(k)
+                m["kernel_time_request"] = "after_reps" if profiled is None else f"warmup{profiled}"
                 m["prefill_gpu_busy"] = k["prefill_kernel_ms"] / m["prefill_p50_ms"]
                 m["decode_gpu_busy"] = k["decode_kernel_ms_per_step"] / m["decode_p50_ms_per_tok"]
-            except Exception as exc:  # noqa: BLE001
-                result["kernel_time_error"] = f"{type(exc).__name__}: {exc}"
-                print(f"kernel time not measured: {result['kernel_time_error']}", file=sys.stderr)
-            m["kernel_time_s"] = time.perf_counter() - kernel_start
         if sampler:
             summary = sampler.summary()
             m.update(summary)

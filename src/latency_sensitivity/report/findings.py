@@ -417,7 +417,7 @@ def cost_finding(frame: pd.DataFrame) -> str | None:
 
 # The parts of a job besides its reps and its worker's start-up, as the cost line names them: {name: columns}.
 COST_LINE_PARTS = {"start-up": ("import_s", "startup_s"), "backend setup": ("backend_setup_s",),
-                   "warmup": ("warmup_s",), "the GPU kernel-time pass": ("kernel_time_s",),
+                   "warmup": ("warmup_s",), "the GPU kernel-time profile": ("kernel_time_s",),
                    "timing tokenization": ("tokenization_s",)}
 
 
@@ -434,6 +434,6 @@ def _cost_parts(summed, ok: pd.Series, besides_s: float) -> str:
                 "side measurements")
     rest = besides_s - sum(parts.values())
     shown = [f"{name} {seconds:.1f} s" for name, seconds in sorted(parts.items(), key=lambda kv: -kv[1])
-             if round(seconds, 1) > 0]  # a part these cells did not have (no kernel-time pass on the CPU) is left out
+             if round(seconds, 1) > 0]  # a part these cells did not have (no kernel-time profile on the CPU) is left out
     return (f"; besides the reps: {''.join(f'{part}, ' for part in shown)}and {max(rest, 0.0):.1f} s else (model "
             "build, handing the cell over, recording it)")
