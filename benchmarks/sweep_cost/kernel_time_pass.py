@@ -1,8 +1,9 @@
 """What the kernel-time pass costs, and in which part: profiler start, the profiled work, profiler stop, reading
 its events, for the pass as the runner runs it and for the alternatives considered.
 
-Every cell on a GPU ends with a kernel-time pass (`probes.gpu_busy`): one unmeasured prefill and one request,
-each under a torch.profiler session (CUDA activity only), whose device events give each phase's GPU-busy share.
+Every cell on a GPU takes its kernel time under torch.profiler sessions (CUDA activity only), whose device events
+give each phase's GPU-busy share: from its second to last warmup request, or, with fewer than 3 warmup requests,
+from a pass after its reps (`probes.gpu_busy`: one unmeasured prefill and one request).
 This study builds each backend once per cell (the Qwen2.5-3B architecture with random fp16 weights, seq 128 by
 default, gen 32, as benchmarks/replicates/), warms it up, then runs each way `--rounds` times, alternating, and
 prints wall times, where they go and the kernel times each way gives:
@@ -11,8 +12,11 @@ prints wall times, where they go and the kernel times each way gives:
 - ``short request``: the pass as it was next, the request generating 8 tokens (its first 7 decode steps timed);
 - ``middle steps``: the prefill profiled alone, then a whole request profiled over 7 decode steps in its middle,
   where the median step lies (a clock that starts and stops the profiler at their marks);
-- ``cut after middle steps``: as the runner does it now (probes.gpu_busy): ``middle steps``, the request stopping
-  after the timed steps;
+- ``cut after middle steps``: the pass as the runner runs it with fewer than 3 warmup requests (probes.gpu_busy):
+  ``middle steps``, the request stopping after the timed steps;
+- ``warmup request``: as the runner takes it from a warmup request (probes.profiled_request): a whole request,
+  its prefill under one session and its 7 middle decode steps under another;
+- ``warmup request, 3 steps`` and ``warmup request, 1 step``: the same over fewer middle steps;
 - ``one session``: prefill, cache reset and whole request in one profiler session, told apart by a marker
   kernel (torch.cuda._sleep) between them;
 - ``request only``: one session around the whole request alone (how much the prefill's session adds);
@@ -33,8 +37,8 @@ import time
 from study_cell import add_cell_arguments, by_way, each_cell, span
 
 MARKER = "spin_kernel"
-WAYS = ("whole request", "short request", "middle steps", "cut after middle steps", "one session", "request only",
-        "no external correlation")
+WAYS = ("whole request", "short request", "middle steps", "cut after middle steps", "warmup request",
+        "warmup request, 3 steps", "warmup request, 1 step", "one session", "request only", "no external correlation")
 
 
 def profiled(fns, timing: dict, **profile_kwargs) -> list[float]:
@@ -149,6 +153,14 @@ def ways(backend, prompt, gen_tokens: int, clock):
         k = probes.gpu_busy(backend, prompt, gen_tokens, clock, timer_factory=lambda: timed_timer(timing))
         return k["prefill_kernel_ms"], k["decode_kernel_ms_per_step"]
 
+    def warmup_request(steps):
+        def way(timing):
+            k = probes.profiled_request(backend, prompt, gen_tokens, clock, "kernel_time",
+                                        timer_factory=lambda: timed_timer(timing), window_steps=steps)
+            return k["prefill_kernel_ms"], k["decode_kernel_ms_per_step"]
+
+        return way
+
     def one_session(timing):
         backend.reset()
         p, _, r = profiled([prefill, backend.reset, request], timing)
@@ -164,7 +176,9 @@ def ways(backend, prompt, gen_tokens: int, clock):
         return two_sessions(timing, experimental_config=config)
 
     return {"whole request": two_sessions, "short request": short_request, "middle steps": middle_steps,
-            "cut after middle steps": middle_steps_cut, "one session": one_session,
+            "cut after middle steps": middle_steps_cut, "warmup request": warmup_request(7),
+            "warmup request, 3 steps": warmup_request(3), "warmup request, 1 step": warmup_request(1),
+            "one session": one_session,
             "request only": request_only, "no external correlation": no_external_correlation}
 
 

@@ -278,6 +278,14 @@ def test_kernel_time_pass_times_the_steps_in_the_middle_of_the_request(gen_token
                    "kernel_time_first_step": first}
 
 
+def test_a_narrower_kernel_time_window_stays_centred():
+    from latency_sensitivity.measure import probes
+
+    assert probes.kernel_time_window(32) == (12, 7)
+    assert probes.kernel_time_window(32, 3) == (14, 3) and probes.kernel_time_window(32, 1) == (15, 1)
+    assert probes.kernel_time_window(3, 3) == (0, 2)
+
+
 def test_a_failing_kernel_time_request_closes_its_profiler_session():
     from latency_sensitivity.engine.base import Clock, timed_request
     from latency_sensitivity.measure import probes

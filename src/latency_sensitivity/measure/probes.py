@@ -136,10 +136,10 @@ class WindowClock:
 KERNEL_TIME_STEPS = 7
 
 
-def kernel_time_window(gen_tokens: int) -> tuple[int, int]:
-    """(first, steps): the decode steps profiled for the kernel time, centred in a request of gen_tokens tokens
-    (gen_tokens - 1 decode steps, numbered from 0)."""
-    steps = min(gen_tokens - 1, KERNEL_TIME_STEPS)
+def kernel_time_window(gen_tokens: int, steps: int = KERNEL_TIME_STEPS) -> tuple[int, int]:
+    """(first, steps): the decode steps profiled for the kernel time (at most `steps`), centred in a request of
+    gen_tokens tokens (gen_tokens - 1 decode steps, numbered from 0)."""
+    steps = min(gen_tokens - 1, steps)
     return (gen_tokens - 1 - steps) // 2, steps
 
 
@@ -151,11 +151,11 @@ def kernel_time_warmup_request(warmup: int) -> int | None:
 
 
 def profiled_request(backend, prompt, gen_tokens: int, clock: Clock, rep_name: str,
-                     timer_factory=KernelTimer) -> dict:
+                     timer_factory=KernelTimer, window_steps: int = KERNEL_TIME_STEPS) -> dict:
     """Kernel time per phase from one whole request of the cell (a warmup request): its prefill and the decode
     steps of kernel_time_window, each under a profiler session. The GPU does this work anyway, so no request is
     added for it. Returns gpu_busy's keys and `profiler_s`, the seconds the sessions themselves took."""
-    first, steps = kernel_time_window(gen_tokens)
+    first, steps = kernel_time_window(gen_tokens, window_steps)
     if steps < 1:
         raise ValueError(f"a request of {gen_tokens} tokens has no decode step to time")
     window = WindowClock(clock, first, steps, timer_factory(), prefill_timer=timer_factory())
