@@ -16,7 +16,7 @@ prints wall times, where they go and the kernel times each way gives:
   ``middle steps``, the request stopping after the timed steps;
 - ``warmup request``: as the runner takes it from a warmup request (probes.profiled_request): a whole request,
   its prefill under one session and its 7 middle decode steps under another;
-- ``warmup request, 3 steps`` and ``warmup request, 1 step``: the same over fewer middle steps;
+- ``warmup request 3 steps`` and ``warmup request 1 step``: the same over fewer middle steps;
 - ``one session``: prefill, cache reset and whole request in one profiler session, told apart by a marker
   kernel (torch.cuda._sleep) between them;
 - ``request only``: one session around the whole request alone (how much the prefill's session adds);
@@ -38,7 +38,7 @@ from study_cell import add_cell_arguments, by_way, each_cell, span
 
 MARKER = "spin_kernel"
 WAYS = ("whole request", "short request", "middle steps", "cut after middle steps", "warmup request",
-        "warmup request, 3 steps", "warmup request, 1 step", "one session", "request only", "no external correlation")
+        "warmup request 3 steps", "warmup request 1 step", "one session", "request only", "no external correlation")
 
 
 def profiled(fns, timing: dict, **profile_kwargs) -> list[float]:
@@ -177,7 +177,7 @@ def ways(backend, prompt, gen_tokens: int, clock):
 
     return {"whole request": two_sessions, "short request": short_request, "middle steps": middle_steps,
             "cut after middle steps": middle_steps_cut, "warmup request": warmup_request(7),
-            "warmup request, 3 steps": warmup_request(3), "warmup request, 1 step": warmup_request(1),
+            "warmup request 3 steps": warmup_request(3), "warmup request 1 step": warmup_request(1),
             "one session": one_session,
             "request only": request_only, "no external correlation": no_external_correlation}
 

@@ -241,7 +241,7 @@ def recording_timer(log: list):
     return Timer
 
 
-@pytest.mark.parametrize("gen_tokens, first, steps", [(32, 12, 7), (8, 0, 7), (20, 6, 7), (3, 0, 2)])
+@pytest.mark.parametrize("gen_tokens, first, steps", [(32, 14, 3), (8, 2, 3), (20, 8, 3), (3, 0, 2)])
 def test_kernel_time_pass_times_the_steps_in_the_middle_of_the_request(gen_tokens, first, steps):
     """The kernel-time pass times the prefill alone, then decode steps first .. first + steps - 1 of a request that
     runs as the cell's (the same timed_request and clock) and stops after them: the middle of the cell's request,
@@ -281,9 +281,9 @@ def test_kernel_time_pass_times_the_steps_in_the_middle_of_the_request(gen_token
 def test_a_narrower_kernel_time_window_stays_centred():
     from latency_sensitivity.measure import probes
 
-    assert probes.kernel_time_window(32) == (12, 7)
-    assert probes.kernel_time_window(32, 3) == (14, 3) and probes.kernel_time_window(32, 1) == (15, 1)
-    assert probes.kernel_time_window(3, 3) == (0, 2)
+    assert probes.kernel_time_window(32) == (14, 3)
+    assert probes.kernel_time_window(32, 7) == (12, 7) and probes.kernel_time_window(32, 1) == (15, 1)
+    assert probes.kernel_time_window(3, 7) == (0, 2)
 
 
 def test_a_failing_kernel_time_request_closes_its_profiler_session():

@@ -132,8 +132,9 @@ class WindowClock:
 # profiler and reading its events costs per device event, and a decode step is thousands of kernels, so a whole
 # request's trace cost seconds of a cell's job for milliseconds of GPU work. The steps are those in the middle of
 # the cell's request, where its median step lies: after a compute-bound prefill the first steps' kernels ran a few
-# percent slower than later ones (benchmarks/sweep_cost/NOTES.md, "The kernel-time pass").
-KERNEL_TIME_STEPS = 7
+# percent slower than later ones (benchmarks/sweep_cost/NOTES.md, "The kernel-time pass"). Three middle steps
+# gave what seven gave within 0.05%, and the profiler's own seconds fell by a third or more (the same notes).
+KERNEL_TIME_STEPS = 3
 
 
 def kernel_time_window(gen_tokens: int, steps: int = KERNEL_TIME_STEPS) -> tuple[int, int]:
