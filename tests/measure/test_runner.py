@@ -35,24 +35,70 @@ def test_measures_a_real_tiny_model():
     assert r["environment"]["torch"] == torch.__version__
 
 
-def test_collection_after_setup_skips_the_start_up_and_the_cell_leaves_nothing_frozen(monkeypatch):
-    """The full collection after backend setup runs with what the start-up made frozen (it walks only the cell's
-    own objects), the reps run with everything frozen, and the cell hands the collector back as it found it."""
+def record_collector(monkeypatch, log: list) -> None:
+    """Write each gc.collect (with the freeze count then) and gc.set_threshold call into log."""
     import gc
 
-    frozen_at_collect = []
-    real_collect = gc.collect
+    real_collect, real_set = gc.collect, gc.set_threshold
 
     def collect(*args):
-        frozen_at_collect.append(gc.get_freeze_count())
+        log.append(("collect", gc.get_freeze_count()))
         return real_collect(*args)
 
+    def set_threshold(*args):
+        log.append(("threshold", args))
+        return real_set(*args)
+
     monkeypatch.setattr(gc, "collect", collect)
-    before = gc.get_freeze_count()
+    monkeypatch.setattr(gc, "set_threshold", set_threshold)
+
+
+def test_collection_after_setup_skips_the_start_up_and_the_cell_leaves_nothing_frozen(monkeypatch):
+    """The full collection after backend setup runs with what the start-up made frozen (it walks only the cell's
+    own objects), no full collection can run from then to the cell's end (the oldest generation's threshold out of
+    reach, the young ones as they were), and the cell hands the collector back as it found it."""
+    import gc
+
+    log = []
+    record_collector(monkeypatch, log)
+    before = gc.get_threshold()
     r = runner.measure(spec())
     assert r["status"] == "ok", r["error"]
-    assert frozen_at_collect and all(n > 0 for n in frozen_at_collect)
-    assert gc.get_freeze_count() == before == 0 and gc.isenabled()
+    assert log[0][0] == "collect" and log[0][1] > 0
+    assert log[1:] == [("threshold", (before[0], before[1], runner.NO_FULL_COLLECTION)), ("threshold", before)]
+    assert gc.get_freeze_count() == 0 and gc.isenabled() and gc.get_threshold() == before
+
+
+def test_in_a_worker_the_start_up_stays_frozen_so_the_collection_after_a_cell_walks_only_the_cell(monkeypatch):
+    """A worker freezes its start-up once; a cell leaves that freeze (and what it froze of its own start) in place,
+    and what the cell made is not frozen: the worker's collection after the cell frees it without walking the
+    start-up."""
+    import gc
+    import weakref
+
+    from latency_sensitivity.measure import worker
+
+    built = []
+    real_build = runner.build_model
+
+    def build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        model.__dict__["cycle"] = [model]  # freed only by a collection that walks it: never, were it frozen
+        built.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(runner, "build_model", build)
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        r = runner.measure(spec())
+        assert r["status"] == "ok", r["error"]
+        assert gc.get_freeze_count() >= frozen
+        del r
+        worker._release_memory()
+        assert built and built[0]() is None  # the cell's model is gone: nothing of it was frozen
+    finally:
+        gc.unfreeze()
 
 
 def test_local_checkpoint_loads_real_weights(tmp_path):

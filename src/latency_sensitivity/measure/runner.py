@@ -91,6 +91,11 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
     }
     phase = Phase()
     model = prompt = backend = pad = None
+    # A shared worker freezes its start-up once (worker.py); a cell then leaves the freeze as it found it, so that
+    # the worker's collection after the cell walks only what the cell made. A process of its own, or a caller
+    # with nothing frozen, gets the collector back as it was.
+    frozen_before = gc.get_freeze_count() > 0
+    thresholds = gc.get_threshold()
     try:
         if spec.cpu_affinity:  # first, before torch starts its threads (they inherit it)
             host.pin(spec.cpu_affinity)
@@ -135,13 +140,14 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
             backend = registry.make(spec.backend, model, prompt, spec.gen_tokens, clock, **backend_options(spec))
         result["backend_info"] = backend.info()
         pad.release()
-        # Everything alive now (the model, the backend, torch.compile's code and caches) leaves the garbage
-        # collector's reach for the reps, as vLLM does after its graph capture: otherwise each full collection
-        # walks it all in the middle of a rep, which slowed a host-bound eager prefill after a compiled backend
-        # had run in the process (benchmarks/decode_target/NOTES.md, "Prefill after compiling"). The collection
-        # first frees what setup left in reference cycles; it does not walk the start-up's objects (frozen above).
+        # No full collection walks what is alive now (the model, the backend, torch.compile's code and caches) in
+        # the middle of a rep: it slowed a host-bound eager prefill after a compiled backend had run in the process
+        # (benchmarks/decode_target/NOTES.md, "Prefill after compiling"). The collection first frees what setup left
+        # in reference cycles (it does not walk the start-up's objects, frozen above) and leaves the survivors in the
+        # oldest generation; until the cell ends only the young generations are collected, as often as before, so
+        # what a request leaves in reference cycles is freed as it was. (Python's generational collector, 3.10-3.13.)
         gc.collect()
-        gc.freeze()
+        gc.set_threshold(thresholds[0], thresholds[1], NO_FULL_COLLECTION)
 
         # The kernel time (GPU busy) is taken from a warmup request where the cell has enough of them (probes.warm_up),
         # else from a pass after the reps.
@@ -270,7 +276,9 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         }
         print(traceback.format_exc(), file=sys.stderr)
     finally:
-        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+        if not frozen_before:
+            gc.unfreeze()
         if pad is not None:
             pad.release()
         if backend is not None:
@@ -279,6 +287,11 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
     return result
+
+
+# The oldest generation's threshold while a cell measures: a full collection would need this many collections
+# of the middle generation first, which no cell makes.
+NO_FULL_COLLECTION = 2**30
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path, str, Path | None, Path | None, str | None]:

@@ -6,6 +6,7 @@ How cells find it, what it shares between cells and when it exits: worker_pool.p
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import os
@@ -69,6 +70,9 @@ class Worker:
             torch.cuda.init()
             torch.empty(1, device="cuda")
         lap("cuda_init_s")
+        # What the start-up made is never garbage: out of the collector's reach for good, so that the collection
+        # after each cell walks only what that cell made (runner.measure leaves this freeze as it finds it).
+        gc.freeze()
         self.startup_parts = parts
         self.startup_s = time.perf_counter() - t0
 
@@ -169,10 +173,9 @@ class Worker:
 
 def _release_memory() -> None:
     """After a cell: collect its garbage and hand freed heap back to the OS, so that the next cell's peak RSS
-    starts where a fresh process's would (glibc keeps freed memory otherwise). This is the worker's one full
-    collection per cell (the cell's own, after backend setup, skips what the start-up made)."""
+    starts where a fresh process's would (glibc keeps freed memory otherwise). It walks only what the cell made:
+    the start-up stays frozen (Worker.start_up)."""
     import ctypes
-    import gc
 
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
