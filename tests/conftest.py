@@ -1,6 +1,10 @@
+import atexit
+import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,12 +19,43 @@ def default_config() -> dict:
         return yaml.safe_load(fh)
 
 
+_SERVER: list[subprocess.Popen] = []
+
+
+def _snakemake_server() -> subprocess.Popen:
+    """This test process's snakemake_server.py (started on first use, ended when the process ends)."""
+    if not _SERVER or _SERVER[0].poll() is not None:
+        server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("snakemake_server.py"))],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        _SERVER[:] = [server]
+        atexit.register(lambda: (server.stdin.close(), server.wait()))
+    return _SERVER[0]
+
+
+def run_snakemake(args: list[str], cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`python -m snakemake ARGS` in `cwd` (default here), with this environment; its output captured, as
+    subprocess.run does (a process of its own, forked by snakemake_server.py from one that has imported
+    Snakemake already)."""
+    server = _snakemake_server()
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        server.stdin.write(json.dumps({"argv": args, "env": dict(os.environ), "cwd": str(cwd or os.getcwd()),
+                                       "stdout": str(out), "stderr": str(err), "timeout": timeout}) + "\n")
+        server.stdin.flush()
+        answer = server.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"snakemake_server.py ended (exit status {server.wait()})")
+        returncode = json.loads(answer)["returncode"]
+        return subprocess.CompletedProcess([sys.executable, "-m", "snakemake", *args], returncode,
+                                           out.read_text(), err.read_text())
+
+
 def snakemake(workdir: Path, *args: str, configfile: Path | None = None, check: bool = True):
     """Run the real snakemake on this repo's Snakefile in `workdir`."""
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
+    cmd = ["--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
     if configfile is not None:
         cmd += ["--configfile", str(configfile)]
-    proc = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=900)
+    proc = run_snakemake(cmd + list(args))
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc

@@ -1,18 +1,15 @@
 """The workflow's form, without running a job: `snakemake --lint` and a dry run of `all` on the default config."""
 
 import re
-import sys
-import subprocess
 
-from conftest import REPO, snakemake
+from conftest import REPO, run_snakemake, snakemake
 
 # Rules whose jobs record what they cost the machine (Snakemake's benchmark directive), and where.
 BENCHMARKED = ("measure_cell", "calibrate_device", "materialize_checkpoint", "measure_loading")
 
 
 def test_snakemake_lint_is_clean():
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    proc = run_snakemake(["--lint"], cwd=REPO, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Lints for" not in out, out[-4000:]
 
