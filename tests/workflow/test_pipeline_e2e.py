@@ -1,7 +1,6 @@
 """The real Snakemake pipeline on the CPU default, in a temporary folder."""
 
 import json
-import math
 import re
 import shutil
 import subprocess
@@ -162,29 +161,6 @@ def test_error_cells_fail_the_run_after_the_report(tmp_path, default_config):
     assert combined(proc) == {f"{CELLS}/eager/seq16_batch1.json"}
     proc = snakemake(tmp_path, "--cores", "1", "all", "--config", "allow_errors=true", configfile=config_file)
     assert "1 failed, allowed by the config" in proc.stderr
-
-
-def test_every_first_replicate_runs_before_any_second(tmp_path, default_config):
-    """measure.replicates 2 on one core: every cell's replicate 1 is measured before any cell's replicate 2, and
-    each cell's result is combined from both, with the spread between them."""
-    cfg = small_config(default_config, replicates=2)
-    cfg["sweeps"] = {"s": {"seq": [16, 32], "batch": [1, 2]}}
-    cfg["loading"] = {"enabled": False}
-    config_file = write_config(tmp_path / "cfg" / "config.yaml", cfg)
-    proc = snakemake(tmp_path, "--cores", "1", "all", configfile=config_file)
-    order = [re.fullmatch(r".*/(seq\d+_batch\d+)/r(\d+)\.json", path).groups()
-             for path in job_outputs(proc, "measure_cell")]
-    cells = {cell for cell, _ in order}
-    assert len(cells) == 4 and sorted(order) == sorted((cell, k) for cell in cells for k in ("1", "2"))
-    assert [k for _, k in order] == ["1"] * 4 + ["2"] * 4, order
-    for cell in cells:
-        result = json.loads((tmp_path / CELLS / "eager" / f"{cell}.json").read_text())
-        assert result["status"] == "ok" and result["metrics"]["replicates"] == 2
-        assert [r["replicate"] for r in result["replicates"]] == [1, 2]
-        assert math.isfinite(result["metrics"]["decode_replicate_spread_pct"])
-        assert result["metrics"]["decode_replicate_spread_pct"] >= 0
-    sweep = pd.read_csv(tmp_path / "results" / "s" / "sweep.csv")
-    assert (sweep["replicates"] == 2).all() and sweep["decode_replicate_spread_pct"].notna().all()
 
 
 def test_cli_backends_option(tmp_path, capsys):

@@ -2,6 +2,7 @@
 intermediate, a changed measurement setting, replicate count or architecture; and nothing else."""
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -60,8 +61,8 @@ def config_replicates(cfg, replicates: int | None = None) -> set[str]:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """A finished run of three cells (two sweeps) of two replicates each, its model from an architecture JSON in
-    the work folder."""
+    """A finished run on one core of three cells (two sweeps) of two replicates each, its model from an
+    architecture JSON in the work folder; with Snakemake's output."""
     default_config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     root = tmp_path_factory.mktemp("finished")
     (root / "arch").mkdir()
@@ -71,14 +72,14 @@ def finished(tmp_path_factory):
         k: v for k, v in default_config["models"].items() if k != "tiny-qwen2"}}
     cfg["sweeps"] = {"seq_sweep": {"seq": [16, 32], "batch": [1]}, "batch_sweep": {"seq": [16], "batch": [1, 2]}}
     write_config(root / "cfg" / "config.yaml", cfg)
-    snakemake(root, "--cores", "2", "all", configfile=root / "cfg" / "config.yaml")
-    return root, cfg
+    proc = snakemake(root, "--cores", "1", "all", configfile=root / "cfg" / "config.yaml")
+    return root, cfg, proc
 
 
 @pytest.fixture
 def run(finished, tmp_path):
     """A copy of the finished run (times and Snakemake's records kept) and its config."""
-    root, cfg = finished
+    root, cfg, _ = finished
     work = tmp_path / "work"
     shutil.copytree(root, work, symlinks=True)
     return work, json.loads(json.dumps(cfg))
@@ -89,6 +90,27 @@ def dry(work, *args, cores="1"):
 
 
 DOWNSTREAM = {"merge_sweep": 1, "detect_collapse": 1, "plot_sweep": 1, "plot_anatomy": 1, "build_report": 1, "all": 1}
+
+
+def test_every_first_replicate_runs_before_any_second(finished):
+    """measure.replicates 2 on one core (the finished run): every cell's replicate 1 is measured before any
+    cell's replicate 2, and each cell's result is combined from both, with the spread between them."""
+    root, _, proc = finished
+    order = [re.fullmatch(r".*/(seq\d+_batch\d+)/r(\d+)\.json", path).groups()
+             for path in job_outputs(proc, "measure_cell")]
+    cells = {cell for cell, _ in order}
+    assert len(cells) == 3 and sorted(order) == sorted((cell, k) for cell in cells for k in ("1", "2"))
+    assert [k for _, k in order] == ["1"] * 3 + ["2"] * 3, order
+    for cell in cells:
+        seq, batch = re.fullmatch(r"seq(\d+)_batch(\d+)", cell).groups()
+        result = json.loads((root / CELL.format(seq=seq, batch=batch)).read_text())
+        assert result["status"] == "ok" and result["metrics"]["replicates"] == 2
+        assert [r["replicate"] for r in result["replicates"]] == [1, 2]
+        assert math.isfinite(result["metrics"]["decode_replicate_spread_pct"])
+        assert result["metrics"]["decode_replicate_spread_pct"] >= 0
+    for sweep in ("seq_sweep", "batch_sweep"):
+        table = pd.read_csv(root / "results" / sweep / "sweep.csv")
+        assert (table["replicates"] == 2).all() and table["decode_replicate_spread_pct"].notna().all()
 
 
 def test_deleted_replicate_is_measured_again_and_only_it(run):
