@@ -99,6 +99,7 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     # what the cell cost (summed over replicates in totals: analysis/replicates.py)
     Column("job_s", "s", "Wall time of the cell's job, from its process's start to its result: with isolation process the interpreter, imports, CUDA context, model build, backend setup, warmup and side measurements; with isolation shared the same less what its worker had paid already (plus the worker's start-up, when this job started it)."),
     Column("measured_s", "s", "Wall time of the measured reps alone."),
+    Column("gc_full_collections", "", "Full garbage collections during the measured reps: 0 where none walked the model, the backend and what torch.compile left alive in the middle of a rep (the runner holds them off from backend setup to the cell's end)."),
     Column("cell_s", "s", "Wall time of the cell's measurement in its measuring process (model build to its last side measurement); job_s less cell_s is the job's own start-up and hand-over."),
     Column("tokenization_s", "s", "Wall time of the side measurement of tokenising and detokenising the cell's texts."),
     Column("kernel_time_s", "s", "What taking the GPU kernel time cost (kernel_time_request): from a warmup request, the profiler's own seconds (starting and stopping its two sessions, reading their traces); from the pass after the reps, its wall time (one profiled prefill and one request profiled over up to 3 decode steps in its middle, stopping after them)."),

@@ -66,6 +66,7 @@ def test_collection_after_setup_skips_the_start_up_and_the_cell_leaves_nothing_f
     assert r["status"] == "ok", r["error"]
     assert log[0][0] == "collect" and log[0][1] > 0
     assert log[1:] == [("threshold", (before[0], before[1], runner.NO_FULL_COLLECTION)), ("threshold", before)]
+    assert r["metrics"]["gc_full_collections"] == 0
     assert gc.get_freeze_count() == 0 and gc.isenabled() and gc.get_threshold() == before
 
 
@@ -161,6 +162,7 @@ def test_cuda_cell_with_telemetry(warmup, request_):
     assert "kernel_time_error" not in r, r.get("kernel_time_error")
     assert m["kernel_time_request"] == request_ and m["kernel_time_s"] > 0 and m["warmup_s"] > 0
     assert 0 < m["decode_kernel_ms_per_step"] and 0 < m["prefill_kernel_ms"]
+    assert m["gc_full_collections"] == 0
     # kernel time cannot exceed the time the phase took (small slack for timer granularity)
     assert 0 < m["decode_gpu_busy"] <= 1.05 and 0 < m["prefill_gpu_busy"] <= 1.05
 

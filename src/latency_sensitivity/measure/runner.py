@@ -176,6 +176,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
             profiling = (torch_profiling(torch_profile_dir, cuda) if profile_mode == "torch"
                          else contextlib.nullcontext())
             with torch.inference_mode(), nvtx_range("measured"), profiling:
+                full_collections = gc.get_stats()[-1]["collections"]
                 measured_start = time.perf_counter()
                 for i in range(spec.reps):
                     p, t, steps, e = backend.request(prompt, spec.gen_tokens, clock, f"rep{i}")
@@ -184,6 +185,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
                     samples["decode_step_ms"].append(steps)
                     samples["e2e_ms"].append(e)
                 measured_s = time.perf_counter() - measured_start
+                full_collections = gc.get_stats()[-1]["collections"] - full_collections
         finally:
             if sampler:
                 sampler.stop()
@@ -205,6 +207,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         m["model_build_s"] = build_s
         m["warmup_s"] = warm["warmup_s"]
         m["measured_s"] = measured_s
+        m["gc_full_collections"] = full_collections
         m["backend_setup_s"] = backend.setup_s
         m["backend_compile_s"] = result["backend_info"].get("compile_s")
         m.update({key: result["host"][key] for key in HOST_METRICS})
