@@ -23,7 +23,7 @@ import json
 import statistics
 import sys
 import time
-from study_cell import add_cell_arguments, by_way, each_cell, span
+from study_cell import add_cell_arguments, each_cell, print_way_table
 
 WAYS = ("plain", "profiled warmup")
 
@@ -90,18 +90,14 @@ def run_cell(backend, prompt, spec, clock, way: str) -> dict:
 def print_table(rows: list[dict], seq: int, rounds: int) -> None:
     """The markdown table of the rows, as recorded under results/."""
     print(f"seq {seq}, median (min-max) of {rounds} rounds\n")
-    print("| backend | batch | way | decode ms/step (reps) | prefill ms (reps) | decode kernel ms/step: warmup "
-          "/ after reps | prefill kernel ms: warmup / after reps | warmup s | pass s |")
-    print("|---|---:|---|---|---|---|---|---|---|")
-    for key, sel in by_way(rows, WAYS):
-        def col(name, fmt):
-            return span([r.get(name) for r in sel], fmt)
-
-        print(f"| {key[0]} | {key[1]} | {key[2]} | {col('decode_p50_ms_per_tok', '{:.4f}')} "
-              f"| {col('prefill_p50_ms', '{:.3f}')} "
-              f"| {col('warmup_decode_kernel_ms_per_step', '{:.4f}')} / {col('after_decode_kernel_ms_per_step', '{:.4f}')} "
-              f"| {col('warmup_prefill_kernel_ms', '{:.3f}')} / {col('after_prefill_kernel_ms', '{:.3f}')} "
-              f"| {col('warmup_s', '{:.2f}')} | {col('pass_s', '{:.2f}')} |")
+    print_way_table(rows, WAYS, [
+        ("decode ms/step (reps)", lambda sel, col: col("decode_p50_ms_per_tok", "{:.4f}")),
+        ("prefill ms (reps)", lambda sel, col: col("prefill_p50_ms", "{:.3f}")),
+        ("decode kernel ms/step: warmup / after reps", lambda sel, col: f"{col('warmup_decode_kernel_ms_per_step', '{:.4f}')} / {col('after_decode_kernel_ms_per_step', '{:.4f}')}"),
+        ("prefill kernel ms: warmup / after reps", lambda sel, col: f"{col('warmup_prefill_kernel_ms', '{:.3f}')} / {col('after_prefill_kernel_ms', '{:.3f}')}"),
+        ("warmup s", lambda sel, col: col("warmup_s", "{:.2f}")),
+        ("pass s", lambda sel, col: col("pass_s", "{:.2f}")),
+    ])
 
 
 def main(argv: list[str]) -> int:

@@ -34,7 +34,7 @@ import math
 import os
 import sys
 import time
-from study_cell import add_cell_arguments, by_way, each_cell, span
+from study_cell import add_cell_arguments, each_cell, print_way_table
 
 MARKER = "spin_kernel"
 WAYS = ("whole request", "short request", "middle steps", "cut after middle steps", "warmup request",
@@ -185,17 +185,13 @@ def ways(backend, prompt, gen_tokens: int, clock):
 def print_table(rows: list[dict], seq: int) -> None:
     """The markdown table of the rows, as recorded under results/."""
     print(f"seq {seq}\n")
-    print("| backend | batch | way | wall s | start s | work s | stop s | read s | events (device) "
-          "| prefill kernel ms | decode kernel ms/step |")
-    print("|---|---:|---|---|---|---|---|---|---|---|---|")
-    for key, sel in by_way(rows, WAYS):
-        def col(name, fmt):
-            return span([r[name] for r in sel], fmt)
-
-        print(f"| {key[0]} | {key[1]} | {key[2]} | {col('wall_s', '{:.2f}')} | {col('start_s', '{:.2f}')} "
-              f"| {col('work_s', '{:.2f}')} | {col('stop_s', '{:.2f}')} | {col('read_s', '{:.2f}')} "
-              f"| {sel[0]['events']} ({sel[0]['device_events']}) | {col('prefill_kernel_ms', '{:.3f}')} "
-              f"| {col('decode_kernel_ms_per_step', '{:.4f}')} |")
+    print_way_table(rows, WAYS, [
+        *((f"{part} s", lambda sel, col, part=part: col(f"{part}_s", "{:.2f}"))
+          for part in ("wall", "start", "work", "stop", "read")),
+        ("events (device)", lambda sel, col: f"{sel[0]['events']} ({sel[0]['device_events']})"),
+        ("prefill kernel ms", lambda sel, col: col("prefill_kernel_ms", "{:.3f}")),
+        ("decode kernel ms/step", lambda sel, col: col("decode_kernel_ms_per_step", "{:.4f}")),
+    ])
 
 
 def main(argv: list[str]) -> int:

@@ -59,6 +59,18 @@ def by_way(rows: list[dict], ways) -> list[tuple[tuple, list[dict]]]:
     return [(key, [r for r in rows if (r["backend"], r["batch"], r["way"]) == key]) for key in keys]
 
 
+def print_way_table(rows: list[dict], ways, columns) -> None:
+    """A markdown table of the rows, one line per (backend, batch, way) (by_way). columns: (header, cell) pairs,
+    cell(rows of the line, col) giving the text, where col(name, fmt) is the span of that field."""
+    print("| backend | batch | way | " + " | ".join(header for header, _ in columns) + " |")
+    print("|---|---:|---|" + "---|" * len(columns))
+    for key, sel in by_way(rows, ways):
+        def col(name, fmt, sel=sel):
+            return span([r.get(name) for r in sel], fmt)
+
+        print(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cell(sel, col) for _, cell in columns) + " |")
+
+
 def span(values, fmt: str) -> str:
     """median (min-max) of the values that are numbers, or '-'."""
     import math
