@@ -91,9 +91,9 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
     }
     phase = Phase()
     model = prompt = backend = pad = None
-    # A shared worker freezes its start-up once (worker.py); a cell then leaves the freeze as it found it, so that
-    # the worker's collection after the cell walks only what the cell made. A process of its own, or a caller
-    # with nothing frozen, gets the collector back as it was.
+    # A shared worker freezes its start-up once (worker.py); a cell then leaves frozen what it found frozen (and
+    # what its own start-up froze), so that the worker's collection after the cell walks only what the cell made.
+    # A process of its own, or a caller with nothing frozen, gets the collector back unfrozen.
     frozen_before = gc.get_freeze_count() > 0
     thresholds = gc.get_threshold()
     try:
@@ -145,7 +145,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         # (benchmarks/decode_target/NOTES.md, "Prefill after compiling"). The collection first frees what setup left
         # in reference cycles (it does not walk the start-up's objects, frozen above) and leaves the survivors in the
         # oldest generation; until the cell ends only the young generations are collected, as often as before, so
-        # what a request leaves in reference cycles is freed as it was. (Python's generational collector, 3.10-3.13.)
+        # what a request leaves in reference cycles is freed as it was (CPython's generational collector: 3.11, 3.12).
         gc.collect()
         gc.set_threshold(thresholds[0], thresholds[1], NO_FULL_COLLECTION)
 
