@@ -160,21 +160,26 @@ def profiled_request(backend, prompt, gen_tokens: int, clock: Clock, rep_name: s
     if steps < 1:
         raise ValueError(f"a request of {gen_tokens} tokens has no decode step to time")
     window = WindowClock(clock, first, steps, timer_factory(), prefill_timer=timer_factory())
+    _request_through(window, backend, prompt, gen_tokens, rep_name)
+    return {**_kernel_times(window.prefill_kernel_ms, window, first, steps), "profiler_s": window.profiler_s}
+
+
+def _request_through(window: WindowClock, backend, prompt, tokens: int, rep_name: str) -> None:
+    """Run the request under the window's clock: its profiler sessions closed if it fails, an error if it made
+    too few marks to close the window."""
     try:
-        backend.request(prompt, gen_tokens, window, rep_name)
+        backend.request(prompt, tokens, window, rep_name)
     except BaseException:
         window.abandon()
         raise
-    if window.kernel_ms is None or window.prefill_kernel_ms is None:
-        raise RuntimeError(f"the profiled request made {window.marks} clock marks; its window ends at mark "
+    if window.kernel_ms is None or (window.prefill_timer is not None and window.prefill_kernel_ms is None):
+        raise RuntimeError(f"the {rep_name} request made {window.marks} clock marks; its window ends at mark "
                            f"{window.stop_at}")
-    return {
-        "prefill_kernel_ms": window.prefill_kernel_ms,
-        "decode_kernel_ms_per_step": window.kernel_ms / steps,
-        "kernel_time_decode_steps": steps,
-        "kernel_time_first_step": first,
-        "profiler_s": window.profiler_s,
-    }
+
+
+def _kernel_times(prefill_ms: float, window: WindowClock, first: int, steps: int) -> dict:
+    return {"prefill_kernel_ms": prefill_ms, "decode_kernel_ms_per_step": window.kernel_ms / steps,
+            "kernel_time_decode_steps": steps, "kernel_time_first_step": first}
 
 
 def warm_up(backend, prompt, gen_tokens: int, warmup: int, clock: Clock, profiled: int | None,
@@ -216,20 +221,8 @@ def gpu_busy(backend, prompt, gen_tokens: int, clock: Clock, timer_factory=Kerne
                 "kernel_time_decode_steps": 0, "kernel_time_first_step": 0}
     backend.reset()
     window = WindowClock(clock, first, steps, timer_factory())
-    try:
-        backend.request(prompt, first + steps + 1, window, "kernel_time")
-    except BaseException:
-        window.abandon()
-        raise
-    if window.kernel_ms is None:
-        raise RuntimeError(f"the kernel-time request made {window.marks} clock marks; its window ends at mark "
-                           f"{window.stop_at}")
-    return {
-        "prefill_kernel_ms": prefill_ms,
-        "decode_kernel_ms_per_step": window.kernel_ms / steps,
-        "kernel_time_decode_steps": steps,
-        "kernel_time_first_step": first,
-    }
+    _request_through(window, backend, prompt, first + steps + 1, "kernel_time")
+    return _kernel_times(prefill_ms, window, first, steps)
 
 
 def _reset_peak_rss() -> bool:
