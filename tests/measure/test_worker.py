@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_ARCHITECTURE
-from latency_sensitivity.measure import runner, worker_pool
+from latency_sensitivity.measure import runner, worker, worker_pool
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -181,3 +181,55 @@ def test_a_job_killed_while_its_cell_runs_does_not_take_the_worker_down(workdir)
     after = json.loads((workdir / "next.json").read_text())
     assert after["status"] == "ok" and after["worker"]["pid"] == pid and after["metrics"]["cells_before"] == 2
     assert json.loads((workdir / "gone.json").read_text())["status"] == "ok"
+
+
+def fields(**kw):
+    """A worker's fields for the tiny model on the CPU."""
+    return {"model": "tiny", "model_kind": "architecture", "model_location": TINY_ARCHITECTURE, "dtype": "fp32",
+            "backend": "graph", "device": "cpu", "attn_implementation": "sdpa", "threads": 1, "cpu_affinity": None,
+            "replicate": 1, **kw}
+
+
+@pytest.mark.parametrize("backend", ["eager", "graph", "compiled"])
+def test_first_use_runs_a_request_of_the_model_on_its_backend(backend, monkeypatch):
+    """A CUDA worker's start-up runs one small request of its model (the graph path for compiled: nothing is
+    compiled); here on the CPU, where a worker does not (no first use to pay there)."""
+    from latency_sensitivity.engine import base, registry
+
+    made, requests = [], []
+    real_make = registry.make
+
+    def make(name, model, prompt, gen_tokens, clock, **options):
+        made.append((name, tuple(prompt.shape), len(model.model.layers), options))
+        b = real_make(name, model, prompt, gen_tokens, clock, **options)
+        real_request = b.request
+        b.request = lambda *a: requests.append(a[3]) or real_request(*a)
+        return b
+
+    monkeypatch.setattr(registry, "make", make)
+    monkeypatch.setattr(base.Clock, "sync", lambda self: None)
+    assert worker.first_use(fields(backend=backend)) is None
+    layers = json.loads(Path(TINY_ARCHITECTURE).read_text())["num_hidden_layers"]
+    shape = (worker.FIRST_USE_SHAPE["batch"], worker.FIRST_USE_SHAPE["seq_len"])
+    assert made == [("graph" if backend == "compiled" else backend, shape, layers, {})]
+    assert requests == ["first_use"]
+
+
+def test_first_use_that_fails_is_returned_not_raised():
+    error = worker.first_use(fields(attn_implementation="flash_attention_2"))
+    assert error is not None and error.startswith("ImportError")
+
+
+@pytest.mark.gpu
+def test_a_cuda_worker_pays_the_first_use_in_its_start_up(workdir):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    cuda = [a if a != "cpu" else "cuda" for a in argv(workdir / "first.json")]
+    assert runner.main(cuda) == 0
+    r = json.loads((workdir / "first.json").read_text())
+    assert r["status"] == "ok", r["error"]
+    parts = r["worker"]["startup_parts"]
+    assert set(parts) == {"gpu_claim_s", "import_s", "model_code_s", "cuda_init_s", "first_use_s"}
+    assert parts["first_use_s"] > 0 and r["worker"]["first_use_error"] is None

@@ -31,6 +31,7 @@ class Worker:
         self.claim = None
         self.compile_cache = None
         self.startup_parts: dict = {}
+        self.first_use_error = None
         self.registry = self.state / "registry" / f"{self.digest}-{os.path.basename(socket_path)}.json"
 
     def start_up(self) -> None:
@@ -66,10 +67,14 @@ class Worker:
         with contextlib.suppress(Exception):  # a model that cannot be read: its cells report it
             model_config(SimpleNamespace(**self.fields))
         lap("model_code_s")
-        if self.fields.get("device") == "cuda" and torch.cuda.is_available():
+        cuda = self.fields.get("device") == "cuda" and torch.cuda.is_available()
+        if cuda:
             torch.cuda.init()
             torch.empty(1, device="cuda")
         lap("cuda_init_s")
+        if cuda:
+            self.first_use_error = first_use(self.fields)
+            lap("first_use_s")
         # What the start-up made is never garbage: out of the collector's reach for good, so that the collection
         # after each cell walks only what that cell made (runner.measure leaves this freeze as it finds it).
         gc.freeze()
@@ -148,7 +153,7 @@ class Worker:
         # one-time cost per worker, reported apart from the per-cell overhead
         record = {"isolation": "shared", "pid": os.getpid(), "cells_before": self.cells,
                   "process_age_s": time.time() - self.started, "startup_s": self.startup_s,
-                  "startup_parts": self.startup_parts,
+                  "startup_parts": self.startup_parts, "first_use_error": self.first_use_error,
                   "worker_start_s": float(request.get("worker_start_s") or 0.0), "compile_cache": self.compile_cache}
         if self.claim is not None:
             record["gpu_slot"] = {"device": self.claim.device, "devices": list(self.claim.devices),
@@ -169,6 +174,49 @@ class Worker:
         sys.stderr.write(log.getvalue())
         sys.stderr.flush()
         return {"rc": rc, "log": log.getvalue(), "worker": record}
+
+
+# The first request: the worker's model on its backend, at this shape (on CUDA).
+FIRST_USE_SHAPE = {"batch": 1, "seq_len": 16, "gen_tokens": 4}
+
+
+def first_use(fields: dict) -> str | None:
+    """What a CUDA process pays once, paid in the worker's start-up rather than by its first cell: one small
+    request through the worker's model on its backend (the graph path for compiled: the capture without a
+    compile), then the model freed and its memory handed back. It loads the kernels the model calls (CUDA loads
+    each on first use), creates the cuBLAS handle and workspace, reads what the libraries need from disk the first
+    time on a machine, and runs transformers' code paths once. Each cell still builds and sets up its own model
+    and backend. Returns the error text where it failed (the cells then meet the same failure and record it)."""
+    import torch
+
+    from latency_sensitivity.engine import registry
+    from latency_sensitivity.engine.base import Clock
+    from latency_sensitivity.measure.model import CellSpec, build_model, make_prompt
+
+    spec = CellSpec(**{k: fields[k] for k in ("model", "model_kind", "model_location", "dtype", "backend", "device",
+                                              "attn_implementation", "threads")},
+                    warmup=0, reps=1, seed=0, **FIRST_USE_SHAPE)
+    cuda = spec.device == "cuda"
+    model = backend = prompt = None
+    try:
+        clock = Clock(cuda)
+        model = build_model(spec)
+        prompt = make_prompt(spec, model.config.vocab_size)
+        name = "graph" if spec.backend == "compiled" else spec.backend
+        backend = registry.make(name, model, prompt, spec.gen_tokens, clock)
+        with torch.inference_mode():
+            backend.request(prompt, spec.gen_tokens, clock, "first_use")
+        return None
+    except Exception as exc:  # noqa: BLE001 - reported by the cells
+        print(f"first use failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        if backend is not None:
+            backend.close()
+        del model, backend, prompt
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
 
 
 def _release_memory() -> None:
