@@ -47,7 +47,6 @@ localrules:
     detect_collapse,
     plot_sweep,
     plot_heatmap,
-    plot_anatomy,
     build_report,
     nsys_stats,
     ncu_export,

@@ -133,6 +133,20 @@ def runner_argv(out, dtype="fp32", device="cpu", gen_tokens=3, reps=2):
             "--reps", str(reps), "--out", str(out)]
 
 
+def test_the_thread_count_on_the_command_line_is_the_cells(tmp_path, monkeypatch):
+    """--threads (measure.threads on each cell's command line) is the count the cell runs with and records."""
+    counts = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: counts.append(n) or real(n))
+    before = torch.get_num_threads()
+    try:
+        assert runner.main(runner_argv(tmp_path / "cell.json") + ["--threads", "3"]) == 0
+    finally:
+        real(before)
+    r = json.loads((tmp_path / "cell.json").read_text())
+    assert r["status"] == "ok" and r["cell"]["threads"] == 3 and counts == [3]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
 def test_cuda_without_a_gpu_is_an_error_row_and_the_cli_exits_zero(tmp_path):
     out = tmp_path / "cell.json"

@@ -89,7 +89,7 @@ def dry(work, *args, cores="1"):
     return snakemake(work, "-n", "--cores", cores, "all", *args, configfile=work / "cfg" / "config.yaml")
 
 
-DOWNSTREAM = {"merge_sweep": 1, "detect_collapse": 1, "plot_sweep": 1, "plot_anatomy": 1, "build_report": 1, "all": 1}
+DOWNSTREAM = {"merge_sweep": 1, "detect_collapse": 1, "plot_sweep": 1, "build_report": 1, "all": 1}
 
 
 def test_every_first_replicate_runs_before_any_second(finished):
@@ -311,14 +311,17 @@ def test_replicates_measures_only_new_replicates_and_recombines(run, replicates)
     assert not {"calibrate_device", "train_tokenizer", "materialize_checkpoint", "measure_loading"} & set(counts)
 
 
-def test_report_settings_are_the_cells(run):
-    """measure.threads changed: every cell is measured again with it, and the report says what the cells say."""
+def test_threads_reach_every_cell_command(run):
+    """measure.threads changed: every replicate of every cell is measured again, each with the new count on its
+    runner's command line, and the device calibrated again with it. (The runner records the count in the cell,
+    test_runner.py, and the report's Settings show what the cells record, test_config.py's cell_settings tests.)"""
     work, cfg = run
     cfg["measure"]["threads"] = 2
     write_config(work / "cfg" / "config.yaml", cfg)
-    proc = snakemake(work, "--cores", "1", "all", configfile=work / "cfg" / "config.yaml")
-    assert job_counts(proc)["measure_cell"] == 3 * REPLICATES and job_counts(proc)["combine_replicates"] == 3
-    for path in config_cells(cfg) | config_replicates(cfg):
-        assert json.loads((work / path).read_text())["cell"]["threads"] == 2
-    assert "| `threads` | 2 |" in (work / "results" / "report.md").read_text().splitlines()
-    assert yaml.safe_load((work / "cfg" / "config.yaml").read_text())["measure"]["threads"] == 2
+    proc = dry(work, cores="8")  # enough cores that the count is not capped
+    assert measured(proc) == config_replicates(cfg) and combined(proc) == config_cells(cfg)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    for module, jobs in (("runner", 3 * REPLICATES), ("calibrate", 1)):
+        commands = [line for line in lines
+                    if line.startswith(f"Shell command: python3 -m latency_sensitivity.measure.{module} ")]
+        assert len(commands) == jobs and all(" --threads 2 " in c for c in commands), commands

@@ -18,7 +18,7 @@ def test_dry_run_of_all_plans_every_step_with_benchmark_records(tmp_path):
     proc = snakemake(tmp_path, "-n", "--cores", "1", "all", configfile=REPO / "config" / "config.yaml")
     jobs = re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", proc.stdout + proc.stderr, flags=re.M | re.S)
     planned = {rule for rule, _ in jobs}
-    assert {*BENCHMARKED, "combine_replicates", "merge_sweep", "detect_collapse", "plot_sweep", "plot_anatomy",
+    assert {*BENCHMARKED, "combine_replicates", "merge_sweep", "detect_collapse", "plot_sweep",
             "build_report", "all"} <= planned
     for rule, body in jobs:
         if rule in BENCHMARKED:

@@ -1,19 +1,27 @@
-# Figures per sweep and the markdown report over all sweeps.
+# Figures per sweep and the markdown report over all sweeps. A sweep's line figures are drawn in one job (the
+# plotting imports paid once); a grid's heatmap in another, only for grid sweeps.
 
 
 rule plot_sweep:
     input:
         "results/{sweep}/sweep.csv",
     output:
-        report(
+        combined=report(
             "results/{sweep}/combined.png",
             caption="../report/combined.rst",
             category="Sweeps",
             subcategory="{sweep}",
             labels={"sweep": "{sweep}", "item": "combined figure"},
         ),
+        anatomy=report(
+            "results/{sweep}/anatomy.png",
+            caption="../report/anatomy.rst",
+            category="Sweeps",
+            subcategory="{sweep}",
+            labels={"sweep": "{sweep}", "item": "request anatomy"},
+        ),
     log:
-        "logs/plot/{sweep}_combined.log",
+        "logs/plot/{sweep}.log",
     params:
         axis=sweep_axis,
     conda:
@@ -39,25 +47,6 @@ rule plot_heatmap:
         "../../envs/report.yaml"
     script:
         "../../scripts/plot_heatmap.py"
-
-
-rule plot_anatomy:
-    input:
-        "results/{sweep}/sweep.csv",
-    output:
-        report(
-            "results/{sweep}/anatomy.png",
-            caption="../report/anatomy.rst",
-            category="Sweeps",
-            subcategory="{sweep}",
-            labels={"sweep": "{sweep}", "item": "request anatomy"},
-        ),
-    log:
-        "logs/plot/{sweep}_anatomy.log",
-    conda:
-        "../../envs/report.yaml"
-    script:
-        "../../scripts/plot_anatomy.py"
 
 
 rule build_report:
