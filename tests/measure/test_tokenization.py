@@ -32,6 +32,53 @@ def test_trained_tokenizer_round_trips_and_texts_have_the_exact_shape(tokenizer_
     assert [len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)] == [50, 50, 50]
 
 
+def _text_one_at_a_time(tok, b, seq_len, seed):
+    """A text of texts_of_shape made alone: its corpus encoded by itself, doubled until long enough, then cut."""
+    chars = max(64, seq_len * 8)
+    while len(ids := tok.encode(tokenization.generate_corpus(chars, seed=seed * 1_000_003 + b),
+                                add_special_tokens=False).ids) < seq_len + 8:
+        chars *= 2
+    for cut in range(seq_len, len(ids)):
+        text = tok.decode(ids[:cut])
+        if len(tok.encode(text, add_special_tokens=False).ids) == seq_len:
+            return text
+
+
+def test_texts_made_in_batches_and_kept_are_the_texts_made_one_at_a_time(tokenizer_file):
+    fresh = tokenization.load_tokenizer(tokenizer_file)
+    expected = [_text_one_at_a_time(fresh, b, 30, 2) for b in range(5)]
+    assert tokenization.texts_of_shape(fresh, 5, 30, seed=2) == expected
+    tok = tokenization.tokenizer_for(tokenizer_file)
+    assert tokenization.texts_of_shape(tok, 2, 30, seed=2) == expected[:2]
+    assert tokenization.texts_of_shape(tok, 5, 30, seed=2) == expected  # the first two kept, three more made
+    assert tokenization._Loaded.texts[(30, 2)] == expected
+    assert tokenization.texts_of_shape(tok, 3, 30, seed=2) == expected[:3]
+    assert tokenization.texts_of_shape(tok, 2, 31, seed=2) != expected[:2]
+
+
+def test_a_process_loads_a_tokenizer_once_per_version_of_its_file_and_empties_its_cache_per_cell(tmp_path,
+                                                                                                 monkeypatch):
+    path = tmp_path / "tokenizer.json"
+    tokenization.train_tokenizer(path, vocab_size=300, corpus_chars=20_000, seed=1)
+    loads, cleared = [], []
+    real_load = tokenization.load_tokenizer
+
+    def counting_load(p):
+        tok = real_load(p)
+        loads.append(tok)
+        return tok
+
+    monkeypatch.setattr(tokenization, "load_tokenizer", counting_load)
+    first = tokenization.tokenizer_for(path)
+    tokenization.texts_of_shape(first, 2, 20)
+    monkeypatch.setattr(type(first.model), "_clear_cache", lambda model: cleared.append(model), raising=False)
+    assert tokenization.tokenizer_for(tmp_path) is first and len(loads) == 1 and len(cleared) == 1
+    tokenization.train_tokenizer(path, vocab_size=400, corpus_chars=20_000, seed=1)  # a new version of the file
+    second = tokenization.tokenizer_for(path)
+    assert second is not first and second.get_vocab_size() == 400 and len(loads) == 2
+    assert tokenization._Loaded.texts == {}  # texts of the old tokenizer are not this one's
+
+
 def test_measure_reports_medians_and_rates(tokenizer_file):
     tok = tokenization.load_tokenizer(tokenizer_file)
     m = tokenization.measure(tok, batch=2, seq_len=40, gen_tokens=5, reps=3)

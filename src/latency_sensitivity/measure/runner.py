@@ -218,7 +218,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
             try:
                 from latency_sensitivity.measure import tokenization
 
-                tok = tokenization.measure(tokenization.load_tokenizer(tokenizer), spec.batch, spec.seq_len,
+                tok = tokenization.measure(tokenization.tokenizer_for(tokenizer), spec.batch, spec.seq_len,
                                            spec.gen_tokens, spec.reps, spec.seed)
                 samples["tokenize_ms"] = tok.pop("samples")["tokenize_ms"]
                 m.update({k: v for k, v in tok.items() if k != "tokenizer_vocab_size"})

@@ -75,35 +75,73 @@ def load_tokenizer(path: str | Path):
     return Tokenizer.from_file(str(path))
 
 
+class _Loaded:
+    """The tokenizer a process loaded last, the file version it came from, and the texts made with it."""
+
+    key: tuple | None = None
+    tokenizer = None
+    texts: dict = {}  # (seq_len, seed) -> the texts made so far, in order (text b depends on b, not on the batch)
+
+
+def tokenizer_for(path: str | Path):
+    """load_tokenizer's tokenizer, loaded once per process and version of the file (its path, size and change
+    time), as a worker measures cell after cell with the same one. Its word cache is emptied on every call, so a
+    cell's timings start from the state of a fresh load whatever cells ran before it. Where the tokenizer cannot
+    empty its cache, it is loaded again on every call."""
+    file = tokenizer_file(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"no tokenizer.json at {file} (a local tokenizer is needed; nothing is downloaded)")
+    stat = file.stat()
+    key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+    if _Loaded.key != key:
+        tokenizer = load_tokenizer(file)
+        if not hasattr(tokenizer.model, "_clear_cache"):
+            return tokenizer
+        _Loaded.key, _Loaded.tokenizer, _Loaded.texts = key, tokenizer, {}
+    _Loaded.tokenizer.model._clear_cache()
+    return _Loaded.tokenizer
+
+
 def texts_of_shape(tokenizer, batch: int, seq_len: int, seed: int = 0) -> list[str]:
-    """`batch` different texts that each encode to exactly `seq_len` tokens (checked)."""
-    texts = []
-    for b in range(batch):
-        chars = max(64, seq_len * 8)
-        while True:
-            ids = tokenizer.encode(generate_corpus(chars, seed=seed * 1_000_003 + b), add_special_tokens=False).ids
-            if len(ids) >= seq_len + 8:
-                break
-            chars *= 2
-        # Cut at a token boundary, then make sure the cut text round-trips to the same length.
-        for cut in range(seq_len, len(ids)):
-            text = tokenizer.decode(ids[:cut])
-            if len(tokenizer.encode(text, add_special_tokens=False).ids) == seq_len:
-                break
-        else:
-            raise RuntimeError(f"could not make a text of exactly {seq_len} tokens")
-        texts.append(text)
-    return texts
+    """`batch` different texts that each encode to exactly `seq_len` tokens (checked). Text b is cut from
+    generate_corpus(seed=seed * 1_000_003 + b), so a larger batch's texts begin with a smaller one's; with the
+    tokenizer of tokenizer_for, the texts made once are kept for the process's later cells."""
+    made = _Loaded.texts.setdefault((seq_len, seed), []) if tokenizer is _Loaded.tokenizer else []
+    chars = {b: max(64, seq_len * 8) for b in range(len(made), batch)}
+    long_enough: dict[int, list[int]] = {}
+    while chars:  # every text still too short in one batched call, its corpus doubled
+        order = sorted(chars)
+        encoded = tokenizer.encode_batch([generate_corpus(chars[b], seed=seed * 1_000_003 + b) for b in order],
+                                         add_special_tokens=False)
+        for b, e in zip(order, encoded):
+            if len(e.ids) >= seq_len + 8:
+                long_enough[b] = e.ids
+                del chars[b]
+            else:
+                chars[b] *= 2
+    made += [_cut_to_length(tokenizer, long_enough[b], seq_len) for b in sorted(long_enough)]
+    return made[:batch]
 
 
-def _p50_ms(fn, reps: int) -> tuple[float, list[float]]:
-    fn()  # warm: first-call allocations are not a request's cost
+def _cut_to_length(tokenizer, ids: list[int], seq_len: int) -> str:
+    """The text of ids cut at a token boundary, at the first cut whose text encodes back to seq_len tokens."""
+    for cut in range(seq_len, len(ids)):
+        text = tokenizer.decode(ids[:cut])
+        if len(tokenizer.encode(text, add_special_tokens=False).ids) == seq_len:
+            return text
+    raise RuntimeError(f"could not make a text of exactly {seq_len} tokens")
+
+
+def _p50_ms(fn, reps: int) -> tuple[float, list[float], object]:
+    """The median and samples of reps timed calls of fn, after one untimed call (first-call allocations are not a
+    request's cost), and what that call returned."""
+    first = fn()
     samples = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(samples), samples
+    return statistics.median(samples), samples, first
 
 
 def measure(tokenizer, batch: int, seq_len: int, gen_tokens: int, reps: int, seed: int = 0) -> dict:
@@ -114,12 +152,11 @@ def measure(tokenizer, batch: int, seq_len: int, gen_tokens: int, reps: int, see
     rng = _random.Random(seed)
     vocab = tokenizer.get_vocab_size()
     generated = [[rng.randrange(len(SPECIAL_TOKENS), vocab) for _ in range(gen_tokens)] for _ in range(batch)]
-    encoded = tokenizer.encode_batch(texts, add_special_tokens=False)
+    tok_ms, tok_samples, encoded = _p50_ms(lambda: tokenizer.encode_batch(texts, add_special_tokens=False), reps)
     lengths = {len(e.ids) for e in encoded}
     if lengths != {seq_len}:
         raise RuntimeError(f"texts encode to {sorted(lengths)} tokens, expected {seq_len}")
-    tok_ms, tok_samples = _p50_ms(lambda: tokenizer.encode_batch(texts, add_special_tokens=False), reps)
-    detok_ms, detok_samples = _p50_ms(lambda: tokenizer.decode_batch(generated), reps)
+    detok_ms, detok_samples, _ = _p50_ms(lambda: tokenizer.decode_batch(generated), reps)
     return {
         "tokenize_p50_ms": tok_ms,
         "detokenize_p50_ms": detok_ms,
