@@ -17,6 +17,9 @@ prints wall times, where they go and the kernel times each way gives:
 - ``warmup request``: as the runner takes it from a warmup request (probes.profiled_request): a whole request,
   its prefill under one session and its 7 middle decode steps under another;
 - ``warmup request 3 steps`` and ``warmup request 1 step``: the same over fewer middle steps;
+- ``warmup request 3 steps (detached between)``: ``warmup request 3 steps`` with CUPTI detached when the prefill's
+  session stops (the runner keeps it attached from the prefill's session to the window's: probes.set_teardown);
+- ``plain request``: the same request without a profiler, for the wall time the sessions add;
 - ``one session``: prefill, cache reset and whole request in one profiler session, told apart by a marker
   kernel (torch.cuda._sleep) between them;
 - ``request only``: one session around the whole request alone (how much the prefill's session adds);
@@ -38,7 +41,8 @@ from study_cell import add_cell_arguments, each_cell, print_way_table
 
 MARKER = "spin_kernel"
 WAYS = ("whole request", "short request", "middle steps", "cut after middle steps", "warmup request",
-        "warmup request 3 steps", "warmup request 1 step", "one session", "request only", "no external correlation")
+        "warmup request 3 steps", "warmup request 1 step", "warmup request 3 steps (detached between)", "plain request",
+        "one session", "request only", "no external correlation")
 
 
 def profiled(fns, timing: dict, **profile_kwargs) -> list[float]:
@@ -96,9 +100,10 @@ def timed_timer(timing: dict):
             self.started = time.perf_counter()
             timing["start_s"] = timing.get("start_s", 0.0) + self.started - t0
 
-        def stop(self):
+        def stop(self, detach=True):
             torch.cuda.synchronize()
             t0 = time.perf_counter()
+            probes.set_teardown(detach)
             self.prof.__exit__(None, None, None)
             t1 = time.perf_counter()
             raw = list(self.prof.profiler.kineto_results.events())
@@ -153,13 +158,19 @@ def ways(backend, prompt, gen_tokens: int, clock):
         k = probes.gpu_busy(backend, prompt, gen_tokens, clock, timer_factory=lambda: timed_timer(timing))
         return k["prefill_kernel_ms"], k["decode_kernel_ms_per_step"]
 
-    def warmup_request(steps):
+    def warmup_request(steps, keep_attached=True):
         def way(timing):
             k = probes.profiled_request(backend, prompt, gen_tokens, clock, "kernel_time",
-                                        timer_factory=lambda: timed_timer(timing), window_steps=steps)
+                                        timer_factory=lambda: timed_timer(timing), window_steps=steps,
+                                        keep_attached=keep_attached)
             return k["prefill_kernel_ms"], k["decode_kernel_ms_per_step"]
 
         return way
+
+    def plain_request(timing):
+        request()
+        clock.sync()
+        return math.nan, math.nan
 
     def one_session(timing):
         backend.reset()
@@ -178,6 +189,8 @@ def ways(backend, prompt, gen_tokens: int, clock):
     return {"whole request": two_sessions, "short request": short_request, "middle steps": middle_steps,
             "cut after middle steps": middle_steps_cut, "warmup request": warmup_request(7),
             "warmup request 3 steps": warmup_request(3), "warmup request 1 step": warmup_request(1),
+            "warmup request 3 steps (detached between)": warmup_request(3, keep_attached=False),
+            "plain request": plain_request,
             "one session": one_session,
             "request only": request_only, "no external correlation": no_external_correlation}
 
@@ -188,7 +201,7 @@ def print_table(rows: list[dict], seq: int) -> None:
     print_way_table(rows, WAYS, [
         *((f"{part} s", lambda sel, col, part=part: col(f"{part}_s", "{:.2f}"))
           for part in ("wall", "start", "work", "stop", "read")),
-        ("events (device)", lambda sel, col: f"{sel[0]['events']} ({sel[0]['device_events']})"),
+        ("events (device)", lambda sel, col: f"{sel[0]['events']} ({sel[0]['device_events']})" if "events" in sel[0] else "-"),
         ("prefill kernel ms", lambda sel, col: col("prefill_kernel_ms", "{:.3f}")),
         ("decode kernel ms/step", lambda sel, col: col("decode_kernel_ms_per_step", "{:.4f}")),
     ])

@@ -253,10 +253,11 @@ def test_compile_shapes_reaches_the_compiled_backend_only():
     assert runner.parse_args(argv)[0].compile_shapes == "static"
 
 
-def test_kernel_time_pass_detaches_cupti_after_each_session(monkeypatch):
+def test_kernel_time_sessions_detach_cupti_when_the_request_s_last_one_stops(monkeypatch):
     """kineto detaches CUPTI when a profiler stops only with TEARDOWN_CUPTI=1, read at each stop: the kernel-time
-    pass sets it before every session, whatever the environment said (else later cells in the process run with
-    CUPTI attached)."""
+    sessions set it at every stop, whatever the environment said (else later cells in the process run with CUPTI
+    attached). In a profiled warmup request the prefill's session leaves it attached for the window's session,
+    which detaches it; a request that fails between the two has it detached by a session opened to close."""
     import types
 
     import torch.profiler
@@ -271,17 +272,33 @@ def test_kernel_time_pass_detaches_cupti_after_each_session(monkeypatch):
             self.profiler = types.SimpleNamespace(kineto_results=results)
 
         def __enter__(self):
-            seen.append(os.environ.get("TEARDOWN_CUPTI"))
+            seen.append("start")
             return self
 
         def __exit__(self, *exc):
+            seen.append(os.environ.get("TEARDOWN_CUPTI"))
             return False
 
     monkeypatch.setattr(torch.profiler, "profile", FakeProfile)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *args, **kwargs: None)
     monkeypatch.setenv("TEARDOWN_CUPTI", "0")
     assert probes.kernel_time_ms(lambda: None) == 0.0
-    assert seen == ["1"]
+    assert seen == ["start", "1"]
+
+    from latency_sensitivity.engine.base import Clock
+
+    seen.clear()
+    probes.profiled_request(LoggingBackend([]), None, 20, Clock(False), "warmup1")
+    assert seen == ["start", "0", "start", "1"]
+    seen.clear()
+    probes.profiled_request(LoggingBackend([]), None, 20, Clock(False), "warmup1", keep_attached=False)
+    assert seen == ["start", "1", "start", "1"]
+    first, _ = probes.kernel_time_window(20)
+    for fail_at, sessions in ((first - 1, ["start", "0", "start", "1"]), (first, ["start", "0", "start", "1"])):
+        seen.clear()
+        with pytest.raises(RuntimeError, match="failed"):
+            probes.profiled_request(LoggingBackend([], fail={"warmup1": [fail_at]}), None, 20, Clock(False), "warmup1")
+        assert seen == sessions and os.environ["TEARDOWN_CUPTI"] == "1"
 
 
 def recording_timer(log: list):
@@ -292,9 +309,9 @@ def recording_timer(log: list):
         def start(self):
             log.append("start")
 
-        def stop(self):
+        def stop(self, detach=True):
             timed = log[len(log) - log[::-1].index("start"):]
-            log.append("stop")
+            log.append("stop" if detach else "stop, attached")
             return 2.0 if "prefill" in timed else 0.5 * sum(isinstance(entry, int) for entry in timed)
 
         def abandon(self):
@@ -428,7 +445,7 @@ def test_kernel_time_comes_from_the_second_to_last_warmup_request(warmup, profil
     plain = [[f"warmup{i}", "prefill", *steps] for i in range(warmup)]
     if profiled is not None:
         first, n = probes.kernel_time_window(gen_tokens)
-        plain[profiled] = ([f"warmup{profiled}", "start", "prefill", "stop"] + steps[:first] + ["start"]
+        plain[profiled] = ([f"warmup{profiled}", "start", "prefill", "stop, attached"] + steps[:first] + ["start"]
                            + steps[first:first + n] + ["stop"] + steps[first + n:])
         assert warm["kernel"] == {"prefill_kernel_ms": 2.0, "decode_kernel_ms_per_step": 0.5,
                                   "kernel_time_decode_steps": n, "kernel_time_first_step": first}
@@ -452,9 +469,20 @@ def test_a_failing_profiled_warmup_request_is_recorded_and_run_again_plain():
     assert warm["kernel"] is None and warm["error"] == f"RuntimeError: warmup1 step {first + 1} failed"
     steps = list(range(7))
     assert log == (["warmup0", "prefill", *steps]
-                   + ["warmup1", "start", "prefill", "stop", *steps[:first], "start", first, "abandon", "abandon"]
+                   + ["warmup1", "start", "prefill", "stop, attached", *steps[:first], "start", first, "abandon",
+                      "abandon"]
                    + ["warmup1", "prefill", *steps] + ["warmup2", "prefill", *steps])
     assert warm["kernel_time_s"] > 0
+
+    # failing before its window: the prefill's session left CUPTI attached, so one is opened and closed to detach it
+    log.clear()
+    backend = LoggingBackend(log, fail={"warmup1": [first - 1]})
+    warm = probes.warm_up(backend, None, 8, 3, Clock(False), 1, timer_factory=recording_timer(log))
+    assert warm["error"] == f"RuntimeError: warmup1 step {first - 1} failed"
+    assert log == (["warmup0", "prefill", *steps]
+                   + ["warmup1", "start", "prefill", "stop, attached", *steps[:first - 1], "abandon", "abandon",
+                      "start", "abandon"]
+                   + ["warmup1", "prefill", *steps] + ["warmup2", "prefill", *steps])
 
 
 def test_a_warmup_request_that_fails_without_the_profiler_fails_the_cell():

@@ -28,20 +28,14 @@ class KernelTimer:
         from torch.profiler import ProfilerActivity, profile
 
         t0 = time.perf_counter()
-
-        # kineto detaches CUPTI when a profiler stops only where TEARDOWN_CUPTI is 1 (read at each stop); otherwise
-        # CUPTI stays attached and every kernel and graph the process runs afterwards pays for it, so a cell
-        # measured after another in a shared worker was slower than the same cell measured first
-        # (benchmarks/sweep_cost/NOTES.md, "The profiler left attached"). Set before each use, whatever the
-        # environment said.
-        os.environ["TEARDOWN_CUPTI"] = "1"
         torch.cuda.synchronize()
         self.prof = profile(activities=[ProfilerActivity.CUDA])
         self.prof.__enter__()
         self.seconds += time.perf_counter() - t0
 
-    def stop(self) -> float:
-        """The kernel time since start(), in ms."""
+    def stop(self, detach: bool = True) -> float:
+        """The kernel time since start(), in ms. detach: CUPTI leaves the process with this session (set_teardown);
+        False only where another session starts at once in the same request and stops with it."""
         import torch
         from torch.autograd import DeviceType
 
@@ -50,6 +44,7 @@ class KernelTimer:
         t0 = time.perf_counter()
         torch.cuda.synchronize()
         prof, self.prof = self.prof, None
+        set_teardown(detach)
         prof.__exit__(None, None, None)
         # the profiler's raw events (ns), not prof.events(): building those function events parses the whole trace
         # in Python, seconds for the tens of thousands of kernels of an eager request
@@ -63,8 +58,20 @@ class KernelTimer:
         if self.prof is not None:
             t0 = time.perf_counter()
             prof, self.prof = self.prof, None
+            set_teardown(True)
             prof.__exit__(None, None, None)
             self.seconds += time.perf_counter() - t0
+
+
+def set_teardown(detach: bool) -> None:
+    """Whether kineto detaches CUPTI from the process when the profiler session now open stops.
+
+    It does only where TEARDOWN_CUPTI is 1, read at each stop; otherwise CUPTI stays attached and every kernel and
+    graph the process runs afterwards pays for it, so a cell measured after another in a shared worker was slower
+    than the same cell measured first (benchmarks/sweep_cost/NOTES.md, "The profiler left attached"). Set at every
+    stop, whatever the environment said. Kept attached only from one session to the next within a request: the
+    next session then starts without attaching it again, and detaches it when it stops."""
+    os.environ["TEARDOWN_CUPTI"] = "1" if detach else "0"
 
 
 def kernel_time_ms(fn, timer: KernelTimer | None = None) -> float:
@@ -85,13 +92,19 @@ class WindowClock:
 
     engine.base.timed_request marks twice around the prefill, then before and after each decode step: the
     timer starts before the mark that opens step `first` and stops after the mark that closes the window's last
-    step; the prefill's timer starts before the first mark and stops after the second.
+    step; the prefill's timer starts before the first mark and stops after the second. The prefill's session
+    leaves CUPTI attached for the window's, which detaches it (keep_attached; set_teardown); a request that fails
+    between them has it detached by abandon().
     """
 
-    def __init__(self, clock: Clock, first: int, steps: int, timer=None, prefill_timer=None):
+    def __init__(self, clock: Clock, first: int, steps: int, timer=None, prefill_timer=None,
+                 keep_attached: bool = True):
         self.clock = clock
         self.timer = timer if timer is not None else KernelTimer()
         self.prefill_timer = prefill_timer
+        self.keep_attached = keep_attached
+        self.left_attached = False  # the prefill's session was stopped leaving CUPTI attached
+        self.window_started = False
         self.start_at, self.stop_at = 2 + 2 * first, 3 + 2 * (first + steps - 1)
         self.marks = 0
         self.kernel_ms: float | None = None
@@ -102,9 +115,11 @@ class WindowClock:
             self.prefill_timer.start()
         if self.marks == self.start_at:
             self.timer.start()
+            self.window_started = True
         ev = self.clock.mark()
         if self.prefill_timer is not None and self.marks == 1:
-            self.prefill_kernel_ms = self.prefill_timer.stop()
+            self.left_attached = self.keep_attached
+            self.prefill_kernel_ms = self.prefill_timer.stop(detach=not self.keep_attached)
         if self.marks == self.stop_at:
             self.kernel_ms = self.timer.stop()
         self.marks += 1
@@ -117,10 +132,14 @@ class WindowClock:
         self.clock.sync()
 
     def abandon(self) -> None:
-        """Close the sessions a failed request left open."""
+        """Close the sessions a failed request left open, detaching CUPTI; where it failed after the prefill's
+        session left CUPTI attached and before the window's started, a session is opened and closed to detach it."""
         for timer in (self.prefill_timer, self.timer):
             if timer is not None:
                 timer.abandon()
+        if self.left_attached and not self.window_started:
+            self.timer.start()
+            self.timer.abandon()
 
     @property
     def profiler_s(self) -> float:
@@ -152,14 +171,17 @@ def kernel_time_warmup_request(warmup: int) -> int | None:
 
 
 def profiled_request(backend, prompt, gen_tokens: int, clock: Clock, rep_name: str,
-                     timer_factory=KernelTimer, window_steps: int = KERNEL_TIME_STEPS) -> dict:
+                     timer_factory=KernelTimer, window_steps: int = KERNEL_TIME_STEPS,
+                     keep_attached: bool = True) -> dict:
     """Kernel time per phase from one whole request of the cell (a warmup request): its prefill and the decode
-    steps of kernel_time_window, each under a profiler session. The GPU does this work anyway, so no request is
-    added for it. Returns gpu_busy's keys and `profiler_s`, the seconds the sessions themselves took."""
+    steps of kernel_time_window, each under a profiler session (CUPTI attached from the first session's start to
+    the last one's stop where keep_attached: WindowClock). The GPU does this work anyway, so no request is added
+    for it. Returns gpu_busy's keys and `profiler_s`, the seconds the sessions themselves took."""
     first, steps = kernel_time_window(gen_tokens, window_steps)
     if steps < 1:
         raise ValueError(f"a request of {gen_tokens} tokens has no decode step to time")
-    window = WindowClock(clock, first, steps, timer_factory(), prefill_timer=timer_factory())
+    window = WindowClock(clock, first, steps, timer_factory(), prefill_timer=timer_factory(),
+                         keep_attached=keep_attached)
     _request_through(window, backend, prompt, gen_tokens, rep_name)
     return {**_kernel_times(window.prefill_kernel_ms, window, first, steps), "profiler_s": window.profiler_s}
 
