@@ -36,7 +36,7 @@ SEQUENCE = (1, 64, 1)
 def child(mode: str, backend: str, sequence: tuple[int, ...]) -> None:
     if mode == "teardown":
         os.environ["TEARDOWN_CUPTI"] = "1"
-    from latency_sensitivity.measure import compile_cache, probes, runner
+    from latency_sensitivity.measure import cell, compile_cache, probes
 
     compile_cache.configure(None, "cuda")
     if mode == "no_pass":
@@ -44,7 +44,7 @@ def child(mode: str, backend: str, sequence: tuple[int, ...]) -> None:
         probes.gpu_busy = lambda *args, **kwargs: {"prefill_kernel_ms": 0.0, "decode_kernel_ms_per_step": 0.0}
     for batch in sequence:
         spec = cell_spec(backend, batch)
-        result = runner.measure(spec)
+        result = cell.measure(spec)
         m = result["metrics"]
         print(json.dumps({"mode": mode, "batch": batch, "status": result["status"],
                           "decode_ms": m.get("decode_p50_ms_per_tok"), "prefill_ms": m.get("prefill_p50_ms"),

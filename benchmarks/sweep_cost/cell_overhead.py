@@ -2,7 +2,7 @@
 worker's later cells): each cell's parts from its result, and the functions under cProfile.
 
 It measures `--batches` (seq 128, the Qwen2.5-3B architecture with random fp16 weights, gen 32, warmup 3, reps 7,
-as benchmarks/replicates/) one after another in this process with `runner.measure`, the first unprofiled (the
+as benchmarks/replicates/) one after another in this process with `cell.measure`, the first unprofiled (the
 process's one-time costs), the others under cProfile, and prints per cell: `cell_s`, the itemized parts and what
 is left, then the cumulative time of the functions that take the most of a cell outside its requests. cProfile
 slows Python code, so the reps read slower here than in a sweep; the parts outside them are what it is for.
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
 
     from latency_sensitivity.measure import compile_cache
     compile_cache.configure(None, "cuda")
-    from latency_sensitivity.measure import runner
+    from latency_sensitivity.measure import cell
 
     if a.out:
         a.out.mkdir(parents=True, exist_ok=True)
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
         t0 = time.perf_counter()
         if prof:
             prof.enable()
-        result = runner.measure(spec)
+        result = cell.measure(spec)
         if prof:
             prof.disable()
         cell_s = time.perf_counter() - t0

@@ -5,7 +5,7 @@ A shared worker's first cell set up slower than its later ones (NOTES.md, "The g
 which first use that is. In a fresh process, each step runs twice, timed to a device synchronize: the CUDA
 context, a small fp16 matmul (cuBLAS), a matmul of the model's decode shape (cuBLASLt), causal SDPA at the
 prefill's shape, a CUDA graph capture and replay, the model's transformers code; then the study cell
-(study_cell.py) measured twice with `runner.measure`, as a worker measures its first and second cell. Run it
+(study_cell.py) measured twice with `cell.measure`, as a worker measures its first and second cell. Run it
 twice on a fresh machine: the first run also pays what the machine pays once (files read from disk for the
 first time), the second only what every process pays.
 
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     import transformers  # noqa: F401
 
-    from latency_sensitivity.measure import runner
+    from latency_sensitivity.measure import cell
     from latency_sensitivity.measure.model import model_config
 
     rows.append({"step": "import transformers and the runner", "attempt": 1, "s": time.perf_counter() - t0})
@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
     timed("model code (model_config)", lambda: model_config(spec))
     for attempt in (1, 2):
         t0 = time.perf_counter()
-        result = runner.measure(spec)
+        result = cell.measure(spec)
         cell_s = time.perf_counter() - t0
         m = result["metrics"]
         row = {"step": f"cell: {a.backend} seq 128 x batch {a.batch}", "attempt": attempt, "s": cell_s,

@@ -29,11 +29,11 @@ def child(pad_mb: int, backend: str, batch: int) -> None:
     compile_cache.configure(None, "cuda")
     import torch
 
-    from latency_sensitivity.measure import runner
+    from latency_sensitivity.measure import cell
 
     held = [torch.empty(pad_mb * 2**20, dtype=torch.uint8, device="cuda")] if pad_mb else []
     spec = cell_spec(backend, batch)
-    result = runner.measure(spec)
+    result = cell.measure(spec)
     del held
     m = result["metrics"]
     print(json.dumps({"pad_mb": pad_mb, "status": result["status"], "decode_ms": m.get("decode_p50_ms_per_tok"),

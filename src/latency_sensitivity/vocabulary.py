@@ -68,6 +68,11 @@ COMPILE_SHAPES = ("static", "dynamic_batch")
 PLACEMENTS = ("fixed", "by_replicate")
 # The backends that compile their decode step, and so the cells measure.compile_shapes applies to.
 COMPILING_BACKENDS = ("compiled",)
+# What profiles a cell's process: nothing but its own kernel-time sessions (off, a measurement), nsys or ncu
+# wrapping it (external), or torch.profiler around its measured reps (torch; measure/probes.py).
+PROFILE_MODES = ("off", "external", "torch")
+# The version of a cell's result file layout (measure/runner.py).
+CELL_SCHEMA_VERSION = 1
 
 
 # One line per backend, for help texts and the column documentation.

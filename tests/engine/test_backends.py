@@ -14,7 +14,7 @@ from latency_sensitivity.engine import graph as graph_backend
 from latency_sensitivity.engine import probe
 from latency_sensitivity.engine import registry
 from latency_sensitivity.engine import surgery
-from latency_sensitivity.measure import runner
+from latency_sensitivity.measure import cell, runner
 from latency_sensitivity.engine import base
 from latency_sensitivity.measure import model as cell_model
 from latency_sensitivity.columns import COLUMNS_BY_NAME
@@ -405,7 +405,7 @@ def test_layers_of_another_form_keep_their_forward(tiny):
 
 
 def test_runner_measures_a_graph_cell_on_the_cpu():
-    r = runner.measure(spec())
+    r = cell.measure(spec())
     assert r["status"] == "ok", r["error"]
     m, s = r["metrics"], r["samples"]
     assert r["cell"]["backend"] == "graph"
@@ -430,7 +430,7 @@ def test_runner_measures_a_graph_cell_on_the_cpu():
 
 
 def test_eager_cell_records_its_setup_time_too():
-    r = runner.measure(spec(backend="eager", reps=1, warmup=0))
+    r = cell.measure(spec(backend="eager", reps=1, warmup=0))
     assert r["status"] == "ok", r["error"]
     assert r["metrics"]["backend_setup_s"] >= 0 and r["backend_info"] == {"name": "eager"}
     assert COLUMNS_BY_NAME["backend_setup_s"].unit == "s"
@@ -487,7 +487,7 @@ def test_captured_step_matches_eager_on_cuda(name, options, batch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_cell():
-    r = runner.measure(spec(device="cuda", dtype="fp16", seq_len=64, batch=4, gen_tokens=8, reps=3))
+    r = cell.measure(spec(device="cuda", dtype="fp16", seq_len=64, batch=4, gen_tokens=8, reps=3))
     assert r["status"] == "ok", r["error"]
     assert r["backend_info"]["captured"] is True and r["metrics"]["backend_setup_s"] > 0
     assert "kernel_time_error" not in r, r.get("kernel_time_error")
@@ -526,7 +526,7 @@ def test_a_step_that_torch_compile_leaves_eager_is_an_error_row(monkeypatch):
     """A torch.compile that hands the step back as it is: the compiled backend's calls run the step's Python,
     and the cell is a recorded error, not eager numbers under the compiled name."""
     monkeypatch.setattr(torch, "compile", lambda fn, **options: fn)
-    r = runner.measure(spec(backend="compiled"))
+    r = cell.measure(spec(backend="compiled"))
     assert r["status"] == "error" and r["error"]["type"] == "PathNotTaken"
     assert r["error"]["phase"] == "backend_setup" and r["metrics"] == {}
     message = r["error"]["message"]

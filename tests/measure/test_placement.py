@@ -5,7 +5,7 @@ import torch
 
 from conftest import cell_spec
 from latency_sensitivity.config import MODELS_DIR
-from latency_sensitivity.measure import placement, runner
+from latency_sensitivity.measure import cell, placement, runner
 from latency_sensitivity.measure.placement import Pad, pad_mib
 
 TINY = str(MODELS_DIR / "tiny-qwen2.json")
@@ -68,13 +68,13 @@ def test_runner_takes_placement_and_records_the_pad(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_replicate_holds_its_pad_while_building_and_frees_it_before_measuring():
     free_mib = torch.cuda.mem_get_info()[0] / 2**20
-    r = runner.measure(cell_spec(device="cuda", dtype="fp16", seq_len=64, batch=2, gen_tokens=4, reps=2,
+    r = cell.measure(cell_spec(device="cuda", dtype="fp16", seq_len=64, batch=2, gen_tokens=4, reps=2,
                             placement="by_replicate", replicate=2))
     assert r["status"] == "ok", r["error"]
     m = r["metrics"]
     assert m["placement_pad_mb"] == pad_mib("by_replicate", 2, free_mib) > 0
     assert m["vram_reserved_mb"] < m["placement_pad_mb"]  # freed and returned before the measured reps
-    first = runner.measure(cell_spec(device="cuda", dtype="fp16", seq_len=64, batch=2, gen_tokens=4, reps=2,
+    first = cell.measure(cell_spec(device="cuda", dtype="fp16", seq_len=64, batch=2, gen_tokens=4, reps=2,
                                 placement="by_replicate", replicate=1))
     assert first["metrics"]["placement_pad_mb"] == 0
 
@@ -98,8 +98,8 @@ def test_a_cell_that_fails_after_holding_its_pad_still_releases_it(monkeypatch):
     def failing_build(spec, cfg):
         raise RuntimeError("build failed")
 
-    monkeypatch.setattr(runner, "Pad", RecordingPad)
-    monkeypatch.setattr(runner, "build_model", failing_build)
-    r = runner.measure(cell_spec(placement="by_replicate", replicate=2))
+    monkeypatch.setattr(cell, "Pad", RecordingPad)
+    monkeypatch.setattr(cell, "build_model", failing_build)
+    r = cell.measure(cell_spec(placement="by_replicate", replicate=2))
     assert r["status"] == "error" and "build failed" in r["error"]["message"]
     assert events == ["hold", "release"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import cell_spec
-from latency_sensitivity.measure import runner
+from latency_sensitivity.measure import cell, runner
 from latency_sensitivity.engine import eager as eager_backend
 from latency_sensitivity.config import MODELS_DIR
 
@@ -19,7 +19,7 @@ def spec(**kw):
 
 
 def test_measures_a_real_tiny_model():
-    r = runner.measure(spec())
+    r = cell.measure(spec())
     assert r["status"] == "ok", r["error"]
     s, m = r["samples"], r["metrics"]
     assert len(s["prefill_ms"]) == 3 and all(len(steps) == 3 for steps in s["decode_step_ms"])
@@ -62,10 +62,10 @@ def test_collection_after_setup_skips_the_start_up_and_the_cell_leaves_nothing_f
     log = []
     record_collector(monkeypatch, log)
     before = gc.get_threshold()
-    r = runner.measure(spec())
+    r = cell.measure(spec())
     assert r["status"] == "ok", r["error"]
     assert log[0][0] == "collect" and log[0][1] > 0
-    assert log[1:] == [("threshold", (before[0], before[1], runner.NO_FULL_COLLECTION)), ("threshold", before)]
+    assert log[1:] == [("threshold", (before[0], before[1], cell.NO_FULL_COLLECTION)), ("threshold", before)]
     assert r["metrics"]["gc_full_collections"] == 0
     assert gc.get_freeze_count() == 0 and gc.isenabled() and gc.get_threshold() == before
 
@@ -80,7 +80,7 @@ def test_in_a_worker_the_start_up_stays_frozen_so_the_collection_after_a_cell_wa
     from latency_sensitivity.measure import worker
 
     built = []
-    real_build = runner.build_model
+    real_build = cell.build_model
 
     def build(*args, **kwargs):
         model = real_build(*args, **kwargs)
@@ -88,11 +88,11 @@ def test_in_a_worker_the_start_up_stays_frozen_so_the_collection_after_a_cell_wa
         built.append(weakref.ref(model))
         return model
 
-    monkeypatch.setattr(runner, "build_model", build)
+    monkeypatch.setattr(cell, "build_model", build)
     gc.freeze()
     try:
         frozen = gc.get_freeze_count()
-        r = runner.measure(spec())
+        r = cell.measure(spec())
         assert r["status"] == "ok", r["error"]
         assert gc.get_freeze_count() >= frozen
         del r
@@ -109,7 +109,7 @@ def test_local_checkpoint_loads_real_weights(tmp_path):
     cfg = AutoConfig.for_model(arch.pop("model_type"), **arch)
     model = AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(tmp_path / "ckpt")
-    r = runner.measure(spec(model_kind="path", model_location=str(tmp_path / "ckpt"), reps=1, warmup=0))
+    r = cell.measure(spec(model_kind="path", model_location=str(tmp_path / "ckpt"), reps=1, warmup=0))
     assert r["status"] == "ok", r["error"]
     expected = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     assert r["metrics"]["weights_mb"] == pytest.approx(expected)
@@ -120,7 +120,7 @@ def test_out_of_memory_is_a_recorded_row(monkeypatch):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(eager_backend, "one_request", oom)
-    r = runner.measure(spec())
+    r = cell.measure(spec())
     assert r["status"] == "oom"
     assert r["error"]["phase"] == "warmup"
     assert r["error"]["message"].startswith("OutOfMemoryError during warmup: CUDA out of memory")
@@ -167,7 +167,7 @@ def test_bad_runner_arguments_exit_early():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("warmup, request_", [(1, "after_reps"), (3, "warmup1")])
 def test_cuda_cell_with_telemetry(warmup, request_):
-    r = runner.measure(spec(device="cuda", dtype="fp16", seq_len=64, batch=4, gen_tokens=8, reps=3, warmup=warmup))
+    r = cell.measure(spec(device="cuda", dtype="fp16", seq_len=64, batch=4, gen_tokens=8, reps=3, warmup=warmup))
     assert r["status"] == "ok", r["error"]
     m = r["metrics"]
     assert m["vram_reserved_mb"] >= m["vram_allocated_mb"] > m["weights_mb"]
@@ -190,7 +190,7 @@ def test_host_state_is_recorded_and_affinity_pins_the_process():
 
     before = os.sched_getaffinity(0)
     try:
-        r = runner.measure(cell_spec(seq_len=8, batch=1, gen_tokens=3, reps=2, cpu_affinity=[0]))
+        r = cell.measure(cell_spec(seq_len=8, batch=1, gen_tokens=3, reps=2, cpu_affinity=[0]))
         assert r["status"] == "ok", r["error"]
         assert r["host"]["cpu_affinity"] == [0] and r["host"]["cpu_affinity_requested"] == [0]
         assert r["metrics"]["cpus_allowed"] == 1
@@ -199,7 +199,7 @@ def test_host_state_is_recorded_and_affinity_pins_the_process():
         assert r["metrics"]["steal_s"] is None or r["metrics"]["steal_s"] >= 0
     finally:
         os.sched_setaffinity(0, before)
-    bad = runner.measure(cell_spec(seq_len=8, batch=1, gen_tokens=3, reps=1, cpu_affinity=[10_000]))
+    bad = cell.measure(cell_spec(seq_len=8, batch=1, gen_tokens=3, reps=1, cpu_affinity=[10_000]))
     assert bad["status"] == "error" and "cpu_affinity [10000]" in bad["error"]["message"]
     assert os.sched_getaffinity(0) == before
 
@@ -249,7 +249,7 @@ def test_compile_shapes_reaches_the_compiled_backend_only():
             spec = runner.parse_args(argv + ["--backend", backend, "--compile-shapes", shapes])[0]
             assert spec.compile_shapes == shapes
             want = {"dynamic_batch": True} if (backend, shapes) == ("compiled", "dynamic_batch") else {}
-            assert runner.backend_options(spec) == want
+            assert cell.backend_options(spec) == want
     assert runner.parse_args(argv)[0].compile_shapes == "static"
 
 
@@ -494,3 +494,19 @@ def test_a_warmup_request_that_fails_without_the_profiler_fails_the_cell():
     with pytest.raises(RuntimeError, match="warmup1 step 0 failed"):
         probes.warm_up(backend, None, 8, 3, Clock(False), 1, timer_factory=recording_timer(log))
     assert log.count("warmup1") == 2 and "warmup2" not in log
+
+
+def test_a_cell_job_that_hands_its_cell_to_a_worker_imports_no_measurement():
+    """The cell job's side of a shared worker (runner.main, worker_pool) imports neither torch nor the engine nor
+    the measurement (cell.py): with isolation shared its start is part of every cell's job."""
+    import subprocess
+    import sys
+
+    code = ("import sys, latency_sensitivity.measure.runner, latency_sensitivity.measure.worker_pool; "
+            "print(' '.join(sorted(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    assert "latency_sensitivity.measure.runner" in loaded
+    heavy = [m for m in loaded if m.split(".")[0] in ("torch", "transformers", "numpy")
+             or m.startswith(("latency_sensitivity.engine", "latency_sensitivity.measure.cell",
+                              "latency_sensitivity.measure.probes", "latency_sensitivity.analysis"))]
+    assert heavy == []

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import cell_spec
 from latency_sensitivity.report import tables
-from latency_sensitivity.measure import runner
+from latency_sensitivity.measure import cell
 from latency_sensitivity.measure import tokenization
 
 
@@ -92,12 +92,12 @@ def test_missing_tokenizer_is_named(tmp_path):
 
 
 def test_runner_adds_the_host_stages_to_a_request(tokenizer_file):
-    r = runner.measure(cell_spec(seq_len=16, batch=2, gen_tokens=3, reps=2), tokenizer=tokenizer_file)
+    r = cell.measure(cell_spec(seq_len=16, batch=2, gen_tokens=3, reps=2), tokenizer=tokenizer_file)
     assert r["status"] == "ok", r["error"]
     m = r["metrics"]
     assert m["request_p50_ms"] == pytest.approx(m["tokenize_p50_ms"] + m["e2e_p50_ms"] + m["detokenize_p50_ms"])
     assert r["tokenizer"]["vocab_size"] == 600 and len(r["samples"]["tokenize_ms"]) == 2
-    broken = runner.measure(cell_spec(seq_len=16, batch=1, gen_tokens=3, reps=1), tokenizer=tokenizer_file.parent / "x")
+    broken = cell.measure(cell_spec(seq_len=16, batch=1, gen_tokens=3, reps=1), tokenizer=tokenizer_file.parent / "x")
     assert broken["status"] == "ok" and "tokenization_error" in broken and "request_p50_ms" not in broken["metrics"]
 
 

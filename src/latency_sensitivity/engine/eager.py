@@ -6,7 +6,7 @@ from latency_sensitivity.engine.base import Backend, Clock, timed_request
 
 
 class EagerBackend(Backend):
-    """transformers' dynamic KV cache, one Python-launched forward per decode step (runner.one_request)."""
+    """transformers' dynamic KV cache, one Python-launched forward per decode step (one_request)."""
 
     name = "eager"
 

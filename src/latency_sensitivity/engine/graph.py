@@ -4,7 +4,7 @@ Every backend (engine/base.py) has the same interface, so the runner's warmup an
 not care which one runs:
 
 - ``request(prompt, gen_tokens, clock, rep_name) -> (prefill_ms, ttft_ms, [decode step ms], e2e_ms)``: one
-  timed request with the runner's timing semantics (see ``runner.one_request``) and the NVTX ranges
+  timed request with the runner's timing semantics (see ``base.timed_request``) and the NVTX ranges
   ``{rep_name}.prefill`` and ``{rep_name}.decode``;
 - ``prefill(prompt)``: one prefill forward, untimed (the kernel-time pass after the reps profiles it);
 - ``generate(prompt, gen_tokens, forced=None) -> (tokens, logits)``: an untimed request that keeps every
@@ -17,7 +17,7 @@ Backends:
 
 ``eager``
     transformers with its dynamic KV cache: one Python-launched forward per decode step
-    (``runner.one_request``). On a GPU this mostly measures the host.
+    (``eager.one_request``). On a GPU this mostly measures the host.
 
 ``graph``
     A static KV cache (transformers' ``StaticCache``, sized ``seq_len + gen_tokens``) and the decode step
@@ -404,7 +404,7 @@ class GraphBackend(Backend):
     # -- the interface
 
     def request(self, prompt, gen_tokens: int, clock, rep_name: str):
-        """As runner.one_request, on the static cache; the cache is reset before the clock starts."""
+        """A timed request (base.timed_request) on the static cache; the cache is reset before the clock starts."""
         self._check(prompt, gen_tokens)
         self.reset()
         self._filled = True

@@ -298,9 +298,6 @@ def is_oom(exc: BaseException) -> bool:
     )
 
 
-PROFILE_MODES = ("off", "external", "torch")
-
-
 @contextmanager
 def torch_profiling(out_dir: Path | None, cuda: bool):
     """torch.profiler around the measured reps: a Chrome trace and an op table in `out_dir`.

@@ -59,7 +59,7 @@ class Worker:
         import torch  # noqa: F401
         import transformers  # noqa: F401
 
-        from latency_sensitivity.measure import runner  # noqa: F401
+        from latency_sensitivity.measure import cell, runner  # noqa: F401
         from latency_sensitivity.measure.model import model_config
 
         lap("import_s")
@@ -76,7 +76,7 @@ class Worker:
             self.first_use_error = first_use(self.fields)
             lap("first_use_s")
         # What the start-up made is never garbage: out of the collector's reach for good, so that the collection
-        # after each cell walks only what that cell made (runner.measure leaves this freeze as it finds it).
+        # after each cell walks only what that cell made (cell.measure leaves this freeze as it finds it).
         gc.freeze()
         self.startup_parts = parts
         self.startup_s = time.perf_counter() - t0
