@@ -56,27 +56,46 @@ def test_texts_made_in_batches_and_kept_are_the_texts_made_one_at_a_time(tokeniz
     assert tokenization.texts_of_shape(tok, 2, 31, seed=2) != expected[:2]
 
 
-def test_a_process_loads_a_tokenizer_once_per_version_of_its_file_and_empties_its_cache_per_cell(tmp_path,
-                                                                                                 monkeypatch):
+def test_a_process_loads_a_tokenizer_once_per_version_of_its_file(tmp_path, monkeypatch):
     path = tmp_path / "tokenizer.json"
     tokenization.train_tokenizer(path, vocab_size=300, corpus_chars=20_000, seed=1)
-    loads, cleared = [], []
+    loads = []
     real_load = tokenization.load_tokenizer
-
-    def counting_load(p):
-        tok = real_load(p)
-        loads.append(tok)
-        return tok
-
-    monkeypatch.setattr(tokenization, "load_tokenizer", counting_load)
+    monkeypatch.setattr(tokenization, "load_tokenizer", lambda p: loads.append(p) or real_load(p))
     first = tokenization.tokenizer_for(path)
     tokenization.texts_of_shape(first, 2, 20)
-    monkeypatch.setattr(type(first.model), "_clear_cache", lambda model: cleared.append(model), raising=False)
-    assert tokenization.tokenizer_for(tmp_path) is first and len(loads) == 1 and len(cleared) == 1
+    assert tokenization.tokenizer_for(tmp_path) is first and len(loads) == 1
     tokenization.train_tokenizer(path, vocab_size=400, corpus_chars=20_000, seed=1)  # a new version of the file
     second = tokenization.tokenizer_for(path)
     assert second is not first and second.get_vocab_size() == 400 and len(loads) == 2
     assert tokenization._Loaded.texts == {}  # texts of the old tokenizer are not this one's
+
+
+def test_the_timed_calls_start_from_an_empty_word_cache(tokenizer_file):
+    """Whatever the process encoded before (other cells' texts, or this cell's while making them), the word
+    cache is emptied after the texts are made and before the untimed first call and the timed ones."""
+    log = []
+    tok = tokenization.load_tokenizer(tokenizer_file)
+
+    class Model:
+        def _clear_cache(self):
+            log.append("clear")
+            tok.model._clear_cache()
+
+    class Logged:
+        model = Model()
+
+        def __getattr__(self, name):
+            def call(*args, **kwargs):
+                log.append(name)
+                return getattr(tok, name)(*args, **kwargs)
+
+            return call
+
+    tokenization.measure(Logged(), batch=2, seq_len=30, gen_tokens=4, reps=3)
+    assert log.count("clear") == 1 and "encode_batch" in log[:log.index("clear")]  # the texts were made before it
+    after = [name for name in log[log.index("clear") + 1:] if name != "get_vocab_size"]
+    assert after == ["encode_batch"] * 4 + ["decode_batch"] * 4
 
 
 def test_measure_reports_medians_and_rates(tokenizer_file):

@@ -85,9 +85,8 @@ class _Loaded:
 
 def tokenizer_for(path: str | Path):
     """load_tokenizer's tokenizer, loaded once per process and version of the file (its path, size and change
-    time), as a worker measures cell after cell with the same one. Its word cache is emptied on every call, so a
-    cell's timings start from the state of a fresh load whatever cells ran before it. Where the tokenizer cannot
-    empty its cache, it is loaded again on every call."""
+    time), as a worker measures cell after cell with the same one (measure empties its word cache before it times
+    anything). Where the tokenizer cannot empty its cache, it is loaded again on every call."""
     file = tokenizer_file(path)
     if not file.is_file():
         raise FileNotFoundError(f"no tokenizer.json at {file} (a local tokenizer is needed; nothing is downloaded)")
@@ -98,7 +97,6 @@ def tokenizer_for(path: str | Path):
         if not hasattr(tokenizer.model, "_clear_cache"):
             return tokenizer
         _Loaded.key, _Loaded.tokenizer, _Loaded.texts = key, tokenizer, {}
-    _Loaded.tokenizer.model._clear_cache()
     return _Loaded.tokenizer
 
 
@@ -145,10 +143,17 @@ def _p50_ms(fn, reps: int) -> tuple[float, list[float], object]:
 
 
 def measure(tokenizer, batch: int, seq_len: int, gen_tokens: int, reps: int, seed: int = 0) -> dict:
-    """Median host time of encoding the batch's texts and of decoding its generated ids, and token rates."""
+    """Median host time of encoding the batch's texts and of decoding its generated ids, and token rates.
+
+    The tokenizer's word cache is emptied once the texts are made, so the timed calls start from the state of a
+    fresh load whatever the process encoded before (other cells, or nothing where the texts were kept): the
+    untimed first call fills it as it would in a process of its own."""
     import random as _random
 
     texts = texts_of_shape(tokenizer, batch, seq_len, seed)
+    clear_cache = getattr(tokenizer.model, "_clear_cache", None)
+    if clear_cache is not None:
+        clear_cache()
     rng = _random.Random(seed)
     vocab = tokenizer.get_vocab_size()
     generated = [[rng.randrange(len(SPECIAL_TOKENS), vocab) for _ in range(gen_tokens)] for _ in range(batch)]
