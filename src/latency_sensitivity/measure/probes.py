@@ -34,7 +34,7 @@ class KernelTimer:
         self.seconds += time.perf_counter() - t0
 
     def stop(self, detach: bool = True) -> float:
-        """The kernel time since start(), in ms. detach: CUPTI leaves the process with this session (set_teardown);
+        """The kernel time since start(), in ms. detach: CUPTI leaves the process as this profile stops (set_teardown);
         False only where another session starts at once in the same request and stops with it."""
         import torch
         from torch.autograd import DeviceType
