@@ -1,6 +1,7 @@
 """What a sweep cost the machine, from its replicate result files: per backend and isolation, the measure jobs'
 wall time against the measured reps', the one-time worker start-ups apart; whether a cell's value depends on
-its position in its process (cells_before); where a process's start-up goes; and torch.compile's time per cell.
+its position in its process (cells_before); a job's parts besides its reps; where a process's start-up goes; and
+torch.compile's time per cell.
 
     python3 benchmarks/sweep_cost/cost.py RESULTS_DIR [RESULTS_DIR ...]   # each with results/cells/ below it
 
@@ -14,6 +15,11 @@ import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+
+# what a cell's own time (cell_s) is itemized into; the rest of it is the cell's untimed code
+CELL_PARTS = ("model_build_s", "backend_setup_s", "warmup_s", "measured_s", "tokenization_s", "kernel_time_s",
+              "environment_s", "import_s", "startup_s")
 
 
 def replicate_files(root: Path):
@@ -43,6 +49,8 @@ def load(roots):
                 "startup": {k: m.get(k) for k in ("import_s", "environment_s", "model_code_s", "cuda_init_s",
                                                   "startup_s")},
                 "worker_parts": w.get("startup_parts") or {},
+                "cell_s": m.get("cell_s"),
+                "parts": {k: m.get(k) or 0.0 for k in CELL_PARTS},
             })
     return rows
 
@@ -72,6 +80,33 @@ def cost_table(rows) -> str:
         job, measured, start = (totals[(root, isolation, k)] for k in ("job", "measured", "start"))
         lines.append(f"| {Path(root).name} | {isolation} | all | | | {job:.1f} | {start:.1f} | {measured:.1f} | "
                      f"{job / measured:.2f} | {(job - start) / measured:.2f} | | | |")
+    return "\n".join(lines)
+
+
+def parts_table(rows) -> str:
+    """Per run, isolation and backend: seconds summed over its jobs, what a job spends besides its measured reps.
+    Hand-over is the job less its cell and its wait for a worker (the client's start, passing the spec, the
+    reply); rest is the cell less its itemized parts; setup is without torch.compile, which has a column."""
+    groups = defaultdict(list)
+    for row in rows:
+        if row["cell_s"] is not None and row["job_s"] is not None:
+            groups[(row["root"], row["isolation"], row["backend"])].append(row)
+    lines = ["| run | isolation | backend | measured s | warmup s | setup s | torch.compile s | kernel time s | "
+             "tokenization s | model build s | start-up in the cell s | hand-over s | rest s | (job - start-up) / "
+             "measured | the same without torch.compile |", "|---|---|---|" + "---:|" * 12]
+    for (root, isolation, backend), members in sorted(groups.items()):
+        def total(key):
+            return sum(r["parts"][key] for r in members)
+        compile_s = sum(r["compile_s"] or 0.0 for r in members)
+        job = sum(r["job_s"] - (r["worker_start_s"] or 0.0) for r in members)
+        hand_over = sum(r["job_s"] - r["cell_s"] - (r["worker_start_s"] or 0.0) for r in members)
+        rest = sum(r["cell_s"] - sum(r["parts"].values()) for r in members)
+        start = total("startup_s") + total("environment_s") + total("import_s")
+        measured = total("measured_s")
+        lines.append(f"| {Path(root).name} | {isolation} | {backend} | {measured:.2f} | {total('warmup_s'):.2f} | "
+                     f"{total('backend_setup_s') - compile_s:.2f} | {compile_s:.2f} | {total('kernel_time_s'):.2f} | "
+                     f"{total('tokenization_s'):.2f} | {total('model_build_s'):.2f} | {start:.2f} | {hand_over:.2f} | "
+                     f"{rest:.2f} | {job / measured:.2f} | {(job - compile_s) / measured:.2f} |")
     return "\n".join(lines)
 
 
@@ -141,6 +176,7 @@ def main(argv: list[str]) -> int:
         return 2
     rows = load([Path(a) for a in argv])
     print("## What the measure jobs cost\n\n" + cost_table(rows))
+    print("\n## A job's parts besides its measured reps (seconds summed over the jobs)\n\n" + parts_table(rows))
     print("\n## A cell's value by its position in its process (shared workers)\n\n" + position_table(rows))
     print("\n## Start-up of a measuring process\n\n" + startup_table(rows))
     if any(r["compile_s"] is not None for r in rows):
