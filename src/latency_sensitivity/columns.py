@@ -177,8 +177,9 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
         "backend_compile_s",
         "s",
         "The compiled backend's first decode step, where torch.compile traces and compiles it (part of "
-        "backend_setup_s; short when inductor's on-disk cache holds the same shapes). Empty for other backends, "
-        "and for compiled cells whose decoder layers were rewritten (batch 1 on CUDA), which are not compiled.",
+        "backend_setup_s). Where inductor's on-disk cache holds the same shapes the compiled code is loaded from "
+        "it, but the step is still traced in every cell: shorter, not free. Empty for other backends, and for "
+        "compiled cells whose decoder layers were rewritten (batch 1 on CUDA), which are not compiled.",
     ),
 )
 

@@ -31,8 +31,8 @@ REPLICATE_SUMMARY = ("prefill_p50_ms", "decode_p50_ms_per_tok", "ttft_p50_ms", "
 
 
 # What a cell's jobs cost, summed over its replicates as `<key>_total` (the report's cost line reads them).
-COST_PARTS = ("job_s", "measured_s", "worker_start_s", "backend_setup_s", "import_s", "startup_s", "warmup_s",
-              "kernel_time_s", "tokenization_s")
+COST_PARTS = ("job_s", "measured_s", "worker_start_s", "backend_setup_s", "backend_compile_s", "import_s",
+              "startup_s", "warmup_s", "kernel_time_s", "tokenization_s")
 
 
 def _finite(values: Sequence[Any]) -> list[float]:

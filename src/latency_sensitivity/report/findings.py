@@ -409,10 +409,16 @@ def cost_finding(frame: pd.DataFrame) -> str | None:
                  f"cell), and the rest is {(job_s - once) / measured_s:.1f}x the measured reps")
     setup_s = summed("backend_setup_s")
     setup = float(setup_s[ok].fillna(0.0).sum()) if setup_s is not None else 0.0
+    compile_s = summed("backend_compile_s")
+    compiled = float(compile_s[ok].fillna(0.0).sum()) if compile_s is not None else 0.0
     if setup >= 0.25 * job_s:  # worth naming: compiling and autotuning, cached for a later run on this machine
-        text += (f"; {setup:.1f} s were backend setup (graph capture, compiling, autotuning), which a later run "
-                 "of the same shapes on this machine loads from results/cache/compile/")
-    return text + _cost_parts(summed, ok, job_s - measured_s - once)
+        text += f"; {setup:.1f} s were backend setup (graph capture, compiling, autotuning)"
+        if compiled > 0:
+            text += (f", {compiled:.1f} s of it torch.compile, which traces the model in every cell even where "
+                     "its compiled code is cached")
+        text += ("; a later run of the same shapes on this machine loads compiled code and tuned kernels from "
+                 "results/cache/compile/")
+    return text + _cost_parts(summed, ok, job_s - measured_s - once, compiled)
 
 
 # The parts of a job besides its reps and its worker's start-up, as the cost line names them: {name: columns}.
@@ -421,14 +427,18 @@ COST_LINE_PARTS = {"start-up": ("import_s", "startup_s"), "backend setup": ("bac
                    "timing tokenization": ("tokenization_s",)}
 
 
-def _cost_parts(summed, ok: pd.Series, besides_s: float) -> str:
+def _cost_parts(summed, ok: pd.Series, besides_s: float, compile_s: float = 0.0) -> str:
     """'; besides the reps: warmup 6.8 s, ...' from the cells' recorded parts, largest first, and what is left
-    (model build, handing the cell over, recording it); the generic sentence where cells recorded no parts."""
+    (model build, handing the cell over, recording it); the generic sentence where cells recorded no parts.
+    compile_s: torch.compile's seconds, named apart from the rest of backend setup (which includes them)."""
     parts = {}
     for name, columns in COST_LINE_PARTS.items():
         series = [summed(c) for c in columns]
         if any(s is not None for s in series):
             parts[name] = sum(float(s[ok].fillna(0.0).sum()) for s in series if s is not None)
+    if compile_s > 0 and "backend setup" in parts:
+        parts["backend setup"] -= compile_s
+        parts["torch.compile"] = compile_s
     if not parts:
         return ("; besides the reps a job spends its time on start-up, model build, backend setup, warmup and "
                 "side measurements")
