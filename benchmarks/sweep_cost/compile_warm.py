@@ -9,7 +9,7 @@ seconds, the cache counters (inductor's FX graph cache, AOTAutograd's cache), to
 cProfile (which slows Python code: the phase times of a run without it are the figures). `--rounds` repeats it.
 
     python3 benchmarks/sweep_cost/compile_warm.py --cache WORK/results/cache/compile [--batches 8,64] [--rounds 2]
-        [--profile] [--json FILE]
+        [--profile [--pstats PREFIX]] [--json FILE]
 
 A cold cache compiles in the first child and serves the later ones. `--device cpu` with `--layers` and `--hidden`
 runs a smaller model on the CPU (inductor's C++ path: the phases differ from CUDA's, the script is the same).
@@ -75,6 +75,8 @@ def child(a) -> dict:
         "torch": torch.__version__,
     }
     if prof:
+        if a.pstats:
+            prof.dump_stats(f"{a.pstats}-batch{a.batch}.pstats")
         text = io.StringIO()
         pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(a.top)
         out["profile"] = text.getvalue().strip().split("\n", 3)[-1]
@@ -101,6 +103,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--dynamic-batch", action="store_true", help="compile the batch as a dynamic dimension")
     p.add_argument("--profile", action="store_true", help="cProfile the setup too")
     p.add_argument("--top", type=int, default=40)
+    p.add_argument("--pstats", help="with --profile: write each child's profile to PREFIX-batchN.pstats")
     p.add_argument("--json", type=Path, help="write every child's record here")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -117,6 +120,7 @@ def main(argv: list[str]) -> int:
               "--top", str(a.top)]
     passed += [f"--{name}={value}" for name, value in (("layers", a.layers), ("hidden", a.hidden)) if value]
     passed += [flag for flag, on in (("--dynamic-batch", a.dynamic_batch), ("--profile", a.profile)) if on]
+    passed += ["--pstats", a.pstats] if a.pstats else []
     for rnd in range(1, a.rounds + 1):
         for batch in (int(b) for b in a.batches.split(",")):
             with tempfile.TemporaryDirectory() as tmp:
