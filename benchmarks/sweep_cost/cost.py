@@ -16,6 +16,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from latency_sensitivity.vocabulary import WORKER_ISOLATIONS as WORKERS
+
 
 # what a cell's own time (cell_s) is itemized into; the rest of it is the cell's untimed code
 CELL_PARTS = ("model_build_s", "backend_setup_s", "warmup_s", "measured_s", "tokenization_s", "kernel_time_s",
@@ -119,9 +121,9 @@ def position_table(rows) -> str:
     lines = ["| backend | seq | batch | decode ms/step: run/replicate, isolation (cells before it in its process"
              "; MiB held while it was built, where any) | spread % |", "|---|---:|---:|---|---:|"]
     for (backend, seq, batch), members in sorted(cells.items()):
-        if not any(r["isolation"] == "shared" for r in members):
+        if not any(r["isolation"] in WORKERS for r in members):
             continue
-        members.sort(key=lambda r: (r["isolation"] != "shared", r["root"], r["replicate"]))
+        members.sort(key=lambda r: (r["isolation"] not in WORKERS, r["root"], r["replicate"]))
         values = [r["decode_ms"] for r in members]
         spread = (max(values) - min(values)) / statistics.median(values) * 100 if len(values) > 1 else float("nan")
         shown = ", ".join(f"{Path(r['root']).name}/r{r['replicate']} {r['isolation']} {r['decode_ms']:.3f} "

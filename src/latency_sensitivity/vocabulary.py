@@ -56,8 +56,11 @@ def profile_stem(cell: Cell) -> str:
 BACKENDS = ("eager", "graph", "compiled")
 
 # How cells share processes: each in its own (process), or served by a worker per model, dtype, backend,
-# device and replicate that has paid the start-up once (shared; measure/worker.py).
-ISOLATIONS = ("process", "shared")
+# device and replicate that has paid the start-up once (shared; measure/worker.py), the workers started as fresh
+# interpreters (shared) or forked from a server that has made their imports once (forked; measure/fork_server.py).
+ISOLATIONS = ("process", "shared", "forked")
+# The isolations whose cells a measurement worker measures.
+WORKER_ISOLATIONS = ("shared", "forked")
 
 # How the compiled backend compiles its decode step at batch 2 and more: for each batch size's own shapes
 # (static), or once with the batch as a dynamic dimension that every batch size shares (dynamic_batch).

@@ -1,5 +1,6 @@
 """Cells that share a measurement worker (measure.isolation: shared), on the CPU with the tiny model."""
 
+import contextlib
 import json
 import os
 import socket
@@ -50,6 +51,31 @@ def wait_gone(pid: int, timeout_s: float = 20.0) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def one_reply_server(path: str, reply: dict):
+    """A socket at `path` that answers one request with `reply` and closes the connection."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if os.path.exists(path):
+        os.unlink(path)
+    server.bind(path)
+    server.listen(1)
+
+    def answer():
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.sendall((json.dumps(reply) + "\n").encode())
+        conn.close()
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join(10)
+        server.close()
+        os.unlink(path)
+
+
 def test_cells_of_one_replicate_share_a_worker_and_replicates_do_not(workdir):
     for seq in (8, 16):
         assert runner.main(argv(workdir / f"seq{seq}.json", seq=seq)) == 0
@@ -74,8 +100,9 @@ def test_cells_of_one_replicate_share_a_worker_and_replicates_do_not(workdir):
     assert list((workdir / "logs" / "workers").glob("*.log"))
 
 
-def test_shared_and_process_records_have_the_same_columns(workdir):
-    runner.main(argv(workdir / "shared.json"))
+@pytest.mark.parametrize("isolation", ["shared", "forked"])
+def test_shared_and_process_records_have_the_same_columns(workdir, isolation):
+    runner.main(argv(workdir / "shared.json", isolation=isolation))
     runner.main(argv(workdir / "process.json", isolation="process"))
     shared, own = (json.loads((workdir / f"{name}.json").read_text()) for name in ("shared", "process"))
     assert shared["status"] == own["status"] == "ok"
@@ -99,26 +126,8 @@ def test_a_worker_that_dies_while_measuring_leaves_an_error_row(workdir):
     key = worker_pool.worker_key({**runner.worker_fields(spec), "compile_cache": None})
     digest = worker_pool.key_digest(key)
     path = worker_pool.socket_path(digest, 0)
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    if os.path.exists(path):
-        os.unlink(path)
-    server.bind(path)
-    server.listen(1)
-
-    def accept_then_die():
-        conn, _ = server.accept()
-        conn.recv(65536)
-        conn.sendall((json.dumps({"accepted": True, "key": digest, "pid": 1}) + "\n").encode())
-        conn.close()
-
-    thread = threading.Thread(target=accept_then_die)
-    thread.start()
-    try:
+    with one_reply_server(path, {"accepted": True, "key": digest, "pid": 1}):  # accepts, then vanishes
         assert runner.main(argv(workdir / "cell.json")) == 0
-    finally:
-        thread.join(10)
-        server.close()
-        os.unlink(path)
     r = json.loads((workdir / "cell.json").read_text())
     assert r["status"] == "error" and "died while measuring" in r["error"]["message"]
 
@@ -233,3 +242,59 @@ def test_a_cuda_worker_pays_the_first_use_in_its_start_up(workdir):
     parts = r["worker"]["startup_parts"]
     assert set(parts) == {"gpu_claim_s", "import_s", "model_code_s", "cuda_init_s", "first_use_s"}
     assert parts["first_use_s"] > 0 and r["worker"]["first_use_error"] is None
+
+
+def test_forked_workers_come_from_one_fork_server(workdir):
+    """isolation forked: each replicate's worker is forked from one fork server that made a worker's imports
+    once; the cells measure as with shared workers and say where their worker came from; stop_all stops the
+    server too."""
+    for replicate in (1, 2):
+        assert runner.main(argv(workdir / f"r{replicate}.json", replicate=replicate, isolation="forked")
+                           + ["--compile-cache", "cache"]) == 0
+    first, second = (json.loads((workdir / f"r{r}.json").read_text()) for r in (1, 2))
+    assert first["status"] == second["status"] == "ok", (first["error"], second["error"])
+    assert first["cell"]["isolation"] == first["worker"]["isolation"] == "forked"
+    server = first["worker"]["forked_from"]["pid"]
+    assert second["worker"]["forked_from"]["pid"] == server and first["worker"]["forked_from"]["import_s"] > 0
+    assert len({server, first["worker"]["pid"], second["worker"]["pid"], os.getpid()}) == 4
+    # the worker did not import torch and transformers again: the server had
+    assert first["worker"]["startup_parts"]["import_s"] < first["worker"]["forked_from"]["import_s"] / 10
+    # each worker writes its own log, as a fresh one does
+    logs = [p.read_text() for p in (workdir / "logs" / "workers").glob("tiny_fp32_eager_cpu_r*.log")]
+    assert len(logs) == 2 and all("listening on" in text for text in logs)
+    # the compile cache as a fresh worker records it in the same environment (the server set it up before its
+    # imports; the child does not take the folders it inherited for a user's)
+    assert runner.main(argv(workdir / "fresh.json", replicate=3) + ["--compile-cache", "cache"]) == 0
+    fresh = json.loads((workdir / "fresh.json").read_text())
+    assert fresh["worker"]["compile_cache"] == first["worker"]["compile_cache"] == second["worker"]["compile_cache"]
+    assert "forked_from" not in fresh["worker"]
+    assert alive(server)
+    assert worker_pool.stop_all() == 2  # the fresh worker and the server (the forked ones exited for it)
+    assert wait_gone(server) and wait_gone(second["worker"]["pid"])
+    assert list((workdir / "logs" / "workers").glob("fork-server-*.log"))
+
+
+def test_a_fork_server_with_a_python_thread_forks_nothing():
+    from latency_sensitivity.measure import fork_server
+
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait)
+    thread.start()
+    try:
+        assert "Python threads" in fork_server.fork_unsafe_reason()
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_a_fork_server_that_forks_no_worker_leaves_an_error_row(workdir):
+    """A fork server that refuses to fork (it found a Python thread or a CUDA context): the cell is an error row
+    that says why."""
+    spec = runner.parse_args(argv(workdir / "cell.json", isolation="forked"))[0]
+    key = worker_pool.worker_key({**runner.worker_fields(spec), "compile_cache": None})
+    path = worker_pool.socket_path("fork-" + worker_pool.key_digest(worker_pool.server_key(key)), 0)
+    with one_reply_server(path, {"error": "RuntimeError: the fork server runs 2 Python threads"}):
+        assert runner.main(argv(workdir / "cell.json", isolation="forked")) == 0
+    r = json.loads((workdir / "cell.json").read_text())
+    assert r["status"] == "error" and r["error"]["phase"] == "worker"
+    assert "forked no worker: RuntimeError: the fork server runs 2 Python threads" in r["error"]["message"]

@@ -25,7 +25,7 @@ from pathlib import Path
 from latency_sensitivity import vocabulary
 from latency_sensitivity.measure.model import CellSpec, TORCH_DTYPES
 from latency_sensitivity.vocabulary import (BACKENDS, CELL_SCHEMA_VERSION, COMPILE_SHAPES, ISOLATIONS, PLACEMENTS,
-                                            PROFILE_MODES)
+                                            PROFILE_MODES, WORKER_ISOLATIONS)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path, str, Path | None, Path | None, str | None]:
@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path, str, Path
     p.add_argument("--replicate", type=int, default=1, help="which of the cell's replicates this process measures")
     p.add_argument("--isolation", choices=ISOLATIONS, default="process",
                    help="process: measure in this process; shared: hand the cell to a worker process that has "
-                   "started up already (worker.py)")
+                   "started up already (worker.py); forked: the same, the worker forked from a fork server "
+                   "(fork_server.py)")
     p.add_argument("--compile-shapes", choices=COMPILE_SHAPES, default="static",
                    help="the compiled backend's step compiled for this batch size (static) or with the batch as "
                    "a dynamic dimension, one graph for every batch size of 2 or more (dynamic_batch)")
@@ -178,17 +179,18 @@ def worker_fields(spec: CellSpec) -> dict:
     """What a shared worker's process must agree on with the cell (worker.worker_key): all but the cell's shape
     and the per-cell settings."""
     return {k: getattr(spec, k) for k in ("model", "model_kind", "model_location", "dtype", "backend", "device",
-                                          "attn_implementation", "threads", "cpu_affinity", "replicate")}
+                                          "attn_implementation", "threads", "cpu_affinity", "replicate",
+                                          "isolation")}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     spec, out, profile_mode, _, _, cache_root = parse_args(argv)  # argument errors here, before a worker is asked
-    if spec.isolation == "process":
+    if spec.isolation not in WORKER_ISOLATIONS:
         return measure_to_file(argv)
     if profile_mode != "off":
-        raise SystemExit("--isolation shared measures in a worker process; a profiler wraps this process: "
-                         "profile with --isolation process")
+        raise SystemExit(f"--isolation {spec.isolation} measures in a worker process; a profiler wraps this "
+                         "process: profile with --isolation process")
     from latency_sensitivity.atomic import write_json
     from latency_sensitivity.measure import worker_pool
 

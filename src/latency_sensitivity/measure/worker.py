@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
-import json
 import os
 import socket
 import sys
@@ -16,10 +15,14 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from latency_sensitivity.measure.worker_pool import IDLE_S, STATE_DIR, _receive, _send, key_digest
+from latency_sensitivity.measure.worker_pool import IDLE_S, _send, key_digest, serve_unix, server_main
 
 
 class Worker:
+    # In a worker forked by the fork server (fork_server.py): the server's pid, its imports' seconds and its
+    # compile cache record (the environment the child inherited has it set); None in a freshly started one.
+    forked_from: dict | None = None
+
     def __init__(self, socket_path: str, key: dict, state: Path):
         self.socket_path, self.key, self.state = socket_path, key, Path(state)
         self.digest = key_digest(key)
@@ -49,8 +52,12 @@ class Worker:
         from latency_sensitivity.measure import compile_cache, gpu_slots
 
         self.claim = gpu_slots.claim_for(self.fields.get("device", "cpu"))
-        # before torch is imported, as in a cell's own process
-        self.compile_cache = compile_cache.configure(self.fields.get("compile_cache"), self.fields.get("device", "cpu"))
+        # before torch is imported, as in a cell's own process (a forked worker's server did it before its imports)
+        if self.forked_from is not None:
+            self.compile_cache = self.forked_from["compile_cache"]
+        else:
+            self.compile_cache = compile_cache.configure(self.fields.get("compile_cache"),
+                                                         self.fields.get("device", "cpu"))
         if self.fields.get("cpu_affinity"):
             from latency_sensitivity.measure import host
 
@@ -95,66 +102,39 @@ class Worker:
 
     def serve(self) -> None:
         self.start_up()
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        tmp = self.socket_path + f".{os.getpid()}.tmp"
-        server.bind(tmp)
-        os.replace(tmp, self.socket_path)  # clients see the socket only once it listens
-        server.listen(8)
-        server.settimeout(0.2)
-        self.registry.parent.mkdir(parents=True, exist_ok=True)
-        self.registry.write_text(json.dumps({"socket": self.socket_path, "pid": os.getpid(), "key": self.fields}))
         parts = ", ".join(f"{k[:-2]} {v:.2f} s" for k, v in self.startup_parts.items())
-        print(f"worker pid {os.getpid()} listening on {self.socket_path} after {self.startup_s:.2f} s of "
-              f"start-up ({parts})", file=sys.stderr, flush=True)
-        idle_since = time.monotonic()
         reason = None
         try:
-            while reason is None:
-                try:
-                    conn, _ = server.accept()
-                except socket.timeout:
-                    reason = self.should_exit(idle_since)
-                    continue
-                conn.settimeout(None)
-                with conn, conn.makefile("r") as reader:
-                    try:
-                        request = _receive(reader)
-                    except (ConnectionError, json.JSONDecodeError):
-                        request = None
-                    if request is None:
-                        continue
-                    if request.get("stop"):
-                        reason = "asked to stop"
-                        continue
-                    try:
-                        _send(conn, {"accepted": True, "key": self.digest, "pid": os.getpid()})
-                    except OSError:  # the job is gone already (killed): nothing to measure for
-                        continue
-                    reply = self.handle(request)
-                    with contextlib.suppress(OSError):  # a job killed while its cell ran: the result file is
-                        _send(conn, reply)              # written all the same, and the worker serves the next
-                # after the reply, so that its job ends while the worker cleans up; a job that comes meanwhile
-                # waits for it (its hand-over time shows that)
-                _release_memory()
-                idle_since = time.monotonic()
-                reason = self.should_exit(idle_since)
+            # after each reply _release_memory, so that its job ends while the worker cleans up; a job that comes
+            # meanwhile waits for it (its hand-over time shows that)
+            reason = serve_unix(
+                self.socket_path, self.registry, {"socket": self.socket_path, "pid": os.getpid(), "key": self.fields},
+                f"worker pid {os.getpid()} listening on {self.socket_path} after {self.startup_s:.2f} s of "
+                f"start-up ({parts})", self._serve_one, self.should_exit, after_each=_release_memory)
         finally:
-            server.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.socket_path)
-            self.registry.unlink(missing_ok=True)
             print(f"worker pid {os.getpid()} exits after {self.cells} cell(s): {reason}", file=sys.stderr,
                   flush=True)
+
+    def _serve_one(self, request: dict, conn: socket.socket, server: socket.socket) -> None:
+        try:
+            _send(conn, {"accepted": True, "key": self.digest, "pid": os.getpid()})
+        except OSError:  # the job is gone already (killed): nothing to measure for
+            return
+        reply = self.handle(request)
+        with contextlib.suppress(OSError):  # a job killed while its cell ran: the result file is written all the
+            _send(conn, reply)              # same, and the worker serves the next
 
     def handle(self, request: dict) -> dict:
         from latency_sensitivity.measure import runner
 
         # worker_start_s: how long this cell's job waited for the worker to start (0 when it was running): a
         # one-time cost per worker, reported apart from the per-cell overhead
-        record = {"isolation": "shared", "pid": os.getpid(), "cells_before": self.cells,
+        record = {"isolation": self.fields.get("isolation", "shared"), "pid": os.getpid(), "cells_before": self.cells,
                   "process_age_s": time.time() - self.started, "startup_s": self.startup_s,
                   "startup_parts": self.startup_parts, "first_use_error": self.first_use_error,
                   "worker_start_s": float(request.get("worker_start_s") or 0.0), "compile_cache": self.compile_cache}
+        if self.forked_from is not None:
+            record["forked_from"] = {k: self.forked_from[k] for k in ("pid", "import_s")}
         if self.claim is not None:
             record["gpu_slot"] = {"device": self.claim.device, "devices": list(self.claim.devices),
                                   "waited_s": self.claim.waited_s}
@@ -231,16 +211,8 @@ def _release_memory() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m latency_sensitivity.measure.worker",
-                                description="A measurement worker (started by cell jobs; see the module docstring).")
-    p.add_argument("--socket", required=True)
-    p.add_argument("--key", required=True, help="the key as JSON")
-    p.add_argument("--state-dir", default=str(STATE_DIR))
-    a = p.parse_args(argv)
-    Worker(a.socket, json.loads(a.key), Path(a.state_dir)).serve()
-    return 0
+    return server_main(Worker, "python -m latency_sensitivity.measure.worker",
+                       "A measurement worker (started by cell jobs; see the module docstring).", argv)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ the result file is written. A worker that dies after accepting leaves the client
 concurrent jobs of one key do not start two for the same slot; jobs of one key running at the same time (on
 several GPUs) each get a slot of their own (``<key>-<n>``).
 
+With ``isolation: forked`` a worker is forked by a fork server that has made a worker's imports once
+(fork_server.py, started like a worker, under a lock, and stopped by ``stop_all`` too) instead of started as a
+fresh interpreter; the worker is otherwise the same, and its key says which way it started.
+
 A worker lives until it has been idle for ``IDLE_S`` seconds, until a client starts a worker of another key on
 the same device type (an idle worker then exits at once, so two idle processes never hold one GPU), until
 ``stop_all`` asks it to (the workflow does so when it ends), or until its working directory is gone. On CUDA it
@@ -101,8 +105,71 @@ def _send(sock: socket.socket, message: dict) -> None:
 
 
 def _receive(reader) -> dict | None:
-    line = reader.readline()
-    return json.loads(line) if line else None
+    """The next message; None where the other side closed the connection, broke it or sent no JSON."""
+    try:
+        line = reader.readline()
+        return json.loads(line) if line else None
+    except (ConnectionError, json.JSONDecodeError):
+        return None
+
+
+def serve_unix(socket_path: str, registry: Path, record: dict, announce: str, handle, should_exit,
+               after_each=None) -> str:
+    """The serving loop of a worker and of the fork server: listen at `socket_path` (clients see the socket only
+    once it listens), register `record` in `registry`, print `announce`, then call handle(request, conn, server)
+    for each request line and `after_each()` once its connection is closed, until a client asks to stop or
+    should_exit(idle_since) gives a reason, which it returns. The socket and the registry entry go with it."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    tmp = socket_path + f".{os.getpid()}.tmp"
+    server.bind(tmp)
+    os.replace(tmp, socket_path)
+    server.listen(8)
+    server.settimeout(0.2)
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    registry.write_text(json.dumps(record))
+    print(announce, file=sys.stderr, flush=True)
+    idle_since = time.monotonic()
+    reason = None
+    try:
+        while reason is None:
+            try:
+                conn, _ = server.accept()
+            except socket.timeout:
+                reason = should_exit(idle_since)
+                continue
+            conn.settimeout(None)
+            with conn, conn.makefile("r") as reader:
+                request = _receive(reader)
+                if request is None:
+                    continue
+                if request.get("stop"):
+                    reason = "asked to stop"
+                    continue
+                handle(request, conn, server)
+            if after_each is not None:
+                after_each()
+            idle_since = time.monotonic()
+            reason = should_exit(idle_since)
+    finally:
+        server.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(socket_path)
+        registry.unlink(missing_ok=True)
+    return reason
+
+
+def server_main(server_class, prog: str, description: str, argv: list[str] | None = None) -> int:
+    """The command line of a worker and of the fork server: --socket, --key (JSON), --state-dir; serves until
+    it exits."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--socket", required=True)
+    p.add_argument("--key", required=True, help="the key as JSON")
+    p.add_argument("--state-dir", default=str(STATE_DIR))
+    a = p.parse_args(argv)
+    server_class(a.socket, json.loads(a.key), Path(a.state_dir)).serve()
+    return 0
 
 
 def _connect(path: str) -> socket.socket | None:
@@ -120,7 +187,8 @@ def _start_marker(state: Path, device: str, digest: str) -> Path:
 
 
 def _start_worker(key: dict, digest: str, slot: int, path: str, state: Path) -> float:
-    """Start a worker for `key` in slot `slot` and wait until it listens; returns the seconds that took."""
+    """Start a worker for `key` in slot `slot` (a fresh interpreter, or forked by the fork server with isolation
+    forked) and wait until it listens; returns the seconds that took."""
     fields = key["fields"]
     marker = _start_marker(state, fields.get("device", "cpu"), digest)
     marker.touch()  # idle workers of other keys on this device type exit (see Worker.should_exit)
@@ -132,28 +200,100 @@ def _start_worker(key: dict, digest: str, slot: int, path: str, state: Path) -> 
             os.unlink(path)
         with open(log_path, "a") as log:
             log.write(f"--- worker started {time.strftime('%Y-%m-%d %H:%M:%S')} for {json.dumps(fields)}\n")
-            log.flush()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "latency_sensitivity.measure.worker", "--socket", path,
-                 "--key", json.dumps(key), "--state-dir", str(state)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        while True:
-            if os.path.exists(path):
-                sock = _connect(path)
-                if sock is not None:
-                    sock.close()
-                    return time.monotonic() - t0
-            if proc.poll() is not None:
-                raise WorkerError(f"the measurement worker exited with code {proc.returncode} before it listened; "
-                                  f"its log {log_path} ends:\n{_tail(log_path)}")
-            if time.monotonic() - t0 > START_TIMEOUT_S:
-                proc.kill()
-                raise WorkerError(f"the measurement worker did not listen within {START_TIMEOUT_S:.0f} s "
-                                  f"(log: {log_path})")
-            time.sleep(0.05)
+        argv = ["--socket", path, "--key", json.dumps(key), "--state-dir", str(state)]
+        if fields.get("isolation") == "forked":
+            pid = _fork_worker(key, argv, log_path, state)
+            _wait_listening(path, lambda: None if _pid_alive(pid) else "", lambda: os.kill(pid, 9),
+                            "measurement worker", log_path, t0)
+        else:
+            with open(log_path, "a") as log:
+                proc = subprocess.Popen([sys.executable, "-m", "latency_sensitivity.measure.worker", *argv],
+                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+            _wait_listening(path, lambda: _exit_code(proc), proc.kill, "measurement worker", log_path, t0)
+        return time.monotonic() - t0
     finally:
         marker.unlink(missing_ok=True)
+
+
+def _exit_code(proc: subprocess.Popen) -> str | None:
+    return None if proc.poll() is None else f" with code {proc.returncode}"
+
+
+def _wait_listening(path: str, exited, kill, what: str, log_path: Path, t0: float) -> None:
+    """Until a process listens at `path` (`exited()`: None while it runs, else how it exited); WorkerError where
+    it exits first or takes longer than START_TIMEOUT_S (then `kill()`)."""
+    while True:
+        if os.path.exists(path):
+            sock = _connect(path)
+            if sock is not None:
+                sock.close()
+                return
+        how = exited()
+        if how is not None:
+            raise WorkerError(f"the {what} exited{how} before it listened; its log {log_path} ends:\n"
+                              f"{_tail(log_path)}")
+        if time.monotonic() - t0 > START_TIMEOUT_S:
+            with contextlib.suppress(OSError):
+                kill()
+            raise WorkerError(f"the {what} did not listen within {START_TIMEOUT_S:.0f} s (log: {log_path})")
+        time.sleep(0.05)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process runs (a forked worker is the fork server's child, which reaps it: no zombies)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def server_key(key: dict) -> dict:
+    """The fork server's key (fork_server.py): the parts of a worker's key that its imports depend on."""
+    fields = key["fields"]
+    return {"python": key["python"], "env": key["env"], "code": key["code"], "cwd": key["cwd"],
+            "device": fields.get("device", "cpu"), "compile_cache": fields.get("compile_cache")}
+
+
+def _fork_worker(key: dict, argv: list[str], log_path: Path, state: Path) -> int:
+    """Ask the fork server of `key` (started if needed, under a lock) to fork a worker running `argv`, its output
+    appended to `log_path`; returns the worker's pid."""
+    skey = server_key(key)
+    digest = key_digest(skey)
+    path = socket_path(f"fork-{digest}", 0)
+    server_log = LOG_DIR / f"fork-server-{digest[:8]}.log"
+    for _ in range(2):  # a server that was exiting when asked: start another
+        with open(state / f"fork-{digest}.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            sock = _connect(path)
+            if sock is None:
+                t0 = time.monotonic()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                with open(server_log, "a") as log:
+                    log.write(f"--- fork server started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+                    log.flush()
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "latency_sensitivity.measure.fork_server", "--socket", path,
+                         "--key", json.dumps(skey), "--state-dir", str(state)],
+                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    )
+                _wait_listening(path, lambda: _exit_code(proc), proc.kill, "fork server", server_log, t0)
+                sock = _connect(path)
+        if sock is None:
+            continue
+        with sock, sock.makefile("r") as reader:
+            _send(sock, {"spawn": {"argv": argv, "log": str(Path(log_path).resolve())}})
+            reply = _receive(reader)
+        if reply is None:
+            continue
+        if "pid" not in reply:
+            raise WorkerError(f"the fork server at {path} forked no worker: {reply.get('error')} (log: {server_log})")
+        return int(reply["pid"])
+    raise WorkerError(f"no fork server could be reached at {path} (log: {server_log})")
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -189,18 +329,12 @@ def measure_in_worker(fields: dict, argv: list[str], job_start: float, state: Pa
                 continue
             with sock, sock.makefile("r") as reader:
                 _send(sock, {"argv": argv, "job_start": job_start, "key": digest, "worker_start_s": started_s})
-                try:
-                    accepted = _receive(reader)
-                except (ConnectionError, json.JSONDecodeError):
-                    accepted = None
+                accepted = _receive(reader)
                 if not accepted or not accepted.get("accepted"):
                     continue  # it was exiting: start another
                 if accepted.get("key") != digest:
                     raise WorkerError(f"the worker at {path} serves another key ({accepted.get('key')})")
-                try:
-                    reply = _receive(reader)
-                except (ConnectionError, json.JSONDecodeError):
-                    reply = None
+                reply = _receive(reader)
                 if reply is None:
                     raise WorkerError(f"the measurement worker (pid {accepted.get('pid')}) died while measuring; "
                                       f"see logs/workers/ for its output")

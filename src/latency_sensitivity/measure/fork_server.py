@@ -1,0 +1,166 @@
+"""The fork server of ``measure.worker_start: forked``: one process that has paid a worker's imports once, and
+forks each measurement worker from there instead of starting it as a fresh interpreter.
+
+A worker's start-up is mostly imports: torch, transformers and transformers' model code took 15-19 s of a
+worker's start on an H200 host, paid again by every worker (one per model, dtype, backend and replicate). The
+fork server makes those imports once, with the compile caches configured as a worker configures them, and
+then only listens. A client that needs a worker asks it to fork one; the child starts a new session, sends its
+output to the worker's log and runs the worker as ``python -m latency_sensitivity.measure.worker`` would.
+The child then claims its GPU, pins its CPUs, creates its CUDA context and pays its first use itself, so the
+server never touches a GPU. It forks only while it runs no Python thread besides its main one and has no CUDA
+context (a child could use neither); otherwise it refuses, and the cell is an error row. Native thread pools
+that libraries start when imported (OpenBLAS's, through numpy) are theirs to hand over at a fork, as they do
+for any forking program; the server's log says how many threads it had.
+
+One server serves one *server key*: the interpreter, the environment variables of worker_pool.ENV_IN_KEY, the
+package's code, the working directory, the device type and the compile cache's root, the parts of a worker's
+key that its imports depend on. It lives until it has been idle for ``worker_pool.IDLE_S`` seconds, until
+``worker_pool.stop_all`` asks it to, or until its working directory is gone. Protocol (one Unix socket, one
+JSON line each way): ``{"spawn": {"argv": [...], "log": path}}`` is answered ``{"pid": N}`` or ``{"error":
+text}``; ``{"stop": true}`` makes it stop listening and close the connection.
+
+Linux only (fork, and /proc/self/task for the thread count in its log).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from latency_sensitivity.measure.worker_pool import IDLE_S, _send, key_digest, serve_unix, server_main
+
+
+def os_threads() -> int | None:
+    """The threads of this process, native ones included (Python's threading module sees only its own); None
+    where /proc does not say."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
+
+
+def fork_unsafe_reason() -> str | None:
+    """Why this process must not fork a worker now, or None: a Python thread besides the main one (it would be
+    missing in the child, holding whatever lock it held) or a CUDA context (a child cannot use it)."""
+    import threading
+
+    if threading.active_count() != 1:
+        return f"the fork server runs {threading.active_count()} Python threads"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return "the fork server has a CUDA context"
+    return None
+
+
+class ForkServer:
+    def __init__(self, socket_path: str, key: dict, state: Path):
+        self.socket_path, self.key, self.state = socket_path, key, Path(state)
+        self.digest = key_digest(key)
+        self.cwd = key["cwd"]
+        self.compile_cache = None
+        self.import_s = None
+        self.forked = 0
+        self.registry = self.state / "registry" / f"fork-{self.digest}.json"
+
+    def start_up(self) -> None:
+        """A worker's imports, without its GPU claim, CPU pinning, CUDA context and first use (the children's)."""
+        t0 = time.perf_counter()
+        from latency_sensitivity.measure import compile_cache
+
+        # before torch is imported, as a worker does; the children keep this record (their environment has it)
+        self.compile_cache = compile_cache.configure(self.key["compile_cache"], self.key["device"])
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+        from transformers.models.auto import modeling_auto  # noqa: F401 - most of a model's code: its import
+
+        from latency_sensitivity.measure import cell, runner, worker  # noqa: F401
+
+        gc.collect()
+        gc.freeze()  # the imports are never garbage: the children's collections do not walk (and copy) them
+        self.import_s = time.perf_counter() - t0
+
+    def spawn(self, argv: list[str], log_path: str, conn: socket.socket, server: socket.socket) -> int:
+        """Fork a worker running `argv` (the worker module's command line), its output appended to `log_path`;
+        returns its pid."""
+        reason = fork_unsafe_reason()
+        if reason is not None:
+            raise RuntimeError(f"{reason}: it forks no worker")
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        pid = os.fork()
+        if pid != 0:
+            os.close(log_fd)
+            self.forked += 1
+            return pid
+        # the child: a worker of its own session, as a freshly started one
+        rc = 1
+        try:
+            # the server's sockets (the request's connection, which a reader holds open too, and the listening
+            # one), closed for good: their objects no longer own a descriptor the worker may get again
+            os.close(conn.detach())
+            os.close(server.detach())
+            os.setsid()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the server reaps by ignoring it; a worker waits
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(log_fd, 1)
+            os.dup2(log_fd, 2)
+            os.close(null)
+            os.close(log_fd)
+            from latency_sensitivity.measure import worker
+
+            worker.Worker.forked_from = {"pid": os.getppid(), "import_s": self.import_s,
+                                         "compile_cache": self.compile_cache}
+            rc = worker.main(argv)
+        except BaseException:  # noqa: BLE001 - the worker's log says why; the client sees it never listened
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(rc)
+
+    def should_exit(self, idle_since: float) -> str | None:
+        if time.monotonic() - idle_since > IDLE_S:
+            return f"idle for {IDLE_S:.0f} s"
+        if not os.path.isdir(self.cwd):
+            return "its working directory is gone"
+        return None
+
+    def serve(self) -> None:
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped as they exit: no zombies
+        self.start_up()
+        reason = None
+        try:
+            reason = serve_unix(
+                self.socket_path, self.registry, {"socket": self.socket_path, "pid": os.getpid(), "fork_server": True},
+                f"fork server pid {os.getpid()} listening on {self.socket_path} after {self.import_s:.2f} s of "
+                f"imports ({os_threads()} threads)", self._serve_one, self.should_exit)
+        finally:
+            print(f"fork server pid {os.getpid()} exits after forking {self.forked} worker(s): {reason}",
+                  file=sys.stderr, flush=True)
+
+    def _serve_one(self, request: dict, conn: socket.socket, server: socket.socket) -> None:
+        spawn = request.get("spawn") or {}
+        try:
+            reply = {"pid": self.spawn(list(spawn["argv"]), spawn["log"], conn, server)}
+        except Exception as exc:  # noqa: BLE001 - the client raises it
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        with contextlib.suppress(OSError):
+            _send(conn, reply)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return server_main(ForkServer, "python -m latency_sensitivity.measure.fork_server",
+                       "The fork server of measurement workers (see the module docstring).", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
