@@ -248,15 +248,23 @@ def test_forked_workers_come_from_one_fork_server(workdir):
     """isolation forked: each replicate's worker is forked from one fork server that made a worker's imports
     once; the cells measure as with shared workers and say where their worker came from; stop_all stops the
     server too."""
+    cpus = os.sched_getaffinity(0)
     for replicate in (1, 2):
-        assert runner.main(argv(workdir / f"r{replicate}.json", replicate=replicate, isolation="forked")
-                           + ["--compile-cache", "cache"]) == 0
+        # the first job (which starts the server) on one CPU, the second on all of this process's
+        os.sched_setaffinity(0, {min(cpus)} if replicate == 1 else cpus)
+        try:
+            assert runner.main(argv(workdir / f"r{replicate}.json", replicate=replicate, isolation="forked")
+                               + ["--compile-cache", "cache"]) == 0
+        finally:
+            os.sched_setaffinity(0, cpus)
     first, second = (json.loads((workdir / f"r{r}.json").read_text()) for r in (1, 2))
     assert first["status"] == second["status"] == "ok", (first["error"], second["error"])
     assert first["cell"]["isolation"] == first["worker"]["isolation"] == "forked"
     server = first["worker"]["forked_from"]["pid"]
     assert second["worker"]["forked_from"]["pid"] == server and first["worker"]["forked_from"]["import_s"] > 0
     assert len({server, first["worker"]["pid"], second["worker"]["pid"], os.getpid()}) == 4
+    # each worker on the CPUs of the job that asked for it (as a worker that job started itself), not the server's
+    assert os.sched_getaffinity(server) == {min(cpus)} and os.sched_getaffinity(second["worker"]["pid"]) == cpus
     # the worker did not import torch and transformers again: the server had
     assert first["worker"]["startup_parts"]["import_s"] < first["worker"]["forked_from"]["import_s"] / 10
     # each worker writes its own log, as a fresh one does

@@ -16,7 +16,7 @@ One server serves one *server key*: the interpreter, the environment variables o
 package's code, the working directory, the device type and the compile cache's root, the parts of a worker's
 key that its imports depend on. It lives until it has been idle for ``worker_pool.IDLE_S`` seconds, until
 ``worker_pool.stop_all`` asks it to, or until its working directory is gone. Protocol (one Unix socket, one
-JSON line each way): ``{"spawn": {"argv": [...], "log": path}}`` is answered ``{"pid": N}`` or ``{"error":
+JSON line each way): ``{"spawn": {"argv": [...], "log": path, "cpus": [...]}}`` is answered ``{"pid": N}`` or ``{"error":
 text}``; ``{"stop": true}`` makes it stop listening and close the connection.
 
 Linux only (fork, and /proc/self/task for the thread count in its log).
@@ -85,8 +85,10 @@ class ForkServer:
         gc.freeze()  # the imports are never garbage: the children's collections do not walk (and copy) them
         self.import_s = time.perf_counter() - t0
 
-    def spawn(self, argv: list[str], log_path: str, conn: socket.socket, server: socket.socket) -> int:
-        """Fork a worker running `argv` (the worker module's command line), its output appended to `log_path`;
+    def spawn(self, argv: list[str], log_path: str, conn: socket.socket, server: socket.socket,
+              cpus: list[int] | None = None) -> int:
+        """Fork a worker running `argv` (the worker module's command line), its output appended to `log_path`,
+        on the CPUs `cpus` (those of the job that asked, as a worker it started itself would inherit them);
         returns its pid."""
         reason = fork_unsafe_reason()
         if reason is not None:
@@ -105,6 +107,8 @@ class ForkServer:
             os.close(conn.detach())
             os.close(server.detach())
             os.setsid()
+            if cpus:
+                os.sched_setaffinity(0, cpus)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the server reaps by ignoring it; a worker waits
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
@@ -150,7 +154,7 @@ class ForkServer:
     def _serve_one(self, request: dict, conn: socket.socket, server: socket.socket) -> None:
         spawn = request.get("spawn") or {}
         try:
-            reply = {"pid": self.spawn(list(spawn["argv"]), spawn["log"], conn, server)}
+            reply = {"pid": self.spawn(list(spawn["argv"]), spawn["log"], conn, server, spawn.get("cpus"))}
         except Exception as exc:  # noqa: BLE001 - the client raises it
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         with contextlib.suppress(OSError):

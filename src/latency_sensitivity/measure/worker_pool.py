@@ -286,7 +286,9 @@ def _fork_worker(key: dict, argv: list[str], log_path: Path, state: Path) -> int
         if sock is None:
             continue
         with sock, sock.makefile("r") as reader:
-            _send(sock, {"spawn": {"argv": argv, "log": str(Path(log_path).resolve())}})
+            # the CPUs this job may run on, which a worker started fresh by it would inherit
+            _send(sock, {"spawn": {"argv": argv, "log": str(Path(log_path).resolve()),
+                                   "cpus": sorted(os.sched_getaffinity(0))}})
             reply = _receive(reader)
         if reply is None:
             continue
