@@ -301,3 +301,12 @@ def DATA_IN_PACKAGE(folder):
     import latency_sensitivity
 
     return folder.parent == __import__("pathlib").Path(latency_sensitivity.__file__).resolve().parent
+
+
+def test_forked_workers_need_linux(default_config, monkeypatch):
+    cfg = copy.deepcopy(default_config)
+    cfg["measure"]["isolation"] = "forked"
+    check(cfg)  # these machines run Linux
+    monkeypatch.setattr(lsconfig.sys, "platform", "darwin")
+    with pytest.raises(ConfigError, match="measure.isolation: forked needs Linux .* use shared"):
+        check(cfg)

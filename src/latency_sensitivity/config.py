@@ -9,6 +9,7 @@ import difflib
 import json
 import jsonschema
 import os
+import sys
 import yaml
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,6 +314,9 @@ def validate(config: dict, base_dir: Path | str = ".", schema_path: Path | str =
     check_schema(config, schema_path)
     models = config["models"]
     measure = config["measure"]
+    if measure.get("isolation") == "forked" and not sys.platform.startswith("linux"):
+        raise ConfigError(f"config key measure.isolation: forked needs Linux (its fork server forks workers and "
+                          f"reads /proc; this is {sys.platform}): use shared (value: 'forked')")
     for i, name in enumerate(measure["models"]):
         if name not in models:
             raise ConfigError(

@@ -263,6 +263,7 @@ def _fork_worker(key: dict, argv: list[str], log_path: Path, state: Path) -> int
     appended to `log_path`; returns the worker's pid."""
     skey = server_key(key)
     digest = key_digest(skey)
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else ()
     path = socket_path(f"fork-{digest}", 0)
     server_log = LOG_DIR / f"fork-server-{digest[:8]}.log"
     for _ in range(2):  # a server that was exiting when asked: start another
@@ -287,8 +288,7 @@ def _fork_worker(key: dict, argv: list[str], log_path: Path, state: Path) -> int
             continue
         with sock, sock.makefile("r") as reader:
             # the CPUs this job may run on, which a worker started fresh by it would inherit
-            _send(sock, {"spawn": {"argv": argv, "log": str(Path(log_path).resolve()),
-                                   "cpus": sorted(os.sched_getaffinity(0))}})
+            _send(sock, {"spawn": {"argv": argv, "log": str(Path(log_path).resolve()), "cpus": sorted(cpus)}})
             reply = _receive(reader)
         if reply is None:
             continue
