@@ -75,11 +75,10 @@ class ForkServer:
 
         # before torch is imported, as a worker does; the children keep this record (their environment has it)
         self.compile_cache = compile_cache.configure(self.key["compile_cache"], self.key["device"])
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-        from transformers.models.auto import modeling_auto  # noqa: F401 - most of a model's code: its import
+        from latency_sensitivity.measure import worker
 
-        from latency_sensitivity.measure import cell, runner, worker  # noqa: F401
+        worker.import_measuring_code()
+        from transformers.models.auto import modeling_auto  # noqa: F401 - most of a model's code: its import
 
         gc.collect()
         gc.freeze()  # the imports are never garbage: the children's collections do not walk (and copy) them
@@ -118,9 +117,8 @@ class ForkServer:
             os.close(log_fd)
             from latency_sensitivity.measure import worker
 
-            worker.Worker.forked_from = {"pid": os.getppid(), "import_s": self.import_s,
-                                         "compile_cache": self.compile_cache}
-            rc = worker.main(argv)
+            rc = worker.main(argv, forked_from={"pid": os.getppid(), "import_s": self.import_s,
+                                                "compile_cache": self.compile_cache})
         except BaseException:  # noqa: BLE001 - the worker's log says why; the client sees it never listened
             import traceback
 

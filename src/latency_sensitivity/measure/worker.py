@@ -18,13 +18,21 @@ from types import SimpleNamespace
 from latency_sensitivity.measure.worker_pool import IDLE_S, _send, key_digest, serve_unix, server_main
 
 
-class Worker:
-    # In a worker forked by the fork server (fork_server.py): the server's pid, its imports' seconds and its
-    # compile cache record (the environment the child inherited has it set); None in a freshly started one.
-    forked_from: dict | None = None
+def import_measuring_code() -> None:
+    """The imports every measuring process pays before its first cell (a worker's start-up, the fork server's)."""
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
 
-    def __init__(self, socket_path: str, key: dict, state: Path):
+    from latency_sensitivity.measure import cell, runner  # noqa: F401
+
+
+class Worker:
+    def __init__(self, socket_path: str, key: dict, state: Path, forked_from: dict | None = None):
+        """forked_from: in a worker forked by the fork server (fork_server.py), the server's pid, its imports'
+        seconds and its compile cache record (the environment the child inherited has it set); None in a freshly
+        started one."""
         self.socket_path, self.key, self.state = socket_path, key, Path(state)
+        self.forked_from = forked_from
         self.digest = key_digest(key)
         self.fields = key["fields"]
         self.cwd = key["cwd"]
@@ -63,10 +71,9 @@ class Worker:
 
             host.pin(self.fields["cpu_affinity"])
         lap("gpu_claim_s")
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
+        import_measuring_code()
+        import torch
 
-        from latency_sensitivity.measure import cell, runner  # noqa: F401
         from latency_sensitivity.measure.model import model_config
 
         lap("import_s")
@@ -210,9 +217,10 @@ def _release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, forked_from: dict | None = None) -> int:
     return server_main(Worker, "python -m latency_sensitivity.measure.worker",
-                       "A measurement worker (started by cell jobs; see the module docstring).", argv)
+                       "A measurement worker (started by cell jobs; see the module docstring).", argv,
+                       forked_from=forked_from)
 
 
 if __name__ == "__main__":

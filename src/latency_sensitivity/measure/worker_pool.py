@@ -158,9 +158,9 @@ def serve_unix(socket_path: str, registry: Path, record: dict, announce: str, ha
     return reason
 
 
-def server_main(server_class, prog: str, description: str, argv: list[str] | None = None) -> int:
+def server_main(server_class, prog: str, description: str, argv: list[str] | None = None, **options) -> int:
     """The command line of a worker and of the fork server: --socket, --key (JSON), --state-dir; serves until
-    it exits."""
+    it exits. options: further keyword arguments of server_class."""
     import argparse
 
     p = argparse.ArgumentParser(prog=prog, description=description)
@@ -168,7 +168,7 @@ def server_main(server_class, prog: str, description: str, argv: list[str] | Non
     p.add_argument("--key", required=True, help="the key as JSON")
     p.add_argument("--state-dir", default=str(STATE_DIR))
     a = p.parse_args(argv)
-    server_class(a.socket, json.loads(a.key), Path(a.state_dir)).serve()
+    server_class(a.socket, json.loads(a.key), Path(a.state_dir), **options).serve()
     return 0
 
 
@@ -206,14 +206,18 @@ def _start_worker(key: dict, digest: str, slot: int, path: str, state: Path) -> 
             _wait_listening(path, lambda: None if _pid_alive(pid) else "", lambda: os.kill(pid, 9),
                             "measurement worker", log_path, t0)
         else:
-            with open(log_path, "a") as log:
-                proc = subprocess.Popen([sys.executable, "-m", "latency_sensitivity.measure.worker", *argv],
-                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+            proc = _start_module("latency_sensitivity.measure.worker", argv, log_path)
             _wait_listening(path, lambda: _exit_code(proc), proc.kill, "measurement worker", log_path, t0)
         return time.monotonic() - t0
     finally:
         marker.unlink(missing_ok=True)
+
+
+def _start_module(module: str, argv: list[str], log_path: Path) -> subprocess.Popen:
+    """`python -m module argv` in a session of its own, its output appended to `log_path`."""
+    with open(log_path, "a") as log:
+        return subprocess.Popen([sys.executable, "-m", module, *argv], stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _exit_code(proc: subprocess.Popen) -> str | None:
@@ -276,12 +280,9 @@ def _fork_worker(key: dict, argv: list[str], log_path: Path, state: Path) -> int
                     os.unlink(path)
                 with open(server_log, "a") as log:
                     log.write(f"--- fork server started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-                    log.flush()
-                    proc = subprocess.Popen(
-                        [sys.executable, "-m", "latency_sensitivity.measure.fork_server", "--socket", path,
-                         "--key", json.dumps(skey), "--state-dir", str(state)],
-                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                    )
+                proc = _start_module("latency_sensitivity.measure.fork_server",
+                                     ["--socket", path, "--key", json.dumps(skey), "--state-dir", str(state)],
+                                     server_log)
                 _wait_listening(path, lambda: _exit_code(proc), proc.kill, "fork server", server_log, t0)
                 sock = _connect(path)
         if sock is None:
