@@ -178,8 +178,10 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
         "s",
         "The compiled backend's first decode step, where torch.compile traces and compiles it (part of "
         "backend_setup_s). Where inductor's on-disk cache holds the same shapes the compiled code is loaded from "
-        "it, but the step is still traced in every cell: shorter, not free. Empty for other backends, and for "
-        "compiled cells whose decoder layers were rewritten (batch 1 on CUDA), which are not compiled.",
+        "it, but the step is still traced: shorter, not free. A shared worker keeps its compiled step, so its "
+        "later cells of the same shapes (with compile_shapes dynamic_batch: any batch of 2 or more) run it "
+        "without a trace (backend_info compile_stats kept). Empty for other backends, and for compiled cells "
+        "whose decoder layers were rewritten (batch 1 on CUDA), which are not compiled.",
     ),
 )
 

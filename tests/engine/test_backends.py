@@ -223,6 +223,7 @@ def one_layer(tmp_path_factory):
 
 def test_compiled_backend_matches_eager_on_the_cpu(one_layer, monkeypatch, tmp_path):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # compile here, not from an earlier run's cache
+    graph_backend.forget_compiled_step()  # nor from an earlier test's step kept in this process
     model, prompt, _ = one_layer
     extern_calls = {}
     with torch.inference_mode():
@@ -277,12 +278,14 @@ def test_dynamic_batch_compiles_once_for_every_batch_size(one_layer, monkeypatch
     stats = {}
     with torch.inference_mode():
         for batch in (2, 3):
+            graph_backend.forget_compiled_step()  # as a new process: nothing compiled in it yet
             prompt = cell_model.make_prompt(spec(batch=batch), model.config.vocab_size)
             want_tokens, want_logits = eager_backend.EagerBackend(model).generate(prompt, 6)
             compiled = registry.make("compiled", model, prompt, 6, base.Clock(False), dynamic_batch=True)
             try:
                 info = compiled.info()
                 assert info["compile_dynamic_batch"] is True and info["compile_stats"]["graphs"] == 1
+                assert info["compile_stats"]["kept"] is False
                 stats[batch] = info["compile_stats"]
                 tokens, logits = compiled.generate(prompt, 6)
                 assert torch.equal(tokens, want_tokens)
@@ -291,6 +294,56 @@ def test_dynamic_batch_compiles_once_for_every_batch_size(one_layer, monkeypatch
                 compiled.close()
     assert stats[2]["fxgraph_cache_miss"] == 1 and stats[2]["fxgraph_cache_hit"] == 0
     assert stats[3]["fxgraph_cache_hit"] == 1 and stats[3]["fxgraph_cache_miss"] == 0  # batch 2's graph
+
+
+def test_a_later_backend_of_the_process_runs_the_kept_compiled_step(one_layer, monkeypatch, tmp_path):
+    """A process keeps its compiled step: a later compiled backend of the same architecture and shapes (with
+    dynamic_batch: any batch of 2 or more), on a new model with other weights, runs it without tracing again
+    (graphs 0, no cache lookup) and gives that model's own tokens and logits; the first model's weights are not
+    held. Another shape, or a failed setup, starts afresh."""
+    import gc
+    import weakref
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    graph_backend.forget_compiled_step()
+    _, _, s = one_layer
+    weights = []
+    with torch.inference_mode():
+        for seed, batch, dynamic, kept in ((0, 2, True, False), (1, 3, True, True), (2, 4, True, True),
+                                           (3, 4, False, False), (4, 4, False, True), (5, 5, False, False)):
+            model = cell_model.build_model(spec(model_location=s.model_location, seed=seed))
+            weights.append(weakref.ref(next(model.parameters())))
+            prompt = cell_model.make_prompt(spec(batch=batch, seed=seed), model.config.vocab_size)
+            want_tokens, want_logits = eager_backend.EagerBackend(model).generate(prompt, 6)
+            compiled = registry.make("compiled", model, prompt, 6, base.Clock(False), dynamic_batch=dynamic)
+            try:
+                stats = compiled.info()["compile_stats"]
+                assert stats["kept"] is kept and compiled.compile_kept is kept
+                assert stats["graphs"] == (0 if kept else 1)
+                assert stats["fxgraph_cache_hit"] + stats["fxgraph_cache_miss"] == (0 if kept else 1)
+                tokens, logits = compiled.generate(prompt, 6)
+                assert torch.equal(tokens, want_tokens)
+                torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-4)
+            finally:
+                compiled.close()
+            del model, compiled
+            gc.collect()
+            assert [w() for w in weights] == [None] * len(weights)  # no model of an earlier cell held
+        # a setup that fails forgets the step: the next backend of the same key traces again
+        model = cell_model.build_model(spec(model_location=s.model_location))
+        prompt = cell_model.make_prompt(spec(batch=5), model.config.vocab_size)
+        monkeypatch.setattr(graph_backend.GraphBackend, "_verify_paths",
+                            lambda self: (_ for _ in ()).throw(graph_backend.PathNotTaken("claimed path")))
+        with pytest.raises(graph_backend.PathNotTaken):
+            registry.make("compiled", model, prompt, 6, base.Clock(False))
+        monkeypatch.undo()
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+        compiled = registry.make("compiled", model, prompt, 6, base.Clock(False))
+        try:
+            assert compiled.info()["compile_stats"]["kept"] is False
+            assert compiled.info()["compile_stats"]["fxgraph_cache_hit"] == 1  # from inductor's cache, traced again
+        finally:
+            compiled.close()
 
 
 def test_gemv_routing_keeps_the_tokens_and_is_undone(tiny, monkeypatch):
@@ -486,6 +539,30 @@ def test_captured_step_matches_eager_on_cuda(name, options, batch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_kept_compiled_step_is_captured_on_cuda():
+    """On CUDA, a compiled backend that runs the step its process kept (dynamic_batch: batch 4 after batch 2, on
+    a new model with other weights) captures it and replays that model's own logits."""
+    graph_backend.forget_compiled_step()
+    with torch.inference_mode():
+        for seed, batch, kept in ((0, 2, False), (1, 4, True)):
+            s = spec(device="cuda", dtype="fp16", seq_len=32, batch=batch, gen_tokens=8, seed=seed)
+            model = cell_model.build_model(s)
+            prompt = cell_model.make_prompt(s, model.config.vocab_size)
+            want_tokens, want_logits = eager_backend.EagerBackend(model).generate(prompt, 8)
+            backend = registry.make("compiled", model, prompt, 8, base.Clock(True), dynamic_batch=True)
+            try:
+                info = backend.info()
+                assert backend.graph is not None and info["compile_stats"]["kept"] is kept
+                assert info["compile_stats"]["graphs"] == (0 if kept else 1)
+                _, logits = backend.generate(prompt, 8, forced=want_tokens)
+                torch.testing.assert_close(logits, want_logits, rtol=2e-2, atol=2e-2)
+            finally:
+                backend.close()
+            del model, backend
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_cell():
     r = cell.measure(spec(device="cuda", dtype="fp16", seq_len=64, batch=4, gen_tokens=8, reps=3))
     assert r["status"] == "ok", r["error"]
@@ -526,6 +603,7 @@ def test_a_step_that_torch_compile_leaves_eager_is_an_error_row(monkeypatch):
     """A torch.compile that hands the step back as it is: the compiled backend's calls run the step's Python,
     and the cell is a recorded error, not eager numbers under the compiled name."""
     monkeypatch.setattr(torch, "compile", lambda fn, **options: fn)
+    graph_backend.forget_compiled_step()  # no step kept from an earlier test: this cell calls torch.compile
     r = cell.measure(spec(backend="compiled"))
     assert r["status"] == "error" and r["error"]["type"] == "PathNotTaken"
     assert r["error"]["phase"] == "backend_setup" and r["metrics"] == {}

@@ -694,7 +694,8 @@ def test_cost_finding_sums_the_replicates_of_each_cell():
     frame["backend_compile_s_total"] = [8.0, 6.0]
     text = cost_finding(frame)
     assert ("18.0 s were backend setup (graph capture, compiling, autotuning), 14.0 s of it torch.compile, which "
-            "traces the model in every cell even where its compiled code is cached; a later run") in text
+            "traces the model once in each measuring process and compiled shape even where its compiled code is "
+            "cached; a later run") in text
     assert text.endswith("; besides the reps: torch.compile 14.0 s, backend setup 4.0 s, and 7.0 s else (model "
                          "build, handing the cell over, recording it)"), text
 

@@ -56,8 +56,10 @@ Backends:
     fused GEMM serves one-token steps only: benchmarks/prefill_parity/NOTES.md). Compiling is part of the
     backend's setup (``setup_s``; ``compile_s`` apart), never of a measured rep; inductor's on-disk cache
     (``TORCHINDUCTOR_CACHE_DIR``; the pipeline keeps it under results/cache/compile/, see
-    measure/compile_cache.py) serves later cells of the same shapes. The step compiles as one graph (``fullgraph``)
-    or the setup fails: a graph break would leave parts of it eager and recompiled per layer, silently. The
+    measure/compile_cache.py) serves later cells of the same shapes, though dynamo still traces the step in each
+    process; within a process a later backend of the same architecture and shapes runs the compiled step kept
+    from the one before, without a trace (``decode_step``). The step compiles as one graph (``fullgraph``) or
+    the setup fails: a graph break would leave parts of it eager and recompiled per layer, silently. The
     logits match eager's within fp16 rounding, not bit for bit (measured: benchmarks/decode_target/NOTES.md,
     "Stage 1").
 
@@ -80,6 +82,7 @@ import inspect
 import time
 
 from latency_sensitivity.engine.base import Backend, timed_request
+from latency_sensitivity.engine.decode_step import compiled_step, decode_step, forget_compiled_step, mark_retraced
 from latency_sensitivity.engine.probe import PathNotTaken, PathProbe, probe_hit, versions_text
 from latency_sensitivity.engine.surgery import FUSABLE_NORMS, fuse_rms_norms, fuse_sibling_projections, gemv_available, pack_gqa_decode, route_linears_to_gemv, unfuse_rms_norms, unfuse_sibling_projections, unpack_gqa_decode, unroute_linears
 
@@ -174,7 +177,8 @@ class GraphBackend(Backend):
         self.packed_gqa = False
         self.paths: dict = {}  # how often each code path ran in the setup's steps (PathProbe)
         self.graph = self.cache = self.static_logits = self.static_out = None
-        self._step_fn = self._step
+        self._step_fn = decode_step
+        self.compile_kept = False  # the compiled step kept from an earlier backend of this process (decode_step)
         self._filled = False  # whether the cache holds a request's positions
         try:  # a failure from here on leaves the model as it was
             self._change_model(model, fuse_norms, fuse_projections, gemv, fuse_layers, pack_gqa)
@@ -188,16 +192,12 @@ class GraphBackend(Backend):
             # batch-1 layers) there is nothing to make dynamic, and a dimension of size 1 is always specialized,
             # so a batch-1 step compiles for its own shape; info() says which it was.
             self.dynamic_batch = bool(dynamic_batch and self.compile and batch >= 2)
-            if self.compile:
-                # inductor without its own CUDA graphs: the backend captures the compiled step itself
-                # fullgraph: one compiled graph for the whole step, or an error (a graph break would leave parts
-                # of the step to run eagerly, each recompiled per layer until dynamo's limit, and say nothing)
-                # dynamic: only the dimensions _mark_dynamic_batch marks (the rest stay static, as with False)
-                self._step_fn = torch.compile(self._step, dynamic=None if self.dynamic_batch else False,
-                                              fullgraph=True, options=self.compile_options or None)
             self.cache = _static_cache(model, batch, self.max_cache_len)
             # transformers 4.x takes positions as `cache_position`; 5.x derives them from the cache on the device
             self.explicit_positions = "cache_position" in inspect.signature(model.forward).parameters
+            if self.compile:
+                self._step_fn, self.compile_kept = compiled_step(self._compile_key(), self.dynamic_batch,
+                                                                  self.compile_options)
             self.static_in = torch.zeros((batch, 1), dtype=torch.long, device=self.device)
             self.static_pos = torch.zeros((1,), dtype=torch.long, device=self.device)
         except BaseException:
@@ -234,16 +234,24 @@ class GraphBackend(Backend):
             self.static_pos.fill_(prompt.shape[1])
         return out.logits, token
 
-    def _step(self):
-        """One decode step on the static tensors: static_in -> static_logits, static_out (next token)."""
-        probe_hit("step")  # the step's Python ran (not when replayed or run as compiled code)
-        kw = {"cache_position": self.static_pos} if self.explicit_positions else {}
-        out = self.model(input_ids=self.static_in, past_key_values=self.cache, use_cache=True, logits_to_keep=1,
-                         **kw)
-        self.static_logits = out.logits
-        self.static_out = out.logits[:, -1].argmax(dim=-1, keepdim=True)
-        if self.explicit_positions:
-            self.static_pos.add_(1)
+    def _step(self, fn=decode_step):
+        """One decode step on the static tensors (`fn`: as Python runs it, or the compiled step): static_in ->
+        static_logits, static_out (next token)."""
+        self.static_logits, self.static_out = fn(self.model, self.static_in, self.cache,
+                                                 self.static_pos if self.explicit_positions else None)
+
+    def _compile_key(self) -> tuple:
+        """What the compiled step's code depends on besides the tensors' values: the model's class, architecture
+        and dtype, the changes made to it, the shapes (the batch only where it is static) and inductor's options.
+        dynamo's guards check the rest when the code runs."""
+        import json
+
+        param = next(self.model.parameters())
+        return (type(self.model).__qualname__, json.dumps(self.model.config.to_dict(), sort_keys=True, default=str),
+                str(param.dtype), str(param.device), len(self.fused_norms), len(self.fused_projections),
+                len(self.gemv_linears), self.packed_gqa, self.explicit_positions,
+                None if self.dynamic_batch else self.batch, self.max_cache_len,
+                json.dumps(self.compile_options, sort_keys=True, default=str))
 
     def _replay(self):
         if self.graph is not None:
@@ -255,7 +263,7 @@ class GraphBackend(Backend):
     def _run_step(self):
         if self.compile:
             probe_hit("compiled_step")
-        self._step_fn()
+        self._step(self._step_fn)
 
     def _first_step(self):
         """The first step of setup: where torch.compile compiles (timed, with inductor's cache counters)."""
@@ -278,7 +286,11 @@ class GraphBackend(Backend):
             "fxgraph_cache_miss": after["fxgraph_cache_miss"] - before.get("fxgraph_cache_miss", 0),
             # kernels the compiled code calls outside inductor's own (matmuls, attention); 0 on a cache hit
             "extern_calls": after["extern_calls"] - before.get("extern_calls", 0),
+            # the compiled step kept from an earlier backend of this process: its code ran without a trace
+            "kept": self.compile_kept and counters["stats"]["unique_graphs"] == graphs_before,
         }
+        if self.compile_kept and not self.compile_stats["kept"]:
+            mark_retraced()  # its guards did not hold: the next backend starts afresh
 
     def _mark_dynamic_batch(self) -> None:
         """Mark the batch dimension of the step's inputs dynamic for torch.compile: the input tokens and every KV
@@ -307,6 +319,14 @@ class GraphBackend(Backend):
     def setup(self, prompt) -> None:
         """Fill the cache once (allocates it), run warm-up steps, capture the step and replay it once; leave the
         cache reset. The steps run under a PathProbe, and a claimed path that did not run raises PathNotTaken."""
+        try:
+            self._setup(prompt)
+        except BaseException:
+            if self.compile:  # whatever the compiled step holds, the next backend does not start from it
+                forget_compiled_step()
+            raise
+
+    def _setup(self, prompt) -> None:
         torch = self.torch
         self._check(prompt, self.gen_tokens)
         probe = PathProbe()
@@ -466,9 +486,7 @@ class GraphBackend(Backend):
         self.graph = None
         self.cache = None
         self.static_logits = self.static_out = None
-        self._step_fn = None
-        if self.compile:  # dynamo's compiled code is kept per code object: the next backend compiles afresh
-            self.torch._dynamo.reset()
+        self._step_fn = None  # the compiled step stays with the process (decode_step), not with the backend
         if self.fused_layers:
             from latency_sensitivity.engine import fused_decode
 

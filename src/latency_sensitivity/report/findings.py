@@ -414,8 +414,8 @@ def cost_finding(frame: pd.DataFrame) -> str | None:
     if setup >= 0.25 * job_s:  # worth naming: compiling and autotuning, cached for a later run on this machine
         text += f"; {setup:.1f} s were backend setup (graph capture, compiling, autotuning)"
         if compiled > 0:
-            text += (f", {compiled:.1f} s of it torch.compile, which traces the model in every cell even where "
-                     "its compiled code is cached")
+            text += (f", {compiled:.1f} s of it torch.compile, which traces the model once in each measuring "
+                     "process and compiled shape even where its compiled code is cached")
         text += ("; a later run of the same shapes on this machine loads compiled code and tuned kernels from "
                  "results/cache/compile/")
     return text + _cost_parts(summed, ok, job_s - measured_s - once, compiled)
