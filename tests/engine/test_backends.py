@@ -266,9 +266,16 @@ def test_compiled_backend_matches_eager_on_the_cpu(one_layer, monkeypatch, tmp_p
 def test_dynamic_batch_compiles_once_for_every_batch_size(one_layer, monkeypatch, tmp_path):
     """compile_shapes dynamic_batch: the step compiled at batch 2 serves batch 3 from inductor's cache (a hit, no
     second compile), and both match eager. A batch-1 step (size-1 dimensions are specialized) and the static
-    default compile for their own shapes, and say so."""
+    default compile for their own shapes, and say so. Within one process a later backend, on a new model with
+    other weights and at another batch, runs the kept step without a trace and gives that model's own logits;
+    the models before are not held; a setup that fails forgets the step."""
+    import gc
+    import weakref
+
+    from latency_sensitivity.engine import decode_step
+
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    model, _, _ = one_layer
+    model, _, s = one_layer
     for batch, dynamic, expected in ((1, True, False), (3, False, False), (3, True, True)):
         backend = graph_backend.CompiledBackend(model, batch=batch, seq_len=12, gen_tokens=6, dynamic_batch=dynamic)
         try:
@@ -276,74 +283,67 @@ def test_dynamic_batch_compiles_once_for_every_batch_size(one_layer, monkeypatch
         finally:
             backend.close()
     stats = {}
+    weights = []
     with torch.inference_mode():
-        for batch in (2, 3):
-            graph_backend.forget_compiled_step()  # as a new process: nothing compiled in it yet
-            prompt = cell_model.make_prompt(spec(batch=batch), model.config.vocab_size)
-            want_tokens, want_logits = eager_backend.EagerBackend(model).generate(prompt, 6)
-            compiled = registry.make("compiled", model, prompt, 6, base.Clock(False), dynamic_batch=True)
+        # (batch, seed, a new process): 2 and 3 as each in a process of its own; 4 and 5 later in this one
+        for batch, seed, fresh in ((2, 0, True), (3, 0, True), (4, 1, False), (5, 2, False)):
+            if fresh:
+                graph_backend.forget_compiled_step()  # nothing compiled in the process yet
+                cell_model_ = model
+            else:
+                with torch.inference_mode(False):  # built as the first model was (dynamo guards on how)
+                    cell_model_ = cell_model.build_model(spec(model_location=s.model_location, seed=seed))
+                weights.append(weakref.ref(next(cell_model_.parameters())))
+            prompt = cell_model.make_prompt(spec(batch=batch, seed=seed), model.config.vocab_size)
+            want_tokens, want_logits = eager_backend.EagerBackend(cell_model_).generate(prompt, 6)
+            compiled = registry.make("compiled", cell_model_, prompt, 6, base.Clock(False), dynamic_batch=True)
             try:
                 info = compiled.info()
-                assert info["compile_dynamic_batch"] is True and info["compile_stats"]["graphs"] == 1
-                assert info["compile_stats"]["kept"] is False
+                assert info["compile_dynamic_batch"] is True
+                assert info["compile_stats"]["graphs"] == (1 if fresh else 0)
+                assert info["compile_stats"]["kept"] is (not fresh) and compiled.compile_kept is (not fresh)
                 stats[batch] = info["compile_stats"]
                 tokens, logits = compiled.generate(prompt, 6)
                 assert torch.equal(tokens, want_tokens)
                 torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-4)
             finally:
                 compiled.close()
-    assert stats[2]["fxgraph_cache_miss"] == 1 and stats[2]["fxgraph_cache_hit"] == 0
-    assert stats[3]["fxgraph_cache_hit"] == 1 and stats[3]["fxgraph_cache_miss"] == 0  # batch 2's graph
-
-
-def test_a_later_backend_of_the_process_runs_the_kept_compiled_step(one_layer, monkeypatch, tmp_path):
-    """A process keeps its compiled step: a later compiled backend of the same architecture and shapes (with
-    dynamic_batch: any batch of 2 or more), on a new model with other weights, runs it without tracing again
-    (graphs 0, no cache lookup) and gives that model's own tokens and logits; the first model's weights are not
-    held. Another shape, or a failed setup, starts afresh."""
-    import gc
-    import weakref
-
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    graph_backend.forget_compiled_step()
-    _, _, s = one_layer
-    weights = []
-    with torch.inference_mode():
-        for seed, batch, dynamic, kept in ((0, 2, True, False), (1, 3, True, True), (2, 4, True, True),
-                                           (3, 4, False, False), (4, 4, False, True), (5, 5, False, False)):
-            model = cell_model.build_model(spec(model_location=s.model_location, seed=seed))
-            weights.append(weakref.ref(next(model.parameters())))
-            prompt = cell_model.make_prompt(spec(batch=batch, seed=seed), model.config.vocab_size)
-            want_tokens, want_logits = eager_backend.EagerBackend(model).generate(prompt, 6)
-            compiled = registry.make("compiled", model, prompt, 6, base.Clock(False), dynamic_batch=dynamic)
-            try:
-                stats = compiled.info()["compile_stats"]
-                assert stats["kept"] is kept and compiled.compile_kept is kept
-                assert stats["graphs"] == (0 if kept else 1)
-                assert stats["fxgraph_cache_hit"] + stats["fxgraph_cache_miss"] == (0 if kept else 1)
-                tokens, logits = compiled.generate(prompt, 6)
-                assert torch.equal(tokens, want_tokens)
-                torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-4)
-            finally:
-                compiled.close()
-            del model, compiled
+            del cell_model_, compiled
             gc.collect()
             assert [w() for w in weights] == [None] * len(weights)  # no model of an earlier cell held
-        # a setup that fails forgets the step: the next backend of the same key traces again
-        model = cell_model.build_model(spec(model_location=s.model_location))
-        prompt = cell_model.make_prompt(spec(batch=5), model.config.vocab_size)
-        monkeypatch.setattr(graph_backend.GraphBackend, "_verify_paths",
-                            lambda self: (_ for _ in ()).throw(graph_backend.PathNotTaken("claimed path")))
-        with pytest.raises(graph_backend.PathNotTaken):
-            registry.make("compiled", model, prompt, 6, base.Clock(False))
-        monkeypatch.undo()
-        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-        compiled = registry.make("compiled", model, prompt, 6, base.Clock(False))
-        try:
-            assert compiled.info()["compile_stats"]["kept"] is False
-            assert compiled.info()["compile_stats"]["fxgraph_cache_hit"] == 1  # from inductor's cache, traced again
-        finally:
-            compiled.close()
+        # a setup that fails, here with the kept step, forgets it: the next backend of the same key traces again
+        prompt = cell_model.make_prompt(spec(batch=4), model.config.vocab_size)
+        with monkeypatch.context() as patch:
+            patch.setattr(graph_backend.GraphBackend, "_verify_paths",
+                          lambda self: (_ for _ in ()).throw(graph_backend.PathNotTaken("a claimed path")))
+            assert decode_step.compiled_step_key() is not None
+            with pytest.raises(graph_backend.PathNotTaken):
+                registry.make("compiled", model, prompt, 6, base.Clock(False), dynamic_batch=True)
+            assert decode_step.compiled_step_key() is None
+    assert stats[2]["fxgraph_cache_miss"] == 1 and stats[2]["fxgraph_cache_hit"] == 0
+    assert stats[3]["fxgraph_cache_hit"] == 1 and stats[3]["fxgraph_cache_miss"] == 0  # batch 2's graph
+    for kept in (stats[4], stats[5]):  # no trace, so no cache lookup either
+        assert kept["fxgraph_cache_hit"] == kept["fxgraph_cache_miss"] == 0
+
+
+def test_a_process_keeps_one_compiled_step(monkeypatch):
+    """The kept step's policy: the same key is kept; another key, or a key whose last reuse traced again, resets
+    dynamo and compiles anew; forget_compiled_step drops it."""
+    from latency_sensitivity.engine import decode_step
+
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+    decode_step.forget_compiled_step()
+    first, kept = decode_step.compiled_step(("a",), False, {})
+    assert kept is False and len(resets) == 2
+    assert decode_step.compiled_step(("a",), False, {}) == (first, True) and len(resets) == 2
+    decode_step.mark_retraced()
+    again, kept = decode_step.compiled_step(("a",), False, {})
+    assert kept is False and again is not first and len(resets) == 3
+    other, kept = decode_step.compiled_step(("b",), True, {})
+    assert kept is False and other is not again and len(resets) == 4
+    decode_step.forget_compiled_step()
+    assert decode_step.compiled_step(("b",), True, {})[1] is False
 
 
 def test_gemv_routing_keeps_the_tokens_and_is_undone(tiny, monkeypatch):

@@ -55,6 +55,11 @@ def forget_compiled_step() -> None:
     torch._dynamo.reset()
 
 
+def compiled_step_key() -> tuple | None:
+    """The key of the process's kept compiled step (None: none kept)."""
+    return _kept["key"]
+
+
 def mark_retraced() -> None:
     """The kept step's guards did not hold for a backend (it traced again): the next backend starts afresh."""
     _kept["retraced"] = True
