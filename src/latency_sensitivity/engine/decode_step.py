@@ -4,9 +4,9 @@ dynamo keeps its compiled code per code object (here: decode_step's), with guard
 later backend whose model has the same architecture, dtype, changes and shapes (with dynamic_batch: any batch of 2
 or more) passes them and runs that code without tracing the model again: the code inductor's on-disk cache would
 give it in a new process, without the trace that finding it there takes (benchmarks/sweep_cost/NOTES.md).
-Another key resets dynamo first, so a process holds one compiled step
-at a time; so does a key whose last reuse traced again (its guards did not hold), so a process never piles up
-recompiles towards dynamo's limit, which fails a fullgraph compile.
+Another key resets dynamo first, so a process holds one compiled step at a time; so does a key whose last reuse
+traced again (its guards did not hold), so a process never piles up recompiles towards dynamo's limit, which
+fails a fullgraph compile.
 """
 
 from __future__ import annotations
@@ -63,4 +63,3 @@ def compiled_step_key() -> tuple | None:
 def mark_retraced() -> None:
     """The kept step's guards did not hold for a backend (it traced again): the next backend starts afresh."""
     _kept["retraced"] = True
-
