@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +29,7 @@ COMPILED_ONLY = measurement_jobs.COMPILED_ONLY
 CUDA_ONLY = measurement_jobs.CUDA_ONLY
 REPLICATES = 2  # the finished run's replicates per cell
 NOTHING = {"all": 1}  # nothing to measure or rebuild: only `all` runs, printing the run's summary
+FORKED = sys.platform == "linux"  # measure.isolation forked is Linux only
 
 
 def job_counts(proc) -> dict[str, int]:
@@ -67,7 +69,9 @@ def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("finished")
     (root / "arch").mkdir()
     shutil.copy(REPO / "config" / "models" / "tiny-qwen2.json", root / "arch" / "tiny.json")
-    cfg = small_config(default_config, replicates=REPLICATES)
+    # the workers forked from a fork server where the platform can (the rerun tests do not depend on it; the first
+    # test checks the forked path end to end)
+    cfg = small_config(default_config, replicates=REPLICATES, **({"isolation": "forked"} if FORKED else {}))
     cfg["models"] = {"tiny-qwen2": {"architecture": "arch/tiny.json"}, **{
         k: v for k, v in default_config["models"].items() if k != "tiny-qwen2"}}
     cfg["sweeps"] = {"seq_sweep": {"seq": [16, 32], "batch": [1]}, "batch_sweep": {"seq": [16], "batch": [1, 2]}}
@@ -94,7 +98,9 @@ DOWNSTREAM = {"merge_sweep": 1, "detect_collapse": 1, "plot_sweep": 1, "build_re
 
 def test_every_first_replicate_runs_before_any_second(finished):
     """measure.replicates 2 on one core (the finished run): every cell's replicate 1 is measured before any
-    cell's replicate 2, and each cell's result is combined from both, with the spread between them."""
+    cell's replicate 2, and each cell's result is combined from both, with the spread between them. With
+    isolation forked, each replicate's worker was forked from the run's one fork server, which the run's end
+    stopped."""
     root, _, proc = finished
     order = [re.fullmatch(r".*/(seq\d+_batch\d+)/r(\d+)\.json", path).groups()
              for path in job_outputs(proc, "measure_cell")]
@@ -111,6 +117,16 @@ def test_every_first_replicate_runs_before_any_second(finished):
     for sweep in ("seq_sweep", "batch_sweep"):
         table = pd.read_csv(root / "results" / sweep / "sweep.csv")
         assert (table["replicates"] == 2).all() and table["decode_replicate_spread_pct"].notna().all()
+    if FORKED:
+        workers = [json.loads(path.read_text())["worker"] for path in (root / "results" / "cells").rglob("r*.json")]
+        assert len(workers) == 6 and {w["isolation"] for w in workers} == {"forked"}
+        assert len({w["pid"] for w in workers}) == 2  # a worker per replicate
+        servers = {w["forked_from"]["pid"] for w in workers}
+        assert len(servers) == 1
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{next(iter(servers))}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{next(iter(servers))}").exists(), "the fork server outlived the run"
 
 
 def test_deleted_replicate_is_measured_again_and_only_it(run):
