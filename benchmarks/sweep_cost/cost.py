@@ -48,6 +48,7 @@ def load(roots):
                 "pad_mb": m.get("placement_pad_mb"),
                 "fx_hits": (r.get("backend_info") or {}).get("compile_stats", {}).get("fxgraph_cache_hit"),
                 "kept": (r.get("backend_info") or {}).get("compile_stats", {}).get("kept"),
+                "setup_graphs": (r.get("backend_info") or {}).get("compile_stats", {}).get("setup_graphs"),
                 "dynamic_batch": (r.get("backend_info") or {}).get("compile_dynamic_batch"),
                 "startup": {k: m.get(k) for k in ("import_s", "environment_s", "model_code_s", "cuda_init_s",
                                                   "startup_s")},
@@ -139,10 +140,12 @@ def _position(row) -> str:
 
 def compile_table(rows) -> str:
     lines = ["| run | batch | replicate | batch dynamic | compile s | FX graph cache hits | kept in the worker | "
-             "cells before | backend setup s | decode ms/step |", "|---|---:|---:|---|---:|---:|---|---:|---:|---:|"]
+             "graphs in setup | cells before | backend setup s | decode ms/step |",
+             "|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|"]
     for row in sorted((r for r in rows if r["compile_s"] is not None), key=lambda r: (r["root"], r["batch"], r["replicate"])):
         lines.append(f"| {Path(row['root']).name} | {row['batch']} | {row['replicate']} | {row['dynamic_batch']} | "
-                     f"{row['compile_s']:.1f} | {row['fx_hits']} | {row['kept']} | {row['cells_before']} | "
+                     f"{row['compile_s']:.1f} | {row['fx_hits']} | {row['kept']} | {row['setup_graphs']} | "
+                     f"{row['cells_before']} | "
                      f"{row['setup_s']:.1f} | {row['decode_ms']:.3f} |")
     return "\n".join(lines)
 

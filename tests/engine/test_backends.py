@@ -247,6 +247,7 @@ def test_compiled_backend_matches_eager_on_the_cpu(one_layer, monkeypatch, tmp_p
                 if info["compiled"]:
                     assert compiled.setup_s >= info["compile_s"] > 0
                     assert info["compile_stats"]["graphs"] == 1  # the whole step, no graph break (fullgraph)
+                    assert info["compile_stats"]["setup_graphs"] == 1  # and no recompile in the later steps
                     extern_calls[fuse, fuse_layers] = info["compile_stats"]["extern_calls"]
                 else:
                     assert info["compile_s"] is None and info["compile_stats"] == {}
@@ -300,7 +301,7 @@ def test_dynamic_batch_compiles_once_for_every_batch_size(one_layer, monkeypatch
             try:
                 info = compiled.info()
                 assert info["compile_dynamic_batch"] is True
-                assert info["compile_stats"]["graphs"] == (1 if fresh else 0)
+                assert info["compile_stats"]["graphs"] == info["compile_stats"]["setup_graphs"] == (1 if fresh else 0)
                 assert info["compile_stats"]["kept"] is (not fresh) and compiled.compile_kept is (not fresh)
                 stats[batch] = info["compile_stats"]
                 tokens, logits = compiled.generate(prompt, 6)
@@ -553,7 +554,7 @@ def test_kept_compiled_step_is_captured_on_cuda():
             try:
                 info = backend.info()
                 assert backend.graph is not None and info["compile_stats"]["kept"] is kept
-                assert info["compile_stats"]["graphs"] == (0 if kept else 1)
+                assert info["compile_stats"]["graphs"] == info["compile_stats"]["setup_graphs"] == (0 if kept else 1)
                 _, logits = backend.generate(prompt, 8, forced=want_tokens)
                 torch.testing.assert_close(logits, want_logits, rtol=2e-2, atol=2e-2)
             finally:

@@ -63,3 +63,14 @@ def compiled_step_key() -> tuple | None:
 def mark_retraced() -> None:
     """The kept step's guards did not hold for a backend (it traced again): the next backend starts afresh."""
     _kept["retraced"] = True
+
+
+def compile_counts() -> dict:
+    """dynamo's and inductor's counters that a compile's statistics are differences of: graphs dynamo made,
+    inductor's FX graph cache hits and misses, and the kernels compiled code calls outside inductor's own
+    (matmuls, attention; none are counted on a cache hit)."""
+    from torch._dynamo.utils import counters
+
+    inductor = counters["inductor"]
+    return {"graphs": counters["stats"]["unique_graphs"], "fxgraph_cache_hit": inductor["fxgraph_cache_hit"],
+            "fxgraph_cache_miss": inductor["fxgraph_cache_miss"], "extern_calls": inductor["extern_calls"]}

@@ -82,7 +82,7 @@ import inspect
 import time
 
 from latency_sensitivity.engine.base import Backend, timed_request
-from latency_sensitivity.engine.decode_step import compiled_step, decode_step, forget_compiled_step, mark_retraced
+from latency_sensitivity.engine.decode_step import compile_counts, compiled_step, decode_step, forget_compiled_step, mark_retraced
 from latency_sensitivity.engine.probe import PathNotTaken, PathProbe, probe_hit, versions_text
 from latency_sensitivity.engine.surgery import FUSABLE_NORMS, fuse_rms_norms, fuse_sibling_projections, gemv_available, pack_gqa_decode, route_linears_to_gemv, unfuse_rms_norms, unfuse_sibling_projections, unpack_gqa_decode, unroute_linears
 
@@ -270,25 +270,16 @@ class GraphBackend(Backend):
         if not self.compile:
             self._run_step()
             return
-        from torch._dynamo.utils import counters
-
-        before = dict(counters["inductor"])
-        graphs_before = counters["stats"]["unique_graphs"]
+        before = compile_counts()
         t0 = time.perf_counter()
         self._run_step()
         if self.device.type == "cuda":
             self.torch.cuda.synchronize()
         self.compile_s = time.perf_counter() - t0
-        after = counters["inductor"]
-        self.compile_stats = {
-            "graphs": counters["stats"]["unique_graphs"] - graphs_before,
-            "fxgraph_cache_hit": after["fxgraph_cache_hit"] - before.get("fxgraph_cache_hit", 0),
-            "fxgraph_cache_miss": after["fxgraph_cache_miss"] - before.get("fxgraph_cache_miss", 0),
-            # kernels the compiled code calls outside inductor's own (matmuls, attention); 0 on a cache hit
-            "extern_calls": after["extern_calls"] - before.get("extern_calls", 0),
-            # the compiled step kept from an earlier backend of this process: its code ran without a trace
-            "kept": self.compile_kept and counters["stats"]["unique_graphs"] == graphs_before,
-        }
+        after = compile_counts()
+        self.compile_stats = {name: after[name] - before[name] for name in after}
+        # the compiled step kept from an earlier backend of this process: its code ran without a trace
+        self.compile_stats["kept"] = self.compile_kept and self.compile_stats["graphs"] == 0
         if self.compile_kept and not self.compile_stats["kept"]:
             mark_retraced()  # its guards did not hold: the next backend starts afresh
 
@@ -328,6 +319,7 @@ class GraphBackend(Backend):
 
     def _setup(self, prompt) -> None:
         torch = self.torch
+        self._graphs_before_setup = compile_counts()["graphs"] if self.compile else 0
         self._check(prompt, self.gen_tokens)
         probe = PathProbe()
         with torch.inference_mode():
@@ -367,6 +359,9 @@ class GraphBackend(Backend):
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.paths = dict(sorted(probe.counts.items()))
+        if self.compile:  # graphs dynamo made in the whole setup: the first step's, unless kept; more is a
+            # recompile in the warm-up or the capture, a trace outside compile_s
+            self.compile_stats["setup_graphs"] = compile_counts()["graphs"] - self._graphs_before_setup
         self._verify_paths()
 
     def claimed_paths(self) -> dict:
