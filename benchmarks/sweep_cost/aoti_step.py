@@ -1,0 +1,207 @@
+"""Whether the compiled backend's decode step could be loaded instead of traced in every measuring process.
+
+torch.compile traces the model's Python again in each process, even where inductor's cache holds the compiled
+code (NOTES.md, "Where a warm compile goes"). An AOTInductor package is compiled code that loads without a trace.
+This script exports the backend's decode step (`engine/decode_step.py`) with the static KV cache's tensors as
+inputs it mutates (each layer's keys, values and filled length), compiles the export once into a package (a
+later run with the same `--package` file loads it and skips both), then builds another model with other weights
+and a new cache, as the next cell would, binds that model's weights to the loaded package (the package holds
+none of its own), runs `--steps` decode steps with it, and compares its tokens, logits and every cache position
+with eager decoding of the same model (transformers' dynamic cache). With `--capture` (CUDA) it also captures
+the loaded step in a CUDA graph, as the compiled backend does, and replays it.
+
+    python3 benchmarks/sweep_cost/aoti_step.py --package DIR/step.pt2 [--batch 8] [--seq 128] [--steps 8]
+        [--capture] [--json FILE]
+    python3 benchmarks/sweep_cost/aoti_step.py --device cpu --dtype fp32 --architecture config/models/tiny-qwen2.json
+        --package DIR/tiny.pt2
+
+It prints one JSON record: the seconds of each part (export, compile, load, bind, the first step, the median
+step), whether the tokens and the cache matched eager's, and the versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from study_cell import ARCHITECTURE  # noqa: E402
+
+
+def cache_tensors(cache) -> list:
+    """Each layer's keys, values and filled length, in layer order: the exported step's inputs after the tokens."""
+    return [t for layer in cache.layers for t in (layer.keys, layer.values, layer.cumulative_length)]
+
+
+def step_module(model, cache):
+    """The decode step as a module whose inputs are the tokens and cache_tensors(cache), pointed into the cache's
+    layers before the step runs, so that the export records the cache updates as mutations of its inputs."""
+    import torch
+
+    from latency_sensitivity.engine.decode_step import decode_step
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, tokens, *tensors):
+            for i, layer in enumerate(cache.layers):
+                layer.keys, layer.values, layer.cumulative_length = tensors[3 * i : 3 * i + 3]
+            return decode_step(self.model, tokens, cache, None)
+
+    return Step()
+
+
+def cell(a, seed: int):
+    """(model, cache, next token) of a cell: the model built as a measuring process builds it, its static cache
+    filled by the prompt's prefill."""
+    import torch
+
+    from latency_sensitivity.engine.graph import _static_cache
+    from latency_sensitivity.measure.model import CellSpec, build_model, make_prompt
+
+    spec = CellSpec(model="study", model_kind="architecture", model_location=a.architecture, dtype=a.dtype,
+                    backend="compiled", device=a.device, attn_implementation="sdpa", seq_len=a.seq, batch=a.batch,
+                    gen_tokens=a.steps + 1, warmup=0, reps=1, seed=seed, threads=1)
+    model = build_model(spec)
+    prompt = make_prompt(spec, model.config.vocab_size)
+    cache = _static_cache(model, a.batch, a.seq + 2 * a.steps + 2)
+    with torch.no_grad():  # not inference mode: the export updates the cache's tensors in place
+        out = model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return model, cache, prompt, out.logits[:, -1].argmax(dim=-1, keepdim=True)
+
+
+def eager_reference(model, prompt, steps: int):
+    """Tokens, last-position logits and the dynamic cache of eager decoding: the prompt, then `steps` steps."""
+    import torch
+    from transformers import DynamicCache
+
+    with torch.no_grad():
+        cache = DynamicCache(config=model.config)
+        out = model(input_ids=prompt, past_key_values=cache, use_cache=True)
+        token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+        tokens, logits = [token], []
+        for _ in range(steps):
+            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+            logits.append(out.logits[:, -1].float())
+            token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+            tokens.append(token)
+    return torch.cat(tokens, dim=1), logits, cache
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--package", required=True, help="the package file: compiled here unless it exists")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="fp16")
+    p.add_argument("--architecture", default=str(ARCHITECTURE))
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--capture", action="store_true", help="also capture the loaded step in a CUDA graph")
+    p.add_argument("--json", help="also write the record here")
+    a = p.parse_args(argv)
+
+    import torch
+
+    from latency_sensitivity.engine.probe import versions
+
+    cuda = a.device == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    record: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu", **versions(), "batch": a.batch,
+                    "seq": a.seq, "steps": a.steps, "package": a.package}
+    package = Path(a.package)
+    if not package.exists():  # export and compile from one cell
+        model, cache, _, token = cell(a, seed=0)
+        step = step_module(model, cache)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            exported = torch.export.export(step, (token, *cache_tensors(cache)), strict=False).run_decompositions()
+        record["export_s"] = time.perf_counter() - t0
+        record["input_mutations"] = len(exported.graph_signature.user_inputs_to_mutate)
+        t0 = time.perf_counter()
+        # the package holds no weights: each cell binds its own model's
+        torch._inductor.aoti_compile_and_package(exported, package_path=str(package),
+                                                 inductor_configs={"aot_inductor.package_constants_in_so": False})
+        record["compile_s"] = time.perf_counter() - t0
+        del model, cache, step, exported
+        if cuda:
+            torch.cuda.empty_cache()
+
+    # the next cell: other weights, a new cache; the package loaded and that model's weights bound to it
+    model, cache, prompt, token = cell(a, seed=1)
+    tensors = cache_tensors(cache)
+    t0 = time.perf_counter()
+    runner = torch._inductor.aoti_load_package(str(package))
+    record["load_s"] = time.perf_counter() - t0
+    step = step_module(model, cache)
+    state = {**dict(step.named_parameters(remove_duplicate=False)), **dict(step.named_buffers(remove_duplicate=False))}
+    names = runner.get_constant_fqns()
+    record["constants"], record["constants_missing"] = len(names), [n for n in names if n not in state]
+    t0 = time.perf_counter()
+    runner.load_constants({n: state[n] for n in names}, check_full_update=True, user_managed=True)
+    record["bind_s"] = time.perf_counter() - t0
+
+    want_tokens, want_logits, want_cache = eager_reference(model, prompt, a.steps)
+    tokens, errors, times = [token], [], []
+    with torch.no_grad():
+        for i in range(a.steps):
+            sync()
+            t0 = time.perf_counter()
+            logits, token = runner(token, *tensors)
+            sync()
+            times.append(time.perf_counter() - t0)
+            errors.append(float((logits[:, -1].float() - want_logits[i]).abs().max()))
+            tokens.append(token)
+    record["first_step_s"], record["step_ms_p50"] = times[0], statistics.median(times[1:] or times) * 1e3
+    record["tokens_equal_eager"] = bool(torch.equal(torch.cat(tokens, dim=1), want_tokens))
+    record["logits_max_abs_err"] = max(errors)
+    filled = a.seq + a.steps
+    record["cache_length"] = int(cache.layers[0].cumulative_length)
+    record["cache_equal_eager"] = all(
+        torch.allclose(mine[:, :, :filled].float(), theirs.float(), atol=1e-2 if a.dtype == "fp16" else 1e-5)
+        for layer, ref in zip(cache.layers, want_cache.layers)
+        for mine, theirs in ((layer.keys, ref.keys), (layer.values, ref.values)))
+
+    if a.capture and cuda:
+        try:
+            static_in = token.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), torch.no_grad():
+                runner(static_in, *tensors)  # a warm-up step on the side stream, as the backend does
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), torch.no_grad():
+                static_logits, static_out = runner(static_in, *tensors)
+            replays = []
+            for _ in range(min(a.steps, 4)):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                graph.replay()
+                end.record()
+                end.synchronize()
+                replays.append(start.elapsed_time(end))
+                static_in.copy_(static_out)
+            record["replay_ms_p50"] = statistics.median(replays)
+        except Exception as exc:  # noqa: BLE001 - the record says what failed
+            record["capture_error"] = f"{type(exc).__name__}: {exc}"[:2000]
+
+    text = json.dumps(record, indent=1)
+    print(text)
+    if a.json:
+        Path(a.json).write_text(text + "\n")
+    return 0 if record["tokens_equal_eager"] and record["cache_equal_eager"] and not record["constants_missing"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
