@@ -290,14 +290,14 @@ def test_dynamic_batch_compiles_once_for_every_batch_size(one_layer, monkeypatch
         for batch, seed, fresh in ((2, 0, True), (3, 0, True), (4, 1, False), (5, 2, False)):
             if fresh:
                 graph_backend.forget_compiled_step()  # nothing compiled in the process yet
-                cell_model_ = model
+                measured = model
             else:
                 with torch.inference_mode(False):  # built as the first model was (dynamo guards on how)
-                    cell_model_ = cell_model.build_model(spec(model_location=s.model_location, seed=seed))
-                weights.append(weakref.ref(next(cell_model_.parameters())))
+                    measured = cell_model.build_model(spec(model_location=s.model_location, seed=seed))
+                weights.append(weakref.ref(next(measured.parameters())))
             prompt = cell_model.make_prompt(spec(batch=batch, seed=seed), model.config.vocab_size)
-            want_tokens, want_logits = eager_backend.EagerBackend(cell_model_).generate(prompt, 6)
-            compiled = registry.make("compiled", cell_model_, prompt, 6, base.Clock(False), dynamic_batch=True)
+            want_tokens, want_logits = eager_backend.EagerBackend(measured).generate(prompt, 6)
+            compiled = registry.make("compiled", measured, prompt, 6, base.Clock(False), dynamic_batch=True)
             try:
                 info = compiled.info()
                 assert info["compile_dynamic_batch"] is True
@@ -309,7 +309,7 @@ def test_dynamic_batch_compiles_once_for_every_batch_size(one_layer, monkeypatch
                 torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-4)
             finally:
                 compiled.close()
-            del cell_model_, compiled
+            del measured, compiled
             gc.collect()
             assert [w() for w in weights] == [None] * len(weights)  # no model of an earlier cell held
         # a setup that fails, here with the kept step, forgets it: the next backend of the same key traces again
