@@ -61,8 +61,8 @@ def cell(a, seed: int):
     """(model, cache, next token) of a cell: the model built as a measuring process builds it, its static cache
     filled by the prompt's prefill."""
     import torch
+    from transformers import StaticCache
 
-    from latency_sensitivity.engine.graph import _static_cache
     from latency_sensitivity.measure.model import CellSpec, build_model, make_prompt
 
     spec = CellSpec(model="study", model_kind="architecture", model_location=a.architecture, dtype=a.dtype,
@@ -70,7 +70,7 @@ def cell(a, seed: int):
                     gen_tokens=a.steps + 1, warmup=0, reps=1, seed=seed, threads=1)
     model = build_model(spec)
     prompt = make_prompt(spec, model.config.vocab_size)
-    cache = _static_cache(model, a.batch, a.seq + 2 * a.steps + 2)
+    cache = StaticCache(config=model.config, max_cache_len=a.seq + 2 * a.steps + 2)  # allocated by the prefill
     with torch.no_grad():  # not inference mode: the export updates the cache's tensors in place
         out = model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
     return model, cache, prompt, out.logits[:, -1].argmax(dim=-1, keepdim=True)
