@@ -7,11 +7,13 @@ inputs it mutates (each layer's keys, values and filled length), compiles the ex
 later run with the same `--package` file loads it and skips both), then builds another model with other weights
 and a new cache, as the next cell would, binds that model's weights to the loaded package (the package holds
 none of its own), runs `--steps` decode steps with it, and compares its tokens, logits and every cache position
-with eager decoding of the same model (transformers' dynamic cache). With `--capture` (CUDA) it also captures
-the loaded step in a CUDA graph, as the compiled backend does, and replays it.
+with eager decoding of the same model (transformers' dynamic cache). `--dynamic-batch` exports the batch as a
+dynamic dimension and `--run-batch` runs the loaded step at another batch than the one exported. With
+`--fuse-projections` the model's sibling projections are fused first, as the compiled backend fuses them. With
+`--capture` (CUDA) it also captures the loaded step in a CUDA graph, as the compiled backend does, and replays it.
 
     python3 benchmarks/sweep_cost/aoti_step.py --package DIR/step.pt2 [--batch 8] [--seq 128] [--steps 8]
-        [--capture] [--json FILE]
+        [--dynamic-batch [--run-batch 64]] [--fuse-projections] [--capture] [--json FILE]
     python3 benchmarks/sweep_cost/aoti_step.py --device cpu --dtype fp32 --architecture config/models/tiny-qwen2.json
         --package DIR/tiny.pt2
 
@@ -57,18 +59,23 @@ def step_module(model, cache):
     return Step()
 
 
-def cell(a, seed: int):
-    """(model, cache, next token) of a cell: the model built as a measuring process builds it, its static cache
-    filled by the prompt's prefill."""
+def cell(a, seed: int, batch: int | None = None):
+    """(model, cache, prompt, next token) of a cell at `batch` (default --batch): the model built as a measuring
+    process builds it, its static cache filled by the prompt's prefill."""
     import torch
     from transformers import StaticCache
 
     from latency_sensitivity.measure.model import CellSpec, build_model, make_prompt
 
+    batch = batch or a.batch
     spec = CellSpec(model="study", model_kind="architecture", model_location=a.architecture, dtype=a.dtype,
-                    backend="compiled", device=a.device, attn_implementation="sdpa", seq_len=a.seq, batch=a.batch,
+                    backend="compiled", device=a.device, attn_implementation="sdpa", seq_len=a.seq, batch=batch,
                     gen_tokens=a.steps + 1, warmup=0, reps=1, seed=seed, threads=1)
     model = build_model(spec)
+    if a.fuse_projections:  # as the compiled backend does before it compiles (engine/surgery.py)
+        from latency_sensitivity.engine.surgery import fuse_sibling_projections
+
+        fuse_sibling_projections(model)
     prompt = make_prompt(spec, model.config.vocab_size)
     cache = StaticCache(config=model.config, max_cache_len=a.seq + 2 * a.steps + 2)  # allocated by the prefill
     with torch.no_grad():  # not inference mode: the export updates the cache's tensors in place
@@ -103,6 +110,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--dynamic-batch", action="store_true", help="export the batch as a dynamic dimension (2 or more)")
+    p.add_argument("--run-batch", type=int, help="the loaded step's cell at this batch (default --batch)")
+    p.add_argument("--fuse-projections", action="store_true",
+                   help="q/k/v and gate/up as one GEMM each, as the compiled backend runs them")
     p.add_argument("--capture", action="store_true", help="also capture the loaded step in a CUDA graph")
     p.add_argument("--json", help="also write the record here")
     a = p.parse_args(argv)
@@ -118,14 +129,21 @@ def main(argv=None) -> int:
             torch.cuda.synchronize()
 
     record: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu", **versions(), "batch": a.batch,
-                    "seq": a.seq, "steps": a.steps, "package": a.package}
+                    "run_batch": a.run_batch or a.batch, "dynamic_batch": a.dynamic_batch,
+                    "fuse_projections": a.fuse_projections, "seq": a.seq, "steps": a.steps, "package": a.package}
     package = Path(a.package)
     if not package.exists():  # export and compile from one cell
         model, cache, _, token = cell(a, seed=0)
         step = step_module(model, cache)
         t0 = time.perf_counter()
         with torch.no_grad():
-            exported = torch.export.export(step, (token, *cache_tensors(cache)), strict=False).run_decompositions()
+            tensors = cache_tensors(cache)
+            shapes = None
+            if a.dynamic_batch:  # the batch of the tokens and of every keys and values tensor, as one dimension
+                batch = torch.export.Dim("batch", min=2, max=4096)
+                shapes = ({0: batch}, tuple({0: batch} if t.dim() == 4 else None for t in tensors))
+            exported = torch.export.export(step, (token, *tensors), dynamic_shapes=shapes,
+                                           strict=False).run_decompositions()
         record["export_s"] = time.perf_counter() - t0
         record["input_mutations"] = len(exported.graph_signature.user_inputs_to_mutate)
         t0 = time.perf_counter()
@@ -137,8 +155,8 @@ def main(argv=None) -> int:
         if cuda:
             torch.cuda.empty_cache()
 
-    # the next cell: other weights, a new cache; the package loaded and that model's weights bound to it
-    model, cache, prompt, token = cell(a, seed=1)
+    # the next cell: other weights, a new cache (at --run-batch); the package loaded and its weights bound to it
+    model, cache, prompt, token = cell(a, seed=1, batch=a.run_batch or a.batch)
     tensors = cache_tensors(cache)
     t0 = time.perf_counter()
     runner = torch._inductor.aoti_load_package(str(package))
@@ -147,6 +165,8 @@ def main(argv=None) -> int:
     state = {**dict(step.named_parameters(remove_duplicate=False)), **dict(step.named_buffers(remove_duplicate=False))}
     names = runner.get_constant_fqns()
     record["constants"], record["constants_missing"] = len(names), [n for n in names if n not in state]
+    if record["constants_missing"]:  # tensors the export found outside the model's parameters and buffers
+        return report(record, a.json, ok=False)
     t0 = time.perf_counter()
     runner.load_constants({n: state[n] for n in names}, check_full_update=True, user_managed=True)
     record["bind_s"] = time.perf_counter() - t0
@@ -196,11 +216,16 @@ def main(argv=None) -> int:
         except Exception as exc:  # noqa: BLE001 - the record says what failed
             record["capture_error"] = f"{type(exc).__name__}: {exc}"[:2000]
 
+    return report(record, a.json, ok=record["tokens_equal_eager"] and record["cache_equal_eager"])
+
+
+def report(record: dict, path: str | None, ok: bool) -> int:
+    """Print the record (and write it to `path`); the exit status: 0 where the loaded step decoded as eager."""
     text = json.dumps(record, indent=1)
     print(text)
-    if a.json:
-        Path(a.json).write_text(text + "\n")
-    return 0 if record["tokens_equal_eager"] and record["cache_equal_eager"] and not record["constants_missing"] else 1
+    if path:
+        Path(path).write_text(text + "\n")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
