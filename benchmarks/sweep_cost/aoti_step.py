@@ -7,10 +7,11 @@ inputs it mutates (each layer's keys, values and filled length), compiles the ex
 later run with the same `--package` file loads it and skips both), then builds another model with other weights
 and a new cache, as the next cell would, binds that model's weights to the loaded package (the package holds
 none of its own), runs `--steps` decode steps with it, each fed eager's token, and compares its tokens, logits
-and every cache position with eager decoding of the same model (transformers' dynamic cache). `--dynamic-batch` exports the batch as a
-dynamic dimension and `--run-batch` runs the loaded step at another batch than the one exported. With
-`--fuse-projections` the model's sibling projections are fused first, as the compiled backend fuses them. With
-`--capture` (CUDA) it also captures the loaded step in a CUDA graph, as the compiled backend does, and replays it.
+and every cache position with eager decoding of the same model (transformers' dynamic cache). `--dynamic-batch`
+exports the batch as a dynamic dimension and `--run-batch` runs the loaded step at another batch than the one
+exported. With `--fuse-projections` the model's sibling projections are fused first, as the compiled backend
+fuses them. With `--capture` (CUDA) it also captures the loaded step in a CUDA graph, as the compiled backend
+does, and replays it.
 
     python3 benchmarks/sweep_cost/aoti_step.py --package DIR/step.pt2 [--batch 8] [--seq 128] [--steps 8]
         [--dynamic-batch [--run-batch 64]] [--fuse-projections] [--capture] [--json FILE]
