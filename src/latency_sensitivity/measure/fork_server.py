@@ -1,8 +1,8 @@
-"""The fork server of ``measure.worker_start: forked``: one process that has paid a worker's imports once, and
+"""The fork server of ``measure.isolation: forked``: one process that has paid a worker's imports once, and
 forks each measurement worker from there instead of starting it as a fresh interpreter.
 
-A worker's start-up is mostly imports: torch, transformers and transformers' model code took 15-19 s of a
-worker's start on an H200 host, paid again by every worker (one per model, dtype, backend and replicate). The
+A worker's start-up is mostly imports: torch, transformers and transformers' model code, paid again by every
+worker (one per model, dtype, backend and replicate; benchmarks/sweep_cost/NOTES.md has the seconds). The
 fork server makes those imports once, with the compile caches configured as a worker configures them, and
 then only listens. A client that needs a worker asks it to fork one; the child starts a new session, sends its
 output to the worker's log and runs the worker as ``python -m latency_sensitivity.measure.worker`` would.
