@@ -9,12 +9,15 @@ and a new cache, as the next cell would, binds that model's weights to the loade
 none of its own), runs `--steps` decode steps with it, each fed eager's token, and compares its tokens, logits
 and every cache position with eager decoding of the same model (transformers' dynamic cache). `--dynamic-batch`
 exports the batch as a dynamic dimension and `--run-batch` runs the loaded step at another batch than the one
-exported. With `--fuse-projections` the model's sibling projections are fused first, as the compiled backend
-fuses them. With `--capture` (CUDA) it also captures the loaded step in a CUDA graph, as the compiled backend
-does, and replays it.
+exported. With `--fuse-projections` the model's sibling projections are fused first, and with `--pack-gqa` its
+attention packs the query heads of a KV group where transformers does not, as the compiled backend changes the
+model at batch 2 or more. With `--capture` (CUDA) it also captures the loaded step in a CUDA graph, as the
+compiled backend does, and times `--replays` replays; `--compare-compile` does the same with torch.compile of
+the same step on the same model and cache, the compiled backend's way.
 
     python3 benchmarks/sweep_cost/aoti_step.py --package DIR/step.pt2 [--batch 8] [--seq 128] [--steps 8]
-        [--dynamic-batch [--run-batch 64]] [--fuse-projections] [--capture] [--json FILE]
+        [--dynamic-batch [--run-batch 64]] [--fuse-projections] [--pack-gqa] [--capture [--replays N]]
+        [--compare-compile] [--json FILE]
     python3 benchmarks/sweep_cost/aoti_step.py --device cpu --dtype fp32 --architecture config/models/tiny-qwen2.json
         --package DIR/tiny.pt2
 
@@ -77,8 +80,13 @@ def cell(a, seed: int, batch: int | None = None):
         from latency_sensitivity.engine.surgery import fuse_sibling_projections
 
         fuse_sibling_projections(model)
+    if a.pack_gqa:  # as the compiled backend does where transformers lacks the packing
+        from latency_sensitivity.engine.surgery import pack_gqa_decode
+
+        a.pack_gqa_applied = pack_gqa_decode(model)  # False where transformers packs itself
     prompt = make_prompt(spec, model.config.vocab_size)
-    cache = StaticCache(config=model.config, max_cache_len=a.seq + 2 * a.steps + 2)  # allocated by the prefill
+    # room for eager's steps, the steps here, and the timed replays (each timing starts at the same length)
+    cache = StaticCache(config=model.config, max_cache_len=a.seq + 2 * a.steps + 2 * a.replays + 8)
     with torch.no_grad():  # not inference mode: the export updates the cache's tensors in place
         out = model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
     return model, cache, prompt, out.logits[:, -1].argmax(dim=-1, keepdim=True)
@@ -115,7 +123,12 @@ def main(argv=None) -> int:
     p.add_argument("--run-batch", type=int, help="the loaded step's cell at this batch (default --batch)")
     p.add_argument("--fuse-projections", action="store_true",
                    help="q/k/v and gate/up as one GEMM each, as the compiled backend runs them")
+    p.add_argument("--pack-gqa", action="store_true",
+                   help="the packed GQA attention where transformers lacks it, as the compiled backend runs it")
     p.add_argument("--capture", action="store_true", help="also capture the loaded step in a CUDA graph")
+    p.add_argument("--replays", type=int, default=20, help="timed replays of each captured step")
+    p.add_argument("--compare-compile", action="store_true",
+                   help="also torch.compile the same step on the same model and cache, capture and replay it")
     p.add_argument("--json", help="also write the record here")
     a = p.parse_args(argv)
 
@@ -131,7 +144,8 @@ def main(argv=None) -> int:
 
     record: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu", **versions(), "batch": a.batch,
                     "run_batch": a.run_batch or a.batch, "dynamic_batch": a.dynamic_batch,
-                    "fuse_projections": a.fuse_projections, "seq": a.seq, "steps": a.steps, "package": a.package}
+                    "fuse_projections": a.fuse_projections, "pack_gqa": a.pack_gqa, "seq": a.seq, "steps": a.steps,
+                    "package": a.package}
     package = Path(a.package)
     if not package.exists():  # export and compile from one cell
         model, cache, _, token = cell(a, seed=0)
@@ -159,6 +173,7 @@ def main(argv=None) -> int:
     # the next cell: other weights, a new cache (at --run-batch); the package loaded and its weights bound to it
     model, cache, prompt, token = cell(a, seed=1, batch=a.run_batch or a.batch)
     tensors = cache_tensors(cache)
+    record["pack_gqa_applied"] = getattr(a, "pack_gqa_applied", False)
     t0 = time.perf_counter()
     runner = torch._inductor.aoti_load_package(str(package))
     record["load_s"] = time.perf_counter() - t0
@@ -198,29 +213,59 @@ def main(argv=None) -> int:
 
     if a.capture and cuda:
         try:
-            static_in = token.clone()
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), torch.no_grad():
-                runner(static_in, *tensors)  # a warm-up step on the side stream, as the backend does
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph), torch.no_grad():
-                static_logits, static_out = runner(static_in, *tensors)
-            replays = []
-            for _ in range(min(a.steps, 4)):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                graph.replay()
-                end.record()
-                end.synchronize()
-                replays.append(start.elapsed_time(end))
-                static_in.copy_(static_out)
-            record["replay_ms_p50"] = statistics.median(replays)
+            record["replay_ms_p50"], record["replay_ms"] = replay_times(lambda t: runner(t, *tensors), token, cache,
+                                                                        a.seq + a.steps, a.replays)
         except Exception as exc:  # noqa: BLE001 - the record says what failed
             record["capture_error"] = f"{type(exc).__name__}: {exc}"[:2000]
+    if a.compare_compile and cuda:  # the backend's way: torch.compile of the same step, captured the same way
+        from latency_sensitivity.engine.decode_step import decode_step
+
+        compiled = torch.compile(decode_step, dynamic=False, fullgraph=True)
+        with torch.no_grad():
+            for layer in cache.layers:
+                layer.cumulative_length.fill_(a.seq + a.steps)
+            t0 = time.perf_counter()
+            compiled(model, token, cache, None)
+            sync()
+        record["torch_compile_s"] = time.perf_counter() - t0
+        record["compile_replay_ms_p50"], record["compile_replay_ms"] = replay_times(
+            lambda t: compiled(model, t, cache, None), token, cache, a.seq + a.steps, a.replays)
 
     return report(record, a.json, ok=record["cache_equal_eager"])
+
+
+def replay_times(step, token, cache, filled: int, replays: int):
+    """Capture `step` (tokens -> (logits, next token)) in a CUDA graph after a warm-up step on a side stream, as
+    the backends do, and time `replays` replays, each from the cache filled to `filled` positions plus the
+    replays before it: (median ms, every replay's ms)."""
+    import torch
+
+    def rewind():
+        for layer in cache.layers:
+            layer.cumulative_length.fill_(filled)
+
+    static_in = token.clone()
+    with torch.no_grad():
+        rewind()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step(static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            _, static_out = step(static_in)
+        rewind()
+        times = []
+        for _ in range(replays):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+            static_in.copy_(static_out)
+    return statistics.median(times), [round(t, 4) for t in times]
 
 
 def report(record: dict, path: str | None, ok: bool) -> int:

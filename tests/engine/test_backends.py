@@ -187,6 +187,16 @@ def test_fused_projections_are_one_gemm_on_the_same_weights(tiny):
             assert attn.k_proj.weight.data_ptr() == fused.weight.data_ptr() + 256 * 256 * fused.weight.element_size()
             for name, p in model.named_parameters():
                 assert torch.equal(p, params[name]), name
+            # the fused weights are the model's own (non-persistent) buffers, each the group's tensor: an export
+            # names them, and the state dict is as before
+            buffers = dict(model.named_buffers())
+            assert buffers["model.layers.0.self_attn.fused_q_proj_k_proj_v_proj_weight"] is attn.fused_q_proj_k_proj_v_proj_weight
+            assert attn.fused_q_proj_k_proj_v_proj_weight is fused.weight
+            assert buffers["model.layers.0.self_attn.fused_q_proj_k_proj_v_proj_bias"] is fused.bias is not None
+            assert "model.layers.0.mlp.fused_gate_proj_up_proj_weight" in buffers
+            assert "model.layers.0.mlp.fused_gate_proj_up_proj_bias" not in buffers  # no bias, no buffer
+            assert sum(1 for n in buffers if ".fused_" in n) == 4 * 3
+            assert not any(".fused_" in n for n in model.state_dict())
 
             def forward(ids):
                 calls = []
@@ -206,6 +216,8 @@ def test_fused_projections_are_one_gemm_on_the_same_weights(tiny):
         finally:
             surgery.unfuse_sibling_projections(groups)
         assert not any("forward" in vars(m) for m in model.modules())
+        assert not any(".fused_" in n for n, _ in model.named_buffers()) and not any(
+            n.startswith("fused_") for m in model.modules() for n in m._buffers)
         torch.testing.assert_close(model(input_ids=prompt).logits, want, rtol=1e-5, atol=1e-5)
 
 

@@ -149,11 +149,29 @@ class _ProjectionGroup:
     taken its slice. Traced by torch.compile this is one matmul in the compiled graph; run eagerly, one GEMM.
     """
 
-    def __init__(self, modules, weight, bias):
-        self.modules, self.weight, self.bias = modules, weight, bias
+    def __init__(self, owner, name: str, modules, weight, bias):
+        # The fused weight and bias are buffers of the members' parent module (`owner`), named `name` + "_weight"
+        # / "_bias" and read through it, so that the model's named buffers hold them: they move with the model,
+        # and an export (torch.export) names them as the model's own tensors instead of anonymous constants.
+        self.owner, self.name, self.modules = owner, name, modules
+        owner.register_buffer(f"{name}_weight", weight, persistent=False)
+        owner.register_buffer(f"{name}_bias", bias, persistent=False)  # None: no bias (no buffer is made)
         self.input = self.output = None
         self.left = 0
         self.linear = None  # torch's linear; kernels.linear once routed to the gemv kernel
+
+    @property
+    def weight(self):
+        return getattr(self.owner, f"{self.name}_weight")
+
+    @property
+    def bias(self):
+        return getattr(self.owner, f"{self.name}_bias")
+
+    def remove(self) -> None:
+        """Drop the fused buffers from the owner (the members' weights stay views of the fused weight)."""
+        for suffix in ("_weight", "_bias"):
+            self.owner._buffers.pop(f"{self.name}{suffix}", None)
 
     def product(self, x):
         import torch
@@ -211,7 +229,7 @@ def fuse_sibling_projections(model) -> list:
             with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, usable outside inference mode
                 weight = torch.cat([m.weight for m in members])
                 bias = None if first.bias is None else torch.cat([m.bias for m in members])
-                group = _ProjectionGroup(members, weight, bias)
+                group = _ProjectionGroup(parent, "fused_" + "_".join(names), members, weight, bias)
                 start = 0
                 for m in members:
                     stop = start + m.out_features
@@ -229,6 +247,8 @@ def fuse_sibling_projections(model) -> list:
 
 def unfuse_sibling_projections(groups) -> None:
     _restore_forward([m for group in groups for m in group.modules], "fused_group", "fused_span")
+    for group in groups:
+        group.remove()
 
 
 # Looked up once: torch.compile cannot trace importlib's lookup inside a step (fused_decode asks per call).
