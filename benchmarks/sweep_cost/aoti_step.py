@@ -13,11 +13,13 @@ exported. With `--fuse-projections` the model's sibling projections are fused fi
 attention packs the query heads of a KV group where transformers does not, as the compiled backend changes the
 model at batch 2 or more. With `--capture` (CUDA) it also captures the loaded step in a CUDA graph, as the
 compiled backend does, and times `--replays` replays; `--compare-compile` does the same with torch.compile of
-the same step on the same model and cache, the compiled backend's way.
+the same step on the same model and cache, the compiled backend's way. `--weights-in-package` compiles the
+exporting model's weights into the package, AOTInductor's default (they are still replaced by the next model's).
+It prints when it starts and ends loading the package, so that a crash in the load is seen as one.
 
     python3 benchmarks/sweep_cost/aoti_step.py --package DIR/step.pt2 [--batch 8] [--seq 128] [--steps 8]
         [--dynamic-batch [--run-batch 64]] [--fuse-projections] [--pack-gqa] [--capture [--replays N]]
-        [--compare-compile] [--json FILE]
+        [--compare-compile] [--weights-in-package] [--json FILE]
     python3 benchmarks/sweep_cost/aoti_step.py --device cpu --dtype fp32 --architecture config/models/tiny-qwen2.json
         --package DIR/tiny.pt2
 
@@ -129,6 +131,8 @@ def main(argv=None) -> int:
     p.add_argument("--replays", type=int, default=20, help="timed replays of each captured step")
     p.add_argument("--compare-compile", action="store_true",
                    help="also torch.compile the same step on the same model and cache, capture and replay it")
+    p.add_argument("--weights-in-package", action="store_true",
+                   help="compile the exporting model's weights into the package (still rebound to the next model's)")
     p.add_argument("--json", help="also write the record here")
     a = p.parse_args(argv)
 
@@ -144,7 +148,8 @@ def main(argv=None) -> int:
 
     record: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu", **versions(), "batch": a.batch,
                     "run_batch": a.run_batch or a.batch, "dynamic_batch": a.dynamic_batch,
-                    "fuse_projections": a.fuse_projections, "pack_gqa": a.pack_gqa, "seq": a.seq, "steps": a.steps,
+                    "fuse_projections": a.fuse_projections, "pack_gqa": a.pack_gqa, "weights_in_package": a.weights_in_package,
+                    "seq": a.seq, "steps": a.steps,
                     "package": a.package}
     package = Path(a.package)
     if not package.exists():  # export and compile from one cell
@@ -164,7 +169,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         # the package holds no weights: each cell binds its own model's
         torch._inductor.aoti_compile_and_package(exported, package_path=str(package),
-                                                 inductor_configs={"aot_inductor.package_constants_in_so": False})
+                                                 inductor_configs={"aot_inductor.package_constants_in_so":
+                                                                   a.weights_in_package})
         record["compile_s"] = time.perf_counter() - t0
         del model, cache, step, exported
         if cuda:
@@ -175,8 +181,10 @@ def main(argv=None) -> int:
     tensors = cache_tensors(cache)
     record["pack_gqa_applied"] = getattr(a, "pack_gqa_applied", False)
     t0 = time.perf_counter()
+    print("loading the package", flush=True)
     runner = torch._inductor.aoti_load_package(str(package))
     record["load_s"] = time.perf_counter() - t0
+    print(f"loaded in {record['load_s']:.2f} s", flush=True)
     step = step_module(model, cache)
     state = {**dict(step.named_parameters(remove_duplicate=False)), **dict(step.named_buffers(remove_duplicate=False))}
     names = runner.get_constant_fqns()
