@@ -50,6 +50,7 @@ def load(roots):
                 "kept": (r.get("backend_info") or {}).get("compile_stats", {}).get("kept"),
                 "setup_graphs": (r.get("backend_info") or {}).get("compile_stats", {}).get("setup_graphs"),
                 "dynamic_batch": (r.get("backend_info") or {}).get("compile_dynamic_batch"),
+                "setup_parts": (r.get("backend_info") or {}).get("setup_parts") or {},
                 "startup": {k: m.get(k) for k in ("import_s", "environment_s", "model_code_s", "cuda_init_s",
                                                   "startup_s")},
                 "worker_parts": w.get("startup_parts") or {},
@@ -140,14 +141,24 @@ def _position(row) -> str:
 
 def compile_table(rows) -> str:
     lines = ["| run | batch | replicate | batch dynamic | compile s | FX graph cache hits | kept in the worker | "
-             "graphs in setup | cells before | backend setup s | decode ms/step |",
-             "|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|"]
+             "graphs in setup | cells before | backend setup s | its parts s | decode ms/step |",
+             "|---|---:|---:|---|---:|---:|---|---:|---:|---:|---|---:|"]
     for row in sorted((r for r in rows if r["compile_s"] is not None), key=lambda r: (r["root"], r["batch"], r["replicate"])):
         lines.append(f"| {Path(row['root']).name} | {row['batch']} | {row['replicate']} | {row['dynamic_batch']} | "
                      f"{row['compile_s']:.1f} | {row['fx_hits']} | {row['kept']} | {row['setup_graphs']} | "
                      f"{row['cells_before']} | "
-                     f"{row['setup_s']:.1f} | {row['decode_ms']:.3f} |")
+                     f"{row['setup_s']:.1f} | {setup_parts(row)} | {row['decode_ms']:.3f} |")
     return "\n".join(lines)
+
+
+def setup_parts(row) -> str:
+    """The backend setup's parts (backend_info setup_parts; the warm-up's without the compiling first step), or ''
+    for cells recorded before the setup was timed in parts."""
+    parts = dict(row["setup_parts"])
+    if "warm_up_s" in parts and row["compile_s"] is not None:
+        parts["warm_up_s"] -= row["compile_s"]
+        parts = {"compile_s": row["compile_s"], **parts}
+    return ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.2f}" for k, v in parts.items())
 
 
 def _seconds(value) -> str:

@@ -171,7 +171,9 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
         "s",
         "Time the backend's per-cell setup took before the warmup reps (graph: static KV cache, warm-up steps "
         "and CUDA graph capture; compiled: the same, and torch.compile or, at batch 1, the Triton kernels' "
-        "autotuning (cached on disk after the first cell); eager: none), kept out of every metric.",
+        "autotuning (cached on disk after the first cell); eager: none), kept out of every metric. Its parts, "
+        "the device synchronized between them, are in backend_info setup_parts (prefill, the step run as "
+        "Python, warm-up steps, capture, a replay, the reset).",
     ),
     Column(
         "backend_compile_s",

@@ -256,8 +256,13 @@ def test_compiled_backend_matches_eager_on_the_cpu(one_layer, monkeypatch, tmp_p
                 assert info["paths"]["step"] == steps
                 assert info["paths"].get("fused_layer", 0) == info["fused_layers"] * steps
                 assert info["paths"].get("compiled_step", 0) == (3 if info["compiled"] else 0)
+                # the setup's parts (uncaptured on the CPU): they add up to no more than the whole setup
+                parts = info["setup_parts"]
+                assert list(parts) == ["prefill_s"] + (["python_step_s"] if info["compiled"] else []) + [
+                    "warm_up_s", "reset_s"] and all(v >= 0 for v in parts.values())
+                assert sum(parts.values()) <= compiled.setup_s
                 if info["compiled"]:
-                    assert compiled.setup_s >= info["compile_s"] > 0
+                    assert compiled.setup_s >= parts["warm_up_s"] >= info["compile_s"] > 0
                     assert info["compile_stats"]["graphs"] == 1  # the whole step, no graph break (fullgraph)
                     assert info["compile_stats"]["setup_graphs"] == 1  # and no recompile in the later steps
                     extern_calls[fuse, fuse_layers] = info["compile_stats"]["extern_calls"]
@@ -485,6 +490,7 @@ def test_runner_measures_a_graph_cell_on_the_cpu():
     layers = r["architecture"]["num_hidden_layers"]
     packed = {} if surgery.transformers_packs_gqa() else {"packed_gqa_attention": 3 * layers}
     assert info.pop("paths") == {"step": 3, **packed}
+    assert list(info.pop("setup_parts")) == ["prefill_s", "warm_up_s", "reset_s"]  # uncaptured on the CPU
     assert info == {"name": "graph", "captured": False, "max_cache_len": 18, "capture_warmup_steps": 3,
                     "fused_rms_norms": 0, "fused_projections": 0, "compiled": False, "compile_s": None,
                     "compile_stats": {}, "compile_options": {}, "compile_dynamic_batch": False, "gemv": False, "pdl": False, "fused_layers": 0}
@@ -567,6 +573,8 @@ def test_kept_compiled_step_is_captured_on_cuda():
                 info = backend.info()
                 assert backend.graph is not None and info["compile_stats"]["kept"] is kept
                 assert info["compile_stats"]["graphs"] == info["compile_stats"]["setup_graphs"] == (0 if kept else 1)
+                assert list(info["setup_parts"]) == ["prefill_s", "python_step_s", "warm_up_s", "capture_s",
+                                                     "replay_s", "reset_s"]
                 _, logits = backend.generate(prompt, 8, forced=want_tokens)
                 torch.testing.assert_close(logits, want_logits, rtol=2e-2, atol=2e-2)
             finally:

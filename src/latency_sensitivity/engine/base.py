@@ -85,3 +85,18 @@ class Clock:
     def sync(self):
         if self.cuda:
             self.torch.cuda.synchronize()
+
+
+class PartTimer:
+    """Wall time by part of a piece of work: ``end(name)`` synchronizes the clock's device, adds the time since the
+    last part ended (or the timer was made) to ``parts[name]``, and starts the next part."""
+
+    def __init__(self, clock: Clock):
+        self.clock, self.parts = clock, {}
+        self._start = time.perf_counter()
+
+    def end(self, name: str) -> None:
+        self.clock.sync()
+        now = time.perf_counter()
+        self.parts[name] = self.parts.get(name, 0.0) + now - self._start
+        self._start = now

@@ -1,7 +1,6 @@
 """The graph and compiled backends: a static KV cache and the decode step replayed as a CUDA graph.
 
-Every backend (engine/base.py) has the same interface, so the runner's warmup and measured loops and its kernel-time profile do
-not care which one runs:
+Every backend (engine/base.py) has the same interface, so the runner's loops and kernel-time profile do not care which one runs:
 
 - ``request(prompt, gen_tokens, clock, rep_name) -> (prefill_ms, ttft_ms, [decode step ms], e2e_ms)``: one
   timed request with the runner's timing semantics (see ``base.timed_request``) and the NVTX ranges
@@ -11,7 +10,7 @@ not care which one runs:
   step's logits, optionally feeding given tokens instead of its own (teacher forcing), for checking one
   backend against another;
 - ``setup_s``: wall time of the backend's per-cell setup (cache allocation, graph capture), spent before the
-  warmup reps and kept out of every latency metric.
+  warmup reps and kept out of every latency metric; ``info()["setup_parts"]``: that time by part.
 
 Backends:
 
@@ -81,7 +80,7 @@ from __future__ import annotations
 import inspect
 import time
 
-from latency_sensitivity.engine.base import Backend, timed_request
+from latency_sensitivity.engine.base import Backend, Clock, PartTimer, timed_request
 from latency_sensitivity.engine.decode_step import compile_counts, compiled_step, decode_step, forget_compiled_step, mark_retraced
 from latency_sensitivity.engine.probe import PathNotTaken, PathProbe, probe_hit, versions_text
 from latency_sensitivity.engine.surgery import FUSABLE_NORMS, fuse_rms_norms, fuse_sibling_projections, gemv_available, pack_gqa_decode, route_linears_to_gemv, unfuse_rms_norms, unfuse_sibling_projections, unpack_gqa_decode, unroute_linears
@@ -180,6 +179,7 @@ class GraphBackend(Backend):
         self._step_fn = decode_step
         self.compile_kept = False  # the compiled step kept from an earlier backend of this process (decode_step)
         self._filled = False  # whether the cache holds a request's positions
+        self.setup_parts: dict = {}  # the setup's wall time by part (setup), the device synchronized between parts
         try:  # a failure from here on leaves the model as it was
             self._change_model(model, fuse_norms, fuse_projections, gemv, fuse_layers, pack_gqa)
             if layers_asked and not self.fused_layers:
@@ -320,6 +320,8 @@ class GraphBackend(Backend):
     def _setup(self, prompt) -> None:
         torch = self.torch
         self._graphs_before_setup = compile_counts()["graphs"] if self.compile else 0
+        timer = PartTimer(Clock(self.device.type == "cuda"))
+        self.setup_parts = timer.parts
         self._check(prompt, self.gen_tokens)
         probe = PathProbe()
         with torch.inference_mode():
@@ -329,35 +331,40 @@ class GraphBackend(Backend):
             self.static_in.copy_(token)
             if self.dynamic_batch:  # compiled, batch 2 or more
                 self._mark_dynamic_batch()
+            timer.end("prefill_s")
             if self.compile:
                 # one step as Python runs it, to count the paths inside the step that is compiled next (the
                 # cache holds it: seq_len + 1 + warmup_steps <= max_cache_len)
                 with probe:
                     self._step()
                 self.static_in.copy_(self.static_out)
+                timer.end("python_step_s")
             if self.capture:
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(side), probe:
                     self._warm_up()
                 torch.cuda.current_stream().wait_stream(side)
+                timer.end("warm_up_s")  # the compiling first step within it (compile_s)
                 # Capture records the step without running it: the cache is where the warm-up left it.
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph), probe:
                     self._run_step()
                 self.graph = graph
+                timer.end("capture_s")
                 # one request's first step replayed, so that the replay is counted too
                 self.reset()
                 self._filled = True
                 self.static_in.copy_(self._prefill(prompt)[1])
                 with probe:
                     self._replay()
+                timer.end("replay_s")  # a cache reset, a prefill and one replay
             else:
                 with probe:
                     self._warm_up()
+                timer.end("warm_up_s")
             self.reset()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+        timer.end("reset_s")
         self.paths = dict(sorted(probe.counts.items()))
         if self.compile:  # graphs dynamo made in the whole setup: the first step's, unless kept; more is a
             # recompile in the warm-up or the capture, a trace outside compile_s
@@ -463,6 +470,7 @@ class GraphBackend(Backend):
                 "explicit_positions": self.explicit_positions, "decode_attention": self.decode_attention(),
                 "fused_projections": len(self.fused_projections), "compiled": self.compile,
                 "compile_s": self.compile_s, "compile_stats": self.compile_stats,
+                "setup_parts": {k: round(v, 6) for k, v in self.setup_parts.items()},
                 "compile_options": self.compile_options, "compile_dynamic_batch": self.dynamic_batch,
                 "gemv": self.gemv, "pdl": self.pdl,
                 # decoder layers given the fused one-token forward (the final norm is not counted)
