@@ -15,7 +15,8 @@ model at batch 2 or more. With `--capture` (CUDA) it also captures the loaded st
 compiled backend does, and times `--replays` replays; `--compare-compile` does the same with torch.compile of
 the same step on the same model and cache, the compiled backend's way. `--weights-in-package` compiles the
 exporting model's weights into the package, AOTInductor's default (they are still replaced by the next model's).
-It prints when it starts and ends loading the package, so that a crash in the load is seen as one.
+It prints when it starts and ends loading the package, and writes the record so far (`--json`, `stage`) before
+the load, so that a load that kills the process is seen as one and keeps the export and compile times.
 
     python3 benchmarks/sweep_cost/aoti_step.py --package DIR/step.pt2 [--batch 8] [--seq 128] [--steps 8]
         [--dynamic-batch [--run-batch 64]] [--fuse-projections] [--pack-gqa] [--capture [--replays N]]
@@ -180,10 +181,14 @@ def main(argv=None) -> int:
     model, cache, prompt, token = cell(a, seed=1, batch=a.run_batch or a.batch)
     tensors = cache_tensors(cache)
     record["pack_gqa_applied"] = getattr(a, "pack_gqa_applied", False)
+    # a load that kills the process (a crash in the C++ loader) leaves this record, with what was measured before
+    record["stage"] = "loading the package"
+    save(record, a.json)
     t0 = time.perf_counter()
     print("loading the package", flush=True)
     runner = torch._inductor.aoti_load_package(str(package))
     record["load_s"] = time.perf_counter() - t0
+    record["stage"] = "loaded"
     print(f"loaded in {record['load_s']:.2f} s", flush=True)
     step = step_module(model, cache)
     state = {**dict(step.named_parameters(remove_duplicate=False)), **dict(step.named_buffers(remove_duplicate=False))}
@@ -279,11 +284,17 @@ def replay_times(step, token, cache, filled: int, replays: int):
 def report(record: dict, path: str | None, ok: bool) -> int:
     """Print the record (and write it to `path`); the exit status: 0 where the loaded step filled the cache as
     eager decoding did."""
-    text = json.dumps(record, indent=1)
-    print(text)
-    if path:
-        Path(path).write_text(text + "\n")
+    print(json.dumps(record, indent=1))
+    save(record, path)
     return 0 if ok else 1
+
+
+def save(record: dict, path: str | None) -> None:
+    """Write the record to `path` (if given) whole or not at all: a new file renamed over the old one."""
+    if path:
+        from latency_sensitivity.atomic import write_text
+
+        write_text(path, json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":
