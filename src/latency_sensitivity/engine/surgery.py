@@ -171,7 +171,8 @@ class _ProjectionGroup:
     def remove(self) -> None:
         """Drop the fused buffers from the owner (the members' weights stay views of the fused weight)."""
         for suffix in ("_weight", "_bias"):
-            self.owner._buffers.pop(f"{self.name}{suffix}", None)
+            if hasattr(self.owner, self.name + suffix):  # once only, whatever undoes the fusing twice
+                delattr(self.owner, self.name + suffix)
 
     def product(self, x):
         import torch
