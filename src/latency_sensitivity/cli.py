@@ -89,6 +89,8 @@ FLAGS = (
     ("measure.seed", "--seed"),
     ("measure.threads", "--threads"),
     ("measure.replicates", "--replicates"),
+    ("measure.isolation", "--isolation"),
+    ("measure.compile_shapes", "--compile-shapes"),
     ("collapse_factor", "--collapse-factor"),
     (f"sweeps.{SWEEP_NAME}.seq", "--seq"),
     (f"sweeps.{SWEEP_NAME}.batch", "--batch-sizes"),
@@ -186,6 +188,8 @@ def sweep_config(args: argparse.Namespace) -> dict:
             "seed": args.seed,
             "threads": args.threads,
             "replicates": args.replicates,
+            "isolation": args.isolation,
+            "compile_shapes": args.compile_shapes,
         },
         "collapse_factor": args.collapse_factor,
         "loading": {"enabled": bool(args.loading)},
@@ -286,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reps", type=_int_at_least(1), default=7)
     s.add_argument("--replicates", type=_int_at_least(1), default=3,
                    help="separate processes each cell is measured in (its value: the median of their medians)")
+    s.add_argument("--isolation", choices=vocabulary.ISOLATIONS, default="process",
+                   help="process: every cell in a process of its own (default); shared: the cells handed to one "
+                        "measurement worker per replicate; forked: shared, the workers forked after the imports "
+                        "(Linux); config key measure.isolation")
+    s.add_argument("--compile-shapes", choices=vocabulary.COMPILE_SHAPES, default="static",
+                   help="the compiled backend's step per batch size (static, default) or once with the batch "
+                        "dynamic (dynamic_batch); config key measure.compile_shapes")
     s.add_argument("--collapse-factor", type=_factor, default=2.0)
     s.add_argument("--seed", type=_int_at_least(0), default=0)
     s.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
