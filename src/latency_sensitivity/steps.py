@@ -147,6 +147,7 @@ def build_report(
         settings[f"ceilings ({device}, {dtype})"] = (
             f"{cal['bandwidth_gb_s']:.1f} GB/s copy, {cal['matmul_tflops']:.3g} TFLOP/s matmul "
             f"on {cal.get('device_name', device)}"
+            + (f"; measured by a job of {cal['job_s']:.1f} s, once per device and dtype" if cal.get("job_s") else "")
         )
 
     out_dir = Path(out_md).parent

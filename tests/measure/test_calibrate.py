@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 import math
 import statistics
 
@@ -127,6 +128,8 @@ def test_main_writes_json_atomically(tmp_path, capsys):
     assert data["device"] == "cpu" and data["dtype"] == "fp32" and data["quick"] is True
     assert data["bandwidth"]["bytes"] == 2 * 8 * 2**20 and data["matmul"]["n"] == 256
     assert _finite_pos(data["bandwidth_gb_s"]) and _finite_pos(data["matmul_tflops"])
+    # the job's wall time from its process's start (this test process's age, on Linux), for the report
+    assert data["job_s"] is None if not sys.platform.startswith("linux") else data["job_s"] > 0
     assert [p.name for p in out.parent.iterdir()] == ["cpu_fp32.json"]  # no temporary left behind
     assert "GB/s" in capsys.readouterr().out
     # rewriting replaces the file

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -66,6 +67,7 @@ def test_cli_records_a_failure_as_data(tmp_path):
                          "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["status"] == "error" and "no *.safetensors" in r["error"]
+    assert r["job_s"] is None if not sys.platform.startswith("linux") else r["job_s"] > 0  # the job's wall time
     text = model_loading.loading_section([r])
     assert "Failed:" in text and "safetensors" in text
 
@@ -76,6 +78,9 @@ def test_loading_section_hand_made():
          "host_to_device_s": 0.6, "host_to_device_gb_s": 10.7, "h2d_pinned_gb_s": 25.0, "h2d_pageable_gb_s": 12.0,
          "first_forward_s": 0.9, "warm_forward_s": 0.03, "load_total_s": 5.1}
     text = model_loading.loading_section([r])
+    assert "loading jobs' wall time" not in text  # a record without the job's time (written before it was kept)
+    assert "wall time (a process each, once per model, dtype and device; the checkpoint is written once before, " \
+           "by a job of its own): qwen2 fp16 on cuda 21.5 s." in model_loading.loading_section([dict(r, job_s=21.46)])
     assert "| qwen2 | fp16 | cuda | 6144 | 3.000 (2.15 GB/s; ceiling 2.50 GB/s) |" in text
     assert "0.600 (10.70 GB/s; ceiling 25.00 GB/s / 12.00 GB/s)" in text and "| read |" in text
     assert "Amortised" not in text  # without the run's cells

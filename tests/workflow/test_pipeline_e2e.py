@@ -59,7 +59,9 @@ def test_full_pipeline_then_only_changed_cells_rerun(tmp_path, default_config):
     assert (tmp_path / "logs" / "measure" / "tiny-qwen2" / "fp32" / "eager" / "seq16_batch1" / "r1.log").is_file()
     report = (tmp_path / "results" / "report.md").read_text()
     for text in ("## Setup", "## Sweep `seq_sweep`", "## Sweep `batch_sweep`", "## Sweep `grid`", "![", "| 64 |",
-                 "Findings", "Roofline", "ceilings (cpu, fp32)", "Request anatomy", "## Model loading"):
+                 "Findings", "Roofline", "ceilings (cpu, fp32)", "Request anatomy", "## Model loading",
+                 # the one-time jobs' wall time, apart from the cells' cost
+                 "once per device and dtype", "The loading jobs' wall time"):
         assert text in report
     cells = (tmp_path / "results" / "cells").glob("*/*/*/*.json")
     replicates = (tmp_path / "results" / "cells").glob("*/*/*/*/r*.json")

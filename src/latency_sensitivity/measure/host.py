@@ -20,6 +20,17 @@ CPUFREQ = Path("/sys/devices/system/cpu")
 CPUINFO = Path("/proc/cpuinfo")
 
 
+def process_age_s() -> float | None:
+    """Seconds since this process started, as Linux records it (/proc/self/stat's start time against
+    /proc/uptime, to the clock tick); None elsewhere."""
+    try:
+        started = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - started / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def affinity() -> list[int] | None:
     """The CPUs this process may run on (None where the platform does not say)."""
     try:

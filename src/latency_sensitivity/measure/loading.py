@@ -297,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
                   "status": "error",
                   "error": f"{type(exc).__name__}: {exc}"}
         print(result["error"], file=sys.stderr)
+    from latency_sensitivity.measure.host import process_age_s
+
+    result["job_s"] = process_age_s()  # the job's wall time, from its process's start (a one-time cost)
     write_json(a.out, result)
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}), file=sys.stderr)
     return 0

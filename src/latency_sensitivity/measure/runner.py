@@ -23,6 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from latency_sensitivity import vocabulary
+from latency_sensitivity.measure.host import process_age_s
 from latency_sensitivity.measure.model import CellSpec, TORCH_DTYPES
 from latency_sensitivity.vocabulary import (BACKENDS, CELL_SCHEMA_VERSION, COMPILE_SHAPES, ISOLATIONS, PLACEMENTS,
                                             PROFILE_MODES, WORKER_ISOLATIONS)
@@ -98,17 +99,6 @@ def _ensure_torch_profile_files(folder: Path) -> None:
         os.replace(tmp, folder / "trace.json.gz")
     if not (folder / "ops.csv").exists():
         write_text(folder / "ops.csv", op_table_csv([]))
-
-
-def process_age_s() -> float | None:
-    """Seconds since this process started, as Linux records it (/proc/self/stat's start time against
-    /proc/uptime, to the clock tick); None elsewhere."""
-    try:
-        started = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return max(0.0, uptime - started / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def measure_to_file(argv: list[str] | None = None, worker: dict | None = None, job_start: float | None = None) -> int:

@@ -92,6 +92,11 @@ def loading_section(results: Sequence[dict], cells: pd.DataFrame | None = None) 
         parts += ["", markdown_table(["model", "dtype", "device", "MiB", "read s", "deserialise s", "instantiate s",
                                       "host-to-device s", "first forward s", "total s", "largest stage"], rows,
                                      [False, False, False, True, True, True, True, True, True, True, False])]
+    jobs = [f"{r.get('model')} {r.get('dtype')} on {r.get('device')} {r['job_s']:.1f} s" for r in results
+            if r.get("job_s")]
+    if jobs:  # what measuring it cost the machine, once per model, dtype and device (not part of any cell)
+        parts += ["", "The loading jobs' wall time (a process each, once per model, dtype and device; the "
+                  f"checkpoint is written once before, by a job of its own): {', '.join(jobs)}."]
     if notes:
         parts += ["", "Suspect:", ""] + [f"- {n}" for n in notes]
     amortised = [a for a in (loading_amortised(r, cells) for r in results) if a] if cells is not None else []
