@@ -61,6 +61,21 @@ def test_a_read_faster_than_its_ceiling_is_reported_as_suspect():
         [dict(r, read_gb_s=0.19, read_resident_fraction=0.3)])
 
 
+def test_the_jobs_record_their_wall_time(tmp_path):
+    """materialize writes its record beside the weights; the loading record carries both jobs' wall times."""
+    ckpt, out = tmp_path / "ckpt", tmp_path / "load.json"
+    assert loading.main(["materialize", "--model", "tiny", "--model-kind", "architecture", "--model-location",
+                         cell_spec().model_location, "--dtype", "fp32", "--out", str(ckpt)]) == 0
+    written = json.loads((ckpt / loading.MATERIALIZED).read_text())
+    assert written["files"] == ["model.safetensors"] and written["bytes"] > 0
+    assert loading.main(["measure", "--checkpoint", str(ckpt), "--device", "cpu", "--dtype", "fp32", "--seq", "8",
+                         "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["status"] == "ok" and r["bytes"] == written["bytes"]  # the record is not counted as weights
+    if sys.platform.startswith("linux"):
+        assert written["job_s"] > 0 and r["checkpoint_job_s"] == written["job_s"] and r["job_s"] > 0
+
+
 def test_cli_records_a_failure_as_data(tmp_path):
     out = tmp_path / "load.json"
     assert loading.main(["measure", "--checkpoint", str(tmp_path), "--device", "cpu", "--dtype", "fp32",
@@ -79,8 +94,10 @@ def test_loading_section_hand_made():
          "first_forward_s": 0.9, "warm_forward_s": 0.03, "load_total_s": 5.1}
     text = model_loading.loading_section([r])
     assert "loading jobs' wall time" not in text  # a record without the job's time (written before it was kept)
-    assert "wall time (a process each, once per model, dtype and device; the checkpoint is written once before, " \
-           "by a job of its own): qwen2 fp16 on cuda 21.5 s." in model_loading.loading_section([dict(r, job_s=21.46)])
+    assert ("wall time (a process each, once per model, dtype and device; the checkpoint is written once before, "
+            "by a job of its own, once per model and dtype): qwen2 fp16 on cuda 21.5 s (its checkpoint written by a "
+            "job of 9.0 s).") in model_loading.loading_section([dict(r, job_s=21.46, checkpoint_job_s=9.01)])
+    assert "on cuda 21.5 s." in model_loading.loading_section([dict(r, job_s=21.46, checkpoint_job_s=None)])
     assert "| qwen2 | fp16 | cuda | 6144 | 3.000 (2.15 GB/s; ceiling 2.50 GB/s) |" in text
     assert "0.600 (10.70 GB/s; ceiling 25.00 GB/s / 12.00 GB/s)" in text and "| read |" in text
     assert "Amortised" not in text  # without the run's cells

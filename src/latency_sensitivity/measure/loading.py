@@ -31,6 +31,10 @@ from pathlib import Path
 GB = 1e9
 
 
+# The materialize job's record, in the checkpoint folder beside the weights.
+MATERIALIZED = "materialized.json"
+
+
 def materialize(spec, out_dir: str | Path) -> dict:
     """Build the cell's model (random weights from its architecture) and save it as a safetensors checkpoint."""
     from latency_sensitivity.measure import model as cell_model
@@ -283,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
 
         claim_for(a.device)
         info = materialize(spec, a.out)
+        from latency_sensitivity.measure.host import process_age_s
+
+        # beside the weights, for the loading record: what writing them cost (a one-time job per model and dtype)
+        write_json(a.out / MATERIALIZED, {**info, "job_s": process_age_s()})
         print(json.dumps(info), file=sys.stderr)
         return 0
     from latency_sensitivity.measure.gpu_slots import claim_for
@@ -300,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     from latency_sensitivity.measure.host import process_age_s
 
     result["job_s"] = process_age_s()  # the job's wall time, from its process's start (a one-time cost)
+    try:  # the job that wrote the checkpoint, where it said
+        result["checkpoint_job_s"] = json.loads((a.checkpoint / MATERIALIZED).read_text()).get("job_s")
+    except (OSError, ValueError):
+        result["checkpoint_job_s"] = None
     write_json(a.out, result)
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}), file=sys.stderr)
     return 0

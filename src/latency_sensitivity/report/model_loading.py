@@ -92,11 +92,13 @@ def loading_section(results: Sequence[dict], cells: pd.DataFrame | None = None) 
         parts += ["", markdown_table(["model", "dtype", "device", "MiB", "read s", "deserialise s", "instantiate s",
                                       "host-to-device s", "first forward s", "total s", "largest stage"], rows,
                                      [False, False, False, True, True, True, True, True, True, True, False])]
-    jobs = [f"{r.get('model')} {r.get('dtype')} on {r.get('device')} {r['job_s']:.1f} s" for r in results
-            if r.get("job_s")]
+    jobs = [f"{r.get('model')} {r.get('dtype')} on {r.get('device')} {r['job_s']:.1f} s"
+            + (f" (its checkpoint written by a job of {r['checkpoint_job_s']:.1f} s)" if r.get("checkpoint_job_s")
+               else "") for r in results if r.get("job_s")]
     if jobs:  # what measuring it cost the machine, once per model, dtype and device (not part of any cell)
         parts += ["", "The loading jobs' wall time (a process each, once per model, dtype and device; the "
-                  f"checkpoint is written once before, by a job of its own): {', '.join(jobs)}."]
+                  f"checkpoint is written once before, by a job of its own, once per model and dtype): "
+                  f"{', '.join(jobs)}."]
     if notes:
         parts += ["", "Suspect:", ""] + [f"- {n}" for n in notes]
     amortised = [a for a in (loading_amortised(r, cells) for r in results) if a] if cells is not None else []
