@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from latency_sensitivity.atomic import write_json
+    from latency_sensitivity.measure.host import process_age_s  # each job's wall time, for its record
     from latency_sensitivity.measure.model import CellSpec
 
     p = argparse.ArgumentParser(prog="python -m latency_sensitivity.measure.loading", description=__doc__.splitlines()[0])
@@ -287,8 +288,6 @@ def main(argv: list[str] | None = None) -> int:
 
         claim_for(a.device)
         info = materialize(spec, a.out)
-        from latency_sensitivity.measure.host import process_age_s
-
         # beside the weights, for the loading record: what writing them cost (a one-time job per model and dtype)
         write_json(a.out / MATERIALIZED, {**info, "job_s": process_age_s()})
         print(json.dumps(info), file=sys.stderr)
@@ -305,8 +304,6 @@ def main(argv: list[str] | None = None) -> int:
                   "status": "error",
                   "error": f"{type(exc).__name__}: {exc}"}
         print(result["error"], file=sys.stderr)
-    from latency_sensitivity.measure.host import process_age_s
-
     result["job_s"] = process_age_s()  # the job's wall time, from its process's start (a one-time cost)
     try:  # the job that wrote the checkpoint, where it said
         result["checkpoint_job_s"] = json.loads((a.checkpoint / MATERIALIZED).read_text()).get("job_s")
