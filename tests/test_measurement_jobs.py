@@ -47,6 +47,18 @@ def test_compile_shapes_reaches_the_runner_of_compiled_cells_only():
     assert measurement_jobs.compile_shapes(measure, "eager") == "static"
 
 
+def test_compiled_step_is_a_measurement_of_compiled_cells_only(default_config):
+    cfg = lsconfig.validate(copy.deepcopy(default_config), base_dir=REPO)
+    measure = cfg["measure"]
+    assert measure["compiled_step"] == "saved"  # the default
+    for backend in ("eager", "graph"):
+        assert measurement_jobs.compiled_step(measure, backend) == "traced"
+        assert "compiled_step" not in measurement_jobs.measurement_settings(measure, backend)
+    assert measurement_jobs.compiled_step({**measure, "compiled_step": "traced"}, "compiled") == "traced"
+    assert measurement_jobs.measurement_settings({**measure, "compiled_step": "traced"}, "compiled") != \
+        measurement_jobs.measurement_settings(measure, "compiled")
+
+
 def test_placement_is_a_measurement_of_cuda_cells_only(default_config):
     """measure.placement moves nothing on the CPU: it re-measures CUDA cells only and reaches their runner only."""
     cfg = lsconfig.validate(copy.deepcopy(default_config), base_dir=REPO)

@@ -48,6 +48,8 @@ def load(roots):
                 "pad_mb": m.get("placement_pad_mb"),
                 "fx_hits": (r.get("backend_info") or {}).get("compile_stats", {}).get("fxgraph_cache_hit"),
                 "kept": (r.get("backend_info") or {}).get("compile_stats", {}).get("kept"),
+                # where the step came from (compiled and saved, loaded, kept, traced); older cells: kept or not
+                "step": (r.get("backend_info") or {}).get("compile_stats", {}).get("step"),
                 "setup_graphs": (r.get("backend_info") or {}).get("compile_stats", {}).get("setup_graphs"),
                 "dynamic_batch": (r.get("backend_info") or {}).get("compile_dynamic_batch"),
                 "setup_parts": (r.get("backend_info") or {}).get("setup_parts") or {},
@@ -140,12 +142,13 @@ def _position(row) -> str:
 
 
 def compile_table(rows) -> str:
-    lines = ["| run | batch | replicate | batch dynamic | compile s | FX graph cache hits | kept in the worker | "
+    lines = ["| run | batch | replicate | batch dynamic | compile s | FX graph cache hits | step | "
              "graphs in setup | cells before | backend setup s | its parts s | decode ms/step |",
              "|---|---:|---:|---|---:|---:|---|---:|---:|---:|---|---:|"]
     for row in sorted((r for r in rows if r["compile_s"] is not None), key=lambda r: (r["root"], r["batch"], r["replicate"])):
         lines.append(f"| {Path(row['root']).name} | {row['batch']} | {row['replicate']} | {row['dynamic_batch']} | "
-                     f"{row['compile_s']:.1f} | {row['fx_hits']} | {row['kept']} | {row['setup_graphs']} | "
+                     f"{row['compile_s']:.1f} | {row['fx_hits']} | {row['step'] or ('kept' if row['kept'] else 'traced')} | "
+                     f"{row['setup_graphs']} | "
                      f"{row['cells_before']} | "
                      f"{row['setup_s']:.1f} | {setup_parts(row)} | {row['decode_ms']:.3f} |")
     return "\n".join(lines)

@@ -91,6 +91,7 @@ FLAGS = (
     ("measure.replicates", "--replicates"),
     ("measure.isolation", "--isolation"),
     ("measure.compile_shapes", "--compile-shapes"),
+    ("measure.compiled_step", "--compiled-step"),
     ("collapse_factor", "--collapse-factor"),
     (f"sweeps.{SWEEP_NAME}.seq", "--seq"),
     (f"sweeps.{SWEEP_NAME}.batch", "--batch-sizes"),
@@ -190,6 +191,7 @@ def sweep_config(args: argparse.Namespace) -> dict:
             "replicates": args.replicates,
             "isolation": args.isolation,
             "compile_shapes": args.compile_shapes,
+            "compiled_step": args.compiled_step,
         },
         "collapse_factor": args.collapse_factor,
         "loading": {"enabled": bool(args.loading)},
@@ -297,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compile-shapes", choices=vocabulary.COMPILE_SHAPES, default="static",
                    help="the compiled backend's step per batch size (static, default) or once with the batch "
                         "dynamic (dynamic_batch); config key measure.compile_shapes")
+    s.add_argument("--compiled-step", choices=vocabulary.COMPILED_STEPS, default="saved",
+                   help="the compiled backend's step compiled once, saved under results/cache/compile/ and loaded "
+                        "by later processes (saved, default) or traced in each process (traced); config key "
+                        "measure.compiled_step")
     s.add_argument("--collapse-factor", type=_factor, default=2.0)
     s.add_argument("--seed", type=_int_at_least(0), default=0)
     s.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])

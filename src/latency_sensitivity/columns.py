@@ -172,18 +172,22 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
         "Time the backend's per-cell setup took before the warmup reps (graph: static KV cache, warm-up steps "
         "and CUDA graph capture; compiled: the same, and torch.compile or, at batch 1, the Triton kernels' "
         "autotuning (cached on disk after the first cell); eager: none), kept out of every metric. Its parts, "
-        "the device synchronized between them, are in backend_info setup_parts (prefill, the step run as "
-        "Python, warm-up steps, capture, a replay, the reset).",
+        "the device synchronized between them, are in backend_info setup_parts (the model changes, the static "
+        "cache with the compiled step found or kept, prefill, the step run as Python, warm-up steps, capture, a "
+        "replay, the reset).",
     ),
     Column(
         "backend_compile_s",
         "s",
-        "The compiled backend's first decode step, where torch.compile traces and compiles it (part of "
-        "backend_setup_s). Where inductor's on-disk cache holds the same shapes the compiled code is loaded from "
-        "it, but the step is still traced: shorter, not free. A shared worker keeps its compiled step, so its "
-        "later cells of the same shapes (with compile_shapes dynamic_batch: any batch of 2 or more) run it "
-        "without a trace (backend_info compile_stats kept). Empty for other backends, and for compiled cells "
-        "whose decoder layers were rewritten (batch 1 on CUDA), which are not compiled.",
+        "The compiled backend's first decode step, where its compiled step is made (part of backend_setup_s). "
+        "With compiled_step saved (the default) the first process that needs a step compiles it ahead of time "
+        "and saves it under results/cache/compile/, and every later process loads it there without tracing "
+        "the model; with compiled_step traced torch.compile traces the step in each process (inductor's on-disk "
+        "cache shortens the compile, not the trace). A shared worker keeps its compiled step, so its later "
+        "cells of the same shapes (with compile_shapes dynamic_batch: any batch of 2 or more) run it as it is. "
+        "backend_info compile_stats step says which happened: compiled and saved, loaded, kept, traced. Empty "
+        "for other backends, and for compiled cells whose decoder layers were rewritten (batch 1 on CUDA), "
+        "which are not compiled.",
     ),
 )
 

@@ -36,6 +36,12 @@ def compile_shapes(measure: dict, backend: str) -> str:
     return measure["compile_shapes"] if backend in COMPILING_BACKENDS else "static"
 
 
+def compiled_step(measure: dict, backend: str) -> str:
+    """The runner's --compiled-step for a cell: measure.compiled_step where the backend compiles, else the
+    runner's default (traced)."""
+    return measure["compiled_step"] if backend in COMPILING_BACKENDS else "traced"
+
+
 def placement(measure: dict) -> str:
     """The runner's --placement for a cell: measure.placement on CUDA, else fixed (nothing is moved on the CPU)."""
     return measure["placement"] if measure.get("device") == "cuda" else "fixed"

@@ -65,11 +65,15 @@ WORKER_ISOLATIONS = ("shared", "forked")
 # How the compiled backend compiles its decode step at batch 2 and more: for each batch size's own shapes
 # (static), or once with the batch as a dynamic dimension that every batch size shares (dynamic_batch).
 COMPILE_SHAPES = ("static", "dynamic_batch")
+# Where a measuring process gets the compiled decode step: compiled ahead of time once per step and saved under
+# the compile cache, then loaded without tracing the model (saved; engine/decode_step.SavedStep), or traced by
+# torch.compile in each process, inductor's cache serving the kernels (traced).
+COMPILED_STEPS = ("saved", "traced")
 # Where a cell's model and cache land in device memory: as a fresh process allocates them, the same every time
 # (fixed), or moved by a buffer held while they are allocated whose size depends on the replicate (by_replicate;
 # measure/placement.py), so that replicates sample placement.
 PLACEMENTS = ("fixed", "by_replicate")
-# The backends that compile their decode step, and so the cells measure.compile_shapes applies to.
+# The backends that compile their decode step, and so the cells measure.compile_shapes and compiled_step apply to.
 COMPILING_BACKENDS = ("compiled",)
 # What profiles a cell's process: nothing but its own kernel-time sessions (off, a measurement), nsys or ncu
 # wrapping it (external), or torch.profiler around its measured reps (torch; measure/probes.py).

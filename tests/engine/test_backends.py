@@ -258,7 +258,8 @@ def test_compiled_backend_matches_eager_on_the_cpu(one_layer, monkeypatch, tmp_p
                 assert info["paths"].get("compiled_step", 0) == (3 if info["compiled"] else 0)
                 # the setup's parts (uncaptured on the CPU): they add up to no more than the whole setup
                 parts = info["setup_parts"]
-                assert list(parts) == ["prefill_s"] + (["python_step_s"] if info["compiled"] else []) + [
+                assert list(parts) == ["change_model_s", "cache_and_step_s", "prefill_s"] + (
+                    ["python_step_s"] if info["compiled"] else []) + [
                     "warm_up_s", "reset_s"] and all(v >= 0 for v in parts.values())
                 assert sum(parts.values()) <= compiled.setup_s
                 if info["compiled"]:
@@ -432,7 +433,7 @@ def test_a_failed_setup_leaves_the_model_as_it_was(tiny, monkeypatch):
     def no_cache(*args, **kwargs):
         raise MemoryError("no room for the cache")
 
-    monkeypatch.setattr(graph_backend, "_static_cache", no_cache)
+    monkeypatch.setattr(graph_backend, "static_cache", no_cache)
     with pytest.raises(MemoryError, match="no room"):
         graph_backend.GraphBackend(model, batch=2, seq_len=12, gen_tokens=6, fuse_norms=True, fuse_projections=True,
                               fuse_layers=True, pack_gqa=True)
@@ -490,10 +491,11 @@ def test_runner_measures_a_graph_cell_on_the_cpu():
     layers = r["architecture"]["num_hidden_layers"]
     packed = {} if surgery.transformers_packs_gqa() else {"packed_gqa_attention": 3 * layers}
     assert info.pop("paths") == {"step": 3, **packed}
-    assert list(info.pop("setup_parts")) == ["prefill_s", "warm_up_s", "reset_s"]  # uncaptured on the CPU
+    assert list(info.pop("setup_parts")) == ["change_model_s", "cache_and_step_s", "prefill_s", "warm_up_s",
+                                             "reset_s"]  # uncaptured on the CPU
     assert info == {"name": "graph", "captured": False, "max_cache_len": 18, "capture_warmup_steps": 3,
                     "fused_rms_norms": 0, "fused_projections": 0, "compiled": False, "compile_s": None,
-                    "compile_stats": {}, "compile_options": {}, "compile_dynamic_batch": False, "gemv": False, "pdl": False, "fused_layers": 0}
+                    "compile_stats": {}, "compile_options": {}, "compile_dynamic_batch": False, "saved_step": None, "gemv": False, "pdl": False, "fused_layers": 0}
     assert m["backend_compile_s"] is None
     # the versions the paths depend on, beside them in every cell
     env = r["environment"]
@@ -573,7 +575,8 @@ def test_kept_compiled_step_is_captured_on_cuda():
                 info = backend.info()
                 assert backend.graph is not None and info["compile_stats"]["kept"] is kept
                 assert info["compile_stats"]["graphs"] == info["compile_stats"]["setup_graphs"] == (0 if kept else 1)
-                assert list(info["setup_parts"]) == ["prefill_s", "python_step_s", "warm_up_s", "capture_s",
+                assert list(info["setup_parts"]) == ["change_model_s", "cache_and_step_s", "prefill_s", "python_step_s",
+                                                     "warm_up_s", "capture_s",
                                                      "replay_s", "reset_s"]
                 _, logits = backend.generate(prompt, 8, forced=want_tokens)
                 torch.testing.assert_close(logits, want_logits, rtol=2e-2, atol=2e-2)

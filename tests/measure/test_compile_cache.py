@@ -20,6 +20,7 @@ def test_one_folder_per_device_and_versions(tmp_path, monkeypatch):
     assert env["TRITON_CACHE_AUTOTUNING"] == "1" and record["triton_autotuning_cached"]
     assert record["inductor"]["set_by"] == record["triton"]["set_by"] == "workflow" and record["key"] == key
     assert (tmp_path / "cache" / key / "inductor").is_dir()
+    assert record["steps"] == str((tmp_path / "cache" / key / "steps").resolve())  # saved compiled steps
 
 
 def test_a_users_cache_folder_is_kept_and_recorded(tmp_path):
@@ -33,7 +34,7 @@ def test_a_users_cache_folder_is_kept_and_recorded(tmp_path):
 def test_no_root_leaves_torchs_defaults(tmp_path):
     env = {}
     record = compile_cache.configure(None, "cpu", env, V1)
-    assert env == {} and record["inductor"] == {"dir": None, "set_by": "default"}
+    assert env == {} and record["inductor"] == {"dir": None, "set_by": "default"} and record["steps"] is None
 
 
 def test_device_name_without_nvml_is_named_unknown(monkeypatch):

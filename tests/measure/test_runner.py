@@ -1,5 +1,6 @@
 """The runner on the CPU: a real tiny model, a local checkpoint, and failures recorded as rows."""
 
+import dataclasses
 import json
 import os
 
@@ -251,6 +252,28 @@ def test_compile_shapes_reaches_the_compiled_backend_only():
             want = {"dynamic_batch": True} if (backend, shapes) == ("compiled", "dynamic_batch") else {}
             assert cell.backend_options(spec) == want
     assert runner.parse_args(argv)[0].compile_shapes == "static"
+
+
+def test_compiled_step_saved_reaches_the_compiled_backend_only_with_a_compile_cache(tmp_path, capsys):
+    """--compiled-step saved needs the compile cache, whose steps folder the runner gives the compiled backend;
+    other backends get no option."""
+    argv = ["--model", "tiny", "--model-kind", "architecture", "--model-location", "x.json", "--dtype", "fp32",
+            "--device", "cpu", "--seq", "8", "--batch", "2", "--gen-tokens", "4", "--warmup", "1", "--reps", "1",
+            "--out", "r.json"]
+    assert runner.parse_args(argv + ["--backend", "compiled"])[0].compiled_step == "traced"  # the runner's default
+    with pytest.raises(SystemExit):
+        runner.parse_args(argv + ["--backend", "compiled", "--compiled-step", "saved"])
+    assert "--compiled-step saved needs --compile-cache" in capsys.readouterr().err
+    for backend in ("eager", "graph", "compiled"):
+        spec = runner.parse_args(argv + ["--backend", backend, "--compiled-step", "saved",
+                                         "--compile-cache", str(tmp_path)])[0]
+        assert spec.compiled_step == "saved"
+        if backend == "compiled":
+            with pytest.raises(ValueError, match="no folder for saved steps"):  # the runner sets it, not the argv
+                cell.backend_options(spec)
+            spec = dataclasses.replace(spec, saved_step_dir=str(tmp_path / "steps"))
+        assert cell.backend_options(spec) == ({"saved_step_dir": str(tmp_path / "steps")} if backend == "compiled"
+                                              else {})
 
 
 def test_kernel_time_sessions_detach_cupti_when_the_request_s_last_one_stops(monkeypatch):

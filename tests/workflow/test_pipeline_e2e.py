@@ -176,12 +176,14 @@ def test_cli_backends_option(tmp_path, capsys):
     assert cfg["measure"]["backends"] == ["eager", "graph"]
     # the reference interface's defaults: a process per cell, the compiled step per batch size
     assert (cfg["measure"]["isolation"], cfg["measure"]["compile_shapes"]) == ("process", "static")
+    assert cfg["measure"]["compiled_step"] == "saved"
     rc = cli.main(["sweep", "--model", "tiny-qwen2", "--dtype", "fp32", "--device", "cpu", "--seq", "16",
                    "--batch-sizes", "2,4", "--backends", "compiled", "--isolation", "shared", "--compile-shapes",
-                   "dynamic_batch", "--out", str(out), "--dry-run"])
+                   "dynamic_batch", "--compiled-step", "traced", "--out", str(out), "--dry-run"])
     assert rc == 0
     cfg = yaml.safe_load((tmp_path / "b.work" / "config" / "config.yaml").read_text())
     assert (cfg["measure"]["isolation"], cfg["measure"]["compile_shapes"]) == ("shared", "dynamic_batch")
+    assert cfg["measure"]["compiled_step"] == "traced"
     with pytest.raises(SystemExit):
         cli.main(["sweep", "--model", "tiny-qwen2", "--seq", "16", "--isolation", "thread", "--out", str(out)])
     assert "argument --isolation: invalid choice: 'thread'" in capsys.readouterr().err

@@ -268,6 +268,11 @@ def compile_shapes(wildcards):
     return measurement_jobs.compile_shapes(MEASURE, wildcards.backend)
 
 
+def compiled_step(wildcards):
+    """The cell's --compiled-step (measurement_jobs.compiled_step)."""
+    return measurement_jobs.compiled_step(MEASURE, wildcards.backend)
+
+
 def placement(wildcards):
     """The cell's --placement (measurement_jobs.placement)."""
     return measurement_jobs.placement(MEASURE)
@@ -277,7 +282,8 @@ def placement(wildcards):
 CPU_AFFINITY = ",".join(str(cpu) for cpu in MEASURE["cpu_affinity"]) or "none"
 
 
-# The runner's command line: the measure rule runs it and the profile rules (profile.smk) wrap it.
+# The runner's command line: the measure rule runs it and the profile rules (profile.smk) wrap it. Both keep
+# compiled code under results/cache/compile/ (measure/compile_cache.py), saved steps included.
 RUNNER = (
     "python3 -m latency_sensitivity.measure.runner"
     " --model {wildcards.model} --model-kind {params.model_kind} --model-location {params.model_location:q}"
@@ -286,8 +292,8 @@ RUNNER = (
     " --seq {wildcards.seq} --batch {wildcards.batch}"
     " --gen-tokens {params.gen_tokens} --warmup {params.warmup} --reps {params.reps}"
     " --seed {params.seed} --threads {params.threads} --cpu-affinity {params.cpu_affinity}"
-    " --compile-shapes {params.compile_shapes} --placement {params.placement}"
-    " --tokenizer {input.tokenizer:q}"
+    " --compile-shapes {params.compile_shapes} --compiled-step {params.compiled_step} --placement {params.placement}"
+    " --tokenizer {input.tokenizer:q} --compile-cache results/cache/compile"
 )
 
 
@@ -332,5 +338,6 @@ PROFILE_RUNNER_PARAMS = dict(
     threads=MEASURE["threads"],
     cpu_affinity=CPU_AFFINITY,
     compile_shapes=compile_shapes,
+    compiled_step=compiled_step,
     placement=placement,
 )

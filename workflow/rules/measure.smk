@@ -39,6 +39,7 @@ rule measure_cell:
         cpu_affinity=CPU_AFFINITY,
         isolation=MEASURE["isolation"],
         compile_shapes=compile_shapes,
+        compiled_step=compiled_step,
         placement=placement,
         measurement=measurement,
     threads: MEASURE["threads"]
@@ -49,7 +50,7 @@ rule measure_cell:
         "../../envs/measure.yaml"
     shell:
         f"{RUNNER} --replicate {{wildcards.replicate}} --isolation {{params.isolation}}"
-        " --compile-cache results/cache/compile --out {output} > {log} 2>&1"
+        " --out {output} > {log} 2>&1"
 
 
 # A cell's result: the median of its replicates' medians, with the spread between them (replicates.py).

@@ -1,4 +1,4 @@
-"""The decode step of the static-cache backends (graph, compiled), and the process's compiled form of it.
+"""The decode step of the static-cache backends (graph, compiled), its static cache, and its compiled forms.
 
 dynamo keeps its compiled code per code object (here: decode_step's), with guards on what the code depends on. A
 later backend whose model has the same architecture, dtype, changes and shapes (with dynamic_batch: any batch of 2
@@ -7,11 +7,23 @@ give it in a new process, without the trace that finding it there takes (benchma
 Another key resets dynamo first, so a process holds one compiled step at a time; so does a key whose last reuse
 traced again (its guards did not hold), so a process never piles up recompiles towards dynamo's limit, which
 fails a fullgraph compile.
+
+With a folder for saved steps (``compiled_step(saved_dir=...)``; the pipeline's is under results/cache/compile/,
+measure/compile_cache.py) the step is compiled ahead of time instead (dynamo's ``aot_compile``) and saved there,
+and every later process loads it and runs it without tracing the model at all (``SavedStep``). A saved step keeps
+only the guards that travel (the tensors' shapes, dtypes and devices, dynamo's global state), so its file name is a
+hash of everything else the code depends on: the backend's key (architecture, dtype, device, model changes,
+shapes, inductor's options), this package's engine code, the versions of Python, torch, transformers and Triton.
 """
 
 from __future__ import annotations
 
-from latency_sensitivity.engine.probe import probe_hit
+import hashlib
+import os
+import platform
+from pathlib import Path
+
+from latency_sensitivity.engine.probe import probe_hit, versions
 
 
 def decode_step(model, tokens, cache, positions):
@@ -25,18 +37,46 @@ def decode_step(model, tokens, cache, positions):
     return out.logits, out.logits[:, -1].argmax(dim=-1, keepdim=True)
 
 
+def static_cache(model, batch: int, max_cache_len: int):
+    """transformers' StaticCache for `model` at `batch`, `max_cache_len` positions."""
+    from transformers import StaticCache
+
+    try:  # transformers >= 4.56: layers allocate lazily on the first update
+        return StaticCache(config=model.config, max_cache_len=max_cache_len)
+    except TypeError:  # older signature
+        param = next(model.parameters())
+        return StaticCache(config=model.config, max_batch_size=batch, max_cache_len=max_cache_len,
+                           device=param.device, dtype=param.dtype)
+
+
+def cache_tensors(cache, batch: int) -> list:
+    """The KV cache's tensors with the batch as their first dimension: each layer's keys and values
+    (``cache.layers[i].keys``/``.values``, allocated by the first prefill)."""
+    import torch
+
+    return [v for layer in getattr(cache, "layers", None) or [] for v in vars(layer).values()
+            if isinstance(v, torch.Tensor) and v.dim() == 4 and v.shape[0] == batch]
+
+
 # the process's compiled decode step, kept from one backend to the next (module docstring)
 _kept = {"key": None, "fn": None, "retraced": False}
 
 
-def compiled_step(key: tuple, dynamic_batch: bool, options: dict):
-    """torch.compile of decode_step for `key`; (the compiled function, whether it was kept from an earlier
-    backend of this process)."""
+def compiled_step(key: tuple, dynamic_batch: bool, options: dict, saved_dir: str | None = None):
+    """The compiled decode_step for `key`: (the function, whether it was kept from an earlier backend of this
+    process). saved_dir None: torch.compile, traced at its first call; a folder: a SavedStep there."""
     import torch
 
-    if _kept["key"] == key and not _kept["retraced"]:
+    # inference mode too: the tensors' dispatch keys differ with it, and the saved guards check them
+    step_key = (*key, dynamic_batch, torch.is_inference_mode_enabled())
+    if _kept["key"] == (step_key, saved_dir) and not _kept["retraced"]:
         return _kept["fn"], True
+    key = (step_key, saved_dir)
     torch._dynamo.reset()
+    if saved_dir is not None:
+        fn = SavedStep(Path(saved_dir) / saved_step_name(step_key), dynamic_batch, options)
+        _kept.update(key=key, fn=fn, retraced=False)
+        return fn, False
     # inductor without its own CUDA graphs: the backend captures the compiled step itself
     # fullgraph: one compiled graph for the whole step, or an error (a graph break would leave parts of the step
     # to run eagerly, each recompiled per layer until dynamo's limit, and say nothing)
@@ -45,6 +85,68 @@ def compiled_step(key: tuple, dynamic_batch: bool, options: dict):
                        options=options or None)
     _kept.update(key=key, fn=fn, retraced=False)
     return fn, False
+
+
+def engine_source_hash() -> str:
+    """A hash of this package's engine code (every module of engine/): what a compiled step traces besides
+    transformers' model code."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def saved_step_name(key: tuple) -> str:
+    """The saved step's file name: a hash of the step's key (compiled_step), the engine code and the versions."""
+    raw = repr((key, engine_source_hash(), platform.python_version(), sorted(versions().items())))
+    return f"step-{hashlib.sha256(raw.encode()).hexdigest()[:24]}.bin"
+
+
+class SavedStep:
+    """decode_step compiled ahead of time by dynamo (``aot_compile``, fullgraph) and saved to `path`, or loaded
+    from it; a loaded step runs without tracing the model. Either happens at the first call, which takes the step's
+    real arguments (the compile needs them as its example). `source` says which: "loaded", "compiled and saved",
+    or "compiled and saved again" where the file did not load (`load_error` says why; the new file replaces it).
+    A loaded step whose guards do not hold for the arguments raises at the call (its key missed something).
+    before_compile: called just before a compile (the backend marks the dynamic batch there: a loaded step's
+    guards fail on marked tensors, and a compiled one's accept them unmarked)."""
+
+    def __init__(self, path: Path, dynamic_batch: bool, options: dict):
+        self.path, self.dynamic_batch, self.options = Path(path), dynamic_batch, dict(options or {})
+        self.fn = None
+        self.source: str | None = None
+        self.load_error: str | None = None
+        self.before_compile = None
+
+    def __call__(self, *args):
+        if self.fn is None:
+            self._load_or_compile(args)
+        return self.fn(*args)
+
+    def _load_or_compile(self, args) -> None:
+        import torch
+
+        if self.path.exists():
+            try:
+                with open(self.path, "rb") as f:
+                    self.fn = torch.compiler.load_compiled_function(f)
+                self.source = "loaded"
+                return
+            except Exception as exc:  # noqa: BLE001 - a file that does not load is compiled again, and named
+                self.load_error = f"{type(exc).__name__}: {exc}"[:500]
+        if self.before_compile is not None:
+            self.before_compile()
+        torch._dynamo.config.enable_aot_compile = True  # off by default before torch 2.13
+        # the guards that can be saved: the rest of what the code depends on is in the file's name
+        options = {**self.options, "guard_filter_fn": torch.compiler.keep_portable_guards_unsafe}
+        compiled = torch.compile(decode_step, dynamic=None if self.dynamic_batch else False, fullgraph=True,
+                                 options=options)
+        self.fn = compiled.aot_compile((args, {}))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        self.fn.save_compiled_function(str(partial))
+        os.replace(partial, self.path)  # whole or not at all; a concurrent writer's file is the same step
+        self.source = "compiled and saved again" if self.load_error else "compiled and saved"
 
 
 def forget_compiled_step() -> None:

@@ -81,29 +81,9 @@ import inspect
 import time
 
 from latency_sensitivity.engine.base import Backend, Clock, PartTimer, timed_request
-from latency_sensitivity.engine.decode_step import compile_counts, compiled_step, decode_step, forget_compiled_step, mark_retraced
+from latency_sensitivity.engine.decode_step import cache_tensors, compile_counts, compiled_step, decode_step, forget_compiled_step, mark_retraced, static_cache
 from latency_sensitivity.engine.probe import PathNotTaken, PathProbe, probe_hit, versions_text
 from latency_sensitivity.engine.surgery import FUSABLE_NORMS, fuse_rms_norms, fuse_sibling_projections, gemv_available, pack_gqa_decode, route_linears_to_gemv, unfuse_rms_norms, unfuse_sibling_projections, unpack_gqa_decode, unroute_linears
-
-
-def _static_cache(model, batch: int, max_cache_len: int):
-    from transformers import StaticCache
-
-    try:  # transformers >= 4.56: layers allocate lazily on the first update
-        return StaticCache(config=model.config, max_cache_len=max_cache_len)
-    except TypeError:  # older signature
-        param = next(model.parameters())
-        return StaticCache(config=model.config, max_batch_size=batch, max_cache_len=max_cache_len,
-                           device=param.device, dtype=param.dtype)
-
-
-def _cache_tensors(cache, batch: int) -> list:
-    """The KV cache's tensors with the batch as their first dimension: each layer's keys and values
-    (``cache.layers[i].keys``/``.values``, allocated by the first prefill)."""
-    import torch
-
-    return [v for layer in getattr(cache, "layers", None) or [] for v in vars(layer).values()
-            if isinstance(v, torch.Tensor) and v.dim() == 4 and v.shape[0] == batch]
 
 
 class GraphBackend(Backend):
@@ -119,7 +99,9 @@ class GraphBackend(Backend):
     are rewritten, whose kernels are fused already; the last five are the compiled backend's); pdl: the
     rewritten layers' kernels launched with programmatic dependent launch, each starting while the previous
     one finishes (None: where they run on a GPU of compute capability 9.0 or later and the step is not
-    compiled, as torch.compile launches the kernels itself).
+    compiled, as torch.compile launches the kernels itself); saved_step_dir: a folder where the compiled step is
+    saved once compiled ahead of time and loaded by every later backend (decode_step.SavedStep; None: traced by
+    torch.compile in each process).
     """
 
     name = "graph"
@@ -128,7 +110,7 @@ class GraphBackend(Backend):
                  warmup_steps: int = 3, fuse_norms: bool = False, pack_gqa: bool | None = None,
                  fuse_projections: bool = False, gemv: bool | None = False, fuse_layers: bool | None = False,
                  compile: bool | None = False, compile_options: dict | None = None, pdl: bool | None = None,
-                 dynamic_batch: bool = False):
+                 dynamic_batch: bool = False, saved_step_dir: str | None = None):
         import torch
 
         if gen_tokens < 2:
@@ -169,6 +151,8 @@ class GraphBackend(Backend):
         # inductor settings: torch.compile's `options` (e.g. {"coordinate_descent_tuning": True})
         self.compile_options = dict(compile_options or {})
         self.dynamic_batch = False  # decided with compile (below)
+        self.saved_step_dir = None if saved_step_dir is None else str(saved_step_dir)
+        self.saved_step = None  # the saved step's file (decode_step.SavedStep), where the step is one
         self.compile_s = None  # wall time of the first (compiling) step
         self.compile_stats: dict = {}
         # what close() undoes, empty until the model is changed
@@ -180,8 +164,10 @@ class GraphBackend(Backend):
         self.compile_kept = False  # the compiled step kept from an earlier backend of this process (decode_step)
         self._filled = False  # whether the cache holds a request's positions
         self.setup_parts: dict = {}  # the setup's wall time by part (setup), the device synchronized between parts
+        timer = PartTimer(Clock(self.device.type == "cuda"))  # the construction's parts, first in setup_parts
         try:  # a failure from here on leaves the model as it was
             self._change_model(model, fuse_norms, fuse_projections, gemv, fuse_layers, pack_gqa)
+            timer.end("change_model_s")
             if layers_asked and not self.fused_layers:
                 raise ValueError("fuse_layers: the model's decoder layers are not of the Llama/Qwen2 form that "
                                  "fused_decode rewrites (see fused_decode.fuse_decode_layers)")
@@ -192,14 +178,17 @@ class GraphBackend(Backend):
             # batch-1 layers) there is nothing to make dynamic, and a dimension of size 1 is always specialized,
             # so a batch-1 step compiles for its own shape; info() says which it was.
             self.dynamic_batch = bool(dynamic_batch and self.compile and batch >= 2)
-            self.cache = _static_cache(model, batch, self.max_cache_len)
+            self.cache = static_cache(model, batch, self.max_cache_len)
             # transformers 4.x takes positions as `cache_position`; 5.x derives them from the cache on the device
             self.explicit_positions = "cache_position" in inspect.signature(model.forward).parameters
             if self.compile:
                 self._step_fn, self.compile_kept = compiled_step(self._compile_key(), self.dynamic_batch,
-                                                                  self.compile_options)
+                                                                  self.compile_options, self.saved_step_dir)
+                self.saved_step = str(self._step_fn.path) if hasattr(self._step_fn, "path") else None
             self.static_in = torch.zeros((batch, 1), dtype=torch.long, device=self.device)
             self.static_pos = torch.zeros((1,), dtype=torch.long, device=self.device)
+            timer.end("cache_and_step_s")  # the static cache, and the compiled step found (dynamo reset) or kept
+            self.setup_parts = timer.parts
         except BaseException:
             self.close()
             raise
@@ -282,13 +271,18 @@ class GraphBackend(Backend):
         self.compile_stats["kept"] = self.compile_kept and self.compile_stats["graphs"] == 0
         if self.compile_kept and not self.compile_stats["kept"]:
             mark_retraced()  # its guards did not hold: the next backend starts afresh
+        # where the step came from: kept, traced by torch.compile, or the saved step's source (loaded, compiled)
+        saved = getattr(self._step_fn, "source", None)
+        self.compile_stats["step"] = "kept" if self.compile_stats["kept"] else (saved or "traced")
+        if getattr(self._step_fn, "load_error", None):
+            self.compile_stats["step_load_error"] = self._step_fn.load_error
 
     def _mark_dynamic_batch(self) -> None:
         """Mark the batch dimension of the step's inputs dynamic for torch.compile: the input tokens and every KV
         cache tensor (allocated by the prefill before). torch.compile fails the setup if it specializes a marked
         dimension, so a step that is not dynamic in batch is an error, never silently one graph per batch."""
         torch = self.torch
-        tensors = [self.static_in] + _cache_tensors(self.cache, self.batch)
+        tensors = [self.static_in] + cache_tensors(self.cache, self.batch)
         if len(tensors) < 2:
             raise RuntimeError("dynamic_batch: the KV cache holds no tensors of this batch to mark")
         for tensor in tensors:
@@ -321,6 +315,7 @@ class GraphBackend(Backend):
         torch = self.torch
         self._graphs_before_setup = compile_counts()["graphs"] if self.compile else 0
         timer = PartTimer(Clock(self.device.type == "cuda"))
+        timer.parts.update(self.setup_parts)  # the construction's
         self.setup_parts = timer.parts
         self._check(prompt, self.gen_tokens)
         probe = PathProbe()
@@ -329,7 +324,9 @@ class GraphBackend(Backend):
             self._filled = True
             _, token = self._prefill(prompt)
             self.static_in.copy_(token)
-            if self.dynamic_batch:  # compiled, batch 2 or more
+            if self.dynamic_batch and hasattr(self._step_fn, "before_compile"):  # a saved step: marked only
+                self._step_fn.before_compile = self._mark_dynamic_batch  # to compile (a loaded one fails marks)
+            elif self.dynamic_batch:  # compiled, batch 2 or more
                 self._mark_dynamic_batch()
             timer.end("prefill_s")
             if self.compile:
@@ -472,6 +469,7 @@ class GraphBackend(Backend):
                 "compile_s": self.compile_s, "compile_stats": self.compile_stats,
                 "setup_parts": {k: round(v, 6) for k, v in self.setup_parts.items()},
                 "compile_options": self.compile_options, "compile_dynamic_batch": self.dynamic_batch,
+                "saved_step": self.saved_step,
                 "gemv": self.gemv, "pdl": self.pdl,
                 # decoder layers given the fused one-token forward (the final norm is not counted)
                 "fused_layers": max(0, len(self.fused_layers) - 1),

@@ -282,6 +282,12 @@ NO_FULL_COLLECTION = 2**30
 
 def backend_options(spec: CellSpec) -> dict:
     """The backend's keyword options the cell's settings ask for (registry.make)."""
+    options: dict = {}
     if spec.backend in COMPILING_BACKENDS and spec.compile_shapes == "dynamic_batch":
-        return {"dynamic_batch": True}
-    return {}
+        options["dynamic_batch"] = True
+    if spec.backend in COMPILING_BACKENDS and spec.compiled_step == "saved":
+        if not spec.saved_step_dir:
+            raise ValueError("compiled_step saved: no folder for saved steps (the runner sets it from its "
+                             "--compile-cache)")
+        options["saved_step_dir"] = spec.saved_step_dir
+    return options

@@ -89,6 +89,8 @@ def configure(root: str | os.PathLike | None, device: str, environ: dict | None 
     record: dict = {"root": None if root is None else str(root)}
     key = cache_key(device, environ, versions) if root is not None else None
     record["key"] = key
+    # compiled steps saved ahead of time (engine/decode_step.SavedStep): always ours, beside the other two
+    record["steps"] = None if root is None else str((Path(root) / key / "steps").resolve())
     for name, var in ENV_DIRS.items():
         if environ.get(var):
             record[name] = {"dir": environ[var], "set_by": "user"}

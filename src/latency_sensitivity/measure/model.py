@@ -28,6 +28,8 @@ class CellSpec:
     cpu_affinity: list[int] | None = None  # CPUs the process is pinned to (host.pin); None: as started
     isolation: str = "process"  # process: one process per cell; shared: a worker serves cells (worker.py)
     compile_shapes: str = "static"  # the compiled backend's step: per batch size, or batch dynamic (vocabulary)
+    compiled_step: str = "traced"  # the compiled backend's step saved once and loaded, or traced (vocabulary)
+    saved_step_dir: str | None = None  # where saved steps are (the compile cache's steps folder; the runner's)
     placement: str = "fixed"  # where the model and cache land on the device: as allocated, or by replicate (placement.py)
 
 

@@ -19,13 +19,13 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from latency_sensitivity import vocabulary
 from latency_sensitivity.measure.host import process_age_s
 from latency_sensitivity.measure.model import CellSpec, TORCH_DTYPES
-from latency_sensitivity.vocabulary import (BACKENDS, CELL_SCHEMA_VERSION, COMPILE_SHAPES, ISOLATIONS, PLACEMENTS,
+from latency_sensitivity.vocabulary import (BACKENDS, CELL_SCHEMA_VERSION, COMPILE_SHAPES, COMPILED_STEPS, ISOLATIONS, PLACEMENTS,
                                             PROFILE_MODES, WORKER_ISOLATIONS)
 
 
@@ -55,6 +55,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path, str, Path
     p.add_argument("--compile-shapes", choices=COMPILE_SHAPES, default="static",
                    help="the compiled backend's step compiled for this batch size (static) or with the batch as "
                    "a dynamic dimension, one graph for every batch size of 2 or more (dynamic_batch)")
+    p.add_argument("--compiled-step", choices=COMPILED_STEPS, default="traced",
+                   help="the compiled backend's step compiled ahead of time once and saved in the compile cache's "
+                   "steps folder, later processes loading it without a trace (saved; needs --compile-cache), or "
+                   "traced by torch.compile in each process (traced)")
     p.add_argument("--placement", choices=PLACEMENTS, default="fixed",
                    help="on CUDA: the model and cache as allocated (fixed), or moved by a buffer whose size the "
                    "replicate sets, held while they are allocated (by_replicate)")
@@ -72,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path, str, Path
             p.error(f"--{name} must be >= 1")
     if a.gen_tokens < 2 or a.warmup < 0:
         p.error("--gen-tokens must be >= 2 and --warmup >= 0")
+    if a.compiled_step == "saved" and not a.compile_cache:
+        p.error("--compiled-step saved needs --compile-cache (the saved steps live in its folder)")
     if a.profile_mode == "torch" and a.torch_profile_dir is None:
         p.error("--profile-mode torch needs --torch-profile-dir")
     spec = CellSpec(
@@ -79,6 +85,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path, str, Path
         backend=a.backend, device=a.device, attn_implementation=a.attn_implementation, seq_len=a.seq,
         batch=a.batch, gen_tokens=a.gen_tokens, warmup=a.warmup, reps=a.reps, seed=a.seed, threads=a.threads,
         replicate=a.replicate, isolation=a.isolation, compile_shapes=a.compile_shapes, placement=a.placement,
+        compiled_step=a.compiled_step,
         cpu_affinity=None if a.cpu_affinity in ("", "none") else [int(c) for c in a.cpu_affinity.split(",")],
     )
     return spec, a.out, a.profile_mode, a.torch_profile_dir, a.tokenizer, a.compile_cache
@@ -120,6 +127,8 @@ def measure_to_file(argv: list[str] | None = None, worker: dict | None = None, j
         cache = compile_cache.configure(cache_root, spec.device)  # before torch is imported
     else:
         cache = worker["compile_cache"]
+    if spec.compiled_step == "saved":  # the compile cache's folder for this device and versions
+        spec = replace(spec, saved_step_dir=cache["steps"])
     print(f"cell {spec.model} {spec.dtype} {spec.backend} seq={spec.seq_len} batch={spec.batch} on {spec.device}",
           file=sys.stderr)
     from latency_sensitivity.measure import cell  # after the compile cache is configured: before torch is imported

@@ -38,6 +38,7 @@ SETTINGS_KEYS = (
     "threads",
     "isolation",
     "compile_shapes",
+    "compiled_step",
     "placement",
     "collapse_factor",
 )
@@ -48,9 +49,9 @@ SETTINGS_KEYS = (
 CELL_SETTINGS = {"dtypes": "dtype", "backends": "backend", "device": "device",
                  "attn_implementation": "attn_implementation", "gen_tokens": "gen_tokens", "warmup": "warmup",
                  "reps": "reps", "seed": "seed", "threads": "threads", "isolation": "isolation",
-                 "compile_shapes": "compile_shapes", "placement": "placement"}
+                 "compile_shapes": "compile_shapes", "compiled_step": "compiled_step", "placement": "placement"}
 # Settings that only some backends' cells have: {setting: the backends whose cells show it}.
-CELL_SETTINGS_OF = {"compile_shapes": COMPILING_BACKENDS}
+CELL_SETTINGS_OF = {"compile_shapes": COMPILING_BACKENDS, "compiled_step": COMPILING_BACKENDS}
 
 
 CELL_LIST_SETTINGS = ("dtypes", "backends")
