@@ -113,16 +113,15 @@ def eager_reference(model, prompt, steps: int):
     return torch.cat(tokens, dim=1), logits, cache
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--package", required=True, help="the package file: compiled here unless it exists")
+def step_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a study of the decode step loaded in a new cell (this script's and precompiled_step.py's)."""
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="fp16")
     p.add_argument("--architecture", default=str(ARCHITECTURE))
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--dynamic-batch", action="store_true", help="export the batch as a dynamic dimension (2 or more)")
+    p.add_argument("--dynamic-batch", action="store_true", help="the batch as a dynamic dimension (2 or more)")
     p.add_argument("--run-batch", type=int, help="the loaded step's cell at this batch (default --batch)")
     p.add_argument("--fuse-projections", action="store_true",
                    help="q/k/v and gate/up as one GEMM each, as the compiled backend runs them")
@@ -132,9 +131,15 @@ def main(argv=None) -> int:
     p.add_argument("--replays", type=int, default=20, help="timed replays of each captured step")
     p.add_argument("--compare-compile", action="store_true",
                    help="also torch.compile the same step on the same model and cache, capture and replay it")
+    p.add_argument("--json", help="also write the record here")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--package", required=True, help="the package file: compiled here unless it exists")
+    step_arguments(p)
     p.add_argument("--weights-in-package", action="store_true",
                    help="compile the exporting model's weights into the package (still rebound to the next model's)")
-    p.add_argument("--json", help="also write the record here")
     a = p.parse_args(argv)
 
     import torch

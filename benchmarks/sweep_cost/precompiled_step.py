@@ -41,8 +41,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from aoti_step import cell, eager_reference, replay_times, report, save  # noqa: E402
-from study_cell import ARCHITECTURE  # noqa: E402
+from aoti_step import cell, eager_reference, replay_times, report, save, step_arguments  # noqa: E402
 
 
 def mark_batch_dynamic(token, cache) -> None:
@@ -59,23 +58,7 @@ def mark_batch_dynamic(token, cache) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--artifact", required=True, help="the compiled step's file: compiled here unless it exists")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--dtype", default="fp16")
-    p.add_argument("--architecture", default=str(ARCHITECTURE))
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--dynamic-batch", action="store_true", help="compile the batch as a dynamic dimension")
-    p.add_argument("--run-batch", type=int, help="the loaded step's cell at this batch (default --batch)")
-    p.add_argument("--fuse-projections", action="store_true",
-                   help="q/k/v and gate/up as one GEMM each, as the compiled backend runs them")
-    p.add_argument("--pack-gqa", action="store_true",
-                   help="the packed GQA attention where transformers lacks it, as the compiled backend runs it")
-    p.add_argument("--capture", action="store_true", help="also capture the loaded step in a CUDA graph")
-    p.add_argument("--replays", type=int, default=20, help="timed replays of each captured step")
-    p.add_argument("--compare-compile", action="store_true",
-                   help="also torch.compile the same step on the same model and cache, capture and replay it")
-    p.add_argument("--json", help="also write the record here")
+    step_arguments(p)
     a = p.parse_args(argv)
 
     import torch
