@@ -134,6 +134,55 @@ def step_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="also write the record here")
 
 
+def steps_against_eager(run, model, prompt, token, cache, a, sync):
+    """`a.steps` steps of `run` (tokens -> (logits, next token)) on the cell's filled cache, each fed eager's token
+    (in fp16 a near tie may pick another token; the inputs stay eager's), against eager decoding of the same model:
+    (eager's tokens, the record's fields, each step's last-position logits, the last token)."""
+    import torch
+
+    want_tokens, want_logits, want_cache = eager_reference(model, prompt, a.steps)
+    tokens, errors, times, logits_by_step = [token], [], [], []
+    with torch.no_grad():
+        for i in range(a.steps):
+            sync()
+            t0 = time.perf_counter()
+            logits, token = run(want_tokens[:, i : i + 1].contiguous())
+            sync()
+            times.append(time.perf_counter() - t0)
+            errors.append(float((logits[:, -1].float() - want_logits[i]).abs().max()))
+            logits_by_step.append(logits[:, -1].float().clone())
+            tokens.append(token)
+    got = torch.cat(tokens, dim=1)
+    filled = a.seq + a.steps
+    fields = {"first_step_s": times[0], "step_ms_p50": statistics.median(times[1:] or times) * 1e3,
+              "tokens_equal_eager": bool(torch.equal(got, want_tokens)),
+              "tokens_as_eager": f"{int((got == want_tokens).sum())} of {want_tokens.numel()}",
+              "logits_max_abs_err": max(errors), "cache_length": int(cache.layers[0].cumulative_length),
+              "cache_equal_eager": all(
+                  torch.allclose(mine[:, :, :filled].float(), theirs.float(), atol=1e-2 if a.dtype == "fp16" else 1e-5)
+                  for layer, ref in zip(cache.layers, want_cache.layers)
+                  for mine, theirs in ((layer.keys, ref.keys), (layer.values, ref.values)))}
+    return want_tokens, fields, logits_by_step, token
+
+
+def study_record(a) -> dict:
+    """A study record's first fields: the device, the versions, and the cells' options (step_arguments)."""
+    import torch
+
+    from latency_sensitivity.engine.probe import versions
+
+    return {"device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu", **versions(), "batch": a.batch,
+            "run_batch": a.run_batch or a.batch, "dynamic_batch": a.dynamic_batch,
+            "fuse_projections": a.fuse_projections, "pack_gqa": a.pack_gqa, "seq": a.seq, "steps": a.steps}
+
+
+def device_sync(device: str):
+    """A function that waits for the device's work (nothing to wait for on the CPU)."""
+    import torch
+
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--package", required=True, help="the package file: compiled here unless it exists")
@@ -144,19 +193,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from latency_sensitivity.engine.probe import versions
-
     cuda = a.device == "cuda"
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
-
-    record: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu", **versions(), "batch": a.batch,
-                    "run_batch": a.run_batch or a.batch, "dynamic_batch": a.dynamic_batch,
-                    "fuse_projections": a.fuse_projections, "pack_gqa": a.pack_gqa, "weights_in_package": a.weights_in_package,
-                    "seq": a.seq, "steps": a.steps,
-                    "package": a.package}
+    sync = device_sync(a.device)
+    record = {**study_record(a), "weights_in_package": a.weights_in_package, "package": a.package}
     package = Path(a.package)
     if not package.exists():  # export and compile from one cell
         model, cache, _, token = cell(a, seed=0)
@@ -205,29 +244,9 @@ def main(argv=None) -> int:
     runner.load_constants({n: state[n] for n in names}, check_full_update=True, user_managed=True)
     record["bind_s"] = time.perf_counter() - t0
 
-    # each step fed eager's token (in fp16 a near tie may pick another token; the inputs stay eager's)
-    want_tokens, want_logits, want_cache = eager_reference(model, prompt, a.steps)
-    tokens, errors, times = [token], [], []
-    with torch.no_grad():
-        for i in range(a.steps):
-            sync()
-            t0 = time.perf_counter()
-            logits, token = runner(want_tokens[:, i : i + 1].contiguous(), *tensors)
-            sync()
-            times.append(time.perf_counter() - t0)
-            errors.append(float((logits[:, -1].float() - want_logits[i]).abs().max()))
-            tokens.append(token)
-    record["first_step_s"], record["step_ms_p50"] = times[0], statistics.median(times[1:] or times) * 1e3
-    got = torch.cat(tokens, dim=1)
-    record["tokens_equal_eager"] = bool(torch.equal(got, want_tokens))
-    record["tokens_as_eager"] = f"{int((got == want_tokens).sum())} of {want_tokens.numel()}"
-    record["logits_max_abs_err"] = max(errors)
-    filled = a.seq + a.steps
-    record["cache_length"] = int(cache.layers[0].cumulative_length)
-    record["cache_equal_eager"] = all(
-        torch.allclose(mine[:, :, :filled].float(), theirs.float(), atol=1e-2 if a.dtype == "fp16" else 1e-5)
-        for layer, ref in zip(cache.layers, want_cache.layers)
-        for mine, theirs in ((layer.keys, ref.keys), (layer.values, ref.values)))
+    want_tokens, fields, _, token = steps_against_eager(lambda t: runner(t, *tensors), model, prompt, token, cache,
+                                                        a, sync)
+    record.update(fields)
 
     if a.capture and cuda:
         try:

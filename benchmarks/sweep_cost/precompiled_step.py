@@ -35,13 +35,13 @@ The exit status is 0 where the loaded step filled the cache as eager decoding di
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from aoti_step import cell, eager_reference, replay_times, report, save, step_arguments  # noqa: E402
+from aoti_step import (cell, device_sync, replay_times, report, save, step_arguments,  # noqa: E402
+                       steps_against_eager, study_record)
 
 
 def mark_batch_dynamic(token, cache) -> None:
@@ -64,18 +64,10 @@ def main(argv=None) -> int:
     import torch
 
     from latency_sensitivity.engine.decode_step import decode_step
-    from latency_sensitivity.engine.probe import versions
 
     cuda = a.device == "cuda"
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
-
-    record: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu", **versions(), "batch": a.batch,
-                    "run_batch": a.run_batch or a.batch, "dynamic_batch": a.dynamic_batch,
-                    "fuse_projections": a.fuse_projections, "pack_gqa": a.pack_gqa, "seq": a.seq, "steps": a.steps,
-                    "artifact": a.artifact}
+    sync = device_sync(a.device)
+    record = {**study_record(a), "artifact": a.artifact}
     if not hasattr(torch.compiler, "load_compiled_function"):
         record["error"] = f"torch {torch.__version__} has no torch.compiler.load_compiled_function"
         return report(record, a.json, ok=False)
@@ -114,30 +106,10 @@ def main(argv=None) -> int:
     record["load_s"] = time.perf_counter() - t0
     record["stage"] = "loaded"
 
-    # each step fed eager's token (in fp16 a near tie may pick another token; the inputs stay eager's)
-    want_tokens, want_logits, want_cache = eager_reference(model, prompt, a.steps)
-    tokens, errors, times, loaded_logits = [token], [], [], []
-    with torch.no_grad():
-        for i in range(a.steps):
-            sync()
-            t0 = time.perf_counter()
-            logits, token = step(model, want_tokens[:, i : i + 1].contiguous(), cache, None)
-            sync()
-            times.append(time.perf_counter() - t0)
-            errors.append(float((logits[:, -1].float() - want_logits[i]).abs().max()))
-            loaded_logits.append(logits[:, -1].float().clone())
-            tokens.append(token)
-    record["first_step_s"], record["step_ms_p50"] = times[0], statistics.median(times[1:] or times) * 1e3
-    got = torch.cat(tokens, dim=1)
-    record["tokens_equal_eager"] = bool(torch.equal(got, want_tokens))
-    record["tokens_as_eager"] = f"{int((got == want_tokens).sum())} of {want_tokens.numel()}"
-    record["logits_max_abs_err"] = max(errors)
+    want_tokens, fields, loaded_logits, token = steps_against_eager(lambda t: step(model, t, cache, None), model,
+                                                                    prompt, token, cache, a, sync)
+    record.update(fields)
     filled = a.seq + a.steps
-    record["cache_length"] = int(cache.layers[0].cumulative_length)
-    record["cache_equal_eager"] = all(
-        torch.allclose(mine[:, :, :filled].float(), theirs.float(), atol=1e-2 if a.dtype == "fp16" else 1e-5)
-        for layer, ref in zip(cache.layers, want_cache.layers)
-        for mine, theirs in ((layer.keys, ref.keys), (layer.values, ref.values)))
 
     if a.capture and cuda:
         try:
