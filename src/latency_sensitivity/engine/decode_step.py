@@ -11,9 +11,10 @@ fails a fullgraph compile.
 With a folder for saved steps (``compiled_step(saved_dir=...)``; the pipeline's is under results/cache/compile/,
 measure/compile_cache.py) the step is compiled ahead of time instead (dynamo's ``aot_compile``) and saved there,
 and every later process loads it and runs it without tracing the model at all (``SavedStep``). A saved step keeps
-only the guards that travel (the tensors' shapes, dtypes and devices, dynamo's global state), so its file name is a
-hash of everything else the code depends on: the backend's key (architecture, dtype, device, model changes,
-shapes, inductor's options), this package's engine code, the versions of Python, torch, transformers and Triton.
+only the guards that travel (the tensors' shapes, dtypes, devices and dispatch keys, dynamo's global state), so its
+file name is a hash of everything else the code depends on: the backend's key (architecture, dtype, device, model
+changes, shapes, inductor's options), inference mode, this package's engine code, the versions of Python, torch,
+transformers and Triton.
 """
 
 from __future__ import annotations
