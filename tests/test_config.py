@@ -281,6 +281,10 @@ def test_report_settings_come_from_the_cells(default_config):
     assert settings["isolation"] == "shared (2 cells), process (1 cell)"
     assert settings["compile_shapes"] == "dynamic_batch"
     assert "compile_shapes" not in cell_settings(shared[:1], summary)  # no compiled cell: nothing to say
+    # a compiled cell recorded before compiled_step existed traced its step, whatever the config says now
+    assert cell_settings(shared, {**summary, "compiled_step": "saved"})["compiled_step"] == "traced"
+    shared[1]["cell"]["compiled_step"] = "saved"
+    assert cell_settings(shared, summary)["compiled_step"] == "saved (1 cell), traced (1 cell)"
 
 
 def test_schema_and_models_are_package_data_and_the_workflow_is_found(tmp_path, monkeypatch):

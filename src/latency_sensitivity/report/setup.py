@@ -52,6 +52,9 @@ CELL_SETTINGS = {"dtypes": "dtype", "backends": "backend", "device": "device",
                  "compile_shapes": "compile_shapes", "compiled_step": "compiled_step", "placement": "placement"}
 # Settings that only some backends' cells have: {setting: the backends whose cells show it}.
 CELL_SETTINGS_OF = {"compile_shapes": COMPILING_BACKENDS, "compiled_step": COMPILING_BACKENDS}
+# What a cell recorded before the setting existed did: {cell key: that value} (not the config's value, which may
+# have changed since).
+CELL_SETTINGS_BEFORE = {"compile_shapes": "static", "compiled_step": "traced"}
 
 
 CELL_LIST_SETTINGS = ("dtypes", "backends")
@@ -115,7 +118,8 @@ def cell_settings(results: Sequence[dict], settings: dict | None = None) -> dict
         return out
     for name, key in CELL_SETTINGS.items():
         backends = CELL_SETTINGS_OF.get(name)
-        values = [spec[key] for spec in specs if key in spec and (backends is None or spec.get("backend") in backends)]
+        values = [spec.get(key, CELL_SETTINGS_BEFORE.get(key)) for spec in specs
+                  if (key in spec or key in CELL_SETTINGS_BEFORE) and (backends is None or spec.get("backend") in backends)]
         if not values:
             continue
         out[name] = list(dict.fromkeys(values)) if name in CELL_LIST_SETTINGS else _counted(values)
