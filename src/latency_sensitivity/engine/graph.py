@@ -56,8 +56,9 @@ Backends:
     backend's setup (``setup_s``; ``compile_s`` apart), never of a measured rep; inductor's on-disk cache
     (``TORCHINDUCTOR_CACHE_DIR``; the pipeline keeps it under results/cache/compile/, see
     measure/compile_cache.py) serves later cells of the same shapes, though dynamo still traces the step in each
-    process; within a process a later backend of the same architecture and shapes runs the compiled step kept
-    from the one before, without a trace (``decode_step``). The step compiles as one graph (``fullgraph``) or
+    process, unless the step is saved (``saved_step_dir``: compiled ahead of time once, loaded untraced by later
+    processes); within a process a later backend of the same architecture and shapes runs the compiled step kept
+    from the one before (``decode_step``). The step compiles as one graph (``fullgraph``) or
     the setup fails: a graph break would leave parts of it eager and recompiled per layer, silently. The
     logits match eager's within fp16 rounding, not bit for bit (measured: benchmarks/decode_target/NOTES.md,
     "Stage 1").
