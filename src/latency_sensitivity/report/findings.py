@@ -414,8 +414,9 @@ def cost_finding(frame: pd.DataFrame) -> str | None:
     if setup >= 0.25 * job_s:  # worth naming: compiling and autotuning, cached for a later run on this machine
         text += f"; {setup:.1f} s were backend setup (graph capture, compiling, autotuning)"
         if compiled > 0:
-            text += (f", {compiled:.1f} s of it torch.compile, which traces the model once in each measuring "
-                     "process and compiled shape even where its compiled code is cached")
+            text += (f", {compiled:.1f} s of it making the compiled step (compiled once and saved, then loaded "
+                     "by each process; or, with compiled_step traced, traced in each process and compiled shape "
+                     "even where its compiled code is cached: the cells' compile_stats step says which)")
         text += ("; a later run of the same shapes on this machine loads compiled code and tuned kernels from "
                  "results/cache/compile/")
     return text + _cost_parts(summed, ok, job_s - measured_s - once, compiled)
