@@ -37,6 +37,7 @@ def load(roots):
             if r.get("status") != "ok":
                 continue
             c = r["cell"]
+            stats = (r.get("backend_info") or {}).get("compile_stats", {})
             rows.append({
                 "root": str(root), "backend": c["backend"], "seq": c["seq_len"], "batch": c["batch"],
                 "replicate": c.get("replicate", 1), "isolation": w.get("isolation", c.get("isolation", "process")),
@@ -46,11 +47,11 @@ def load(roots):
                 "prefill_ms": m.get("prefill_p50_ms"), "pid": w.get("pid"),
                 "kernel_time_s": m.get("kernel_time_s") or 0.0, "warmup_s": m.get("warmup_s") or 0.0,
                 "pad_mb": m.get("placement_pad_mb"),
-                "fx_hits": (r.get("backend_info") or {}).get("compile_stats", {}).get("fxgraph_cache_hit"),
-                "kept": (r.get("backend_info") or {}).get("compile_stats", {}).get("kept"),
+                "fx_hits": stats.get("fxgraph_cache_hit"),
+                "kept": stats.get("kept"),
                 # where the step came from (compiled and saved, loaded, kept, traced); older cells: kept or not
-                "step": (r.get("backend_info") or {}).get("compile_stats", {}).get("step"),
-                "setup_graphs": (r.get("backend_info") or {}).get("compile_stats", {}).get("setup_graphs"),
+                "step": stats.get("step"),
+                "setup_graphs": stats.get("setup_graphs"),
                 "dynamic_batch": (r.get("backend_info") or {}).get("compile_dynamic_batch"),
                 "setup_parts": (r.get("backend_info") or {}).get("setup_parts") or {},
                 "startup": {k: m.get(k) for k in ("import_s", "environment_s", "model_code_s", "cuda_init_s",

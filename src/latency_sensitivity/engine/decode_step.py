@@ -70,9 +70,9 @@ def compiled_step(key: tuple, dynamic_batch: bool, options: dict, saved_dir: str
 
     # inference mode too: the tensors' dispatch keys differ with it, and the saved guards check them
     step_key = (*key, dynamic_batch, torch.is_inference_mode_enabled())
-    if _kept["key"] == (step_key, saved_dir) and not _kept["retraced"]:
+    key = (step_key, saved_dir)  # the kept step's: a saved and a traced step of one key are two
+    if _kept["key"] == key and not _kept["retraced"]:
         return _kept["fn"], True
-    key = (step_key, saved_dir)
     torch._dynamo.reset()
     if saved_dir is not None:
         fn = SavedStep(Path(saved_dir) / saved_step_name(step_key), dynamic_batch, options)

@@ -82,7 +82,7 @@ import inspect
 import time
 
 from latency_sensitivity.engine.base import Backend, Clock, PartTimer, timed_request
-from latency_sensitivity.engine.decode_step import cache_tensors, compile_counts, compiled_step, decode_step, forget_compiled_step, mark_retraced, static_cache
+from latency_sensitivity.engine.decode_step import SavedStep, cache_tensors, compile_counts, compiled_step, decode_step, forget_compiled_step, mark_retraced, static_cache
 from latency_sensitivity.engine.probe import PathNotTaken, PathProbe, probe_hit, versions_text
 from latency_sensitivity.engine.surgery import FUSABLE_NORMS, fuse_rms_norms, fuse_sibling_projections, gemv_available, pack_gqa_decode, route_linears_to_gemv, unfuse_rms_norms, unfuse_sibling_projections, unpack_gqa_decode, unroute_linears
 
@@ -185,7 +185,7 @@ class GraphBackend(Backend):
             if self.compile:
                 self._step_fn, self.compile_kept = compiled_step(self._compile_key(), self.dynamic_batch,
                                                                   self.compile_options, self.saved_step_dir)
-                self.saved_step = str(self._step_fn.path) if hasattr(self._step_fn, "path") else None
+                self.saved_step = str(self._step_fn.path) if isinstance(self._step_fn, SavedStep) else None
             self.static_in = torch.zeros((batch, 1), dtype=torch.long, device=self.device)
             self.static_pos = torch.zeros((1,), dtype=torch.long, device=self.device)
             timer.end("cache_and_step_s")  # the static cache, and the compiled step found (dynamo reset) or kept
@@ -273,10 +273,10 @@ class GraphBackend(Backend):
         if self.compile_kept and not self.compile_stats["kept"]:
             mark_retraced()  # its guards did not hold: the next backend starts afresh
         # where the step came from: kept, traced by torch.compile, or the saved step's source (loaded, compiled)
-        saved = getattr(self._step_fn, "source", None)
-        self.compile_stats["step"] = "kept" if self.compile_stats["kept"] else (saved or "traced")
-        if getattr(self._step_fn, "load_error", None):
-            self.compile_stats["step_load_error"] = self._step_fn.load_error
+        saved = self._step_fn if isinstance(self._step_fn, SavedStep) else None
+        self.compile_stats["step"] = "kept" if self.compile_stats["kept"] else (saved.source if saved else "traced")
+        if saved and saved.load_error:
+            self.compile_stats["step_load_error"] = saved.load_error
 
     def _mark_dynamic_batch(self) -> None:
         """Mark the batch dimension of the step's inputs dynamic for torch.compile: the input tokens and every KV
@@ -325,7 +325,7 @@ class GraphBackend(Backend):
             self._filled = True
             _, token = self._prefill(prompt)
             self.static_in.copy_(token)
-            if self.dynamic_batch and hasattr(self._step_fn, "before_compile"):  # a saved step: marked only
+            if self.dynamic_batch and isinstance(self._step_fn, SavedStep):  # a saved step: marked only
                 self._step_fn.before_compile = self._mark_dynamic_batch  # to compile (a loaded one fails marks)
             elif self.dynamic_batch:  # compiled, batch 2 or more
                 self._mark_dynamic_batch()
