@@ -54,8 +54,8 @@ def load(roots):
                 "setup_graphs": stats.get("setup_graphs"),
                 "dynamic_batch": (r.get("backend_info") or {}).get("compile_dynamic_batch"),
                 "setup_parts": (r.get("backend_info") or {}).get("setup_parts") or {},
-                "startup": {k: m.get(k) for k in ("import_s", "environment_s", "model_code_s", "cuda_init_s",
-                                                  "startup_s")},
+                "startup": {k: m.get(k) for k in ("import_s", "environment_s", "model_code_s", "compiler_import_s",
+                                                  "cuda_init_s", "startup_s")},
                 "worker_parts": w.get("startup_parts") or {},
                 "cell_s": m.get("cell_s"),
                 "parts": {k: m.get(k) or 0.0 for k in CELL_PARTS},
@@ -171,23 +171,26 @@ def _seconds(value) -> str:
 
 def startup_table(rows) -> str:
     """Where a measuring process's start-up goes: a cell in its own process (its imports, environment record,
-    model code and CUDA context) and a shared worker (its GPU claim, imports, model code, CUDA context and, on
-    CUDA, its first use: one small request of its model, worker.first_use)."""
+    model code, compiler (compiled backend) and CUDA context) and a shared worker (its GPU claim, imports, model
+    code, compiler, CUDA context and, on CUDA, its first use: one small request of its model, worker.first_use)."""
     lines = ["| run | process | backend | batch | replicate | job s | imports s | environment s | model code s "
-             "| CUDA context s | GPU claim s | first use s |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| compiler s | CUDA context s | GPU claim s | first use s |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     seen_workers = set()
     for row in sorted(rows, key=lambda r: (r["root"], r["isolation"], r["backend"], r["replicate"], r["batch"])):
         if row["isolation"] == "process":
             s = row["startup"]
             lines.append(f"| {Path(row['root']).name} | own | {row['backend']} | {row['batch']} | {row['replicate']} "
                          f"| {_seconds(row['job_s'])} | {_seconds(s['import_s'])} | {_seconds(s['environment_s'])} "
-                         f"| {_seconds(s['model_code_s'])} | {_seconds(s['cuda_init_s'])} | | |")
+                         f"| {_seconds(s['model_code_s'])} | {_seconds(s.get('compiler_import_s'))} "
+                         f"| {_seconds(s['cuda_init_s'])} | | |")
         elif row["worker_parts"] and (row["root"], row["pid"]) not in seen_workers:
             seen_workers.add((row["root"], row["pid"]))
             w = row["worker_parts"]
             lines.append(f"| {Path(row['root']).name} | worker | {row['backend']} | | {row['replicate']} | "
                          f"{_seconds(sum(w.values()))} | {_seconds(w.get('import_s'))} | | "
-                         f"{_seconds(w.get('model_code_s'))} | {_seconds(w.get('cuda_init_s'))} "
+                         f"{_seconds(w.get('model_code_s'))} | {_seconds(w.get('compiler_import_s'))} "
+                         f"| {_seconds(w.get('cuda_init_s'))} "
                          f"| {_seconds(w.get('gpu_claim_s'))} | {_seconds(w.get('first_use_s'))} |")
     return "\n".join(lines)
 

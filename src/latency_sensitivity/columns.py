@@ -150,8 +150,9 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     ),
     Column("decode_regime", "", "As prefill_regime, for a decode step."),
     # cost of setting up the cell
-    Column("startup_s", "s", "Time to import transformers and the model's code, read its config and create the CUDA context."),
+    Column("startup_s", "s", "Time to import transformers and the model's code, read its config, import the compiler (compiled backend) and create the CUDA context."),
     Column("model_code_s", "s", "Part of startup_s: importing the model's transformers code and reading its config (about 0 in a shared worker, which did it at its start)."),
+    Column("compiler_import_s", "s", "Part of startup_s, compiled backend only: importing torch's compiler and the runtime a compiled or loaded step runs on, which a process pays once, at its first compiled step otherwise (about 0 in a shared worker, which did it at its start; 0 for the other backends)."),
     Column("cuda_init_s", "s", "Part of startup_s: creating the CUDA context (0 on the CPU and in a shared worker, which did it at its start)."),
     Column("import_s", "s", "Importing torch and the measuring modules before startup_s (0 in a shared worker)."),
     Column("environment_s", "s", "Recording the cell's environment (versions, device, driver) before startup_s."),

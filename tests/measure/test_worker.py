@@ -111,6 +111,34 @@ def test_shared_and_process_records_have_the_same_columns(workdir, isolation):
     assert own["metrics"]["worker_start_s"] == 0
 
 
+def test_a_compiling_backend_s_process_imports_the_compiler_in_its_start_up(workdir, monkeypatch):
+    """The compiler's imports, which a process pays once, are part of a compiled process's start-up (a worker's,
+    or a cell's own process's), not of its first cell's backend setup; an eager one never pays them. The batch-1
+    cells rewrite their layers and compile nothing, so no compile is paid here."""
+    from latency_sensitivity.engine import decode_step
+    from latency_sensitivity.measure import cell
+    from latency_sensitivity.measure.model import CellSpec
+
+    compiled = ["--backend", "compiled", "--batch", "1"]
+    assert runner.main(argv(workdir / "shared.json") + compiled) == 0
+    shared = json.loads((workdir / "shared.json").read_text())
+    assert shared["status"] == "ok", shared["error"]
+    parts = shared["worker"]["startup_parts"]
+    assert list(parts) == ["gpu_claim_s", "import_s", "model_code_s", "compiler_import_s", "cuda_init_s"]
+    # the worker paid them at its start, so its cell did not
+    assert shared["metrics"]["compiler_import_s"] < parts["compiler_import_s"] / 10
+    # a cell's own process: within its start-up, once, and only for a compiling backend
+    calls = []
+    monkeypatch.setattr(decode_step, "import_compiler", lambda: calls.append(time.sleep(0.05)))
+    own = {backend: cell.measure(CellSpec(model="tiny", model_kind="architecture", model_location=TINY_ARCHITECTURE,
+                                          dtype="fp32", backend=backend, device="cpu", attn_implementation="sdpa",
+                                          seq_len=8, batch=1, gen_tokens=3, warmup=0, reps=2, seed=0, threads=1))
+           for backend in ("compiled", "eager")}
+    assert own["compiled"]["status"] == own["eager"]["status"] == "ok" and len(calls) == 1
+    m = own["compiled"]["metrics"]
+    assert m["startup_s"] >= m["compiler_import_s"] >= 0.05 and own["eager"]["metrics"]["compiler_import_s"] == 0
+
+
 def test_a_worker_that_cannot_start_leaves_an_error_row(workdir, monkeypatch):
     monkeypatch.setattr(worker_pool.sys, "executable", "/bin/false")
     assert runner.main(argv(workdir / "cell.json")) == 0

@@ -88,6 +88,13 @@ def compiled_step(key: tuple, dynamic_batch: bool, options: dict, saved_dir: str
     return fn, False
 
 
+def import_compiler() -> None:
+    """Import torch's compiler and the runtime a compiled or loaded step runs on (dynamo, inductor, their code
+    cache): what a process pays once, at its first compiled step (on CUDA already at dynamo's first reset, which
+    imports inductor's CUDA graph trees). A measuring process of a compiling backend pays it in its start-up."""
+    import torch._inductor.compile_fx  # noqa: F401 - most of what a compile or a load imports
+
+
 def engine_source_hash() -> str:
     """A hash of this package's engine code (every module of engine/): what a compiled step traces besides
     transformers' model code."""

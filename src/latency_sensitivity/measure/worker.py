@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from latency_sensitivity.engine import decode_step
 from latency_sensitivity.measure.worker_pool import IDLE_S, _send, key_digest, serve_unix, server_main
+from latency_sensitivity.vocabulary import COMPILING_BACKENDS
 
 
 def import_measuring_code() -> None:
@@ -81,6 +83,9 @@ class Worker:
         with contextlib.suppress(Exception):  # a model that cannot be read: its cells report it
             model_config(SimpleNamespace(**self.fields))
         lap("model_code_s")
+        if self.fields.get("backend") in COMPILING_BACKENDS:  # its first compiled step's imports, paid once here
+            decode_step.import_compiler()
+            lap("compiler_import_s")
         cuda = self.fields.get("device") == "cuda" and torch.cuda.is_available()
         if cuda:
             torch.cuda.init()
