@@ -229,16 +229,17 @@ def fields(**kw):
 
 @pytest.mark.parametrize("backend", ["eager", "graph", "compiled"])
 def test_first_use_runs_a_request_of_the_model_on_its_backend(backend, monkeypatch):
-    """A CUDA worker's start-up runs one small request of its model (the graph path for compiled: nothing is
-    compiled); here on the CPU, where a worker does not (no first use to pay there)."""
+    """A CUDA worker's start-up runs one small request of its model on its backend (compiled: nothing is
+    compiled, its batch-1 path otherwise); here on the CPU, where a worker does not (no first use to pay there)."""
     from latency_sensitivity.engine import base, registry
 
-    made, requests = [], []
+    made, requests, compiled = [], [], []
     real_make = registry.make
 
     def make(name, model, prompt, gen_tokens, clock, **options):
         made.append((name, tuple(prompt.shape), len(model.model.layers), options))
         b = real_make(name, model, prompt, gen_tokens, clock, **options)
+        compiled.append(b.info().get("compiled", False))
         real_request = b.request
         b.request = lambda *a: requests.append(a[3]) or real_request(*a)
         return b
@@ -248,8 +249,8 @@ def test_first_use_runs_a_request_of_the_model_on_its_backend(backend, monkeypat
     assert worker.first_use(fields(backend=backend)) is None
     layers = json.loads(Path(TINY_ARCHITECTURE).read_text())["num_hidden_layers"]
     shape = (worker.FIRST_USE_SHAPE["batch"], worker.FIRST_USE_SHAPE["seq_len"])
-    assert made == [("graph" if backend == "compiled" else backend, shape, layers, {})]
-    assert requests == ["first_use"]
+    assert made == [(backend, shape, layers, {"compile": False} if backend == "compiled" else {})]
+    assert requests == ["first_use"] and shape[0] == 1 and compiled == [False]
 
 
 def test_first_use_that_fails_is_returned_not_raised():
@@ -270,6 +271,23 @@ def test_a_cuda_worker_pays_the_first_use_in_its_start_up(workdir):
     parts = r["worker"]["startup_parts"]
     assert set(parts) == {"gpu_claim_s", "import_s", "model_code_s", "cuda_init_s", "first_use_s"}
     assert parts["first_use_s"] > 0 and r["worker"]["first_use_error"] is None
+
+
+@pytest.mark.gpu
+def test_a_forked_cuda_worker_of_the_compiled_backend_starts_and_measures(workdir):
+    """A compiled worker forked on a CUDA machine creates its CUDA context, imports the compiler and measures (the
+    fork server importing the compiler left its children unable to create a CUDA context)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    cuda = [a if a != "cpu" else "cuda" for a in argv(workdir / "forked.json", isolation="forked")]
+    assert runner.main(cuda + ["--backend", "compiled", "--batch", "1", "--compile-cache", "cache"]) == 0
+    r = json.loads((workdir / "forked.json").read_text())
+    assert r["status"] == "ok", r["error"]
+    assert r["worker"]["isolation"] == "forked" and r["worker"]["forked_from"]["pid"] != r["worker"]["pid"]
+    parts = r["worker"]["startup_parts"]
+    assert parts["compiler_import_s"] > 0 and parts["first_use_s"] > 0 and r["worker"]["first_use_error"] is None
 
 
 def test_forked_workers_come_from_one_fork_server(workdir):

@@ -174,8 +174,9 @@ FIRST_USE_SHAPE = {"batch": 1, "seq_len": 16, "gen_tokens": 4}
 
 def first_use(fields: dict) -> str | None:
     """What a CUDA process pays once, paid in the worker's start-up rather than by its first cell: one small
-    request through the worker's model on its backend (the graph path for compiled: the capture without a
-    compile), then the model freed and its memory handed back. It loads the kernels the model calls (CUDA loads
+    request through the worker's model on its backend (for compiled, its own batch-1 path without a compile:
+    fused projections and, where they apply, the rewritten layers' Triton kernels; then the capture), then the
+    model freed and its memory handed back. It loads the kernels the model calls (CUDA loads
     each on first use), creates the cuBLAS handle and workspace, reads what the libraries need from disk the first
     time on a machine, and runs transformers' code paths once. Each cell still builds and sets up its own model
     and backend. Returns the error text where it failed (the cells then meet the same failure and record it)."""
@@ -194,8 +195,8 @@ def first_use(fields: dict) -> str | None:
         clock = Clock(cuda)
         model = build_model(spec)
         prompt = make_prompt(spec, model.config.vocab_size)
-        name = "graph" if spec.backend == "compiled" else spec.backend
-        backend = registry.make(name, model, prompt, spec.gen_tokens, clock)
+        options = {"compile": False} if spec.backend in COMPILING_BACKENDS else {}
+        backend = registry.make(spec.backend, model, prompt, spec.gen_tokens, clock, **options)
         with torch.inference_mode():
             backend.request(prompt, spec.gen_tokens, clock, "first_use")
         return None
