@@ -191,8 +191,8 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         m["weights_mb"] = weights_bytes / mib
         m["placement_pad_mb"] = pad.mib
         m["startup_s"] = startup_s
-        m.update(import_s=import_s, environment_s=environment_s, model_code_s=model_code_s, compiler_import_s=compiler_import_s,
-                 cuda_init_s=cuda_init_s)
+        m.update(import_s=import_s, environment_s=environment_s, model_code_s=model_code_s,
+                 compiler_import_s=compiler_import_s, cuda_init_s=cuda_init_s)
         m["model_build_s"] = build_s
         m["warmup_s"] = warm["warmup_s"]
         m["measured_s"] = measured_s

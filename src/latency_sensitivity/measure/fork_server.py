@@ -9,8 +9,9 @@ output to the worker's log and runs the worker as ``python -m latency_sensitivit
 The child then claims its GPU, pins its CPUs, creates its CUDA context and pays its first use itself, so the
 server never touches a GPU. Nor does the server import torch's compiler: on a CUDA machine its forked workers then
 failed to create a CUDA context ("Cannot re-initialize CUDA in forked subprocess", torch 2.11), so a worker of the
-compiled backend imports it at its own start (worker.Worker.start_up). It forks only while it runs no Python thread besides its main one and has no CUDA
-context (a child could use neither); otherwise it refuses, and the cell is an error row. Native thread pools
+compiled backend imports it at its own start (worker.Worker.start_up). It forks only while it runs no Python
+thread besides its main one and has no CUDA context (a child could use neither); otherwise it refuses, and the
+cell is an error row. Native thread pools
 that libraries start when imported (OpenBLAS's, through numpy) are theirs to hand over at a fork, as they do
 for any forking program; the server's log says how many threads it had.
 
