@@ -1,6 +1,13 @@
-"""Where inductor's and Triton's caches go: a folder per device and versions, a user's own folder kept."""
+"""Where inductor's and Triton's caches go: a folder per device and versions, a user's own folder kept; and
+Python's bytecode where it would be compiled again in every process."""
+
+import os
+import sys
+from pathlib import Path
 
 from latency_sensitivity.measure import compile_cache
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 V1 = {"torch": "2.11.0+cu130", "triton": "3.6.0"}
 
@@ -93,3 +100,58 @@ def test_device_name_follows_cuda_visible_devices_like_the_telemetry(monkeypatch
     assert compile_cache.device_name("cuda", {}) == "NVIDIA H100"
     assert compile_cache.device_name("cuda", {"CUDA_VISIBLE_DEVICES": "3,1"}) == "NVIDIA H200"
     assert compile_cache.device_name("cuda", {"CUDA_VISIBLE_DEVICES": "GPU-3000"}) == "NVIDIA H200"
+
+
+def package_without_bytecode(folder: Path, name: str) -> Path:
+    """A package `name` under `folder` with no bytecode beside its source."""
+    (folder / name).mkdir(parents=True)
+    (folder / name / "__init__.py").write_text("VALUE = 42\n")
+    return folder / name / "__init__.py"
+
+
+def test_bytecode_is_cached_under_the_root_only_where_python_would_compile_again(tmp_path, monkeypatch):
+    """Writing bytecode off and the probed package installed without it: the process caches its bytecode under
+    root/bytecode/ (and tells the processes it starts); writing on, installed bytecode, or a user's prefix: as it
+    was."""
+    source = package_without_bytecode(tmp_path / "site", "bare_package")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setattr(sys, "pycache_prefix", None)
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    assert compile_cache.bytecode_cache(tmp_path / "root", {}, "bare_package") == {"dir": None, "set_by": "default"}
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    env = {"PYTHONPYCACHEPREFIX": "/somewhere"}
+    assert compile_cache.bytecode_cache(tmp_path / "root", env, "bare_package") == {"dir": "/somewhere",
+                                                                                     "set_by": "user"}
+    env = {}
+    record = compile_cache.bytecode_cache(tmp_path / "root", env, "bare_package")
+    folder = str((tmp_path / "root" / "bytecode").resolve())
+    assert record == {"dir": folder, "set_by": "workflow"} and env["PYTHONPYCACHEPREFIX"] == folder
+    assert sys.pycache_prefix == folder and sys.dont_write_bytecode is False
+    assert not compile_cache.has_bytecode("bare_package") and source.is_file()
+    # asked again (a process this one started, which inherits the prefix): the same folder, still the workflow's
+    assert compile_cache.bytecode_cache(tmp_path / "root", env, "bare_package") == record
+
+
+def test_a_process_with_bytecode_off_writes_it_under_the_root_and_a_later_one_reads_it(tmp_path):
+    """Two fresh interpreters with PYTHONDONTWRITEBYTECODE=1: the first writes the package's bytecode under
+    root/bytecode/ (nothing beside the source), the second finds it there and writes nothing new."""
+    import subprocess
+
+    package_without_bytecode(tmp_path / "site", "bare_package")
+    code = ("import sys; from latency_sensitivity.measure import compile_cache; "
+            f"r = compile_cache.bytecode_cache({str(tmp_path / 'root')!r}, module='bare_package'); "
+            "import bare_package, importlib.util; "
+            "print(r['set_by'], importlib.util.cache_from_source(bare_package.__file__))")
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), SRC])}
+    env.pop("PYTHONPYCACHEPREFIX", None)
+    def run():
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+        return out.stdout.split(), {p: p.stat().st_mtime_ns for p in (tmp_path / "root").rglob("*.pyc")}
+
+    (first, written), (second, after) = run(), run()
+    assert first == second and first[0] == "workflow"
+    cached = Path(first[1])
+    assert cached in written and cached.is_relative_to((tmp_path / "root" / "bytecode").resolve())
+    assert not (tmp_path / "site" / "bare_package" / "__pycache__").exists()
+    assert after == written  # the second process read it and wrote nothing

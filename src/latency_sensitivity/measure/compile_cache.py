@@ -20,6 +20,14 @@ the other in one that had not: different GPU code, and a different key in Triton
 ``configure`` makes the choice at the start, the one inductor would make (torch's ptxas where torch has one),
 unless the user set ``TRITON_PTXAS_PATH``; the cell records it.
 
+Python's own compiled code, the bytecode of every module a measuring process imports, is cached the same way
+where Python would otherwise compile torch's and transformers' sources again in every process: where writing
+bytecode is turned off (``PYTHONDONTWRITEBYTECODE``, as container images often set) and torch was installed
+without it. A measuring process then writes and reads it under ``results/cache/compile/bytecode/`` (Python's
+``sys.pycache_prefix``), never beside the installed sources; a prefix set by the user
+(``PYTHONPYCACHEPREFIX``) is kept, and anywhere else Python's own bytecode is used as it is. The bytecode changes
+how long an import takes, not what runs (Python checks each file against its source).
+
 This module must run before torch is imported, and imports neither torch nor Triton (only their versions).
 """
 
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from importlib import metadata, util
 from pathlib import Path
 
@@ -74,6 +83,33 @@ def torch_ptxas() -> str | None:
     return None
 
 
+def has_bytecode(module: str) -> bool:
+    """Whether `module`'s installed source has its bytecode beside it (its __pycache__), found without importing
+    it; True where it is not installed or has no source (nothing to compile)."""
+    spec = util.find_spec(module)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return True
+    return Path(util.cache_from_source(spec.origin)).is_file()
+
+
+def bytecode_cache(root: str | os.PathLike, environ: dict | None = None, module: str = "torch") -> dict:
+    """Cache this process's bytecode under `root`/bytecode/ where it would otherwise compile what it imports
+    again: writing bytecode is off and `module` (torch) has none installed (module docstring). Sets
+    sys.pycache_prefix (and PYTHONPYCACHEPREFIX, so the processes it starts read it), and lets this process write
+    there; returns the record."""
+    environ = os.environ if environ is None else environ
+    folder = (Path(root) / "bytecode").resolve()
+    prefix = sys.pycache_prefix or environ.get("PYTHONPYCACHEPREFIX")
+    if prefix:  # the user's, or ours where a process of this workflow started this one
+        return {"dir": prefix, "set_by": "workflow" if Path(prefix) == folder else "user"}
+    if not sys.dont_write_bytecode or has_bytecode(module):
+        return {"dir": None, "set_by": "default"}  # Python writes its own, or reads what was installed
+    folder.mkdir(parents=True, exist_ok=True)
+    sys.pycache_prefix = environ["PYTHONPYCACHEPREFIX"] = str(folder)
+    sys.dont_write_bytecode = False  # only under the prefix: the installed sources stay as they are
+    return {"dir": str(folder), "set_by": "workflow"}
+
+
 def cache_key(device: str, environ: dict | None = None, versions: dict | None = None) -> str:
     """The folder name: device and the versions of torch and Triton, as a safe file name."""
     versions = versions or {"torch": _version("torch"), "triton": _version("triton")}
@@ -103,6 +139,9 @@ def configure(root: str | os.PathLike | None, device: str, environ: dict | None 
             record[name] = {"dir": None, "set_by": "default"}
     if root is not None:
         environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
+        record["bytecode"] = bytecode_cache(root, environ)
+    else:
+        record["bytecode"] = {"dir": None, "set_by": "default"}
     record["triton_autotuning_cached"] = environ.get("TRITON_CACHE_AUTOTUNING") == "1"
     if environ.get("TRITON_PTXAS_PATH"):
         record["ptxas"] = {"path": environ["TRITON_PTXAS_PATH"], "set_by": "user"}
