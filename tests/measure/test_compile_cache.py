@@ -122,10 +122,11 @@ def test_bytecode_is_cached_under_the_root_only_where_python_would_compile_again
     env = {"PYTHONPYCACHEPREFIX": "/somewhere"}
     assert compile_cache.bytecode_cache(tmp_path / "root", env, "bare_package") == {"dir": "/somewhere",
                                                                                      "set_by": "user"}
-    env = {}
+    env = {"PYTHONDONTWRITEBYTECODE": "1"}
     record = compile_cache.bytecode_cache(tmp_path / "root", env, "bare_package")
     folder = str((tmp_path / "root" / "bytecode").resolve())
     assert record == {"dir": folder, "set_by": "workflow"} and env["PYTHONPYCACHEPREFIX"] == folder
+    assert "PYTHONDONTWRITEBYTECODE" not in env  # the processes it starts write there too
     assert sys.pycache_prefix == folder and sys.dont_write_bytecode is False
     assert not compile_cache.has_bytecode("bare_package") and source.is_file()
     # asked again (a process this one started, which inherits the prefix): the same folder, still the workflow's

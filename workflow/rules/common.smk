@@ -16,6 +16,7 @@ from latency_sensitivity import measurement_jobs, vocabulary
 from latency_sensitivity.analysis import run_summary  # noqa: E402
 from latency_sensitivity.analysis.merge import cell_problem  # noqa: E402
 from latency_sensitivity.analysis.profiling import NSYS_REPORTS  # noqa: E402
+from latency_sensitivity.measure import compile_cache  # noqa: E402
 from latency_sensitivity.vocabulary import tokenizer_file  # noqa: E402
 
 lsconfig.use_source_tree(SRC)
@@ -282,8 +283,13 @@ def placement(wildcards):
 CPU_AFFINITY = ",".join(str(cpu) for cpu in MEASURE["cpu_affinity"]) or "none"
 
 
+# Compiled code is kept under results/cache/compile/ (measure/compile_cache.py). Python's bytecode too, for every
+# job, where Python writes none itself and torch was installed without it.
+COMPILE_CACHE = "results/cache/compile"
+compile_cache.bytecode_cache(COMPILE_CACHE)
+
 # The runner's command line: the measure rule runs it and the profile rules (profile.smk) wrap it. Both keep
-# compiled code under results/cache/compile/ (measure/compile_cache.py), saved steps included.
+# compiled code in the compile cache, saved steps included.
 RUNNER = (
     "python3 -m latency_sensitivity.measure.runner"
     " --model {wildcards.model} --model-kind {params.model_kind} --model-location {params.model_location:q}"
@@ -293,7 +299,7 @@ RUNNER = (
     " --gen-tokens {params.gen_tokens} --warmup {params.warmup} --reps {params.reps}"
     " --seed {params.seed} --threads {params.threads} --cpu-affinity {params.cpu_affinity}"
     " --compile-shapes {params.compile_shapes} --compiled-step {params.compiled_step} --placement {params.placement}"
-    " --tokenizer {input.tokenizer:q} --compile-cache results/cache/compile"
+    f" --tokenizer {{input.tokenizer:q}} --compile-cache {COMPILE_CACHE}"
 )
 
 

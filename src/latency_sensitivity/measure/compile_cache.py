@@ -95,8 +95,9 @@ def has_bytecode(module: str) -> bool:
 def bytecode_cache(root: str | os.PathLike, environ: dict | None = None, module: str = "torch") -> dict:
     """Cache this process's bytecode under `root`/bytecode/ where it would otherwise compile what it imports
     again: writing bytecode is off and `module` (torch) has none installed (module docstring). Sets
-    sys.pycache_prefix (and PYTHONPYCACHEPREFIX, so the processes it starts read it), and lets this process write
-    there; returns the record."""
+    sys.pycache_prefix and lets this process write there, and sets PYTHONPYCACHEPREFIX (and unsets
+    PYTHONDONTWRITEBYTECODE) in `environ`, so that the processes it starts do the same; returns the record. The
+    workflow calls it for every job, each measuring process for itself."""
     environ = os.environ if environ is None else environ
     folder = (Path(root) / "bytecode").resolve()
     prefix = sys.pycache_prefix or environ.get("PYTHONPYCACHEPREFIX")
@@ -107,6 +108,7 @@ def bytecode_cache(root: str | os.PathLike, environ: dict | None = None, module:
     folder.mkdir(parents=True, exist_ok=True)
     sys.pycache_prefix = environ["PYTHONPYCACHEPREFIX"] = str(folder)
     sys.dont_write_bytecode = False  # only under the prefix: the installed sources stay as they are
+    environ.pop("PYTHONDONTWRITEBYTECODE", None)
     return {"dir": str(folder), "set_by": "workflow"}
 
 
