@@ -20,13 +20,13 @@ the other in one that had not: different GPU code, and a different key in Triton
 ``configure`` makes the choice at the start, the one inductor would make (torch's ptxas where torch has one),
 unless the user set ``TRITON_PTXAS_PATH``; the cell records it.
 
-Python's own compiled code, the bytecode of every module a measuring process imports, is cached the same way
-where Python would otherwise compile torch's and transformers' sources again in every process: where writing
-bytecode is turned off (``PYTHONDONTWRITEBYTECODE``, as container images often set) and torch was installed
-without it. A measuring process then writes and reads it under ``results/cache/compile/bytecode/`` (Python's
-``sys.pycache_prefix``), never beside the installed sources; a prefix set by the user
-(``PYTHONPYCACHEPREFIX``) is kept, and anywhere else Python's own bytecode is used as it is. The bytecode changes
-how long an import takes, not what runs (Python checks each file against its source).
+Python's own compiled code, the bytecode of every module a process imports, is cached the same way where Python
+would otherwise compile torch's and transformers' sources again in every process: where writing bytecode is
+turned off (``PYTHONDONTWRITEBYTECODE``, as container images often set) and torch was installed without it. The
+workflow's jobs, and a measuring process started otherwise, then write and read it under
+``results/cache/compile/bytecode/`` (Python's ``sys.pycache_prefix``), never beside the installed sources; a
+prefix set by the user (``PYTHONPYCACHEPREFIX``) is kept, and anywhere else Python's own bytecode is used as it
+is. The bytecode changes how long an import takes, not what runs (Python checks each file against its source).
 
 This module must run before torch is imported, and imports neither torch nor Triton (only their versions).
 """
@@ -105,8 +105,7 @@ def bytecode_cache(root: str | os.PathLike, environ: dict | None = None, module:
         return {"dir": prefix, "set_by": "workflow" if Path(prefix) == folder else "user"}
     if not sys.dont_write_bytecode or has_bytecode(module):
         return {"dir": None, "set_by": "default"}  # Python writes its own, or reads what was installed
-    folder.mkdir(parents=True, exist_ok=True)
-    sys.pycache_prefix = environ["PYTHONPYCACHEPREFIX"] = str(folder)
+    sys.pycache_prefix = environ["PYTHONPYCACHEPREFIX"] = str(folder)  # Python makes the folders as it writes
     sys.dont_write_bytecode = False  # only under the prefix: the installed sources stay as they are
     environ.pop("PYTHONDONTWRITEBYTECODE", None)
     return {"dir": str(folder), "set_by": "workflow"}
