@@ -37,3 +37,16 @@ def test_written_files_respect_the_umask(tmp_path, umask):
     expected = 0o666 & ~umask
     for name in ("a.txt", "b.json", "plain.txt"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected, name
+
+
+def test_a_path_writer_replaces_the_file_whole_or_leaves_it(tmp_path):
+    """replacing(): a writer that takes a path (a library's save function) replaces the file when it finishes, and
+    where it fails the old file stays and nothing is left beside it."""
+    out = tmp_path / "step.bin"
+    with atomic.replacing(out) as tmp:
+        assert tmp.parent == tmp_path and tmp != out
+        tmp.write_bytes(b"first")
+    with pytest.raises(RuntimeError), atomic.replacing(out) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("the writer failed")
+    assert out.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == ["step.bin"]

@@ -20,10 +20,10 @@ transformers and Triton.
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 from pathlib import Path
 
+from latency_sensitivity import atomic
 from latency_sensitivity.engine.probe import probe_hit, versions
 
 
@@ -150,10 +150,8 @@ class SavedStep:
         compiled = torch.compile(decode_step, dynamic=None if self.dynamic_batch else False, fullgraph=True,
                                  options=options)
         self.fn = compiled.aot_compile((args, {}))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
-        self.fn.save_compiled_function(str(partial))
-        os.replace(partial, self.path)  # whole or not at all; a concurrent writer's file is the same step
+        with atomic.replacing(self.path) as tmp:  # whole or not at all; a concurrent writer's file is the same step
+            self.fn.save_compiled_function(str(tmp))
         self.source = "compiled and saved again" if self.load_error else "compiled and saved"
 
 
