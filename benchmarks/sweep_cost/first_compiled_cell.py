@@ -65,13 +65,17 @@ def main(argv: list[str]) -> int:
     torch.cuda.init()
     torch.empty(1, device="cuda")
     first_use_start = time.perf_counter()
-    if a.first_use != "none":
+    if a.first_use == "own":  # a compiled worker's first use (worker.first_use)
+        fields = {k: getattr(spec, k) for k in ("model", "model_kind", "model_location", "dtype", "backend",
+                                                "device", "attn_implementation", "threads")}
+        if worker.first_use(fields) is not None:
+            return 1
+    elif a.first_use == "graph":  # the graph backend's request at the same shape, as a compiled worker's was
         small = replace(spec, warmup=0, reps=1, **worker.FIRST_USE_SHAPE)
         model = build_model(small)
         prompt = make_prompt(small, model.config.vocab_size)
         clock = base.Clock(True)
-        name, options = ("compiled", {"compile": False}) if a.first_use == "own" else ("graph", {})
-        backend = registry.make(name, model, prompt, small.gen_tokens, clock, **options)
+        backend = registry.make("graph", model, prompt, small.gen_tokens, clock)
         with torch.inference_mode():
             backend.request(prompt, small.gen_tokens, clock, "first_use")
         backend.close()
