@@ -42,9 +42,9 @@ def test_measurement_settings_are_what_a_cell_of_its_backend_depends_on(default_
 
 def test_compile_shapes_reaches_the_runner_of_compiled_cells_only():
     measure = {"compile_shapes": "dynamic_batch"}
-    assert measurement_jobs.compile_shapes(measure, "compiled") == "dynamic_batch"
-    assert measurement_jobs.compile_shapes(measure, "graph") == "static"
-    assert measurement_jobs.compile_shapes(measure, "eager") == "static"
+    assert measurement_jobs.compiling_setting(measure, "compiled", "compile_shapes") == "dynamic_batch"
+    assert measurement_jobs.compiling_setting(measure, "graph", "compile_shapes") == "static"
+    assert measurement_jobs.compiling_setting(measure, "eager", "compile_shapes") == "static"
 
 
 def test_compiled_step_is_a_measurement_of_compiled_cells_only(default_config):
@@ -52,9 +52,10 @@ def test_compiled_step_is_a_measurement_of_compiled_cells_only(default_config):
     measure = cfg["measure"]
     assert measure["compiled_step"] == "saved"  # the default
     for backend in ("eager", "graph"):
-        assert measurement_jobs.compiled_step(measure, backend) == "traced"
+        assert measurement_jobs.compiling_setting(measure, backend, "compiled_step") == "traced"
         assert "compiled_step" not in measurement_jobs.measurement_settings(measure, backend)
-    assert measurement_jobs.compiled_step({**measure, "compiled_step": "traced"}, "compiled") == "traced"
+    traced = {**measure, "compiled_step": "traced"}
+    assert measurement_jobs.compiling_setting(traced, "compiled", "compiled_step") == "traced"
     assert measurement_jobs.measurement_settings({**measure, "compiled_step": "traced"}, "compiled") != \
         measurement_jobs.measurement_settings(measure, "compiled")
 

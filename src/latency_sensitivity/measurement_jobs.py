@@ -7,7 +7,7 @@ import functools
 from pathlib import Path
 
 from latency_sensitivity.config import SCHEMA_PATH, load_schema
-from latency_sensitivity.vocabulary import COMPILING_BACKENDS, Cell
+from latency_sensitivity.vocabulary import COMPILING_BACKENDS, COMPILING_SETTINGS, Cell
 
 
 # Marks in the descriptions of the schema's measure.* keys, read by measurement_settings.
@@ -30,16 +30,10 @@ def measurement_settings(measure: dict, backend: str, schema_path: Path | str = 
             and (measure.get("device") == "cuda" or CUDA_ONLY not in described.get(key, ""))}
 
 
-def compile_shapes(measure: dict, backend: str) -> str:
-    """The runner's --compile-shapes for a cell: measure.compile_shapes where the backend compiles, else the
-    runner's default (static)."""
-    return measure["compile_shapes"] if backend in COMPILING_BACKENDS else "static"
-
-
-def compiled_step(measure: dict, backend: str) -> str:
-    """The runner's --compiled-step for a cell: measure.compiled_step where the backend compiles, else the
-    runner's default (traced)."""
-    return measure["compiled_step"] if backend in COMPILING_BACKENDS else "traced"
+def compiling_setting(measure: dict, backend: str, name: str) -> str:
+    """The runner's option `name` (a key of COMPILING_SETTINGS: compile_shapes, compiled_step) for a cell:
+    measure's value where the backend compiles, else the value every other cell runs with."""
+    return measure[name] if backend in COMPILING_BACKENDS else COMPILING_SETTINGS[name]
 
 
 def placement(measure: dict) -> str:

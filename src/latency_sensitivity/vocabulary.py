@@ -75,6 +75,9 @@ COMPILED_STEPS = ("saved", "traced")
 PLACEMENTS = ("fixed", "by_replicate")
 # The backends that compile their decode step, and so the cells measure.compile_shapes and compiled_step apply to.
 COMPILING_BACKENDS = ("compiled",)
+# Those settings, with the value every other cell runs with: the runner's default, and what a cell recorded before
+# the setting existed did.
+COMPILING_SETTINGS = {"compile_shapes": "static", "compiled_step": "traced"}
 # What profiles a cell's process: nothing but its own kernel-time sessions (off, a measurement), nsys or ncu
 # wrapping it (external), or torch.profiler around its measured reps (torch; measure/probes.py).
 PROFILE_MODES = ("off", "external", "torch")

@@ -265,13 +265,13 @@ def measurement(wildcards):
 
 
 def compile_shapes(wildcards):
-    """The cell's --compile-shapes (measurement_jobs.compile_shapes)."""
-    return measurement_jobs.compile_shapes(MEASURE, wildcards.backend)
+    """The cell's --compile-shapes (measurement_jobs.compiling_setting)."""
+    return measurement_jobs.compiling_setting(MEASURE, wildcards.backend, "compile_shapes")
 
 
 def compiled_step(wildcards):
-    """The cell's --compiled-step (measurement_jobs.compiled_step)."""
-    return measurement_jobs.compiled_step(MEASURE, wildcards.backend)
+    """The cell's --compiled-step (measurement_jobs.compiling_setting)."""
+    return measurement_jobs.compiling_setting(MEASURE, wildcards.backend, "compiled_step")
 
 
 def placement(wildcards):

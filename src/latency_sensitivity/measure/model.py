@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from latency_sensitivity.vocabulary import COMPILING_SETTINGS
+
 
 TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -27,8 +29,9 @@ class CellSpec:
     replicate: int = 1  # which of the cell's separate measuring processes this is (replicates.py)
     cpu_affinity: list[int] | None = None  # CPUs the process is pinned to (host.pin); None: as started
     isolation: str = "process"  # process: one process per cell; shared: a worker serves cells (worker.py)
-    compile_shapes: str = "static"  # the compiled backend's step: per batch size, or batch dynamic (vocabulary)
-    compiled_step: str = "traced"  # the compiled backend's step saved once and loaded, or traced (vocabulary)
+    # the compiled backend's step: per batch size or batch dynamic; saved once and loaded, or traced (vocabulary)
+    compile_shapes: str = COMPILING_SETTINGS["compile_shapes"]
+    compiled_step: str = COMPILING_SETTINGS["compiled_step"]
     saved_step_dir: str | None = None  # where saved steps are (the compile cache's steps folder; the runner's)
     placement: str = "fixed"  # where the model and cache land on the device: as allocated, or by replicate (placement.py)
 

@@ -25,8 +25,9 @@ from pathlib import Path
 from latency_sensitivity import vocabulary
 from latency_sensitivity.measure.host import process_age_s
 from latency_sensitivity.measure.model import CellSpec, TORCH_DTYPES
-from latency_sensitivity.vocabulary import (BACKENDS, CELL_SCHEMA_VERSION, COMPILE_SHAPES, COMPILED_STEPS, ISOLATIONS, PLACEMENTS,
-                                            PROFILE_MODES, WORKER_ISOLATIONS)
+from latency_sensitivity.vocabulary import (BACKENDS, CELL_SCHEMA_VERSION, COMPILE_SHAPES, COMPILED_STEPS,
+                                            COMPILING_SETTINGS, ISOLATIONS, PLACEMENTS, PROFILE_MODES,
+                                            WORKER_ISOLATIONS)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path, str, Path | None, Path | None, str | None]:
@@ -52,10 +53,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path, str, Path
                    help="process: measure in this process; shared: hand the cell to a worker process that has "
                    "started up already (worker.py); forked: the same, the worker forked from a fork server "
                    "(fork_server.py)")
-    p.add_argument("--compile-shapes", choices=COMPILE_SHAPES, default="static",
+    p.add_argument("--compile-shapes", choices=COMPILE_SHAPES, default=COMPILING_SETTINGS["compile_shapes"],
                    help="the compiled backend's step compiled for this batch size (static) or with the batch as "
                    "a dynamic dimension, one graph for every batch size of 2 or more (dynamic_batch)")
-    p.add_argument("--compiled-step", choices=COMPILED_STEPS, default="traced",
+    p.add_argument("--compiled-step", choices=COMPILED_STEPS, default=COMPILING_SETTINGS["compiled_step"],
                    help="the compiled backend's step compiled ahead of time once and saved in the compile cache's "
                    "steps folder, later processes loading it without a trace (saved; needs --compile-cache), or "
                    "traced by torch.compile in each process (traced)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from latency_sensitivity.columns import COLUMNS_BY_NAME, LATENCY_METRICS, THROUGHPUT_METRICS
-from latency_sensitivity.vocabulary import ARCHITECTURE_SUMMARY, COMPILING_BACKENDS
+from latency_sensitivity.vocabulary import ARCHITECTURE_SUMMARY, COMPILING_BACKENDS, COMPILING_SETTINGS
 from latency_sensitivity.report.findings import NOISE_THRESHOLD
 from latency_sensitivity.report.format import FLAT_TOLERANCE, _fmt_value, markdown_table
 
@@ -51,10 +51,10 @@ CELL_SETTINGS = {"dtypes": "dtype", "backends": "backend", "device": "device",
                  "reps": "reps", "seed": "seed", "threads": "threads", "isolation": "isolation",
                  "compile_shapes": "compile_shapes", "compiled_step": "compiled_step", "placement": "placement"}
 # Settings that only some backends' cells have: {setting: the backends whose cells show it}.
-CELL_SETTINGS_OF = {"compile_shapes": COMPILING_BACKENDS, "compiled_step": COMPILING_BACKENDS}
+CELL_SETTINGS_OF = {name: COMPILING_BACKENDS for name in COMPILING_SETTINGS}
 # What a cell recorded before the setting existed did: {cell key: that value} (not the config's value, which may
 # have changed since).
-CELL_SETTINGS_BEFORE = {"compile_shapes": "static", "compiled_step": "traced"}
+CELL_SETTINGS_BEFORE = COMPILING_SETTINGS
 
 
 CELL_LIST_SETTINGS = ("dtypes", "backends")
