@@ -6,7 +6,18 @@ import time
 
 
 class Backend:
-    """The common interface (see the module docstring)."""
+    """The common interface:
+
+    - ``request(prompt, gen_tokens, clock, rep_name) -> (prefill_ms, ttft_ms, [decode step ms], e2e_ms)``: one
+      timed request with the runner's timing semantics (``timed_request``) and the NVTX ranges
+      ``{rep_name}.prefill`` and ``{rep_name}.decode``;
+    - ``prefill(prompt)``: one prefill forward, untimed (the kernel-time pass after the reps profiles it);
+    - ``generate(prompt, gen_tokens, forced=None) -> (tokens, logits)``: an untimed request that keeps every
+      step's logits, optionally feeding given tokens instead of its own (teacher forcing), for checking one
+      backend against another;
+    - ``setup_s``: wall time of the backend's per-cell setup (cache allocation, graph capture), spent before the
+      warmup reps and kept out of every latency metric; ``info()["setup_parts"]``: that time by part.
+    """
 
     name = "?"
     setup_s = 0.0

@@ -1,16 +1,6 @@
 """The graph and compiled backends: a static KV cache and the decode step replayed as a CUDA graph.
 
-Every backend (engine/base.py) has the same interface, so the runner's loops and kernel-time profile do not care which one runs:
-
-- ``request(prompt, gen_tokens, clock, rep_name) -> (prefill_ms, ttft_ms, [decode step ms], e2e_ms)``: one
-  timed request with the runner's timing semantics (see ``base.timed_request``) and the NVTX ranges
-  ``{rep_name}.prefill`` and ``{rep_name}.decode``;
-- ``prefill(prompt)``: one prefill forward, untimed (the kernel-time pass after the reps profiles it);
-- ``generate(prompt, gen_tokens, forced=None) -> (tokens, logits)``: an untimed request that keeps every
-  step's logits, optionally feeding given tokens instead of its own (teacher forcing), for checking one
-  backend against another;
-- ``setup_s``: wall time of the backend's per-cell setup (cache allocation, graph capture), spent before the
-  warmup reps and kept out of every latency metric; ``info()["setup_parts"]``: that time by part.
+Every backend has engine/base.py's interface (``request``, ``prefill``, ``generate``, ``setup_s``, ``info``).
 
 Backends:
 
