@@ -302,6 +302,7 @@ def test_dynamic_batch_compiles_once_for_every_batch_size(one_layer, monkeypatch
         finally:
             backend.close()
     stats = {}
+    paths = {}
     weights = []
     with torch.inference_mode():
         # (batch, seed, a new process): 2 and 3 as each in a process of its own; 4 and 5 later in this one
@@ -321,6 +322,12 @@ def test_dynamic_batch_compiles_once_for_every_batch_size(one_layer, monkeypatch
                 assert info["compile_dynamic_batch"] is True
                 assert info["compile_stats"]["graphs"] == info["compile_stats"]["setup_graphs"] == (1 if fresh else 0)
                 assert info["compile_stats"]["kept"] is (not fresh) and compiled.compile_kept is (not fresh)
+                # the paths inside the step: counted on a Python step by the backend that made the step, and
+                # taken from it by the backends that keep it (no Python step of their own)
+                assert info["step_paths_from"] == ("this backend" if fresh else "kept step")
+                assert ("python_step_s" in info["setup_parts"]) is fresh
+                assert info["paths"]["step"] == 1 and info["paths"]["compiled_step"] == 3
+                assert info["paths"] == paths.setdefault("first", info["paths"])
                 stats[batch] = info["compile_stats"]
                 tokens, logits = compiled.generate(prompt, 6)
                 assert torch.equal(tokens, want_tokens)
@@ -495,7 +502,8 @@ def test_runner_measures_a_graph_cell_on_the_cpu():
                                              "reset_s"]  # uncaptured on the CPU
     assert info == {"name": "graph", "captured": False, "max_cache_len": 18, "capture_warmup_steps": 3,
                     "fused_rms_norms": 0, "fused_projections": 0, "compiled": False, "compile_s": None,
-                    "compile_stats": {}, "compile_options": {}, "compile_dynamic_batch": False, "saved_step": None, "gemv": False, "pdl": False, "fused_layers": 0}
+                    "compile_stats": {}, "compile_options": {}, "compile_dynamic_batch": False, "saved_step": None, "gemv": False, "pdl": False, "fused_layers": 0,
+                    "step_paths_from": None}
     assert m["backend_compile_s"] is None
     # the versions the paths depend on, beside them in every cell
     env = r["environment"]
@@ -575,9 +583,12 @@ def test_kept_compiled_step_is_captured_on_cuda():
                 info = backend.info()
                 assert backend.graph is not None and info["compile_stats"]["kept"] is kept
                 assert info["compile_stats"]["graphs"] == info["compile_stats"]["setup_graphs"] == (0 if kept else 1)
-                assert list(info["setup_parts"]) == ["change_model_s", "cache_and_step_s", "prefill_s", "python_step_s",
-                                                     "warm_up_s", "capture_s",
-                                                     "replay_s", "reset_s"]
+                # a kept step's inside paths come from the backend that made it: no Python step of its own
+                assert list(info["setup_parts"]) == (["change_model_s", "cache_and_step_s", "prefill_s"]
+                                                     + ([] if kept else ["python_step_s"])
+                                                     + ["warm_up_s", "capture_s", "replay_s", "reset_s"])
+                assert info["step_paths_from"] == ("kept step" if kept else "this backend")
+                assert info["paths"]["step"] == 1 and info["paths"]["graph_replay"] == 1
                 _, logits = backend.generate(prompt, 8, forced=want_tokens)
                 torch.testing.assert_close(logits, want_logits, rtol=2e-2, atol=2e-2)
             finally:

@@ -59,8 +59,9 @@ def cache_tensors(cache, batch: int) -> list:
             if isinstance(v, torch.Tensor) and v.dim() == 4 and v.shape[0] == batch]
 
 
-# the process's compiled decode step, kept from one backend to the next (module docstring)
-_kept = {"key": None, "fn": None, "retraced": False}
+# the process's compiled decode step, kept from one backend to the next (module docstring), with the paths that
+# the step's Python took in the backend that made it (kept_step_paths)
+_kept = {"key": None, "fn": None, "retraced": False, "paths": None}
 
 
 def compiled_step(key: tuple, dynamic_batch: bool, options: dict, saved_dir: str | None = None):
@@ -76,7 +77,7 @@ def compiled_step(key: tuple, dynamic_batch: bool, options: dict, saved_dir: str
     torch._dynamo.reset()
     if saved_dir is not None:
         fn = SavedStep(Path(saved_dir) / saved_step_name(step_key), dynamic_batch, options)
-        _kept.update(key=key, fn=fn, retraced=False)
+        _kept.update(key=key, fn=fn, retraced=False, paths=None)
         return fn, False
     # inductor without its own CUDA graphs: the backend captures the compiled step itself
     # fullgraph: one compiled graph for the whole step, or an error (a graph break would leave parts of the step
@@ -84,7 +85,7 @@ def compiled_step(key: tuple, dynamic_batch: bool, options: dict, saved_dir: str
     # dynamic: only the dimensions the backend marks (graph.GraphBackend._mark_dynamic_batch); the rest stay static
     fn = torch.compile(decode_step, dynamic=None if dynamic_batch else False, fullgraph=True,
                        options=options or None)
-    _kept.update(key=key, fn=fn, retraced=False)
+    _kept.update(key=key, fn=fn, retraced=False, paths=None)
     return fn, False
 
 
@@ -159,13 +160,26 @@ def forget_compiled_step() -> None:
     """Drop the process's kept compiled step and dynamo's compiled code: the next compiled backend traces anew."""
     import torch
 
-    _kept.update(key=None, fn=None, retraced=False)
+    _kept.update(key=None, fn=None, retraced=False, paths=None)
     torch._dynamo.reset()
 
 
 def compiled_step_key() -> tuple | None:
     """The key of the process's kept compiled step (None: none kept)."""
     return _kept["key"]
+
+
+def keep_step_paths(paths: dict) -> None:
+    """Keep, with the process's compiled step, the paths its Python took on one step as Python runs it (a backend's
+    PathProbe counts), for the later backends that run the kept step."""
+    _kept["paths"] = dict(paths)
+
+
+def kept_step_paths() -> dict | None:
+    """The paths kept with the process's compiled step (keep_step_paths; None: none kept). A backend whose key is
+    the kept step's has the same model class, architecture, changes and options, so its step's Python takes the
+    same paths; the compiled code it runs was made from that Python."""
+    return None if _kept["paths"] is None else dict(_kept["paths"])
 
 
 def mark_retraced() -> None:

@@ -70,9 +70,10 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections import Counter
 
 from latency_sensitivity.engine.base import Backend, Clock, PartTimer, timed_request
-from latency_sensitivity.engine.decode_step import SavedStep, cache_tensors, compile_counts, compiled_step, decode_step, forget_compiled_step, mark_retraced, static_cache
+from latency_sensitivity.engine.decode_step import SavedStep, cache_tensors, compile_counts, compiled_step, decode_step, forget_compiled_step, keep_step_paths, kept_step_paths, mark_retraced, static_cache
 from latency_sensitivity.engine.probe import PathNotTaken, PathProbe, probe_hit, versions_text
 from latency_sensitivity.engine.surgery import FUSABLE_NORMS, fuse_rms_norms, fuse_sibling_projections, gemv_available, pack_gqa_decode, route_linears_to_gemv, unfuse_rms_norms, unfuse_sibling_projections, unpack_gqa_decode, unroute_linears
 
@@ -150,6 +151,7 @@ class GraphBackend(Backend):
         self.fused_norms, self.fused_projections, self.gemv_linears, self.fused_layers = [], [], [], []
         self.packed_gqa = False
         self.paths: dict = {}  # how often each code path ran in the setup's steps (PathProbe)
+        self.step_paths = self.step_paths_from = None  # compiled: the paths inside the step, where counted (setup)
         self.graph = self.cache = self.static_logits = self.static_out = None
         self._step_fn = decode_step
         self.compile_kept = False  # the compiled step kept from an earlier backend of this process (decode_step)
@@ -321,12 +323,16 @@ class GraphBackend(Backend):
                 self._mark_dynamic_batch()
             timer.end("prefill_s")
             if self.compile:
-                # one step as Python runs it, to count the paths inside the step that is compiled next (the
-                # cache holds it: seq_len + 1 + warmup_steps <= max_cache_len)
-                with probe:
-                    self._step()
-                self.static_in.copy_(self.static_out)
-                timer.end("python_step_s")
+                # the paths inside the step (its compiled calls run no Python): counted on one step as Python runs
+                # it (seq_len + 1 + warmup_steps <= max_cache_len), or a kept step's from the backend that made it
+                self.step_paths = kept_step_paths() if self.compile_kept else None
+                self.step_paths_from = "this backend" if self.step_paths is None else "kept step"
+                if self.step_paths is None:
+                    with PathProbe() as python_step:
+                        self._step()
+                    self.static_in.copy_(self.static_out)
+                    self.step_paths = python_step.counts
+                    timer.end("python_step_s")
             if self.capture:
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
@@ -340,24 +346,25 @@ class GraphBackend(Backend):
                     self._run_step()
                 self.graph = graph
                 timer.end("capture_s")
-                # one request's first step replayed, so that the replay is counted too
+                # the captured step replayed once, so that the replay is counted too (on the reset cache: no prefill)
                 self.reset()
                 self._filled = True
-                self.static_in.copy_(self._prefill(prompt)[1])
                 with probe:
                     self._replay()
-                timer.end("replay_s")  # a cache reset, a prefill and one replay
+                timer.end("replay_s")  # a cache reset and one replay
             else:
                 with probe:
                     self._warm_up()
                 timer.end("warm_up_s")
             self.reset()
         timer.end("reset_s")
-        self.paths = dict(sorted(probe.counts.items()))
+        self.paths = dict(sorted((Counter(probe.counts) + Counter(self.step_paths or {})).items()))
         if self.compile:  # graphs dynamo made in the whole setup: the first step's, unless kept; more is a
             # recompile in the warm-up or the capture, a trace outside compile_s
             self.compile_stats["setup_graphs"] = compile_counts()["graphs"] - self._graphs_before_setup
         self._verify_paths()
+        if self.compile and self.step_paths_from == "this backend":
+            keep_step_paths(self.step_paths)  # for the later backends that run this step kept
 
     def claimed_paths(self) -> dict:
         """Per claimed path (info()'s name for it): the probe count it needs, as (name, least count, what)."""
@@ -464,8 +471,9 @@ class GraphBackend(Backend):
                 "gemv": self.gemv, "pdl": self.pdl,
                 # decoder layers given the fused one-token forward (the final norm is not counted)
                 "fused_layers": max(0, len(self.fused_layers) - 1),
-                # how often each code path ran in the setup's steps, all claimed ones checked (PathProbe)
-                "paths": self.paths}
+                # how often each code path ran in the setup's steps, all claimed ones checked (PathProbe); a compiled
+                # step's inside paths were counted by this backend or by the one that made the kept step
+                "paths": self.paths, "step_paths_from": self.step_paths_from}
 
     def decode_attention(self) -> str:
         if self.fused_layers:
