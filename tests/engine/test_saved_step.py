@@ -170,3 +170,31 @@ def test_a_loaded_step_is_captured_on_cuda(tmp_path):
                 backend.close()
             del model, backend
         decode_step.forget_compiled_step()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_loaded_step_gives_the_traced_step_s_logits_on_cuda(tmp_path):
+    """On CUDA the step saved ahead of time and loaded untraced gives the logits of the same step traced by
+    torch.compile, to the bit: the same model, prompt and batch, each captured, fed the same tokens."""
+    steps = tmp_path / "steps"
+    logits = {}
+    with torch.inference_mode():
+        s = spec(device="cuda", dtype="fp16", seq_len=32, batch=4, gen_tokens=8, seed=0)
+        model = cell_model.build_model(s)
+        prompt = cell_model.make_prompt(s, model.config.vocab_size)
+        forced, _ = eager_backend.EagerBackend(model).generate(prompt, 8)
+        for way, saved_dir in (("traced", None), ("compiled and saved", steps), ("loaded", steps)):
+            decode_step.forget_compiled_step()  # each as in a process of its own
+            backend = registry.make("compiled", model, prompt, 8, base.Clock(True), dynamic_batch=True,
+                                    saved_step_dir=saved_dir)
+            try:
+                assert backend.graph is not None and backend.info()["compile_stats"]["step"] == way
+                _, logits[way] = backend.generate(prompt, 8, forced=forced)
+            finally:
+                backend.close()
+        decode_step.forget_compiled_step()
+    differences = {way: (logits[way] - logits["traced"]).abs().max().item() for way in logits}
+    print(f"largest logit difference from the traced step: {differences}")
+    assert torch.equal(logits["loaded"], logits["compiled and saved"]), differences
+    assert torch.equal(logits["loaded"], logits["traced"]), differences
