@@ -151,7 +151,7 @@ class GraphBackend(Backend):
         self.fused_norms, self.fused_projections, self.gemv_linears, self.fused_layers = [], [], [], []
         self.packed_gqa = False
         self.paths: dict = {}  # how often each code path ran in the setup's steps (PathProbe)
-        self.step_paths = self.step_paths_from = None  # compiled: the paths inside the step, where counted (setup)
+        self.step_paths_from = None  # compiled: where the paths inside the step were counted (setup)
         self.graph = self.cache = self.static_logits = self.static_out = None
         self._step_fn = decode_step
         self.compile_kept = False  # the compiled step kept from an earlier backend of this process (decode_step)
@@ -312,6 +312,7 @@ class GraphBackend(Backend):
         self.setup_parts = timer.parts
         self._check(prompt, self.gen_tokens)
         probe = PathProbe()
+        step_paths: dict | None = {}  # compiled: the paths inside the step (below)
         with torch.inference_mode():
             self.reset()
             self._filled = True
@@ -325,13 +326,13 @@ class GraphBackend(Backend):
             if self.compile:
                 # the paths inside the step (its compiled calls run no Python): counted on one step as Python runs
                 # it (seq_len + 1 + warmup_steps <= max_cache_len), or a kept step's from the backend that made it
-                self.step_paths = kept_step_paths() if self.compile_kept else None
-                self.step_paths_from = "this backend" if self.step_paths is None else "kept step"
-                if self.step_paths is None:
+                step_paths = kept_step_paths() if self.compile_kept else None
+                self.step_paths_from = "this backend" if step_paths is None else "kept step"
+                if step_paths is None:
                     with PathProbe() as python_step:
                         self._step()
                     self.static_in.copy_(self.static_out)
-                    self.step_paths = python_step.counts
+                    step_paths = python_step.counts
                     timer.end("python_step_s")
             if self.capture:
                 side = torch.cuda.Stream()
@@ -358,13 +359,13 @@ class GraphBackend(Backend):
                 timer.end("warm_up_s")
             self.reset()
         timer.end("reset_s")
-        self.paths = dict(sorted((Counter(probe.counts) + Counter(self.step_paths or {})).items()))
+        self.paths = dict(sorted((Counter(probe.counts) + Counter(step_paths)).items()))
         if self.compile:  # graphs dynamo made in the whole setup: the first step's, unless kept; more is a
             # recompile in the warm-up or the capture, a trace outside compile_s
             self.compile_stats["setup_graphs"] = compile_counts()["graphs"] - self._graphs_before_setup
         self._verify_paths()
         if self.compile and self.step_paths_from == "this backend":
-            keep_step_paths(self.step_paths)  # for the later backends that run this step kept
+            keep_step_paths(step_paths)  # for the later backends that run this step kept
 
     def claimed_paths(self) -> dict:
         """Per claimed path (info()'s name for it): the probe count it needs, as (name, least count, what)."""
