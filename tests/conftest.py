@@ -12,6 +12,13 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The tests' CPU compiles (and those of the processes they start) make scalar C++ kernels: inductor then skips its
+# probe of the CPU's vector instructions, which builds test programs into each new inductor cache (about 9 s a
+# process on 2 cores, and the tests give their compiles caches of their own). What the tests check is this
+# package's compile paths (one graph, the kept, saved and loaded step, the paths inside it), not inductor's
+# vectorized code. A setting of the caller's is kept.
+os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "0")
+
 
 @pytest.fixture
 def default_config() -> dict:
