@@ -34,9 +34,10 @@ def test_measurement_settings_are_what_a_cell_of_its_backend_depends_on(default_
         assert not any(measurement_jobs.NOT_A_MEASUREMENT in schema[key].get("description", "") for key in settings)
         assert ("compile_shapes" in settings) is (backend == "compiled")
         assert {"gen_tokens", "reps", "warmup", "seed", "device"} <= set(settings)
-    assert measurement_jobs.measurement_settings({**measure, "compile_shapes": "dynamic_batch"}, "compiled") != \
+    assert measure["compile_shapes"] == "dynamic_batch"  # the default
+    assert measurement_jobs.measurement_settings({**measure, "compile_shapes": "static"}, "compiled") != \
         measurement_jobs.measurement_settings(measure, "compiled")
-    assert measurement_jobs.measurement_settings({**measure, "compile_shapes": "dynamic_batch"}, "graph") == \
+    assert measurement_jobs.measurement_settings({**measure, "compile_shapes": "static"}, "graph") == \
         measurement_jobs.measurement_settings(measure, "graph")
 
 

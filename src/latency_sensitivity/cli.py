@@ -296,9 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="process: every cell in a process of its own (default); shared: the cells handed to one "
                         "measurement worker per replicate; forked: shared, the workers forked after the imports "
                         "(Linux); config key measure.isolation")
-    s.add_argument("--compile-shapes", choices=vocabulary.COMPILE_SHAPES, default="static",
-                   help="the compiled backend's step per batch size (static, default) or once with the batch "
-                        "dynamic (dynamic_batch); config key measure.compile_shapes")
+    s.add_argument("--compile-shapes", choices=vocabulary.COMPILE_SHAPES, default="dynamic_batch",
+                   help="the compiled backend's step once with the batch dynamic (dynamic_batch, default) or per "
+                        "batch size (static); config key measure.compile_shapes")
     s.add_argument("--compiled-step", choices=vocabulary.COMPILED_STEPS, default="saved",
                    help="the compiled backend's step compiled once, saved under results/cache/compile/ and loaded "
                         "by later processes (saved, default) or traced in each process (traced); config key "
