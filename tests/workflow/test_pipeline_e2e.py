@@ -174,15 +174,16 @@ def test_cli_backends_option(tmp_path, capsys):
     assert rc == 0
     cfg = yaml.safe_load((tmp_path / "b.work" / "config" / "config.yaml").read_text())
     assert cfg["measure"]["backends"] == ["eager", "graph"]
-    # the reference interface's defaults: a process per cell, the compiled step per batch size
-    assert (cfg["measure"]["isolation"], cfg["measure"]["compile_shapes"]) == ("process", "static")
+    # the reference interface's default: a process per cell; the compiled step once for every batch size (the
+    # config's default too)
+    assert (cfg["measure"]["isolation"], cfg["measure"]["compile_shapes"]) == ("process", "dynamic_batch")
     assert cfg["measure"]["compiled_step"] == "saved"
     rc = cli.main(["sweep", "--model", "tiny-qwen2", "--dtype", "fp32", "--device", "cpu", "--seq", "16",
                    "--batch-sizes", "2,4", "--backends", "compiled", "--isolation", "shared", "--compile-shapes",
-                   "dynamic_batch", "--compiled-step", "traced", "--out", str(out), "--dry-run"])
+                   "static", "--compiled-step", "traced", "--out", str(out), "--dry-run"])
     assert rc == 0
     cfg = yaml.safe_load((tmp_path / "b.work" / "config" / "config.yaml").read_text())
-    assert (cfg["measure"]["isolation"], cfg["measure"]["compile_shapes"]) == ("shared", "dynamic_batch")
+    assert (cfg["measure"]["isolation"], cfg["measure"]["compile_shapes"]) == ("shared", "static")
     assert cfg["measure"]["compiled_step"] == "traced"
     with pytest.raises(SystemExit):
         cli.main(["sweep", "--model", "tiny-qwen2", "--seq", "16", "--isolation", "thread", "--out", str(out)])
