@@ -57,6 +57,8 @@ def load(roots):
                 "startup": {k: m.get(k) for k in ("import_s", "environment_s", "model_code_s", "compiler_import_s",
                                                   "cuda_init_s", "startup_s")},
                 "worker_parts": w.get("startup_parts") or {},
+                "worker_startup_s": w.get("startup_s"),
+                "written_at": path.stat().st_mtime,
                 "cell_s": m.get("cell_s"),
                 "parts": {k: m.get(k) or 0.0 for k in CELL_PARTS},
             })
