@@ -273,6 +273,7 @@ def test_error_text_is_escaped_and_shortened():
     f = batch_frame()
     f["status"] = "ok"
     long = "ValueError: a|b\n" + "x" * 500
+    f["error"] = ""  # a text column, as the merged table has (the row below sets one)
     f.loc[0, ["status", "flag", "error"]] = ["error", "error", long]
     f.loc[0, METRICS] = np.nan
     text = build_report([SweepInput("b", "batch", f, [])], [], {})
