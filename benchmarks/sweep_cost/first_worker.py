@@ -13,6 +13,7 @@ from __future__ import annotations
 import statistics
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 from cost import load
 
@@ -35,7 +36,7 @@ def main(roots: list[str]) -> None:
     rows = load(roots)
     for root in roots:
         ws = workers([r for r in rows if r["root"] == root])
-        print(f"\n## {root.rstrip('/').rsplit('/', 1)[-1]}\n")
+        print(f"\n## {Path(root).name}\n")
         print("| worker | replicate | first use s | start-up s | cell | batch | setup prefill s | setup warm-up s | "
               "setup s | warmup s | measured s | prefill ms | decode ms/step |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -48,7 +49,7 @@ def main(roots: list[str]) -> None:
                       f"{fmt(c['warmup_s'])} | {fmt(c['measured_s'])} | {fmt(c['prefill_ms'], 2)} | "
                       f"{fmt(c['decode_ms'], 4)} |")
         if ws:
-            summary.append((root.rstrip("/").rsplit("/", 1)[-1], ws))
+            summary.append((Path(root).name, ws))
     print("\n## The first worker against the later ones\n")
     print("| run | first worker: first use s | later: first use s | first worker: setup s (sum) | later workers: "
           "setup s per worker (median) | first worker's first cell: setup prefill s | later workers' first cells |")
