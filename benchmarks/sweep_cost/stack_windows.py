@@ -1,0 +1,74 @@
+"""Where a measuring worker's main thread was during its first use of the GPU stack and its first cells, from the
+samples of stack_sampler/sitecustomize.py (one file per process):
+
+    python3 benchmarks/sweep_cost/stack_windows.py SAMPLE_DIR [--cells N] [--top K] [--depth D]
+
+A worker is a sample file whose stacks pass through the worker's `first_use` (CUDA only) or its `handle`; its
+windows are the samples inside `first_use` and inside each of its first N `Worker.handle` calls (a cell). Per window it prints the wall time from
+its first to its last sample, the samples' count, the longest gap between samples (the main thread holding the
+interpreter in C code, so that the sampler could not run) and the K places the samples were in most often, each
+as its D innermost frames. Workers are printed in the order they started.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+
+def read(path: Path) -> list[tuple[float, list[str]]]:
+    samples = []
+    for line in path.read_text().splitlines():
+        t, _, stack = line.partition("\t")
+        samples.append((float(t), stack.split(" < ")))
+    return samples
+
+
+def inside(stack: list[str], function: str) -> bool:
+    return any(frame.split(":")[-2] == function for frame in stack)
+
+
+def windows(samples, cells: int) -> list[tuple[str, list]]:
+    out = [("first use", [s for s in samples if inside(s[1], "first_use")])]
+    handled = [s for s in samples if inside(s[1], "handle") and inside(s[1], "measure_to_file")]
+    groups: list[list] = []
+    for s in handled:
+        if groups and s[0] - groups[-1][-1][0] < 0.5:
+            groups[-1].append(s)
+        else:
+            groups.append([s])
+    out += [(f"cell {i + 1}", g) for i, g in enumerate(groups[:cells])]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sample_dir")
+    ap.add_argument("--cells", type=int, default=2)
+    ap.add_argument("--top", type=int, default=8)
+    ap.add_argument("--depth", type=int, default=3)
+    a = ap.parse_args()
+    workers = []
+    for path in Path(a.sample_dir).glob("*.txt"):
+        samples = read(path)
+        ws = windows(samples, a.cells)
+        starts = [samples[0][0] for _, samples in ws if samples]
+        if starts:
+            workers.append((min(starts), path.stem, ws))
+    for _, pid, ws in sorted(workers):
+        print(f"\n## worker pid {pid}\n")
+        for name, samples in ws:
+            if not samples:
+                continue
+            times = [t for t, _ in samples]
+            gap = max((b - a for a, b in zip(times, times[1:])), default=0.0)
+            print(f"### {name}: {times[-1] - times[0]:.2f} s, {len(samples)} samples, longest gap {gap * 1000:.0f} ms\n")
+            places = Counter(" < ".join(stack[-a.depth:]) for _, stack in samples)
+            for place, n in places.most_common(a.top):
+                print(f"- {n:5d}  {place}")
+            print()
+
+
+if __name__ == "__main__":
+    main()
