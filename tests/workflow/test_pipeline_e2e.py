@@ -1,20 +1,16 @@
 """The real Snakemake pipeline on the CPU default, in a temporary folder."""
 
 import json
-import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import yaml
 import pytest
 import torch
 
 from conftest import job_outputs, small_config, snakemake, write_config
 from latency_sensitivity import cli
-from latency_sensitivity.columns import REFERENCE_NAMES
 
 pytestmark = pytest.mark.e2e
 
@@ -30,74 +26,6 @@ def measured(proc) -> set[str]:
 def combined(proc) -> set[str]:
     """The cell files the run combines from their replicates (jobs of combine_replicates)."""
     return set(job_outputs(proc, "combine_replicates"))
-
-
-def test_full_pipeline_then_only_changed_cells_rerun(tmp_path, default_config):
-    cfg = small_config(default_config, replicates=1)
-    config_file = write_config(tmp_path / "cfg" / "config.yaml", cfg)
-    snakemake(tmp_path, "--cores", "2", "all", configfile=config_file)
-
-    for sweep, axis, n in (("seq_sweep", "seq_len", 3), ("batch_sweep", "batch", 3)):
-        df = pd.read_csv(tmp_path / "results" / sweep / "sweep.csv")
-        assert list(df.columns[: len(REFERENCE_NAMES)]) == REFERENCE_NAMES
-        assert len(df) == n and (df["status"] == "ok").all()
-        assert (df["prefill_p50_ms"] > 0).all() and (df["decode_tok_s"] > 0).all()
-        assert df[axis].is_monotonic_increasing
-        assert {"ttft_p50_ms", "tpot_p50_ms", "decode_floor_ms", "decode_efficiency"} <= set(df.columns)
-        assert (df["tokenize_p50_ms"] > 0).all() and (df["request_p50_ms"] > df["e2e_p50_ms"]).all()
-        assert (tmp_path / "results" / sweep / "anatomy.png").read_bytes().startswith(b"\x89PNG")
-        png = (tmp_path / "results" / sweep / "combined.png").read_bytes()
-        assert png.startswith(b"\x89PNG") and len(png) > 10_000
-    grid = pd.read_csv(tmp_path / "results" / "grid" / "sweep.csv")
-    assert sorted(zip(grid["seq_len"], grid["batch"])) == [(16, 1), (16, 2), (32, 1), (32, 2)]
-    assert (tmp_path / "results" / "grid" / "heatmap.png").read_bytes().startswith(b"\x89PNG")
-    assert not (tmp_path / "results" / "seq_sweep" / "heatmap.png").exists()
-    assert (tmp_path / "results" / "calibration" / "cpu_fp32.json").is_file()
-    assert (tmp_path / "results" / "tokenizer" / "tokenizer.json").is_file()
-    load = json.loads((tmp_path / "results" / "loading" / "tiny-qwen2" / "fp32" / "cpu.json").read_text())
-    assert load["status"] == "ok" and load["bytes"] > 0 and load["read_s"] > 0
-    assert (tmp_path / "logs" / "measure" / "tiny-qwen2" / "fp32" / "eager" / "seq16_batch1" / "r1.log").is_file()
-    report = (tmp_path / "results" / "report.md").read_text()
-    for text in ("## Setup", "## Sweep `seq_sweep`", "## Sweep `batch_sweep`", "## Sweep `grid`", "![", "| 64 |",
-                 "Findings", "Roofline", "ceilings (cpu, fp32)", "Request anatomy", "## Model loading",
-                 # the one-time jobs' wall time, apart from the cells' cost
-                 "once per device and dtype", "The loading jobs' wall time"):
-        assert text in report
-    cells = (tmp_path / "results" / "cells").glob("*/*/*/*.json")
-    replicates = (tmp_path / "results" / "cells").glob("*/*/*/*/r*.json")
-    assert len(list(cells)) == 6 and len(list(replicates)) == 6  # cells shared between sweeps are measured once
-
-    # Nothing changed: nothing is measured; only `all` runs, printing the summary.
-    proc = snakemake(tmp_path, "--cores", "1", "all", configfile=config_file)
-    assert re.findall(r"rule (\w+):", proc.stdout + proc.stderr) == ["all"]
-    assert "cells: 6 ok, 0 oom, 0 error" in proc.stderr
-
-    # Another run of the same sweeps (as if on another device) added to the report: only the report is rebuilt.
-    shutil.copytree(tmp_path / "results", tmp_path / "other_run")
-    cfg["compare_devices"] = [{"label": "other run", "results": "other_run"}]
-    write_config(config_file, cfg)
-    proc = snakemake(tmp_path, "--cores", "1", "all", configfile=config_file)
-    assert re.findall(r"rule (\w+):", proc.stdout + proc.stderr) == ["build_report", "all"]
-    report = (tmp_path / "results" / "report.md").read_text()
-    assert "## Devices compared" in report and "### other run: sweep `grid` · tiny-qwen2 · fp32 · eager" in report
-
-    # One seq added to one sweep: exactly that cell is measured; the other sweep is not rebuilt.
-    cfg["sweeps"]["seq_sweep"]["seq"].append(128)
-    write_config(config_file, cfg)
-    proc = snakemake(tmp_path, "-n", "--cores", "1", "all", configfile=config_file)
-    assert measured(proc) == {f"{CELLS}/eager/seq128_batch1/r1.json"}
-    assert combined(proc) == {f"{CELLS}/eager/seq128_batch1.json"}
-    assert "results/batch_sweep/sweep.csv" not in re.findall(r"output: (\S+)", proc.stdout + proc.stderr)
-
-    # A measurement setting changed: every cell is measured again.
-    cfg["measure"]["reps"] = 3
-    write_config(config_file, cfg)
-    proc = snakemake(tmp_path, "-n", "--cores", "1", "all", configfile=config_file)
-    assert len(measured(proc)) == 7 and len(combined(proc)) == 7
-
-    # The HTML report bundles the registered figures.
-    snakemake(tmp_path, "--report", "results/report.html", configfile=config_file)
-    assert (tmp_path / "results" / "report.html").stat().st_size > 100_000
 
 
 def test_graph_and_compiled_backend_cells_are_scheduled(tmp_path, default_config):

@@ -1,5 +1,6 @@
-"""What a rerun of the real pipeline measures again: a deleted or unreadable replicate or cell, a missing
-intermediate, a changed measurement setting, replicate count or architecture; and nothing else."""
+"""The real pipeline on the CPU default, run once whole (its tables, figures and report), and what a rerun of it
+measures again: a deleted or unreadable replicate or cell, a missing intermediate, a changed measurement setting,
+replicate count or architecture; and nothing else."""
 
 import json
 import math
@@ -19,6 +20,7 @@ from conftest import REPO, job_outputs, small_config, snakemake, write_config
 from latency_sensitivity import cli
 from latency_sensitivity import config as lsconfig
 from latency_sensitivity import measurement_jobs
+from latency_sensitivity.columns import REFERENCE_NAMES
 
 pytestmark = pytest.mark.e2e
 
@@ -28,6 +30,7 @@ NOT_A_MEASUREMENT = measurement_jobs.NOT_A_MEASUREMENT
 COMPILED_ONLY = measurement_jobs.COMPILED_ONLY
 CUDA_ONLY = measurement_jobs.CUDA_ONLY
 REPLICATES = 2  # the finished run's replicates per cell
+N_CELLS = 6  # the finished run's cells (small_config's sweeps)
 NOTHING = {"all": 1}  # nothing to measure or rebuild: only `all` runs, printing the run's summary
 FORKED = sys.platform == "linux"  # measure.isolation forked is Linux only
 
@@ -63,20 +66,20 @@ def config_replicates(cfg, replicates: int | None = None) -> set[str]:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """A finished run on one core of three cells (two sweeps) of two replicates each, its model from an
-    architecture JSON in the work folder; with Snakemake's output."""
+    """The whole pipeline run once on two cores: the small config's three sweeps (six cells, the grid's shared
+    with the others but one), two replicates each, its model from an architecture JSON in the work folder; with
+    Snakemake's output. The tests below read it or rerun copies of it."""
     default_config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     root = tmp_path_factory.mktemp("finished")
     (root / "arch").mkdir()
     shutil.copy(REPO / "config" / "models" / "tiny-qwen2.json", root / "arch" / "tiny.json")
-    # the workers forked from a fork server where the platform can (the rerun tests do not depend on it; the first
-    # test checks the forked path end to end)
+    # the workers forked from a fork server where the platform can (the rerun tests do not depend on it; the
+    # replicate-order test checks the forked path end to end)
     cfg = small_config(default_config, replicates=REPLICATES, **({"isolation": "forked"} if FORKED else {}))
     cfg["models"] = {"tiny-qwen2": {"architecture": "arch/tiny.json"}, **{
         k: v for k, v in default_config["models"].items() if k != "tiny-qwen2"}}
-    cfg["sweeps"] = {"seq_sweep": {"seq": [16, 32], "batch": [1]}, "batch_sweep": {"seq": [16], "batch": [1, 2]}}
     write_config(root / "cfg" / "config.yaml", cfg)
-    proc = snakemake(root, "--cores", "1", "all", configfile=root / "cfg" / "config.yaml")
+    proc = snakemake(root, "--cores", "2", "all", configfile=root / "cfg" / "config.yaml")
     return root, cfg, proc
 
 
@@ -97,16 +100,16 @@ DOWNSTREAM = {"merge_sweep": 1, "detect_collapse": 1, "plot_sweep": 1, "build_re
 
 
 def test_every_first_replicate_runs_before_any_second(finished):
-    """measure.replicates 2 on one core (the finished run): every cell's replicate 1 is measured before any
-    cell's replicate 2, and each cell's result is combined from both, with the spread between them. With
+    """measure.replicates 2 (the finished run): every cell's replicate 1 is measured before any cell's replicate
+    2, and each cell's result is combined from both, with the spread between them. With
     isolation forked, each replicate's worker was forked from the run's one fork server, which the run's end
     stopped."""
     root, _, proc = finished
     order = [re.fullmatch(r".*/(seq\d+_batch\d+)/r(\d+)\.json", path).groups()
              for path in job_outputs(proc, "measure_cell")]
     cells = {cell for cell, _ in order}
-    assert len(cells) == 3 and sorted(order) == sorted((cell, k) for cell in cells for k in ("1", "2"))
-    assert [k for _, k in order] == ["1"] * 3 + ["2"] * 3, order
+    assert len(cells) == N_CELLS and sorted(order) == sorted((cell, k) for cell in cells for k in ("1", "2"))
+    assert [k for _, k in order] == ["1"] * N_CELLS + ["2"] * N_CELLS, order
     for cell in cells:
         seq, batch = re.fullmatch(r"seq(\d+)_batch(\d+)", cell).groups()
         result = json.loads((root / CELL.format(seq=seq, batch=batch)).read_text())
@@ -114,12 +117,12 @@ def test_every_first_replicate_runs_before_any_second(finished):
         assert [r["replicate"] for r in result["replicates"]] == [1, 2]
         assert math.isfinite(result["metrics"]["decode_replicate_spread_pct"])
         assert result["metrics"]["decode_replicate_spread_pct"] >= 0
-    for sweep in ("seq_sweep", "batch_sweep"):
+    for sweep in ("seq_sweep", "batch_sweep", "grid"):
         table = pd.read_csv(root / "results" / sweep / "sweep.csv")
         assert (table["replicates"] == 2).all() and table["decode_replicate_spread_pct"].notna().all()
     if FORKED:
         workers = [json.loads(path.read_text())["worker"] for path in (root / "results" / "cells").rglob("r*.json")]
-        assert len(workers) == 6 and {w["isolation"] for w in workers} == {"forked"}
+        assert len(workers) == N_CELLS * REPLICATES and {w["isolation"] for w in workers} == {"forked"}
         assert len({w["pid"] for w in workers}) == 2  # a worker per replicate
         (server,) = {w["forked_from"]["pid"] for w in workers}  # one fork server for the run
         deadline = time.monotonic() + 10
@@ -128,13 +131,84 @@ def test_every_first_replicate_runs_before_any_second(finished):
         assert not Path(f"/proc/{server}").exists(), "the fork server outlived the run"
 
 
+def test_full_pipeline_then_only_changed_cells_rerun(finished, run):
+    """The finished run's tables, figures and report; then, on a copy: a rerun with nothing changed runs only
+    `all`; another run's results added to the report rebuild only the report; a seq added measures only that
+    cell; a changed measurement setting measures every cell again; the HTML report bundles the figures."""
+    root, _, _ = finished
+    for sweep, axis, n in (("seq_sweep", "seq_len", 3), ("batch_sweep", "batch", 3)):
+        df = pd.read_csv(root / "results" / sweep / "sweep.csv")
+        assert list(df.columns[: len(REFERENCE_NAMES)]) == REFERENCE_NAMES
+        assert len(df) == n and (df["status"] == "ok").all()
+        assert (df["prefill_p50_ms"] > 0).all() and (df["decode_tok_s"] > 0).all()
+        assert df[axis].is_monotonic_increasing
+        assert {"ttft_p50_ms", "tpot_p50_ms", "decode_floor_ms", "decode_efficiency"} <= set(df.columns)
+        assert (df["tokenize_p50_ms"] > 0).all() and (df["request_p50_ms"] > df["e2e_p50_ms"]).all()
+        assert (root / "results" / sweep / "anatomy.png").read_bytes().startswith(b"\x89PNG")
+        png = (root / "results" / sweep / "combined.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    grid = pd.read_csv(root / "results" / "grid" / "sweep.csv")
+    assert sorted(zip(grid["seq_len"], grid["batch"])) == [(16, 1), (16, 2), (32, 1), (32, 2)]
+    assert (root / "results" / "grid" / "heatmap.png").read_bytes().startswith(b"\x89PNG")
+    assert not (root / "results" / "seq_sweep" / "heatmap.png").exists()
+    assert (root / "results" / "calibration" / "cpu_fp32.json").is_file()
+    assert (root / "results" / "tokenizer" / "tokenizer.json").is_file()
+    load = json.loads((root / "results" / "loading" / "tiny-qwen2" / "fp32" / "cpu.json").read_text())
+    assert load["status"] == "ok" and load["bytes"] > 0 and load["read_s"] > 0
+    assert (root / "logs" / "measure" / "tiny-qwen2" / "fp32" / "eager" / "seq16_batch1" / "r1.log").is_file()
+    report = (root / "results" / "report.md").read_text()
+    for text in ("## Setup", "## Sweep `seq_sweep`", "## Sweep `batch_sweep`", "## Sweep `grid`", "![", "| 64 |",
+                 "Findings", "Roofline", "ceilings (cpu, fp32)", "Request anatomy", "## Model loading",
+                 # the one-time jobs' wall time, apart from the cells' cost
+                 "once per device and dtype", "The loading jobs' wall time"):
+        assert text in report
+    cells = (root / "results" / "cells").glob("*/*/*/*.json")
+    replicates = (root / "results" / "cells").glob("*/*/*/*/r*.json")
+    # cells shared between sweeps are measured once
+    assert len(list(cells)) == N_CELLS and len(list(replicates)) == N_CELLS * REPLICATES
+
+    work, cfg = run
+    config_file = work / "cfg" / "config.yaml"
+    # Nothing changed: nothing is measured; only `all` runs, printing the summary.
+    proc = snakemake(work, "--cores", "1", "all", configfile=config_file)
+    assert re.findall(r"rule (\w+):", proc.stdout + proc.stderr) == ["all"]
+    assert f"cells: {N_CELLS} ok, 0 oom, 0 error" in proc.stderr
+
+    # Another run of the same sweeps (as if on another device) added to the report: only the report is rebuilt.
+    shutil.copytree(work / "results", work / "other_run")
+    cfg["compare_devices"] = [{"label": "other run", "results": "other_run"}]
+    write_config(config_file, cfg)
+    proc = snakemake(work, "--cores", "1", "all", configfile=config_file)
+    assert re.findall(r"rule (\w+):", proc.stdout + proc.stderr) == ["build_report", "all"]
+    report = (work / "results" / "report.md").read_text()
+    assert "## Devices compared" in report and "### other run: sweep `grid` · tiny-qwen2 · fp32 · eager" in report
+
+    # One seq added to one sweep: exactly that cell is measured; the other sweep is not rebuilt.
+    cfg["sweeps"]["seq_sweep"]["seq"].append(128)
+    write_config(config_file, cfg)
+    proc = dry(work)
+    assert measured(proc) == {REPLICATE.format(seq=128, batch=1, k=k) for k in range(1, REPLICATES + 1)}
+    assert combined(proc) == {CELL.format(seq=128, batch=1)}
+    assert "results/batch_sweep/sweep.csv" not in re.findall(r"output: (\S+)", proc.stdout + proc.stderr)
+
+    # A measurement setting changed: every cell is measured again.
+    cfg["measure"]["reps"] = 3
+    write_config(config_file, cfg)
+    proc = dry(work)
+    assert len(measured(proc)) == (N_CELLS + 1) * REPLICATES and len(combined(proc)) == N_CELLS + 1
+
+    # The HTML report bundles the registered figures.
+    snakemake(work, "--report", "results/report.html", configfile=config_file)
+    assert (work / "results" / "report.html").stat().st_size > 100_000
+
+
 def test_deleted_replicate_is_measured_again_and_only_it(run):
     work, _ = run
     assert job_counts(dry(work)) == NOTHING
-    cell = CELL.format(seq=32, batch=1)  # in seq_sweep only
-    replicate = REPLICATE.format(seq=32, batch=1, k=2)
+    cell = CELL.format(seq=64, batch=1)  # in seq_sweep only
+    replicate = REPLICATE.format(seq=64, batch=1, k=2)
     old = json.loads((work / replicate).read_text())
-    kept = (work / REPLICATE.format(seq=32, batch=1, k=1)).read_bytes()
+    kept = (work / REPLICATE.format(seq=64, batch=1, k=1)).read_bytes()
     report_time = (work / "results" / "report.md").stat().st_mtime
     (work / replicate).unlink()
     expected = {"measure_cell": 1, "combine_replicates": 1, **DOWNSTREAM}
@@ -145,12 +219,12 @@ def test_deleted_replicate_is_measured_again_and_only_it(run):
     new = json.loads((work / replicate).read_text())
     assert new["status"] == "ok" and new["cell"]["replicate"] == 2
     assert new["environment"]["timestamp"] != old["environment"]["timestamp"]
-    assert (work / REPLICATE.format(seq=32, batch=1, k=1)).read_bytes() == kept  # the other replicate stays
+    assert (work / REPLICATE.format(seq=64, batch=1, k=1)).read_bytes() == kept  # the other replicate stays
     result = json.loads((work / cell).read_text())
     assert result["metrics"]["replicates"] == REPLICATES
     assert [r["replicate"] for r in result["replicates"]] == [1, 2]
     assert result["replicates"][1]["prefill_p50_ms"] == pytest.approx(new["metrics"]["prefill_p50_ms"])
-    row = pd.read_csv(work / "results" / "seq_sweep" / "sweep.csv").query("seq_len == 32").iloc[0]
+    row = pd.read_csv(work / "results" / "seq_sweep" / "sweep.csv").query("seq_len == 64").iloc[0]
     assert row["prefill_p50_ms"] == pytest.approx(result["metrics"]["prefill_p50_ms"])
     assert (work / "results" / "report.md").stat().st_mtime > report_time
     assert job_counts(dry(work)) == NOTHING
@@ -158,9 +232,9 @@ def test_deleted_replicate_is_measured_again_and_only_it(run):
 
 def test_deleted_cell_is_combined_again_without_measuring(run):
     work, _ = run
-    cell = CELL.format(seq=32, batch=1)
+    cell = CELL.format(seq=64, batch=1)  # in seq_sweep only
     old = json.loads((work / cell).read_text())
-    replicates = {k: (work / REPLICATE.format(seq=32, batch=1, k=k)).read_bytes() for k in (1, 2)}
+    replicates = {k: (work / REPLICATE.format(seq=64, batch=1, k=k)).read_bytes() for k in (1, 2)}
     report_time = (work / "results" / "report.md").stat().st_mtime
     (work / cell).unlink()
     expected = {"combine_replicates": 1, **DOWNSTREAM}
@@ -168,10 +242,10 @@ def test_deleted_cell_is_combined_again_without_measuring(run):
     assert job_counts(proc) == expected and measured(proc) == set() and combined(proc) == {cell}
     proc = snakemake(work, "--cores", "1", "all", configfile=work / "cfg" / "config.yaml")
     assert job_counts(proc) == expected
-    assert {k: (work / REPLICATE.format(seq=32, batch=1, k=k)).read_bytes() for k in (1, 2)} == replicates
+    assert {k: (work / REPLICATE.format(seq=64, batch=1, k=k)).read_bytes() for k in (1, 2)} == replicates
     new = json.loads((work / cell).read_text())
     assert new["status"] == "ok" and new["metrics"] == pytest.approx(old["metrics"], nan_ok=True)
-    row = pd.read_csv(work / "results" / "seq_sweep" / "sweep.csv").query("seq_len == 32").iloc[0]
+    row = pd.read_csv(work / "results" / "seq_sweep" / "sweep.csv").query("seq_len == 64").iloc[0]
     assert row["prefill_p50_ms"] == pytest.approx(new["metrics"]["prefill_p50_ms"])
     assert (work / "results" / "report.md").stat().st_mtime > report_time
     assert job_counts(dry(work)) == NOTHING
@@ -180,14 +254,14 @@ def test_deleted_cell_is_combined_again_without_measuring(run):
 @pytest.mark.parametrize(
     "broken, measures",
     [
-        (CELL.format(seq=16, batch=2), set()),  # the combined cell: combined again from its replicates
-        (REPLICATE.format(seq=16, batch=2, k=2), {REPLICATE.format(seq=16, batch=2, k=2)}),
+        (CELL.format(seq=16, batch=4), set()),  # the combined cell: combined again from its replicates
+        (REPLICATE.format(seq=16, batch=4, k=2), {REPLICATE.format(seq=16, batch=4, k=2)}),
     ],
     ids=["cell", "replicate"],
 )
 def test_unreadable_cell_stops_the_run_before_any_job_and_is_listed(run, broken, measures):
     work, _ = run
-    cell = CELL.format(seq=16, batch=2)
+    cell = CELL.format(seq=16, batch=4)  # in batch_sweep only
     text = (work / broken).read_text()
     (work / broken).write_text(text[: len(text) // 2])
     proc = snakemake(work, "--cores", "1", "all", configfile=work / "cfg" / "config.yaml", check=False)
@@ -210,8 +284,8 @@ def test_failed_replicate_is_listed_with_its_cell_and_forcerun_measures_only_it(
     """A replicate that failed (here one that ran out of memory) fails its cell; `latency-sensitivity
     failed-cells` lists both files, and `--forcerun` of that list measures that replicate again, and only it."""
     work, _ = run
-    cell = CELL.format(seq=16, batch=2)
-    replicate = REPLICATE.format(seq=16, batch=2, k=2)
+    cell = CELL.format(seq=16, batch=4)  # in batch_sweep only
+    replicate = REPLICATE.format(seq=16, batch=4, k=2)
     result = json.loads((work / replicate).read_text())
     message = "OutOfMemoryError during decode: out of memory"  # the runner's layout of a failed cell
     result.update(status="oom", metrics={}, samples={},
@@ -220,7 +294,7 @@ def test_failed_replicate_is_listed_with_its_cell_and_forcerun_measures_only_it(
     # The edited replicate is newer than its cell: the next run combines the cell again, without measuring.
     proc = snakemake(work, "--cores", "1", "all", configfile=work / "cfg" / "config.yaml")
     assert measured(proc) == set() and combined(proc) == {cell}
-    assert "cells: 2 ok, 1 oom, 0 error" in proc.stderr
+    assert f"cells: {N_CELLS - 1} ok, 1 oom, 0 error" in proc.stderr
     assert json.loads((work / cell).read_text())["error"]["message"] == f"replicate 2: {message}"
     listing = subprocess.run([str(Path(sys.executable).parent / "latency-sensitivity"), "failed-cells"], cwd=work,
                              capture_output=True, text=True, check=True).stdout.split()
@@ -235,8 +309,9 @@ def test_failed_replicate_is_listed_with_its_cell_and_forcerun_measures_only_it(
     [
         # A retrained tokenizer is timed by every cell: all are measured again.
         ("results/tokenizer/tokenizer.json",
-         {"train_tokenizer": 1, "measure_cell": 3 * REPLICATES, "combine_replicates": 3, "merge_sweep": 2}),
-        ("results/calibration/cpu_fp32.json", {"calibrate_device": 1, "merge_sweep": 2}),
+         {"train_tokenizer": 1, "measure_cell": N_CELLS * REPLICATES, "combine_replicates": N_CELLS,
+          "merge_sweep": 3}),
+        ("results/calibration/cpu_fp32.json", {"calibrate_device": 1, "merge_sweep": 3}),
         ("results/checkpoints/tiny-qwen2/fp32", {"materialize_checkpoint": 1, "measure_loading": 1}),
         ("results/loading/tiny-qwen2/fp32/cpu.json", {"measure_loading": 1}),
         ("results/seq_sweep/merged.csv", {"merge_sweep": 1, "detect_collapse": 1, "plot_sweep": 1}),
@@ -319,10 +394,10 @@ def test_replicates_measures_only_new_replicates_and_recombines(run, replicates)
     write_config(work / "cfg" / "config.yaml", cfg)
     proc = dry(work)
     new = config_replicates(cfg) - config_replicates(cfg, REPLICATES)
-    assert measured(proc) == new and len(new) == (3 if replicates > REPLICATES else 0)
+    assert measured(proc) == new and len(new) == (N_CELLS if replicates > REPLICATES else 0)
     assert combined(proc) == config_cells(cfg)
     counts = job_counts(proc)
-    assert counts.get("measure_cell", 0) == len(new) and counts["merge_sweep"] == 2 and counts["build_report"] == 1
+    assert counts.get("measure_cell", 0) == len(new) and counts["merge_sweep"] == 3 and counts["build_report"] == 1
     assert not {"calibrate_device", "train_tokenizer", "materialize_checkpoint", "measure_loading"} & set(counts)
 
 
@@ -336,7 +411,7 @@ def test_threads_reach_every_cell_command(run):
     proc = dry(work, cores="8")  # enough cores that the count is not capped
     assert measured(proc) == config_replicates(cfg) and combined(proc) == config_cells(cfg)
     lines = (proc.stdout + proc.stderr).splitlines()
-    for module, jobs in (("runner", 3 * REPLICATES), ("calibrate", 1)):
+    for module, jobs in (("runner", N_CELLS * REPLICATES), ("calibrate", 1)):
         commands = [line for line in lines
                     if line.startswith(f"Shell command: python3 -m latency_sensitivity.measure.{module} ")]
         assert len(commands) == jobs and all(" --threads 2 " in c for c in commands), commands
