@@ -30,6 +30,7 @@ nvidia-smi --query-gpu=name,persistence_mode,pstate,clocks.sm,driver_version --f
 for f in /sys/kernel/mm/transparent_hugepage/enabled /sys/kernel/mm/transparent_hugepage/defrag; do
   [ -r "$f" ] && echo "$f: $(cat "$f")" | tee -a "$out_dir/gpu.csv"
 done
+: > "$out_dir/clocks.csv"  # the sampler and the run markers below both append
 python3 - "$out_dir/clocks.csv" <<'PY' &
 import sys, time, pynvml
 pynvml.nvmlInit()
@@ -42,7 +43,7 @@ def vmstat():
     except OSError:
         values = {}
     return ",".join(values.get(k, "") for k in host)
-with open(sys.argv[1], "w", buffering=1) as out:
+with open(sys.argv[1], "a", buffering=1) as out:
     out.write("t,sm_mhz,mem_mhz,pstate,power_w,util_pct," + ",".join(host) + "\n")
     while True:
         out.write(f"{time.time():.3f},{pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)},"
