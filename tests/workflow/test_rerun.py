@@ -66,8 +66,8 @@ def config_replicates(cfg, replicates: int | None = None) -> set[str]:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """The whole pipeline run once on two cores: the small config's three sweeps (six cells, the grid's shared
-    with the others but one), two replicates each, its model from an architecture JSON in the work folder; with
+    """The whole pipeline run once on two cores: the small config's three sweeps (six cells: the grid adds one to
+    the other two sweeps' five), two replicates each, its model from an architecture JSON in the work folder; with
     Snakemake's output. The tests below read it or rerun copies of it."""
     default_config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     root = tmp_path_factory.mktemp("finished")
