@@ -37,21 +37,25 @@ def one(mode: str, model: str, backend: str, dtype: str) -> dict:
         allowed.remove(getattr(SDPBackend, EXCLUDED[mode]))
     torch.cuda.init()
     torch.empty(1, device="cuda")
-    # the kernels torch would pick: the prefill (16 query heads on 2 KV heads, causal) and the packed decode
-    # (each KV head's 8 query heads as rows of one query)
+    path = Path(latency_sensitivity.__file__).parent / "data" / "models" / f"{model}.json"
+    arch = json.loads(path.read_text())
+    heads, kv_heads = arch["num_attention_heads"], arch["num_key_value_heads"]
+    head_dim = arch.get("head_dim") or arch["hidden_size"] // heads
+    # the kernels torch would pick at seq 128: the prefill (the query heads on the KV heads, causal) and the
+    # packed decode (each KV head's query heads as the rows of one query; engine/surgery.packed_sdpa)
     h = torch.float16 if dtype == "fp16" else torch.bfloat16 if dtype == "bf16" else torch.float32
-    q = torch.randn(1, 16, 128, 128, device="cuda", dtype=h)
-    k = torch.randn(1, 2, 128, 128, device="cuda", dtype=h)
+    q = torch.randn(1, heads, 128, head_dim, device="cuda", dtype=h)
+    k = torch.randn(1, kv_heads, 128, head_dim, device="cuda", dtype=h)
+    packed = q[:, :kv_heads, : heads // kv_heads]
     picks = {}
     with sdpa_kernel(allowed):
         for name, (qq, kk, causal, gqa) in {"prefill": (q, k, True, True),
-                                            "decode": (q[:, :2, :8], k, False, False)}.items():
+                                            "decode": (packed, k, False, False)}.items():
             try:
                 choice = torch._fused_sdp_choice(qq, kk, kk, None, 0.0, causal, enable_gqa=gqa)
                 picks[name] = SDPBackend(choice).name
             except Exception as exc:  # noqa: BLE001
                 picks[name] = f"? {type(exc).__name__}"
-    path = Path(latency_sensitivity.__file__).parent / "data" / "models" / f"{model}.json"
     fields = dict(model=model, model_kind="architecture", model_location=str(path), dtype=dtype, backend=backend,
                   device="cuda", attn_implementation="sdpa", threads=1)
     # the model's transformers code imported first, as a worker's start-up does before its first use
