@@ -47,7 +47,8 @@ with open(sys.argv[1], "a", buffering=1) as out:
     out.write("t,sm_mhz,mem_mhz,pstate,power_w,util_pct," + ",".join(host) + "\n")
     while True:
         out.write(f"{time.time():.3f},{pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)},"
-                  f"{pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM)},{pynvml.nvmlDeviceGetPerformanceState(h)},"
+                  f"{pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM)},"
+                  f"{pynvml.nvmlDeviceGetPerformanceState(h)},"
                   f"{pynvml.nvmlDeviceGetPowerUsage(h) / 1000:.1f},{pynvml.nvmlDeviceGetUtilizationRates(h).gpu},"
                   f"{vmstat()}\n")
         time.sleep(0.05)

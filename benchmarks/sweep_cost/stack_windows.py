@@ -4,10 +4,10 @@ samples of stack_sampler/sitecustomize.py (one file per process):
     python3 benchmarks/sweep_cost/stack_windows.py SAMPLE_DIR [--cells N] [--top K] [--depth D]
 
 A worker is a sample file whose stacks pass through the worker's `first_use` (CUDA only) or its `handle`; its
-windows are the samples inside `first_use` and inside each of its first N `Worker.handle` calls (a cell). Per window it prints the wall time from
-its first to its last sample, the samples' count, the longest gap between samples (the main thread holding the
-interpreter in C code, so that the sampler could not run) and the K places the samples were in most often, each
-as its D innermost frames. Workers are printed in the order they started.
+windows are the samples inside `first_use` and inside each of its first N `Worker.handle` calls (a cell). Per
+window it prints the wall time from its first to its last sample, the samples' count, the longest gap between
+samples (the main thread holding the interpreter in C code, so that the sampler could not run) and the K places
+the samples were in most often, each as its D innermost frames. Workers are printed in the order they started.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def main() -> None:
                 continue
             times = [t for t, _ in samples]
             gap = max((b - a for a, b in zip(times, times[1:])), default=0.0)
-            print(f"### {name}: {times[-1] - times[0]:.2f} s, {len(samples)} samples, longest gap {gap * 1000:.0f} ms\n")
+            print(f"### {name}: {times[-1] - times[0]:.2f} s, {len(samples)} samples, "
+                  f"longest gap {gap * 1000:.0f} ms\n")
             places = Counter(" < ".join(stack[-a.depth:]) for _, stack in samples)
             for place, n in places.most_common(a.top):
                 print(f"- {n:5d}  {place}")
