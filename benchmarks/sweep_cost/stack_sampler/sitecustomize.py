@@ -5,6 +5,16 @@ STACK_SAMPLE_DIR/<pid>.txt every 5 s and at exit: one line per sample, `wall-clo
 `file name:function:line` frames, innermost last, joined by ` < `. `stack_windows.py` reads them. With
 STACK_SAMPLE_MATCH set, only processes whose command line contains it are sampled.
 
+With NATIVE_SAMPLE_DIR set (and STACK_SAMPLE_MATCH, as above), a matching process instead has py-spy record its
+own threads, native frames included, idle ones too (`py-spy record --native --idle --threads --format raw`, the
+`py-spy` on PATH or NATIVE_SAMPLE_PYSPY; NATIVE_SAMPLE_RATE samples a second, default 200): NATIVE_SAMPLE_DIR/<pid>.raw
+(collapsed stacks: frames joined by `;`, outermost first, then a space and the count) beside <pid>.json (its start
+time and command line). The process lets any process trace it (prctl PR_SET_PTRACER), which py-spy needs under
+Yama's ptrace scope 1; py-spy's own messages go to <pid>.log. `native_stacks.py` reads them.
+
+Either way only processes started as interpreters of their own are sampled: with `measure.isolation: forked` a worker
+is forked from the fork server, which ran this at its own start (its command line names the fork server).
+
 Without STACK_SAMPLE_DIR it does nothing. A sitecustomize found later on sys.path still runs."""
 
 import os
@@ -72,6 +82,29 @@ def _start(folder: str) -> None:
     atexit.register(dump)
 
 
+def _start_native(folder: str) -> None:
+    import ctypes
+    import json
+    import subprocess
+    import time
+
+    os.makedirs(folder, exist_ok=True)
+    pid = os.getpid()
+    with open("/proc/self/cmdline", "rb") as fh:
+        cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    with open(os.path.join(folder, f"{pid}.json"), "w") as fh:
+        json.dump({"pid": pid, "start": time.time(), "cmdline": cmdline}, fh)
+    pr_set_ptracer, any_process = 0x59616D61, ctypes.c_ulong(-1)
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_ptracer, any_process, 0, 0, 0)
+    command = [os.environ.get("NATIVE_SAMPLE_PYSPY", "py-spy"), "record", "--native", "--idle", "--threads",
+               "--rate", os.environ.get("NATIVE_SAMPLE_RATE", "200"), "--format", "raw", "--pid", str(pid),
+               "--output", os.path.join(folder, f"{pid}.raw")]
+    with open(os.path.join(folder, f"{pid}.log"), "w") as log:
+        subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                         start_new_session=True)
+    time.sleep(0.2)  # py-spy attached before the process goes on
+
+
 def _matches() -> bool:
     match = os.environ.get("STACK_SAMPLE_MATCH")
     if not match:
@@ -84,5 +117,7 @@ def _matches() -> bool:
 
 
 _chain()
-if os.environ.get("STACK_SAMPLE_DIR") and _matches():
+if os.environ.get("NATIVE_SAMPLE_DIR") and _matches():
+    _start_native(os.environ["NATIVE_SAMPLE_DIR"])
+elif os.environ.get("STACK_SAMPLE_DIR") and _matches():
     _start(os.environ["STACK_SAMPLE_DIR"])
