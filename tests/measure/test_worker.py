@@ -279,8 +279,9 @@ def test_a_cuda_worker_pays_the_first_use_in_its_start_up(workdir):
 
 @pytest.mark.gpu
 def test_a_forked_cuda_worker_of_the_compiled_backend_starts_and_measures(workdir):
-    """A compiled worker forked on a CUDA machine creates its CUDA context, imports the compiler and measures (the
-    fork server importing the compiler left its children unable to create a CUDA context)."""
+    """A compiled worker forked on a CUDA machine, from a fork server that imported torch's compiler, creates its
+    CUDA context and measures (that import, with torch.cuda.is_available() answered through the CUDA runtime, left
+    the server's children unable to create one)."""
     import torch
 
     if not torch.cuda.is_available():
@@ -291,7 +292,9 @@ def test_a_forked_cuda_worker_of_the_compiled_backend_starts_and_measures(workdi
     assert r["status"] == "ok", r["error"]
     assert r["worker"]["isolation"] == "forked" and r["worker"]["forked_from"]["pid"] != r["worker"]["pid"]
     parts = r["worker"]["startup_parts"]
-    assert parts["compiler_import_s"] > 0 and parts["first_use_s"] > 0 and r["worker"]["first_use_error"] is None
+    assert r["worker"]["forked_from"]["compiler"] is True
+    assert parts["compiler_import_s"] < r["worker"]["forked_from"]["import_s"] / 10
+    assert parts["first_use_s"] > 0 and r["worker"]["first_use_error"] is None
 
 
 def test_forked_workers_come_from_one_fork_server(workdir):
@@ -312,6 +315,7 @@ def test_forked_workers_come_from_one_fork_server(workdir):
     assert first["cell"]["isolation"] == first["worker"]["isolation"] == "forked"
     server = first["worker"]["forked_from"]["pid"]
     assert second["worker"]["forked_from"]["pid"] == server and first["worker"]["forked_from"]["import_s"] > 0
+    assert first["worker"]["forked_from"]["compiler"] is False  # an eager worker's server imports no compiler
     assert len({server, first["worker"]["pid"], second["worker"]["pid"], os.getpid()}) == 4
     # each worker on the CPUs of the job that asked for it (as a worker that job started itself), not the server's
     assert os.sched_getaffinity(server) == {min(cpus)} and os.sched_getaffinity(second["worker"]["pid"]) == cpus
@@ -332,6 +336,39 @@ def test_forked_workers_come_from_one_fork_server(workdir):
     assert list((workdir / "logs" / "workers").glob("fork-server-*.log"))
 
 
+def test_a_compiling_backend_s_forked_worker_comes_from_a_server_that_imported_the_compiler(workdir):
+    """isolation forked: a compiling backend's workers are forked from a fork server of their own that imported
+    torch's compiler (NVML answering torch.cuda.is_available() there, which the compiler's import asks), so the
+    worker does not import it again (an eager worker's server imports none: see
+    test_forked_workers_come_from_one_fork_server)."""
+    spec = runner.parse_args(argv(workdir / "compiled.json", isolation="forked") + ["--backend", "compiled"])[0]
+    eager_spec = runner.parse_args(argv(workdir / "eager.json", isolation="forked"))[0]
+    keys = [worker_pool.server_key(worker_pool.worker_key({**runner.worker_fields(s), "compile_cache": None}))
+            for s in (spec, eager_spec)]
+    assert [k["compiler"] for k in keys] == [True, False]  # two servers
+    assert runner.main(argv(workdir / "compiled.json", isolation="forked") + ["--backend", "compiled"]) == 0
+    compiled = json.loads((workdir / "compiled.json").read_text())
+    assert compiled["status"] == "ok", compiled["error"]
+    server = compiled["worker"]["forked_from"]
+    assert server["compiler"] is True
+    assert compiled["worker"]["startup_parts"]["compiler_import_s"] < server["import_s"] / 10
+    logs = [p.read_text() for p in (workdir / "logs" / "workers").glob("fork-server-*.log")]
+    assert len(logs) == 1 and "(torch's compiler included)" in logs[0]
+
+
+def test_a_forked_child_that_cannot_use_cuda_says_so(monkeypatch):
+    """torch marks a child forked after the CUDA runtime was initialised: the fork server's child checks it before
+    it runs a CUDA worker."""
+    import torch
+
+    from latency_sensitivity.measure import fork_server
+
+    monkeypatch.setattr(torch._C, "_cuda_isInBadFork", lambda: False, raising=False)
+    assert not fork_server.cuda_refused_after_fork()
+    monkeypatch.setattr(torch._C, "_cuda_isInBadFork", lambda: True, raising=False)
+    assert fork_server.cuda_refused_after_fork()
+
+
 def test_a_fork_server_with_a_python_thread_forks_nothing():
     from latency_sensitivity.measure import fork_server
 
@@ -343,6 +380,29 @@ def test_a_fork_server_with_a_python_thread_forks_nothing():
     finally:
         release.set()
         thread.join()
+
+
+def test_a_fork_server_is_not_idle_while_a_worker_it_forked_runs(tmp_path, monkeypatch):
+    """A worker's cells can outlast the idle time (a first compile): the server that forked it stays for the next
+    worker of its imports, and is idle from when the last of its workers exited."""
+    import subprocess
+
+    from latency_sensitivity.measure import fork_server
+
+    monkeypatch.setattr(fork_server, "IDLE_S", 0.5)
+    server = fork_server.ForkServer(str(tmp_path / "s.sock"), {"cwd": str(tmp_path)}, tmp_path)
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        server.children.add(child.pid)
+        long_ago = time.monotonic() - 60
+        assert server.should_exit(long_ago) is None  # no request for a minute, but its worker runs
+    finally:
+        child.kill()
+        child.wait()
+    assert server.should_exit(long_ago) is None  # the worker just exited: idle from now
+    assert server.children == set()
+    time.sleep(0.6)
+    assert server.should_exit(long_ago).startswith("idle for")
 
 
 def test_a_fork_server_that_forks_no_worker_leaves_an_error_row(workdir):

@@ -7,20 +7,24 @@ fork server makes those imports once, with the compile caches configured as a wo
 then only listens. A client that needs a worker asks it to fork one; the child starts a new session, sends its
 output to the worker's log and runs the worker as ``python -m latency_sensitivity.measure.worker`` would.
 The child then claims its GPU, pins its CPUs, creates its CUDA context and pays its first use itself, so the
-server never touches a GPU. Nor does the server import torch's compiler: on a CUDA machine its forked workers then
-failed to create a CUDA context ("Cannot re-initialize CUDA in forked subprocess", torch 2.11), so a worker of the
-compiled backend imports it at its own start (worker.Worker.start_up). It forks only while it runs no Python
-thread besides its main one and has no CUDA context (a child could use neither); otherwise it refuses, and the
-cell is an error row. Native thread pools
-that libraries start when imported (OpenBLAS's, through numpy) are theirs to hand over at a fork, as they do
-for any forking program; the server's log says how many threads it had.
+server never touches a GPU. The server of a compiling backend's workers (its key says so) imports torch's compiler
+too, which a fresh worker of that backend imports in its start-up. That import asks torch.cuda.is_available()
+(torch/_inductor/runtime/benchmarking.py, torch 2.11); answered through the CUDA runtime, that call leaves every
+later fork unable to use CUDA ("Cannot re-initialize CUDA in forked subprocess") without creating a context, so
+that server has NVML answer it instead (PYTORCH_NVML_BASED_CUDA_CHECK=1, set before torch is imported; its
+children inherit it). A child that finds itself unable to use CUDA all the same says so and stops, and the cell is
+an error row. The server forks only while it runs no Python thread besides its main one and has no CUDA context (a
+child could use neither); otherwise it refuses, and the cell is an error row. Native thread pools that libraries
+start when imported (OpenBLAS's, through numpy) are theirs to hand over at a fork, as they do for any forking
+program; the server's log says how many threads it had.
 
 One server serves one *server key*: the interpreter, the environment variables of worker_pool.ENV_IN_KEY, the
 package's code, the working directory, the device type and the compile cache's root, the parts of a worker's
-key that its imports depend on. It lives until it has been idle for ``worker_pool.IDLE_S`` seconds, until
-``worker_pool.stop_all`` asks it to, or until its working directory is gone. Protocol (one Unix socket, one
-JSON line each way): ``{"spawn": {"argv": [...], "log": path, "cpus": [...]}}`` is answered ``{"pid": N}`` or ``{"error":
-text}``; ``{"stop": true}`` makes it stop listening and close the connection.
+key that its imports depend on, and whether its workers' backend compiles. It lives until it has been idle (no
+request, and none of the workers it forked running) for ``worker_pool.IDLE_S`` seconds, until
+``worker_pool.stop_all`` asks it to, or until its working directory is gone. Protocol (one Unix socket, one JSON
+line each way): ``{"spawn": {"argv": [...], "log": path, "cpus": [...]}}`` is answered ``{"pid": N}`` or
+``{"error": text}``; ``{"stop": true}`` makes it stop listening and close the connection.
 
 Linux only (fork, and /proc/self/task for the thread count in its log).
 """
@@ -36,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-from latency_sensitivity.measure.worker_pool import IDLE_S, _send, key_digest, serve_unix, server_main
+from latency_sensitivity.measure.worker_pool import IDLE_S, _pid_alive, _send, key_digest, serve_unix, server_main
 
 
 def os_threads() -> int | None:
@@ -61,6 +65,15 @@ def fork_unsafe_reason() -> str | None:
     return None
 
 
+def cuda_refused_after_fork() -> bool:
+    """Whether torch, imported before this process was forked, refuses CUDA here (torch marks a fork made after
+    the CUDA runtime was initialised)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    return bool(getattr(torch._C, "_cuda_isInBadFork", lambda: False)())
+
+
 class ForkServer:
     def __init__(self, socket_path: str, key: dict, state: Path):
         self.socket_path, self.key, self.state = socket_path, key, Path(state)
@@ -69,6 +82,8 @@ class ForkServer:
         self.compile_cache = None
         self.import_s = None
         self.forked = 0
+        self.children: set[int] = set()  # the workers it forked that still ran when it last looked
+        self.child_seen = time.monotonic()  # when it last saw one of them running
         self.registry = self.state / "registry" / f"fork-{self.digest}.json"
 
     def start_up(self) -> None:
@@ -78,10 +93,17 @@ class ForkServer:
 
         # before torch is imported, as a worker does; the children keep this record (their environment has it)
         self.compile_cache = compile_cache.configure(self.key["compile_cache"], self.key["device"])
+        if self.key.get("compiler"):
+            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # the compiler's import then leaves forks CUDA-able
         from latency_sensitivity.measure import worker
 
         worker.import_measuring_code()
         from transformers.models.auto import modeling_auto  # noqa: F401 - most of a model's code: its import
+
+        if self.key.get("compiler"):
+            from latency_sensitivity.engine import decode_step
+
+            decode_step.import_compiler()
 
         gc.collect()
         gc.freeze()  # the imports are never garbage: the children's collections do not walk (and copy) them
@@ -100,6 +122,7 @@ class ForkServer:
         if pid != 0:
             os.close(log_fd)
             self.forked += 1
+            self.children.add(pid)
             return pid
         # the child: a worker of its own session, as a freshly started one
         rc = 1
@@ -118,10 +141,14 @@ class ForkServer:
             os.dup2(log_fd, 2)
             os.close(null)
             os.close(log_fd)
+            if self.key.get("device") == "cuda" and cuda_refused_after_fork():
+                raise RuntimeError("this forked worker cannot use CUDA: its fork server's imports touched the CUDA "
+                                   "runtime (torch refuses CUDA in a child forked after that)")
             from latency_sensitivity.measure import worker
 
             rc = worker.main(argv, forked_from={"pid": os.getppid(), "import_s": self.import_s,
-                                                "compile_cache": self.compile_cache})
+                                                "compile_cache": self.compile_cache,
+                                                "compiler": bool(self.key.get("compiler"))})
         except BaseException:  # noqa: BLE001 - the worker's log says why; the client sees it never listened
             import traceback
 
@@ -133,7 +160,13 @@ class ForkServer:
             os._exit(rc)
 
     def should_exit(self, idle_since: float) -> str | None:
-        if time.monotonic() - idle_since > IDLE_S:
+        """Idle means no request and none of its workers running: a worker's cells can outlast IDLE_S (a first
+        compile), and the next worker of the same imports is forked after it."""
+        self.children = {pid for pid in self.children if _pid_alive(pid)}
+        now = time.monotonic()
+        if self.children:
+            self.child_seen = now
+        if now - max(idle_since, self.child_seen) > IDLE_S:
             return f"idle for {IDLE_S:.0f} s"
         if not os.path.isdir(self.cwd):
             return "its working directory is gone"
@@ -144,10 +177,11 @@ class ForkServer:
         self.start_up()
         reason = None
         try:
+            compiler = " (torch's compiler included)" if self.key.get("compiler") else ""
             reason = serve_unix(
                 self.socket_path, self.registry, {"socket": self.socket_path, "pid": os.getpid(), "fork_server": True},
                 f"fork server pid {os.getpid()} listening on {self.socket_path} after {self.import_s:.2f} s of "
-                f"imports ({os_threads()} threads)", self._serve_one, self.should_exit)
+                f"imports{compiler} ({os_threads()} threads)", self._serve_one, self.should_exit)
         finally:
             print(f"fork server pid {os.getpid()} exits after forking {self.forked} worker(s): {reason}",
                   file=sys.stderr, flush=True)

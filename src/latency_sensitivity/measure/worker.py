@@ -31,8 +31,8 @@ def import_measuring_code() -> None:
 class Worker:
     def __init__(self, socket_path: str, key: dict, state: Path, forked_from: dict | None = None):
         """forked_from: in a worker forked by the fork server (fork_server.py), the server's pid, its imports'
-        seconds and its compile cache record (the environment the child inherited has it set); None in a freshly
-        started one."""
+        seconds, its compile cache record (the environment the child inherited has it set) and whether it
+        imported torch's compiler; None in a freshly started one."""
         self.socket_path, self.key, self.state = socket_path, key, Path(state)
         self.forked_from = forked_from
         self.digest = key_digest(key)
@@ -146,7 +146,7 @@ class Worker:
                   "startup_parts": self.startup_parts, "first_use_error": self.first_use_error,
                   "worker_start_s": float(request.get("worker_start_s") or 0.0), "compile_cache": self.compile_cache}
         if self.forked_from is not None:
-            record["forked_from"] = {k: self.forked_from[k] for k in ("pid", "import_s")}
+            record["forked_from"] = {k: self.forked_from.get(k) for k in ("pid", "import_s", "compiler")}
         if self.claim is not None:
             record["gpu_slot"] = {"device": self.claim.device, "devices": list(self.claim.devices),
                                   "waited_s": self.claim.waited_s}

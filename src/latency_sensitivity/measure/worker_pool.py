@@ -256,10 +256,14 @@ def _pid_alive(pid: int) -> bool:
 
 
 def server_key(key: dict) -> dict:
-    """The fork server's key (fork_server.py): the parts of a worker's key that its imports depend on."""
+    """The fork server's key (fork_server.py): the parts of a worker's key that its imports depend on, and
+    whether its workers compile (a compiling backend's server imports torch's compiler too)."""
+    from latency_sensitivity.vocabulary import COMPILING_BACKENDS
+
     fields = key["fields"]
     return {"python": key["python"], "env": key["env"], "code": key["code"], "cwd": key["cwd"],
-            "device": fields.get("device", "cpu"), "compile_cache": fields.get("compile_cache")}
+            "device": fields.get("device", "cpu"), "compile_cache": fields.get("compile_cache"),
+            "compiler": fields.get("backend") in COMPILING_BACKENDS}
 
 
 def _fork_worker(key: dict, argv: list[str], log_path: Path, state: Path) -> int:
