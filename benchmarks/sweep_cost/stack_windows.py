@@ -8,6 +8,8 @@ windows are the samples inside `first_use` and inside each of its first N `Worke
 window it prints the wall time from its first to its last sample, the samples' count, the longest gap between
 samples (the main thread holding the interpreter in C code, so that the sampler could not run) and the K places
 the samples were in most often, each as its D innermost frames. Workers are printed in the order they started.
+Where the sampler recorded the main thread's counters (STACK_SAMPLE_SCHED), each window also says how long that
+thread was on a CPU (user and system) and waiting for one, and its page faults, from its first sample to its last.
 """
 
 from __future__ import annotations
@@ -20,9 +22,27 @@ from pathlib import Path
 def read(path: Path) -> list[tuple[float, list[str]]]:
     samples = []
     for line in path.read_text().splitlines():
-        t, _, stack = line.partition("\t")
+        t, stack, *counters = line.split("\t")
         samples.append((float(t), stack.split(" < ")))
+        if counters:
+            COUNTERS[(path.stem, float(t))] = [int(v) for v in counters[0].split()]
     return samples
+
+
+# (pid, sample time): the main thread's counters where the sampler recorded them (STACK_SAMPLE_SCHED): ns on a
+# CPU, ns waiting for one, minor faults, major faults, user ticks, system ticks
+COUNTERS: dict[tuple[str, float], list[int]] = {}
+TICK_S = 0.01  # Linux's clock tick for /proc's stat times
+
+
+def counters_line(pid: str, samples) -> str | None:
+    """The main thread's counters over a window (its first sample to its last), where they were recorded."""
+    first, last = COUNTERS.get((pid, samples[0][0])), COUNTERS.get((pid, samples[-1][0]))
+    if first is None or last is None:
+        return None
+    d = [b - a for a, b in zip(first, last)]
+    return (f"main thread: {d[0] / 1e9:.2f} s on a CPU ({d[4] * TICK_S:.2f} s user, {d[5] * TICK_S:.2f} s "
+            f"system), {d[1] / 1e9:.3f} s waiting for a CPU, {d[2]} minor and {d[3]} major page faults")
 
 
 def inside(stack: list[str], function: str) -> bool:
@@ -65,6 +85,9 @@ def main() -> None:
             gap = max((b - a for a, b in zip(times, times[1:])), default=0.0)
             print(f"### {name}: {times[-1] - times[0]:.2f} s, {len(samples)} samples, "
                   f"longest gap {gap * 1000:.0f} ms\n")
+            counted = counters_line(pid, samples)
+            if counted:
+                print(f"- {counted}")
             places = Counter(" < ".join(stack[-a.depth:]) for _, stack in samples)
             for place, n in places.most_common(a.top):
                 print(f"- {n:5d}  {place}")

@@ -3,7 +3,9 @@ STACK_SAMPLE_DIR, and every Python process started so (a pipeline's workers amon
 stack every STACK_SAMPLE_MS milliseconds (default 2) from a daemon thread, and writes the samples to
 STACK_SAMPLE_DIR/<pid>.txt every 5 s and at exit: one line per sample, `wall-clock time<TAB>stack`, the stack as
 `file name:function:line` frames, innermost last, joined by ` < `. `stack_windows.py` reads them. With
-STACK_SAMPLE_MATCH set, only processes whose command line contains it are sampled.
+STACK_SAMPLE_MATCH set, only processes whose command line contains it are sampled. With STACK_SAMPLE_SCHED set,
+each line also has, after another tab, the main thread's counters at that moment: nanoseconds on a CPU and waiting
+for one (/proc's schedstat), minor and major page faults, and user and system CPU time in clock ticks (its stat).
 
 With NATIVE_SAMPLE_DIR set (and STACK_SAMPLE_MATCH, as above), a matching process instead has py-spy record its
 own threads, native frames included, idle ones too (`py-spy record --native --idle --threads --format raw`, the
@@ -64,13 +66,29 @@ def _start(folder: str) -> None:
             fh.write(text)
         os.replace(tmp, path)
 
+    task = f"/proc/self/task/{threading.main_thread().native_id}"
+
+    def sched() -> str:
+        """The main thread's CPU time and time waiting for a CPU (ns, schedstat), minor and major page faults and
+        user and system CPU time (clock ticks, stat)."""
+        try:
+            with open(f"{task}/schedstat") as fh:
+                run_ns, wait_ns = fh.read().split()[:2]
+            with open(f"{task}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            return "\t" + " ".join([run_ns, wait_ns, fields[7], fields[9], fields[11], fields[12]])
+        except (OSError, IndexError, ValueError):
+            return ""
+
+    with_sched = bool(os.environ.get("STACK_SAMPLE_SCHED"))
+
     def run() -> None:
         last = time.monotonic()
         while True:
             time.sleep(period)
             frame = sys._current_frames().get(main)
             if frame is not None:
-                line = f"{time.time():.4f}\t{stack(frame)}\n"
+                line = f"{time.time():.4f}\t{stack(frame)}{sched() if with_sched else ''}\n"
                 with lock:
                     samples.append(line)
             if time.monotonic() - last > 5:
