@@ -369,6 +369,29 @@ def test_a_forked_child_that_cannot_use_cuda_says_so(monkeypatch):
     assert fork_server.cuda_refused_after_fork()
 
 
+def test_a_cuda_fork_server_leaves_the_compiler_to_its_workers_where_nvml_cannot_count_the_devices(monkeypatch):
+    """Where NVML cannot answer torch's CUDA check (no NVML, MIG instances), the compiler's import would ask the
+    CUDA runtime and leave the forked workers unable to use CUDA: the server does not import it."""
+    import torch
+
+    from latency_sensitivity.measure import fork_server
+
+    monkeypatch.setattr(torch.cuda, "_device_count_nvml", lambda: 2, raising=False)
+    assert fork_server.compiler_skip_reason("cuda") is None
+    monkeypatch.setattr(torch.cuda, "_device_count_nvml", lambda: -1, raising=False)
+    assert "each worker imports it" in fork_server.compiler_skip_reason("cuda")
+    assert fork_server.compiler_skip_reason("cpu") is None  # a CPU worker never uses CUDA
+
+    def failing():
+        raise OSError("libnvidia-ml.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(torch.cuda, "_device_count_nvml", failing, raising=False)
+    assert fork_server.compiler_skip_reason("cuda") is not None
+    server = fork_server.ForkServer("s.sock", {"cwd": ".", "compiler": True}, Path("."))
+    server.compiler_skipped = fork_server.compiler_skip_reason("cuda")
+    assert not server.compiler_imported
+
+
 def test_a_fork_server_with_a_python_thread_forks_nothing():
     from latency_sensitivity.measure import fork_server
 

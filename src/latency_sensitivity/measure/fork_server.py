@@ -11,8 +11,9 @@ server never touches a GPU. The server of a compiling backend's workers (its key
 too, which a fresh worker of that backend imports in its start-up. That import asks torch.cuda.is_available()
 (torch/_inductor/runtime/benchmarking.py, torch 2.11); answered through the CUDA runtime, that call leaves every
 later fork unable to use CUDA ("Cannot re-initialize CUDA in forked subprocess") without creating a context, so
-that server has NVML answer it instead (PYTORCH_NVML_BASED_CUDA_CHECK=1, set before torch is imported; its
-children inherit it). A child that finds itself unable to use CUDA all the same says so and stops, and the cell is
+that server has NVML answer it instead (PYTORCH_NVML_BASED_CUDA_CHECK=1; its children inherit it). Where NVML
+cannot answer (compiler_skip_reason), the server leaves the compiler to its workers, as a fresh worker imports it,
+and its log says why. A child that finds itself unable to use CUDA all the same says so and stops, and the cell is
 an error row. The server forks only while it runs no Python thread besides its main one and has no CUDA context (a
 child could use neither); otherwise it refuses, and the cell is an error row. Native thread pools that libraries
 start when imported (OpenBLAS's, through numpy) are theirs to hand over at a fork, as they do for any forking
@@ -74,6 +75,26 @@ def cuda_refused_after_fork() -> bool:
     return bool(getattr(torch._C, "_cuda_isInBadFork", lambda: False)())
 
 
+def compiler_skip_reason(device: str) -> str | None:
+    """Why a compiling backend's fork server must leave torch's compiler to its workers, or None. The compiler's
+    import asks torch.cuda.is_available(); the server has NVML answer (PYTORCH_NVML_BASED_CUDA_CHECK), but where
+    NVML cannot count the visible devices (no NVML; CUDA_VISIBLE_DEVICES naming MIG instances) torch asks the CUDA
+    runtime instead, and its forked workers could not use CUDA. Call after torch is imported."""
+    if device != "cuda":
+        return None
+    import torch
+
+    count = getattr(torch.cuda, "_device_count_nvml", None)
+    try:
+        answered = count is not None and count() >= 0
+    except Exception:  # noqa: BLE001 - NVML missing or failing: the same answer
+        answered = False
+    if answered:
+        return None
+    return ("NVML cannot answer torch's CUDA check here, and the CUDA runtime's answer would leave forked workers "
+            "unable to use CUDA; each worker imports it")
+
+
 class ForkServer:
     def __init__(self, socket_path: str, key: dict, state: Path):
         self.socket_path, self.key, self.state = socket_path, key, Path(state)
@@ -82,9 +103,14 @@ class ForkServer:
         self.compile_cache = None
         self.import_s = None
         self.forked = 0
+        self.compiler_skipped: str | None = None  # why a compiling backend's server did not import the compiler
         self.children: set[int] = set()  # the workers it forked that still ran when it last looked
         self.child_seen = time.monotonic()  # when it last saw one of them running
         self.registry = self.state / "registry" / f"fork-{self.digest}.json"
+
+    @property
+    def compiler_imported(self) -> bool:
+        return bool(self.key.get("compiler")) and self.compiler_skipped is None
 
     def start_up(self) -> None:
         """A worker's imports, without its GPU claim, CPU pinning, CUDA context and first use (the children's)."""
@@ -93,16 +119,17 @@ class ForkServer:
 
         # before torch is imported, as a worker does; the children keep this record (their environment has it)
         self.compile_cache = compile_cache.configure(self.key["compile_cache"], self.key["device"])
-        if self.key.get("compiler"):
-            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # the compiler's import then leaves forks CUDA-able
         from latency_sensitivity.measure import worker
 
         worker.import_measuring_code()
         from transformers.models.auto import modeling_auto  # noqa: F401 - most of a model's code: its import
 
         if self.key.get("compiler"):
+            self.compiler_skipped = compiler_skip_reason(self.key["device"])
+        if self.key.get("compiler") and self.compiler_skipped is None:
             from latency_sensitivity.engine import decode_step
 
+            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # read at each call: the import's check asks NVML
             decode_step.import_compiler()
 
         gc.collect()
@@ -148,7 +175,7 @@ class ForkServer:
 
             rc = worker.main(argv, forked_from={"pid": os.getppid(), "import_s": self.import_s,
                                                 "compile_cache": self.compile_cache,
-                                                "compiler": bool(self.key.get("compiler"))})
+                                                "compiler": self.compiler_imported})
         except BaseException:  # noqa: BLE001 - the worker's log says why; the client sees it never listened
             import traceback
 
@@ -177,7 +204,8 @@ class ForkServer:
         self.start_up()
         reason = None
         try:
-            compiler = " (torch's compiler included)" if self.key.get("compiler") else ""
+            compiler = (" (torch's compiler included)" if self.compiler_imported else
+                        f" (torch's compiler not included: {self.compiler_skipped})" if self.compiler_skipped else "")
             reason = serve_unix(
                 self.socket_path, self.registry, {"socket": self.socket_path, "pid": os.getpid(), "fork_server": True},
                 f"fork server pid {os.getpid()} listening on {self.socket_path} after {self.import_s:.2f} s of "
