@@ -126,11 +126,11 @@ class ForkServer:
 
         if self.key.get("compiler"):
             self.compiler_skipped = compiler_skip_reason(self.key["device"])
-        if self.key.get("compiler") and self.compiler_skipped is None:
-            from latency_sensitivity.engine import decode_step
+            if self.compiler_skipped is None:
+                from latency_sensitivity.engine import decode_step
 
-            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # read at each call: the import's check asks NVML
-            decode_step.import_compiler()
+                os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # read at each call: the import's check asks NVML
+                decode_step.import_compiler()
 
         gc.collect()
         gc.freeze()  # the imports are never garbage: the children's collections do not walk (and copy) them
