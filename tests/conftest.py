@@ -19,6 +19,27 @@ REPO = Path(__file__).resolve().parents[1]
 # vectorized code. A setting of the caller's is kept.
 os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "0")
 
+# The test files that take longest (their pipelines and compiles; benchmarks/sweep_cost/NOTES.md, "On the CPU"),
+# longest first. pytest-xdist's `--dist loadfile` hands each worker a whole file at a time in the collection's
+# order: with these first, the two workers finish together instead of one running the longest file at the end
+# while the other waits. (pytest-xdist 3.6 and newer otherwise order the files by their number of tests.)
+LONGEST_FILES = ("workflow/test_rerun.py", "measure/test_worker.py", "engine/test_backends.py",
+                 "workflow/test_profile_pipeline.py", "workflow/test_pipeline_e2e.py", "workflow/test_cli.py",
+                 "engine/test_saved_step.py")
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        path = Path(str(item.fspath)).relative_to(REPO / "tests").as_posix()
+        return LONGEST_FILES.index(path) if path in LONGEST_FILES else len(LONGEST_FILES)
+
+    items.sort(key=rank)  # stable: the rest keep their order, each file's tests theirs
+
 
 @pytest.fixture
 def default_config() -> dict:
