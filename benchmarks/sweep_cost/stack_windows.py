@@ -19,25 +19,22 @@ from collections import Counter
 from pathlib import Path
 
 
-def read(path: Path) -> list[tuple[float, list[str]]]:
+def read(path: Path) -> list[tuple[float, list[str], list[int] | None]]:
+    """The samples of one process: (time, stack, counters), the counters where the sampler recorded them
+    (STACK_SAMPLE_SCHED): ns on a CPU, ns waiting for one, minor faults, major faults, user ticks, system ticks."""
     samples = []
     for line in path.read_text().splitlines():
         t, stack, *counters = line.split("\t")
-        samples.append((float(t), stack.split(" < ")))
-        if counters:
-            COUNTERS[(path.stem, float(t))] = [int(v) for v in counters[0].split()]
+        samples.append((float(t), stack.split(" < "), [int(v) for v in counters[0].split()] if counters else None))
     return samples
 
 
-# (pid, sample time): the main thread's counters where the sampler recorded them (STACK_SAMPLE_SCHED): ns on a
-# CPU, ns waiting for one, minor faults, major faults, user ticks, system ticks
-COUNTERS: dict[tuple[str, float], list[int]] = {}
-TICK_S = 0.01  # Linux's clock tick for /proc's stat times
+TICK_S = 0.01  # Linux's clock tick for /proc's stat times (USER_HZ)
 
 
-def counters_line(pid: str, samples) -> str | None:
+def counters_line(samples) -> str | None:
     """The main thread's counters over a window (its first sample to its last), where they were recorded."""
-    first, last = COUNTERS.get((pid, samples[0][0])), COUNTERS.get((pid, samples[-1][0]))
+    first, last = samples[0][2], samples[-1][2]
     if first is None or last is None:
         return None
     d = [b - a for a, b in zip(first, last)]
@@ -81,14 +78,14 @@ def main() -> None:
         for name, samples in ws:
             if not samples:
                 continue
-            times = [t for t, _ in samples]
+            times = [s[0] for s in samples]
             gap = max((b - a for a, b in zip(times, times[1:])), default=0.0)
             print(f"### {name}: {times[-1] - times[0]:.2f} s, {len(samples)} samples, "
                   f"longest gap {gap * 1000:.0f} ms\n")
-            counted = counters_line(pid, samples)
+            counted = counters_line(samples)
             if counted:
                 print(f"- {counted}")
-            places = Counter(" < ".join(stack[-a.depth:]) for _, stack in samples)
+            places = Counter(" < ".join(s[1][-a.depth:]) for s in samples)
             for place, n in places.most_common(a.top):
                 print(f"- {n:5d}  {place}")
             print()
