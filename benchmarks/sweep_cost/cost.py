@@ -60,6 +60,7 @@ def load(roots):
                 "worker_startup_s": w.get("startup_s"),
                 "written_at": path.stat().st_mtime,
                 "cell_s": m.get("cell_s"),
+                "model_from": r.get("model_from", "built"),  # kept: the worker's model, built by an earlier cell
                 "parts": {k: m.get(k) or 0.0 for k in CELL_PARTS},
             })
     return rows
@@ -102,7 +103,7 @@ def parts_table(rows) -> str:
         if row["cell_s"] is not None and row["job_s"] is not None:
             groups[(row["root"], row["isolation"], row["backend"])].append(row)
     lines = ["| run | isolation | backend | measured s | warmup s | setup s | torch.compile s | kernel time s | "
-             "tokenization s | model build s | start-up in the cell s | hand-over s | rest s | (job - start-up) / "
+             "tokenization s | model build s (models built) | start-up in the cell s | hand-over s | rest s | (job - start-up) / "
              "measured | the same without torch.compile |", "|---|---|---|" + "---:|" * 12]
     for (root, isolation, backend), members in sorted(groups.items()):
         def total(key):
@@ -113,9 +114,10 @@ def parts_table(rows) -> str:
         rest = sum(r["cell_s"] - sum(r["parts"].values()) for r in members)
         start = total("startup_s") + total("environment_s") + total("import_s")
         measured = total("measured_s")
+        built = sum(r["model_from"] == "built" for r in members)
         lines.append(f"| {Path(root).name} | {isolation} | {backend} | {measured:.2f} | {total('warmup_s'):.2f} | "
                      f"{total('backend_setup_s') - compile_s:.2f} | {compile_s:.2f} | {total('kernel_time_s'):.2f} | "
-                     f"{total('tokenization_s'):.2f} | {total('model_build_s'):.2f} | {start:.2f} | {hand_over:.2f} | "
+                     f"{total('tokenization_s'):.2f} | {total('model_build_s'):.2f} ({built}) | {start:.2f} | {hand_over:.2f} | "
                      f"{rest:.2f} | {job / measured:.2f} | {(job - compile_s) / measured:.2f} |")
     return "\n".join(lines)
 

@@ -156,7 +156,7 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("cuda_init_s", "s", "Part of startup_s: creating the CUDA context (0 on the CPU and in a shared worker, which did it at its start)."),
     Column("import_s", "s", "Importing torch and the measuring modules before startup_s (0 in a shared worker)."),
     Column("environment_s", "s", "Recording the cell's environment (versions, device, driver) before startup_s."),
-    Column("model_build_s", "s", "Time to build (random weights) or load the model onto the device, imports excluded."),
+    Column("model_build_s", "s", "Time to build (random weights) or load the model onto the device, imports excluded; about 0 where a worker's cell took the model its earlier cell built (the cell file's model_from: kept)."),
     Column("warmup_s", "s", "Wall time of the warmup requests (kept out of every metric), without the profiler's seconds when one of them is profiled (kernel_time_s)."),
     Column(
         "decode_attention",

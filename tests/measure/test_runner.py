@@ -93,7 +93,7 @@ def test_in_a_worker_the_start_up_stays_frozen_so_the_collection_after_a_cell_wa
     gc.freeze()
     try:
         frozen = gc.get_freeze_count()
-        r = cell.measure(spec())
+        r = cell.measure(spec(), startup_frozen=True)
         assert r["status"] == "ok", r["error"]
         assert gc.get_freeze_count() >= frozen
         del r
@@ -533,3 +533,81 @@ def test_a_cell_job_that_hands_its_cell_to_a_worker_imports_no_measurement():
              or m.startswith(("latency_sensitivity.engine", "latency_sensitivity.measure.cell",
                               "latency_sensitivity.measure.probes", "latency_sensitivity.analysis"))]
     assert heavy == []
+
+
+def test_a_worker_s_later_cells_take_the_model_its_first_cell_built(monkeypatch):
+    """With a keeper (a worker's), the first cell builds the model and the later cells of the same model take it,
+    after a backend that changed the model and undid it; their weights are a fresh build's, value for value."""
+    from latency_sensitivity.measure.model import ModelKeeper, build_model, model_fingerprint
+
+    # the changes the graph backend can make to a model on the CPU, each undone by its close()
+    changes = dict(fuse_norms=True, fuse_projections=True, fuse_layers=True, pack_gqa=True)
+    monkeypatch.setattr(cell, "backend_options", lambda spec: dict(changes))
+    keeper = ModelKeeper()
+    first = cell.measure(spec(backend="graph"), models=keeper)
+    assert first["status"] == "ok", first["error"]
+    assert first["backend_info"]["fused_layers"] == 4 and first["backend_info"]["fused_rms_norms"] > 0
+    assert first["model_from"] == "built" and keeper.holds()
+    kept = keeper._kept[1]
+    second = cell.measure(spec(backend="graph", batch=1, seq_len=12), models=keeper)
+    assert second["status"] == "ok", second["error"]
+    assert second["model_from"] == "kept" and "model_kept_changed" not in second
+    assert keeper._kept[1] is kept
+    fresh = build_model(spec())
+    assert model_fingerprint(kept) == model_fingerprint(fresh)
+    assert all(torch.equal(a, b) for a, b in zip(kept.state_dict().values(), fresh.state_dict().values()))
+    # a process of its own builds per cell
+    assert cell.measure(spec())["model_from"] == "built"
+
+
+def test_a_kept_model_left_changed_or_of_another_key_or_after_a_failed_cell_is_built_afresh(monkeypatch):
+    from latency_sensitivity.measure.model import ModelKeeper
+
+    keeper = ModelKeeper()
+    assert cell.measure(spec(), models=keeper)["model_from"] == "built"
+    model = keeper._kept[1]
+    model.model.layers[0].mlp.forward = lambda x: x  # what a backend that did not undo its change would leave
+    changed = cell.measure(spec(), models=keeper)
+    assert changed["status"] == "ok" and changed["model_from"] == "built"
+    assert "model.layers.0.mlp (Qwen2MLP) has ['forward']" in changed["model_kept_changed"]
+    assert keeper._kept[1] is not model
+    assert cell.measure(spec(seed=1), models=keeper)["model_from"] == "built"  # other weights
+    # a cell that fails after its model was taken: the next one builds afresh
+    monkeypatch.setattr(eager_backend.EagerBackend, "request", lambda *a, **kw: 1 / 0)
+    failed = cell.measure(spec(seed=1), models=keeper)
+    assert failed["status"] == "error" and failed["model_from"] == "kept" and not keeper.holds()
+    monkeypatch.undo()
+    assert cell.measure(spec(seed=1), models=keeper)["model_from"] == "built"
+
+
+def test_a_kept_model_let_go_in_a_worker_is_freed_though_the_worker_froze_it():
+    """A worker freezes what outlives its cells, the kept model included (worker._release_memory); a model the
+    keeper lets go (here: left changed, its change a reference cycle) is freed by the worker's next collection."""
+    import gc
+    import types
+    import weakref
+
+    from latency_sensitivity.measure import worker
+    from latency_sensitivity.measure.model import ModelKeeper
+
+    keeper = ModelKeeper()
+    gc.freeze()  # the worker's start-up
+    try:
+        assert cell.measure(spec(), models=keeper, startup_frozen=True)["model_from"] == "built"
+        worker._release_memory()
+        model = keeper._kept[1]
+        assert gc.get_freeze_count() > 0
+        mlp = model.model.layers[0].mlp
+        # a swapped forward left in place, as a backend that did not undo it would: a method bound to its module
+        # (a reference cycle, which holds the module's weights)
+        mlp.forward = types.MethodType(lambda self, x: x, mlp)
+        gone = weakref.ref(mlp.up_proj.weight)
+        del model, mlp
+        r = cell.measure(spec(), models=keeper, startup_frozen=True)
+        assert r["model_from"] == "built" and "model_kept_changed" in r
+        del r
+        worker._release_memory()
+        assert gone() is None
+        assert keeper._kept[1] is not None and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

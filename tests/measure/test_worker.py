@@ -84,6 +84,8 @@ def test_cells_of_one_replicate_share_a_worker_and_replicates_do_not(workdir):
     assert first["worker"]["isolation"] == "shared" and first["cell"]["isolation"] == "shared"
     assert first["worker"]["pid"] == second["worker"]["pid"] != os.getpid()
     assert (first["metrics"]["cells_before"], second["metrics"]["cells_before"]) == (0, 1)
+    # the worker's first cell built the model; its second took it
+    assert (first["model_from"], second["model_from"]) == ("built", "kept")
     # the first job waited for the worker to start (a one-time cost, recorded apart); the second did not
     assert first["metrics"]["worker_start_s"] > 0 and second["metrics"]["worker_start_s"] == 0
     parts = first["worker"]["startup_parts"]
@@ -295,6 +297,14 @@ def test_a_forked_cuda_worker_of_the_compiled_backend_starts_and_measures(workdi
     assert r["worker"]["forked_from"]["compiler"] is True
     assert parts["compiler_import_s"] < r["worker"]["forked_from"]["import_s"] / 10
     assert parts["first_use_s"] > 0 and r["worker"]["first_use_error"] is None
+    # the worker's next cell takes the model the first one built: the batch-1 changes (rewritten layers, the
+    # gemv route, fused projections) were all undone
+    assert r["backend_info"]["fused_layers"] > 0 and r["model_from"] == "built"
+    cuda = [a if a != "cpu" else "cuda" for a in argv(workdir / "next.json", seq=16, isolation="forked")]
+    assert runner.main(cuda + ["--backend", "compiled", "--batch", "1", "--compile-cache", "cache"]) == 0
+    r = json.loads((workdir / "next.json").read_text())
+    assert r["status"] == "ok", r["error"]
+    assert r["model_from"] == "kept" and r["metrics"]["cells_before"] == 1
 
 
 def test_forked_workers_come_from_one_fork_server(workdir):

@@ -20,7 +20,7 @@ from pathlib import Path
 from latency_sensitivity.engine import decode_step, registry
 from latency_sensitivity.engine.base import Clock
 from latency_sensitivity.measure import host
-from latency_sensitivity.measure.model import CellSpec, build_model, make_prompt, model_config
+from latency_sensitivity.measure.model import CellSpec, ModelKeeper, build_model, make_prompt, model_config
 from latency_sensitivity.measure.placement import Pad
 from latency_sensitivity.measure import probes
 from latency_sensitivity.measure.probes import _peak_rss_mb, _reset_peak_rss, cuda_memory_state, is_oom, torch_profiling
@@ -38,12 +38,15 @@ class Phase:
 
 
 def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path | None = None,
-            tokenizer: str | Path | None = None) -> dict:
+            tokenizer: str | Path | None = None, models: ModelKeeper | None = None,
+            startup_frozen: bool = False) -> dict:
     """Run the cell; always returns a result dict (status ok, oom or error).
 
     profile_mode: ``off`` (a measurement), ``external`` (nsys or ncu wrap this process: no NVML sampler
     and no torch.profiler kernel-time profile, which would compete with the profiler for CUPTI) or ``torch``
     (torch.profiler records the measured reps into `torch_profile_dir`).
+    models: a worker's keeper of the model its cells share (ModelKeeper); None: the cell builds its own.
+    startup_frozen: the caller froze its start-up's objects (gc.freeze) and keeps them frozen (a worker).
     """
     if profile_mode not in PROFILE_MODES:
         raise ValueError(f"profile_mode must be one of {PROFILE_MODES}, not {profile_mode!r}")
@@ -76,8 +79,8 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
     model = prompt = backend = pad = None
     # A shared worker freezes its start-up once (worker.py); a cell then leaves frozen what it found frozen (and
     # what its own start-up froze), so that the worker's collection after the cell walks only what the cell made.
-    # A process of its own, or a caller with nothing frozen, gets the collector back unfrozen.
-    frozen_before = gc.get_freeze_count() > 0
+    # A process of its own, or a caller with nothing frozen, gets the collector back unfrozen. (The caller says
+    # which: gc.get_freeze_count() walks every frozen object, some 0.04 s after torch's and the compiler's imports.)
     thresholds = gc.get_threshold()
     try:
         if spec.cpu_affinity:  # first, before torch starts its threads (they inherit it)
@@ -106,15 +109,22 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         # collector's reach now, so the full collection after backend setup walks only what this cell made.
         gc.freeze()
 
-        # With placement by_replicate a later replicate holds a buffer while its model and backend are allocated,
-        # so they land elsewhere on the device (placement.py); it is freed before the warmup.
+        # With placement by_replicate a later replicate holds a buffer while its model (where the cell builds it)
+        # and backend are allocated, so they land elsewhere on the device (placement.py); it is freed before the
+        # warmup.
         pad = Pad(spec.placement, spec.replicate, cuda).hold()
         result["placement_pad_mb"] = pad.mib
 
         phase.name = "model_build"
         t0 = time.perf_counter()
         with nvtx_range("model_build"):
-            model = build_model(spec, cfg)
+            if models is not None:  # a worker's: the model its earlier cell built, where it is unchanged
+                model, result["model_from"] = models.take(spec, cfg)
+                if models.changed:
+                    result["model_kept_changed"] = models.changed
+                    print(f"model built afresh: the kept one {models.changed}", file=sys.stderr)
+            else:
+                model, result["model_from"] = build_model(spec, cfg), "built"
             clock.sync()
         build_s = time.perf_counter() - t0
         weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -269,12 +279,14 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         print(traceback.format_exc(), file=sys.stderr)
     finally:
         gc.set_threshold(*thresholds)
-        if not frozen_before:
+        if not startup_frozen:
             gc.unfreeze()
         if pad is not None:
             pad.release()
         if backend is not None:
-            backend.close()
+            backend.close()  # undoes its changes to the model
+        if models is not None:
+            models.keep(model, ok=result["status"] == "ok")
         del model, prompt, backend, pad
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()

@@ -94,3 +94,97 @@ def make_prompt(spec: CellSpec, vocab_size: int):
     gen = torch.Generator().manual_seed(spec.seed)
     ids = torch.randint(0, vocab_size, (spec.batch, spec.seq_len), generator=gen)
     return ids.to(spec.device)
+
+
+def model_key(spec: CellSpec) -> tuple:
+    """What a built model depends on: the same key gives the same modules and the same weights."""
+    return (spec.model_kind, spec.model_location, spec.dtype, spec.device, spec.attn_implementation, spec.seed)
+
+
+def model_fingerprint(model) -> tuple:
+    """The model's form, weights' values aside: each module's name, class and instance attributes (a backend's
+    change sets some: a swapped forward, a fused group, a rewritten layer's plan), its parameters' and buffers'
+    names, shapes, dtypes and devices, and the config. Not the weights' storage: a backend that fused projections
+    leaves them views of one tensor after it undid the fusing, with the same values."""
+    import json
+
+    modules = tuple((name, type(m).__qualname__, tuple(sorted(vars(m)))) for name, m in model.named_modules())
+    tensors = tuple((name, tuple(t.shape), str(t.dtype), str(t.device))
+                    for name, t in (*model.named_parameters(), *model.named_buffers()))
+    return modules, tensors, json.dumps(model.config.to_dict(), sort_keys=True, default=str), model.training
+
+
+class ModelKeeper:
+    """A worker's built model, kept from one cell to its next cell of the same model (model_key) instead of a build
+    per cell: the worker's cells then run the same weights, where its first cell built them on the device.
+
+    take() hands over the kept model where the key matches and the model's form is the one it was built with
+    (each backend undoes its changes to the model when it closes); otherwise it builds one. keep() after the cell
+    keeps it only where the cell ended ok: after a failed cell the next one builds afresh. A process of its own
+    builds per cell (no keeper).
+
+    A worker freezes what outlives its cells out of the garbage collector's reach (worker.py), a kept model
+    included, and a model can hold reference cycles (a change left in place: a method bound to its module): what
+    of it is in one is freed only once the collector can reach it again, so letting a kept model go unfreezes
+    everything (the worker's collection after the cell then walks it all once, and freezes what survives)."""
+
+    def __init__(self):
+        self._kept = None  # (key, model, fingerprint at its build)
+        self._taken = None  # (key, fingerprint at its build, "kept" or "built") of the model a cell has now
+        self.changed: str | None = None  # why the last take() built afresh although a model of its key was kept
+
+    def take(self, spec: CellSpec, cfg=None) -> tuple:
+        """(model, "kept" or "built"). The keeper holds nothing until keep()."""
+        key = model_key(spec)
+        kept, self._kept, self.changed = self._kept, None, None
+        if kept is not None and kept[0] == key:
+            _, model, fingerprint = kept
+            now = model_fingerprint(model)
+            if now == fingerprint:
+                self._taken = (key, fingerprint, "kept")
+                return model, "kept"
+            self.changed = "its form is not the one it was built with: " + first_difference(fingerprint, now)
+        if kept is not None:
+            _drop_kept()
+        model = kept = None  # freed before the build that replaces it
+        model = build_model(spec, cfg)
+        self._taken = (key, model_fingerprint(model), "built")
+        return model, "built"
+
+    def keep(self, model, ok: bool) -> None:
+        """After the cell that took `model` (its backend closed): kept for the next cell where the cell was ok."""
+        taken, self._taken = self._taken, None
+        if ok and taken is not None and model is not None:
+            self._kept = (taken[0], model, taken[1])
+        elif taken is not None and taken[2] == "kept":
+            _drop_kept()
+
+    def holds(self) -> bool:
+        return self._kept is not None
+
+
+def _drop_kept() -> None:
+    """A kept model is let go: the collector may reach it again (ModelKeeper)."""
+    import gc
+
+    gc.unfreeze()
+
+
+def first_difference(before: tuple, now: tuple) -> str:
+    """The first place where two model_fingerprint()s differ, in words."""
+    modules, tensors, config, training = before
+    modules_now, tensors_now, config_now, training_now = now
+    for was, is_ in zip(modules, modules_now):
+        if was != is_:
+            extra = sorted(set(is_[2]) - set(was[2]))
+            return f"module {was[0] or 'model'} ({was[1]}) " + (f"has {extra}" if extra else f"is now {is_}")
+    if len(modules) != len(modules_now):
+        return f"{len(modules_now)} modules, against {len(modules)}"
+    for was, is_ in zip(tensors, tensors_now):
+        if was != is_:
+            return f"tensor {was} is now {is_}"
+    if len(tensors) != len(tensors_now):
+        return f"{len(tensors_now)} parameters and buffers, against {len(tensors)}"
+    if config != config_now:
+        return "its config changed"
+    return f"training {training_now}, against {training}"

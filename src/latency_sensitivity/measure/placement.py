@@ -4,7 +4,8 @@ A fresh process allocates the same tensors in the same order every time, so a ce
 own lands at the same device addresses in every replicate, and a GPU-bound cell's speed can depend on where it
 lands (benchmarks/sweep_cost/NOTES.md, "Where the model lands"). With ``by_replicate`` each replicate after the
 first holds a buffer while the model and the backend are allocated, of a size set by its number, so the
-replicates land at different places and their spread includes it.
+replicates land at different places and their spread includes it. (In a worker the model is built once, by its
+first cell, with the buffer held; its later cells hold it while their backends are allocated.)
 """
 
 from __future__ import annotations

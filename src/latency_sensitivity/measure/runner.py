@@ -109,12 +109,14 @@ def _ensure_torch_profile_files(folder: Path) -> None:
         write_text(folder / "ops.csv", op_table_csv([]))
 
 
-def measure_to_file(argv: list[str] | None = None, worker: dict | None = None, job_start: float | None = None) -> int:
+def measure_to_file(argv: list[str] | None = None, worker: dict | None = None, job_start: float | None = None,
+                    models=None) -> int:
     """Measure the cell of the runner command line `argv` in this process and write its result file.
 
-    worker: the record of the shared worker this runs in (worker.py), which has claimed the GPU already; None
-    in a process of its own (``isolation: process``), which claims one here. job_start: when the cell's job
-    started (epoch seconds), for `job_s`; None: this process's start.
+    worker: the record of the shared worker this runs in (worker.py), which has claimed the GPU already and
+    froze its start-up's objects; None in a process of its own (``isolation: process``), which claims one here.
+    job_start: when the cell's job started (epoch seconds), for `job_s`; None: this process's start. models: the
+    worker's model keeper (model.ModelKeeper), None: the cell builds its model.
     """
     from latency_sensitivity.atomic import write_json
 
@@ -135,7 +137,8 @@ def measure_to_file(argv: list[str] | None = None, worker: dict | None = None, j
     from latency_sensitivity.measure import cell  # after the compile cache is configured: before torch is imported
 
     cell_start = time.perf_counter()
-    result = cell.measure(spec, profile_mode, torch_profile_dir, tokenizer)
+    result = cell.measure(spec, profile_mode, torch_profile_dir, tokenizer, models=models,
+                          startup_frozen=worker is not None)
     m = result.setdefault("metrics", {})
     m["cell_s"] = time.perf_counter() - cell_start
     result["compile_cache"] = cache

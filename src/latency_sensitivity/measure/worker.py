@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from latency_sensitivity.engine import decode_step
+from latency_sensitivity.measure.model import ModelKeeper
 from latency_sensitivity.measure.worker_pool import IDLE_S, _send, key_digest, serve_unix, server_main
 from latency_sensitivity.vocabulary import COMPILING_BACKENDS
 
@@ -45,6 +46,7 @@ class Worker:
         self.compile_cache = None
         self.startup_parts: dict = {}
         self.first_use_error = None
+        self.models = ModelKeeper()  # the model the worker's cells share, built by the first of them
         self.registry = self.state / "registry" / f"{self.digest}-{os.path.basename(socket_path)}.json"
 
     def start_up(self) -> None:
@@ -153,7 +155,8 @@ class Worker:
         log = io.StringIO()
         try:
             with contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
-                rc = runner.measure_to_file(request["argv"], worker=record, job_start=request.get("job_start"))
+                rc = runner.measure_to_file(request["argv"], worker=record, job_start=request.get("job_start"),
+                                             models=self.models)
         except SystemExit as exc:  # the runner's argument errors
             rc = exc.code if isinstance(exc.code, int) else 2
         except Exception:  # noqa: BLE001 - the client writes the error row
@@ -178,8 +181,9 @@ def first_use(fields: dict) -> str | None:
     fused projections and, where they apply, the rewritten layers' Triton kernels; then the capture), then the
     model freed and its memory handed back. It loads the kernels the model calls (CUDA loads
     each on first use), creates the cuBLAS handle and workspace, reads what the libraries need from disk the first
-    time on a machine, and runs transformers' code paths once. Each cell still builds and sets up its own model
-    and backend. Returns the error text where it failed (the cells then meet the same failure and record it)."""
+    time on a machine, and runs transformers' code paths once. Each cell sets up its own backend; the worker's
+    first cell builds the model its later cells take (ModelKeeper), where the cell's placement puts it, so this
+    one is not kept. Returns the error text where it failed (the cells then meet the same failure and record it)."""
     import torch
 
     from latency_sensitivity.engine import registry
@@ -215,10 +219,13 @@ def first_use(fields: dict) -> str | None:
 def _release_memory() -> None:
     """After a cell: collect its garbage and hand freed heap back to the OS, so that the next cell's peak RSS
     starts where a fresh process's would (glibc keeps freed memory otherwise). It walks only what the cell made:
-    the start-up stays frozen (Worker.start_up)."""
+    the start-up stays frozen (Worker.start_up). What survives it outlives the cells (the model and the compiled
+    step they share) and is frozen too; a cell that let a kept model go unfroze everything, and this collection
+    then walks it all once."""
     import ctypes
 
     gc.collect()
+    gc.freeze()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 

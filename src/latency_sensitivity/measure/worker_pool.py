@@ -7,9 +7,10 @@ imports, the CUDA context. With ``isolation: shared`` the cell job is a thin cli
 line to a worker process that has paid that start-up once, waits for the result file, and exits. One worker
 serves one *key*: the model, dtype, backend, device, attention implementation, thread count, CPU affinity and
 replicate index, the Python interpreter, the environment variables that change what torch does, the package's
-source files, and the working directory. Everything a cell builds (model, backend, caches, compiled code) is
-built per cell and freed after it, as in its own process; what carries over is the imported code, the CUDA
-context and on-disk compile caches. Each replicate has its own worker, so a cell's replicates still come from
+source files, and the working directory. A cell's backend and KV cache are set up per cell and freed after it,
+as in its own process. What carries over is the imported code, the CUDA context, the on-disk compile caches, the
+compiled step (engine/decode_step.py) and the model: the worker's first cell builds it and its later cells take
+it, the same weights, where its form is the one it was built with (model.ModelKeeper). Each replicate has its own worker, so a cell's replicates still come from
 separate processes.
 
 Protocol (one Unix socket per worker, one JSON line each way): the client sends ``{"argv": [...], "job_start":
