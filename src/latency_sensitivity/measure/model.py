@@ -176,8 +176,11 @@ def first_difference(before: tuple, now: tuple) -> str:
     modules_now, tensors_now, config_now, training_now = now
     for was, is_ in zip(modules, modules_now):
         if was != is_:
-            extra = sorted(set(is_[2]) - set(was[2]))
-            return f"module {was[0] or 'model'} ({was[1]}) " + (f"has {extra}" if extra else f"is now {is_}")
+            name = f"module {was[0] or 'model'} ({was[1]})"
+            if was[:2] != is_[:2]:
+                return f"{name} is now {is_[0] or 'model'} ({is_[1]})"
+            extra, lost = sorted(set(is_[2]) - set(was[2])), sorted(set(was[2]) - set(is_[2]))
+            return name + " " + " and ".join(([f"has {extra}"] if extra else []) + ([f"lacks {lost}"] if lost else []))
     if len(modules) != len(modules_now):
         return f"{len(modules_now)} modules, against {len(modules)}"
     for was, is_ in zip(tensors, tensors_now):
