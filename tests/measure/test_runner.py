@@ -571,6 +571,10 @@ def test_a_kept_model_left_changed_or_of_another_key_or_after_a_failed_cell_is_b
     assert changed["status"] == "ok" and changed["model_from"] == "built"
     assert "model.layers.0.mlp (Qwen2MLP) has ['forward']" in changed["model_kept_changed"]
     assert keeper._kept[1] is not model
+    keeper._kept[1].model.norm.register_forward_hook(lambda *args: None)  # a hook left in place
+    hooked = cell.measure(spec(), models=keeper)
+    assert hooked["model_from"] == "built" and "model.norm (Qwen2RMSNorm) has 1 hooks, against 0" in \
+        hooked["model_kept_changed"]
     assert cell.measure(spec(seed=1), models=keeper)["model_from"] == "built"  # other weights
     # a cell that fails after its model was taken: the next one builds afresh
     monkeypatch.setattr(eager_backend.EagerBackend, "request", lambda *a, **kw: 1 / 0)
@@ -580,9 +584,11 @@ def test_a_kept_model_left_changed_or_of_another_key_or_after_a_failed_cell_is_b
     assert cell.measure(spec(seed=1), models=keeper)["model_from"] == "built"
 
 
-def test_a_kept_model_let_go_in_a_worker_is_freed_though_the_worker_froze_it():
-    """A worker freezes what outlives its cells, the kept model included (worker._release_memory); a model the
-    keeper lets go (here: left changed, its change a reference cycle) is freed by the worker's next collection."""
+@pytest.mark.parametrize("let_go_by", ["a changed form", "a failed cell"])
+def test_a_kept_model_let_go_in_a_worker_is_freed_though_the_worker_froze_it(let_go_by, monkeypatch):
+    """A worker freezes what outlives its cells, the kept model included (worker._release_memory); a kept model let
+    go, for a changed form or after a failed cell, is freed by the worker's next collection though it holds a
+    reference cycle."""
     import gc
     import types
     import weakref
@@ -598,16 +604,23 @@ def test_a_kept_model_let_go_in_a_worker_is_freed_though_the_worker_froze_it():
         model = keeper._kept[1]
         assert gc.get_freeze_count() > 0
         mlp = model.model.layers[0].mlp
-        # a swapped forward left in place, as a backend that did not undo it would: a method bound to its module
-        # (a reference cycle, which holds the module's weights)
-        mlp.forward = types.MethodType(lambda self, x: x, mlp)
         gone = weakref.ref(mlp.up_proj.weight)
+        if let_go_by == "a changed form":
+            # a swapped forward left in place, as a backend that did not undo it would: a method bound to its
+            # module (a reference cycle, which holds the module's weights)
+            mlp.forward = types.MethodType(lambda self, x: x, mlp)
+        else:
+            mlp.up_proj.weight.cycle = mlp  # a reference cycle the form check does not see (on a tensor)
+            monkeypatch.setattr(eager_backend.EagerBackend, "request", lambda *a, **kw: 1 / 0)
         del model, mlp
         r = cell.measure(spec(), models=keeper, startup_frozen=True)
-        assert r["model_from"] == "built" and "model_kept_changed" in r
+        if let_go_by == "a changed form":
+            assert r["status"] == "ok" and r["model_from"] == "built" and "model_kept_changed" in r
+        else:
+            assert r["status"] == "error" and r["model_from"] == "kept" and not keeper.holds()
         del r
         worker._release_memory()
         assert gone() is None
-        assert keeper._kept[1] is not None and gc.get_freeze_count() > 0
+        assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()

@@ -279,7 +279,10 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         print(traceback.format_exc(), file=sys.stderr)
     finally:
         gc.set_threshold(*thresholds)
-        if not startup_frozen:
+        # A failed cell may have let go what a worker had frozen as outliving its cells (the kept model, the
+        # compiled step, which a failed setup forgets): the collector gets it all back, and the worker's collection
+        # after the cell walks it once and freezes what survives (worker._release_memory).
+        if not startup_frozen or result["status"] != "ok":
             gc.unfreeze()
         if pad is not None:
             pad.release()

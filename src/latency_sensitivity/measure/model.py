@@ -102,13 +102,15 @@ def model_key(spec: CellSpec) -> tuple:
 
 
 def model_fingerprint(model) -> tuple:
-    """The model's form, weights' values aside: each module's name, class and instance attributes (a backend's
-    change sets some: a swapped forward, a fused group, a rewritten layer's plan), its parameters' and buffers'
+    """The model's form, weights' values aside: each module's name, class, instance attributes (a backend's change
+    sets some: a swapped forward, a fused group, a rewritten layer's plan) and hooks, its parameters' and buffers'
     names, shapes, dtypes and devices, and the config. Not the weights' storage: a backend that fused projections
     leaves them views of one tensor after it undid the fusing, with the same values."""
     import json
 
-    modules = tuple((name, type(m).__qualname__, tuple(sorted(vars(m)))) for name, m in model.named_modules())
+    modules = tuple((name, type(m).__qualname__, tuple(sorted(vars(m))),
+                     tuple(len(v) for k, v in sorted(vars(m).items()) if k.endswith("hooks") and isinstance(v, dict)))
+                    for name, m in model.named_modules())
     tensors = tuple((name, tuple(t.shape), str(t.dtype), str(t.device))
                     for name, t in (*model.named_parameters(), *model.named_buffers()))
     return modules, tensors, json.dumps(model.config.to_dict(), sort_keys=True, default=str), model.training
@@ -125,30 +127,33 @@ class ModelKeeper:
 
     A worker freezes what outlives its cells out of the garbage collector's reach (worker.py), a kept model
     included, and a model can hold reference cycles (a change left in place: a method bound to its module): what
-    of it is in one is freed only once the collector can reach it again, so letting a kept model go unfreezes
-    everything (the worker's collection after the cell then walks it all once, and freezes what survives)."""
+    of it is in one is freed only once the collector can reach it again, so take() unfreezes everything where it
+    lets a kept model go (the worker's collection after the cell then walks it all once, and freezes what
+    survives); after a failed cell, the cell does (cell.measure)."""
 
     def __init__(self):
         self._kept = None  # (key, model, fingerprint at its build)
-        self._taken = None  # (key, fingerprint at its build, "kept" or "built") of the model a cell has now
+        self._taken = None  # (key, fingerprint at its build) of the model a cell has now
         self.changed: str | None = None  # why the last take() built afresh although a model of its key was kept
 
     def take(self, spec: CellSpec, cfg=None) -> tuple:
         """(model, "kept" or "built"). The keeper holds nothing until keep()."""
+        import gc
+
         key = model_key(spec)
         kept, self._kept, self.changed = self._kept, None, None
         if kept is not None and kept[0] == key:
             _, model, fingerprint = kept
             now = model_fingerprint(model)
             if now == fingerprint:
-                self._taken = (key, fingerprint, "kept")
+                self._taken = (key, fingerprint)
                 return model, "kept"
             self.changed = "its form is not the one it was built with: " + first_difference(fingerprint, now)
-        if kept is not None:
-            _drop_kept()
+        if kept is not None:  # let go: the collector may reach it again
+            gc.unfreeze()
         model = kept = None  # freed before the build that replaces it
         model = build_model(spec, cfg)
-        self._taken = (key, model_fingerprint(model), "built")
+        self._taken = (key, model_fingerprint(model))
         return model, "built"
 
     def keep(self, model, ok: bool) -> None:
@@ -156,18 +161,9 @@ class ModelKeeper:
         taken, self._taken = self._taken, None
         if ok and taken is not None and model is not None:
             self._kept = (taken[0], model, taken[1])
-        elif taken is not None and taken[2] == "kept":
-            _drop_kept()
 
     def holds(self) -> bool:
         return self._kept is not None
-
-
-def _drop_kept() -> None:
-    """A kept model is let go: the collector may reach it again (ModelKeeper)."""
-    import gc
-
-    gc.unfreeze()
 
 
 def first_difference(before: tuple, now: tuple) -> str:
@@ -180,6 +176,8 @@ def first_difference(before: tuple, now: tuple) -> str:
             if was[:2] != is_[:2]:
                 return f"{name} is now {is_[0] or 'model'} ({is_[1]})"
             extra, lost = sorted(set(is_[2]) - set(was[2])), sorted(set(was[2]) - set(is_[2]))
+            if not extra and not lost:
+                return f"{name} has {sum(is_[3])} hooks, against {sum(was[3])}"
             return name + " " + " and ".join(([f"has {extra}"] if extra else []) + ([f"lacks {lost}"] if lost else []))
     if len(modules) != len(modules_now):
         return f"{len(modules_now)} modules, against {len(modules)}"
