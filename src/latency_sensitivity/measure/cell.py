@@ -119,10 +119,10 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
         t0 = time.perf_counter()
         with nvtx_range("model_build"):
             if models is not None:  # a worker's: the model its earlier cell built, where it is unchanged
-                model, result["model_from"] = models.take(spec, cfg)
-                if models.changed:
-                    result["model_kept_changed"] = models.changed
-                    print(f"model built afresh: the kept one {models.changed}", file=sys.stderr)
+                model, result["model_from"], changed = models.take(spec, cfg)
+                if changed:
+                    result["model_kept_changed"] = changed
+                    print(f"model built afresh: the kept one changed form ({changed})", file=sys.stderr)
             else:
                 model, result["model_from"] = build_model(spec, cfg), "built"
             clock.sync()

@@ -134,36 +134,33 @@ class ModelKeeper:
     def __init__(self):
         self._kept = None  # (key, model, fingerprint at its build)
         self._taken = None  # (key, fingerprint at its build) of the model a cell has now
-        self.changed: str | None = None  # why the last take() built afresh although a model of its key was kept
 
     def take(self, spec: CellSpec, cfg=None) -> tuple:
-        """(model, "kept" or "built"). The keeper holds nothing until keep()."""
+        """(model, "kept" or "built", why a model of this key that was kept changed form, or None). The keeper
+        holds nothing until keep()."""
         import gc
 
         key = model_key(spec)
-        kept, self._kept, self.changed = self._kept, None, None
+        kept, self._kept, changed = self._kept, None, None
         if kept is not None and kept[0] == key:
             _, model, fingerprint = kept
             now = model_fingerprint(model)
             if now == fingerprint:
                 self._taken = (key, fingerprint)
-                return model, "kept"
-            self.changed = "its form is not the one it was built with: " + first_difference(fingerprint, now)
+                return model, "kept", None
+            changed = first_difference(fingerprint, now)
         if kept is not None:  # let go: the collector may reach it again
             gc.unfreeze()
         model = kept = None  # freed before the build that replaces it
         model = build_model(spec, cfg)
         self._taken = (key, model_fingerprint(model))
-        return model, "built"
+        return model, "built", changed
 
     def keep(self, model, ok: bool) -> None:
         """After the cell that took `model` (its backend closed): kept for the next cell where the cell was ok."""
         taken, self._taken = self._taken, None
         if ok and taken is not None and model is not None:
             self._kept = (taken[0], model, taken[1])
-
-    def holds(self) -> bool:
-        return self._kept is not None
 
 
 def first_difference(before: tuple, now: tuple) -> str:

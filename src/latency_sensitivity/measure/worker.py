@@ -220,8 +220,8 @@ def _release_memory() -> None:
     """After a cell: collect its garbage and hand freed heap back to the OS, so that the next cell's peak RSS
     starts where a fresh process's would (glibc keeps freed memory otherwise). It walks only what the cell made:
     the start-up stays frozen (Worker.start_up). What survives it outlives the cells (the model and the compiled
-    step they share) and is frozen too; a cell that let a kept model go unfroze everything, and this collection
-    then walks it all once."""
+    step they share) and is frozen too; a cell that let a kept model go, or failed, unfroze everything, and this
+    collection then walks it all once."""
     import ctypes
 
     gc.collect()
