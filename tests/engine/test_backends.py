@@ -128,6 +128,36 @@ def test_a_cache_that_is_not_reset_is_caught(tiny, monkeypatch):
         graph.close()
 
 
+@pytest.mark.parametrize("ahead", [True, False])
+def test_the_setup_allocates_the_cache_without_a_prefill(tiny, monkeypatch, ahead):
+    """The setup's steps need the cache's tensors, not a prompt in them: where transformers can tell their shapes
+    ahead the setup runs no prefill (a request's first prefill is the cell's first, as with eager); where it
+    cannot, a prefill allocates them. Either way the requests after it give eager's tokens."""
+    model, prompt = tiny
+    if not ahead:  # layers on several devices, or keys and values of different widths: no shape ahead
+        monkeypatch.setattr(type(model), "_get_static_cache_init_shape", lambda self: None, raising=False)
+    prefills = []
+    original = graph_backend.GraphBackend._prefill
+    monkeypatch.setattr(graph_backend.GraphBackend, "_prefill",
+                        lambda self, p: prefills.append(p.shape) or original(self, p))
+    with torch.inference_mode():
+        want_tokens, _ = eager_backend.EagerBackend(model).generate(prompt, 6)
+        graph = registry.make("graph", model, prompt, 6, base.Clock(False))
+        try:
+            parts = graph.info()["setup_parts"]
+            assert prefills == ([] if ahead else [prompt.shape])
+            assert ("allocate_cache_s" in parts) is ahead and ("prefill_s" in parts) is not ahead
+            layers = graph.cache.layers
+            assert all(layer.keys.shape == (2, model.config.num_key_value_heads, 18,
+                                            model.config.hidden_size // model.config.num_attention_heads)
+                       for layer in layers)
+            assert int(graph.cache.get_seq_length()) == 0  # left reset
+            tokens, _ = graph.generate(prompt, 6)
+            assert torch.equal(tokens, want_tokens)
+        finally:
+            graph.close()
+
+
 def test_graph_refuses_what_its_cache_cannot_hold(tiny):
     model, prompt = tiny
     with torch.inference_mode():
@@ -258,7 +288,7 @@ def test_compiled_backend_matches_eager_on_the_cpu(one_layer, monkeypatch, tmp_p
                 assert info["paths"].get("compiled_step", 0) == (3 if info["compiled"] else 0)
                 # the setup's parts (uncaptured on the CPU): they add up to no more than the whole setup
                 parts = info["setup_parts"]
-                assert list(parts) == ["change_model_s", "cache_and_step_s", "prefill_s"] + (
+                assert list(parts) == ["change_model_s", "cache_and_step_s", "allocate_cache_s"] + (
                     ["python_step_s"] if info["compiled"] else []) + [
                     "warm_up_s", "reset_s"] and all(v >= 0 for v in parts.values())
                 assert sum(parts.values()) <= compiled.setup_s
@@ -498,7 +528,7 @@ def test_runner_measures_a_graph_cell_on_the_cpu():
     layers = r["architecture"]["num_hidden_layers"]
     packed = {} if surgery.transformers_packs_gqa() else {"packed_gqa_attention": 3 * layers}
     assert info.pop("paths") == {"step": 3, **packed}
-    assert list(info.pop("setup_parts")) == ["change_model_s", "cache_and_step_s", "prefill_s", "warm_up_s",
+    assert list(info.pop("setup_parts")) == ["change_model_s", "cache_and_step_s", "allocate_cache_s", "warm_up_s",
                                              "reset_s"]  # uncaptured on the CPU
     assert info == {"name": "graph", "captured": False, "max_cache_len": 18, "capture_warmup_steps": 3,
                     "fused_rms_norms": 0, "fused_projections": 0, "compiled": False, "compile_s": None,
@@ -584,7 +614,7 @@ def test_kept_compiled_step_is_captured_on_cuda():
                 assert backend.graph is not None and info["compile_stats"]["kept"] is kept
                 assert info["compile_stats"]["graphs"] == info["compile_stats"]["setup_graphs"] == (0 if kept else 1)
                 # a kept step's inside paths come from the backend that made it: no Python step of its own
-                assert list(info["setup_parts"]) == (["change_model_s", "cache_and_step_s", "prefill_s"]
+                assert list(info["setup_parts"]) == (["change_model_s", "cache_and_step_s", "allocate_cache_s"]
                                                      + ([] if kept else ["python_step_s"])
                                                      + ["warm_up_s", "capture_s", "replay_s", "reset_s"])
                 assert info["step_paths_from"] == ("kept step" if kept else "this backend")

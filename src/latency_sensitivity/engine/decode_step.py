@@ -50,9 +50,26 @@ def static_cache(model, batch: int, max_cache_len: int):
                            device=param.device, dtype=param.dtype)
 
 
+def allocate_static_cache(model, cache, batch: int) -> bool:
+    """Allocate the static cache's tensors for `batch` sequences now, as its first update would; False where
+    transformers cannot say their shapes ahead (``_get_static_cache_init_shape``: layers on several devices, keys
+    and values of different widths) or the cache has no ``early_initialization``: the first update allocates
+    them then. A cache allocated at construction (older transformers) counts as allocated."""
+    if not getattr(cache, "layers", None):
+        return True  # older StaticCache: allocated when it was made
+    shape = getattr(model, "_get_static_cache_init_shape", lambda: None)()
+    if shape is None or not hasattr(cache, "early_initialization"):
+        return False
+    num_heads, head_dim = shape
+    param = next(model.parameters())
+    cache.early_initialization(batch_size=batch, num_heads=num_heads, head_dim=head_dim, dtype=param.dtype,
+                               device=param.device)
+    return True
+
+
 def cache_tensors(cache, batch: int) -> list:
     """The KV cache's tensors with the batch as their first dimension: each layer's keys and values
-    (``cache.layers[i].keys``/``.values``, allocated by the first prefill)."""
+    (``cache.layers[i].keys``/``.values``, allocated by allocate_static_cache or the first update)."""
     import torch
 
     return [v for layer in getattr(cache, "layers", None) or [] for v in vars(layer).values()

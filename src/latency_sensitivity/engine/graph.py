@@ -73,7 +73,7 @@ import time
 from collections import Counter
 
 from latency_sensitivity.engine.base import Backend, Clock, PartTimer, timed_request
-from latency_sensitivity.engine.decode_step import SavedStep, cache_tensors, compile_counts, compiled_step, decode_step, forget_compiled_step, keep_step_paths, kept_step_paths, mark_retraced, static_cache
+from latency_sensitivity.engine.decode_step import SavedStep, allocate_static_cache, cache_tensors, compile_counts, compiled_step, decode_step, forget_compiled_step, keep_step_paths, kept_step_paths, mark_retraced, static_cache
 from latency_sensitivity.engine.probe import PathNotTaken, PathProbe, probe_hit, versions_text
 from latency_sensitivity.engine.surgery import FUSABLE_NORMS, fuse_rms_norms, fuse_sibling_projections, gemv_available, pack_gqa_decode, route_linears_to_gemv, unfuse_rms_norms, unfuse_sibling_projections, unpack_gqa_decode, unroute_linears
 
@@ -272,7 +272,7 @@ class GraphBackend(Backend):
 
     def _mark_dynamic_batch(self) -> None:
         """Mark the batch dimension of the step's inputs dynamic for torch.compile: the input tokens and every KV
-        cache tensor (allocated by the prefill before). torch.compile fails the setup if it specializes a marked
+        cache tensor (allocated before). torch.compile fails the setup if it specializes a marked
         dimension, so a step that is not dynamic in batch is an error, never silently one graph per batch."""
         torch = self.torch
         tensors = [self.static_in] + cache_tensors(self.cache, self.batch)
@@ -295,8 +295,8 @@ class GraphBackend(Backend):
     # -- setup
 
     def setup(self, prompt) -> None:
-        """Fill the cache once (allocates it), run warm-up steps, capture the step and replay it once; leave the
-        cache reset. The steps run under a PathProbe, and a claimed path that did not run raises PathNotTaken."""
+        """Allocate the cache, run warm-up steps from its first position, capture the step, replay it once, reset
+        the cache. The steps run under a PathProbe, and a claimed path that did not run raises PathNotTaken."""
         try:
             self._setup(prompt)
         except BaseException:
@@ -316,13 +316,15 @@ class GraphBackend(Backend):
         with torch.inference_mode():
             self.reset()
             self._filled = True
-            _, token = self._prefill(prompt)
-            self.static_in.copy_(token)
+            # the steps need the cache's tensors, not a prompt in them: a prefill only where they cannot be allocated
+            # ahead (allocated, a cell's first prefill is its first request's, as with eager)
+            allocated = allocate_static_cache(self.model, self.cache, self.batch)
+            self.static_in.copy_(prompt[:, -1:] if allocated else self._prefill(prompt)[1])
             if self.dynamic_batch and isinstance(self._step_fn, SavedStep):  # a saved step: marked only
                 self._step_fn.before_compile = self._mark_dynamic_batch  # to compile (a loaded one fails marks)
             elif self.dynamic_batch:  # compiled, batch 2 or more
                 self._mark_dynamic_batch()
-            timer.end("prefill_s")
+            timer.end("allocate_cache_s" if allocated else "prefill_s")
             if self.compile:
                 # the paths inside the step (its compiled calls run no Python): counted on one step as Python runs
                 # it (seq_len + 1 + warmup_steps <= max_cache_len), or a kept step's from the backend that made it
