@@ -289,9 +289,13 @@ def test_kernel_time_sessions_detach_cupti_when_the_request_s_last_one_stops(mon
 
     seen = []
 
+    from torch.autograd import DeviceType
+
+    kernel = types.SimpleNamespace(device_type=lambda: DeviceType.CUDA, start_ns=lambda: 0, end_ns=lambda: 1_000_000)
+
     class FakeProfile:
         def __init__(self, **kwargs):
-            results = types.SimpleNamespace(events=lambda: [])
+            results = types.SimpleNamespace(events=lambda: [kernel])  # one 1 ms kernel
             self.profiler = types.SimpleNamespace(kineto_results=results)
 
         def __enter__(self):
@@ -305,7 +309,7 @@ def test_kernel_time_sessions_detach_cupti_when_the_request_s_last_one_stops(mon
     monkeypatch.setattr(torch.profiler, "profile", FakeProfile)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *args, **kwargs: None)
     monkeypatch.setenv("TEARDOWN_CUPTI", "0")
-    assert probes.kernel_time_ms(lambda: None) == 0.0
+    assert probes.kernel_time_ms(lambda: None) == 1.0
     assert seen == ["start", "1"]
 
     from latency_sensitivity.engine.base import Clock
@@ -341,6 +345,45 @@ def recording_timer(log: list):
             log.append("abandon")
 
     return Timer
+
+
+def test_a_profiler_session_that_recorded_no_device_event_is_an_error(monkeypatch):
+    """What a kernel timer times always runs kernels, so a session whose trace holds no device event did not record
+    (CUPTI missed the work): an error, which the profiled warmup request records before it runs again plain, never a
+    kernel time of 0 and a GPU-busy share of 0."""
+    from torch.autograd import DeviceType
+
+    from latency_sensitivity.measure import probes
+
+    class Event:
+        def __init__(self, device, start, end):
+            self.device, self.start, self.end = device, start, end
+
+        def device_type(self):
+            return self.device
+
+        def start_ns(self):
+            return self.start
+
+        def end_ns(self):
+            return self.end
+
+    class Profile:
+        def __init__(self, events):
+            self.profiler = type("P", (), {"kineto_results": type("R", (), {"events": lambda _: events})()})()
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    timer = probes.KernelTimer()
+    timer.prof = Profile([Event(DeviceType.CPU, 0, 10), Event(DeviceType.CUDA, 2_000_000, 3_000_000),
+                          Event(DeviceType.CUDA, 2_500_000, 4_000_000)])
+    assert timer.stop() == 2.0  # ms: the device's spans, overlaps once
+    timer.prof = Profile([Event(DeviceType.CPU, 0, 10)])
+    with pytest.raises(RuntimeError, match="recorded no device event"):
+        timer.stop()
+    assert timer.prof is None and os.environ["TEARDOWN_CUPTI"] == "1"  # closed, CUPTI detached
 
 
 @pytest.mark.parametrize("gen_tokens, first, steps", [(32, 14, 3), (8, 2, 3), (20, 8, 3), (3, 0, 2)])

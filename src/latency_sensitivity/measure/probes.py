@@ -51,6 +51,9 @@ class KernelTimer:
         spans = [(e.start_ns(), e.end_ns()) for e in prof.profiler.kineto_results.events()
                  if e.device_type() == DeviceType.CUDA]
         self.seconds += time.perf_counter() - t0
+        if not spans:  # what it timed always runs kernels: a session that saw none did not record, not an idle GPU
+            raise RuntimeError("the profiler session recorded no device event (CUPTI did not record the work it "
+                               "timed)")
         return metrics.covered_length(spans) / 1e6
 
     def abandon(self) -> None:
