@@ -174,7 +174,8 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
         "and CUDA graph capture; compiled: the same, and torch.compile or, at batch 1, the Triton kernels' "
         "autotuning (cached on disk after the first cell); eager: none), kept out of every metric. Its parts, "
         "the device synchronized between them, are in backend_info setup_parts (the model changes, the static "
-        "cache with the compiled step found or kept, prefill, the step run as Python, warm-up steps, capture, a "
+        "cache with the compiled step found or kept, the cache's allocation (a prefill where transformers cannot "
+        "allocate it ahead), the step run as Python, warm-up steps, capture, a "
         "replay, the reset).",
     ),
     Column(
