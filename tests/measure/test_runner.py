@@ -351,26 +351,18 @@ def test_a_profiler_session_that_recorded_no_device_event_is_an_error(monkeypatc
     """What a kernel timer times always runs kernels, so a session whose trace holds no device event did not record
     (CUPTI missed the work): an error, which the profiled warmup request records before it runs again plain, never a
     kernel time of 0 and a GPU-busy share of 0."""
+    import types
+
     from torch.autograd import DeviceType
 
     from latency_sensitivity.measure import probes
 
-    class Event:
-        def __init__(self, device, start, end):
-            self.device, self.start, self.end = device, start, end
-
-        def device_type(self):
-            return self.device
-
-        def start_ns(self):
-            return self.start
-
-        def end_ns(self):
-            return self.end
+    def Event(device, start, end):
+        return types.SimpleNamespace(device_type=lambda: device, start_ns=lambda: start, end_ns=lambda: end)
 
     class Profile:
         def __init__(self, events):
-            self.profiler = type("P", (), {"kineto_results": type("R", (), {"events": lambda _: events})()})()
+            self.profiler = types.SimpleNamespace(kineto_results=types.SimpleNamespace(events=lambda: events))
 
         def __exit__(self, *exc):
             return False

@@ -316,8 +316,8 @@ class GraphBackend(Backend):
         with torch.inference_mode():
             self.reset()
             self._filled = True
-            # the steps need the cache's tensors, not a prompt in them: a prefill only where they cannot be allocated
-            # ahead (allocated, a cell's first prefill is its first request's, as with eager)
+            # the steps need the cache's tensors, not a prompt in them: allocated ahead, a cell's first prefill is its
+            # first request's, as with eager; a prefill allocates them where transformers cannot tell their shapes
             allocated = allocate_static_cache(self.model, self.cache, self.batch)
             self.static_in.copy_(prompt[:, -1:] if allocated else self._prefill(prompt)[1])
             if self.dynamic_batch and isinstance(self._step_fn, SavedStep):  # a saved step: marked only
