@@ -10,8 +10,9 @@ weights, seq 128) and times `probes.KernelTimer` sessions around one small kerne
 - ``graph dropped``: the same backend with its CUDA graph let go (collected, the device synchronized);
 - ``graph captured again``: a new graph backend, captured.
 
-Each session: start (CUPTI attached), the kernel, stop (detached, as the runner's last session of a request
-does), then reading its device events; a session that recorded none is counted apart (the runner's timer fails it).
+Each profiler session: start (CUPTI attached), the kernel, stop (CUPTI detached, as when the runner's profiled
+request ends), then reading its device events; a session that recorded none is counted apart (the runner's timer
+fails it).
 
     python3 benchmarks/sweep_cost/profiler_start.py [--batch 8] [--rounds 5]
 """
