@@ -176,6 +176,10 @@ def test_cuda_cell_with_telemetry(warmup, request_):
     assert r["environment"]["device_name"] == torch.cuda.get_device_name()
     assert "kernel_time_error" not in r, r.get("kernel_time_error")
     assert m["kernel_time_request"] == request_ and m["kernel_time_s"] > 0 and m["warmup_s"] > 0
+    if request_ != "after_reps":  # the profiler's seconds by part: what kernel_time_s is made of
+        parts = r["kernel_time_parts"]
+        assert list(parts) == ["sync_s", "start_s", "stop_s", "read_s"] and all(v >= 0 for v in parts.values())
+        assert abs(sum(parts.values()) - m["kernel_time_s"]) < 1e-4
     assert 0 < m["decode_kernel_ms_per_step"] and 0 < m["prefill_kernel_ms"]
     assert m["gc_full_collections"] == 0
     # kernel time cannot exceed the time the phase took (small slack for timer granularity)
@@ -372,6 +376,9 @@ def test_a_profiler_session_that_recorded_no_device_event_is_an_error(monkeypatc
     timer.prof = Profile([Event(DeviceType.CPU, 0, 10), Event(DeviceType.CUDA, 2_000_000, 3_000_000),
                           Event(DeviceType.CUDA, 2_500_000, 4_000_000)])
     assert timer.stop() == 2.0  # ms: the device's spans, overlaps once
+    # its own seconds by part: waiting for the device, stopping, reading (no start here)
+    assert set(timer.parts) == set(probes.PROFILER_PARTS) and timer.parts["start_s"] == 0.0
+    assert all(v >= 0 for v in timer.parts.values()) and timer.seconds == sum(timer.parts.values())
     timer.prof = Profile([Event(DeviceType.CPU, 0, 10)])
     with pytest.raises(RuntimeError, match="recorded no device event"):
         timer.stop()
@@ -511,6 +518,8 @@ def test_kernel_time_comes_from_the_second_to_last_warmup_request(warmup, profil
         assert warm["kernel"] is None
     assert log == [entry for request in plain for entry in request]
     assert warm["error"] is None and warm["kernel_time_s"] == 0.0 and warm["warmup_s"] >= 0
+    # the profiler's seconds by part, both sessions together (the stand-in timers have none)
+    assert warm["kernel_time_parts"] == (None if profiled is None else dict.fromkeys(probes.PROFILER_PARTS, 0.0))
 
 
 def test_a_failing_profiled_warmup_request_is_recorded_and_run_again_plain():
@@ -530,7 +539,7 @@ def test_a_failing_profiled_warmup_request_is_recorded_and_run_again_plain():
                    + ["warmup1", "start", "prefill", "stop, attached", *steps[:first], "start", first, "abandon",
                       "abandon"]
                    + ["warmup1", "prefill", *steps] + ["warmup2", "prefill", *steps])
-    assert warm["kernel_time_s"] > 0
+    assert warm["kernel_time_s"] > 0 and warm["kernel_time_parts"] is None  # the failed attempt's, whole
 
     # failing before its window: the prefill's session left CUPTI attached, so one is opened and closed to detach it
     log.clear()

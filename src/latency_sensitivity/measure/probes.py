@@ -10,6 +10,10 @@ from pathlib import Path
 from latency_sensitivity.engine.base import Clock
 
 
+# The parts of a kernel timer's own seconds (KernelTimer.parts; a cell's kernel_time_parts)
+PROFILER_PARTS = ("sync_s", "start_s", "stop_s", "read_s")
+
+
 class KernelTimer:
     """GPU time of everything put on the device between start() and stop() (kernels, copies, sets), from a
     torch.profiler trace.
@@ -21,36 +25,50 @@ class KernelTimer:
 
     def __init__(self):
         self.prof = None
-        self.seconds = 0.0  # wall time in start, stop and abandon: the profiler's own cost, apart from the work timed
+        # wall time in start, stop and abandon, by part: waiting for the device's queued work (the work timed, at a
+        # stop), starting a session, stopping one, reading its events
+        self.parts = dict.fromkeys(PROFILER_PARTS, 0.0)
 
-    def start(self) -> None:
+    @property
+    def seconds(self) -> float:
+        """The profiler's own cost, apart from the work timed (the device's wait included)."""
+        return sum(self.parts.values())
+
+    def _sync(self) -> None:
         import torch
-        from torch.profiler import ProfilerActivity, profile
 
         t0 = time.perf_counter()
         torch.cuda.synchronize()
+        self.parts["sync_s"] += time.perf_counter() - t0
+
+    def start(self) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        self._sync()
+        t0 = time.perf_counter()
         self.prof = profile(activities=[ProfilerActivity.CUDA])
         self.prof.__enter__()
-        self.seconds += time.perf_counter() - t0
+        self.parts["start_s"] += time.perf_counter() - t0
 
     def stop(self, detach: bool = True) -> float:
         """The kernel time since start(), in ms. detach: CUPTI leaves the process as this profile stops (set_teardown);
         False only where another session starts at once in the same request and stops with it."""
-        import torch
         from torch.autograd import DeviceType
 
         from latency_sensitivity.analysis import metrics
 
+        self._sync()
         t0 = time.perf_counter()
-        torch.cuda.synchronize()
         prof, self.prof = self.prof, None
         set_teardown(detach)
         prof.__exit__(None, None, None)
+        t1 = time.perf_counter()
         # the profiler's raw events (ns), not prof.events(): building those function events parses the whole trace
         # in Python, seconds for the tens of thousands of kernels of an eager request
         spans = [(e.start_ns(), e.end_ns()) for e in prof.profiler.kineto_results.events()
                  if e.device_type() == DeviceType.CUDA]
-        self.seconds += time.perf_counter() - t0
+        self.parts["stop_s"] += t1 - t0
+        self.parts["read_s"] += time.perf_counter() - t1
         if not spans:  # what it timed always runs kernels: a session that saw none did not record, not an idle GPU
             raise RuntimeError("the profiler session recorded no device event (CUPTI did not record the work it "
                                "timed)")
@@ -63,7 +81,7 @@ class KernelTimer:
             prof, self.prof = self.prof, None
             set_teardown(True)
             prof.__exit__(None, None, None)
-            self.seconds += time.perf_counter() - t0
+            self.parts["stop_s"] += time.perf_counter() - t0
 
 
 def set_teardown(detach: bool) -> None:
@@ -149,6 +167,12 @@ class WindowClock:
         """The timers' own seconds (KernelTimer.seconds)."""
         return sum(getattr(t, "seconds", 0.0) for t in (self.prefill_timer, self.timer) if t is not None)
 
+    @property
+    def profiler_parts(self) -> dict:
+        """profiler_s by part (KernelTimer.parts), both timers together."""
+        timers = [t for t in (self.prefill_timer, self.timer) if t is not None]
+        return {part: sum(getattr(t, "parts", {}).get(part, 0.0) for t in timers) for part in PROFILER_PARTS}
+
 
 # The kernel time is taken over this many decode steps (fewer where the cell's request has fewer). Stopping the
 # profiler and reading its events costs per device event, and a decode step is thousands of kernels, so a whole
@@ -179,14 +203,16 @@ def profiled_request(backend, prompt, gen_tokens: int, clock: Clock, rep_name: s
     """Kernel time per phase from one whole request of the cell (a warmup request): its prefill and the decode
     steps of kernel_time_window, each under a profiler session (CUPTI attached from the first session's start to
     the last one's stop where keep_attached: WindowClock). The GPU does this work anyway, so no request is added
-    for it. Returns gpu_busy's keys and `profiler_s`, the seconds the sessions themselves took."""
+    for it. Returns gpu_busy's keys, `profiler_s`, the seconds the sessions themselves took, and
+    `profiler_parts`, those seconds by part."""
     first, steps = kernel_time_window(gen_tokens, window_steps)
     if steps < 1:
         raise ValueError(f"a request of {gen_tokens} tokens has no decode step to time")
     window = WindowClock(clock, first, steps, timer_factory(), prefill_timer=timer_factory(),
                          keep_attached=keep_attached)
     _request_through(window, backend, prompt, gen_tokens, rep_name)
-    return {**_kernel_times(window.prefill_kernel_ms, window, first, steps), "profiler_s": window.profiler_s}
+    return {**_kernel_times(window.prefill_kernel_ms, window, first, steps), "profiler_s": window.profiler_s,
+            "profiler_parts": window.profiler_parts}
 
 
 def _request_through(window: WindowClock, backend, prompt, tokens: int, rep_name: str) -> None:
@@ -214,9 +240,10 @@ def warm_up(backend, prompt, gen_tokens: int, warmup: int, clock: Clock, profile
     A profiled request that fails (the profiler, or the request under it) is recorded and run again plain, so the
     reps always follow `warmup` whole requests; a request that fails plain fails the cell. Returns `kernel` (the
     kernel times, or None), `error` (why there are none, or None), `kernel_time_s` (the profiled attempt's cost:
-    the profiler's own seconds, or the whole failed attempt) and `warmup_s` (the warmup's wall time without it).
+    the profiler's own seconds, or the whole failed attempt), `kernel_time_parts` (the profiler's seconds by part,
+    KernelTimer.parts; None for a failed attempt) and `warmup_s` (the warmup's wall time without kernel_time_s).
     """
-    out = {"kernel": None, "error": None, "kernel_time_s": 0.0}
+    out = {"kernel": None, "error": None, "kernel_time_s": 0.0, "kernel_time_parts": None}
     t0 = time.perf_counter()
     for i in range(warmup):
         if i == profiled:
@@ -224,6 +251,7 @@ def warm_up(backend, prompt, gen_tokens: int, warmup: int, clock: Clock, profile
             try:
                 kernel = profiled_request(backend, prompt, gen_tokens, clock, f"warmup{i}", timer_factory)
                 out["kernel_time_s"] = kernel.pop("profiler_s")
+                out["kernel_time_parts"] = kernel.pop("profiler_parts")
                 out["kernel"] = kernel
                 continue
             except Exception as exc:  # noqa: BLE001 - auxiliary: recorded, and the request runs again plain
