@@ -1,7 +1,7 @@
 """What a sweep cost the machine, from its replicate result files: per backend and isolation, the measure jobs'
 wall time against the measured reps', the one-time worker start-ups apart; whether a cell's value depends on
-its position in its process (cells_before); a job's parts besides its reps; where a process's start-up goes; and
-torch.compile's time per cell.
+its position in its process (cells_before); a job's parts besides its reps, and the kernel-time profile's by part;
+where a process's start-up goes; and torch.compile's time per cell.
 
     python3 benchmarks/sweep_cost/cost.py RESULTS_DIR [RESULTS_DIR ...]   # each with results/cells/ below it
 
@@ -62,6 +62,7 @@ def load(roots):
                 "cell_s": m.get("cell_s"),
                 "model_from": r.get("model_from", "built"),  # kept: the worker's model, built by an earlier cell
                 "parts": {k: m.get(k) or 0.0 for k in CELL_PARTS},
+                "kernel_time_parts": r.get("kernel_time_parts"),  # cells recorded before it: none
             })
     return rows
 
@@ -119,6 +120,23 @@ def parts_table(rows) -> str:
                      f"{total('backend_setup_s') - compile_s:.2f} | {compile_s:.2f} | {total('kernel_time_s'):.2f} | "
                      f"{total('tokenization_s'):.2f} | {total('model_build_s'):.2f} ({built}) | {start:.2f} | {hand_over:.2f} | "
                      f"{rest:.2f} | {job / measured:.2f} | {(job - compile_s) / measured:.2f} |")
+    return "\n".join(lines)
+
+
+def kernel_time_table(rows) -> str:
+    """Per run, isolation and backend: the kernel-time profile's seconds by part, summed over the cells that record
+    them (kernel_time_parts): waiting for the device to finish the work timed, starting, stopping and reading."""
+    groups = defaultdict(list)
+    for row in rows:
+        if row["kernel_time_parts"]:
+            groups[(row["root"], row["isolation"], row["backend"])].append(row)
+    lines = ["| run | isolation | backend | cells | kernel time s | device wait s | start s | stop s | read s |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for (root, isolation, backend), members in sorted(groups.items()):
+        parts = [sum(r["kernel_time_parts"].get(k, 0.0) for r in members)
+                 for k in ("sync_s", "start_s", "stop_s", "read_s")]
+        lines.append(f"| {Path(root).name} | {isolation} | {backend} | {len(members)} | "
+                     f"{sum(r['kernel_time_s'] for r in members):.2f} | " + " | ".join(f"{v:.2f}" for v in parts) + " |")
     return "\n".join(lines)
 
 
@@ -206,6 +224,8 @@ def main(argv: list[str]) -> int:
     rows = load([Path(a) for a in argv])
     print("## What the measure jobs cost\n\n" + cost_table(rows))
     print("\n## A job's parts besides its measured reps (seconds summed over the jobs)\n\n" + parts_table(rows))
+    if any(r["kernel_time_parts"] for r in rows):
+        print("\n## The kernel-time profile by part (seconds summed over the cells)\n\n" + kernel_time_table(rows))
     print("\n## A cell's value by its position in its process (shared workers)\n\n" + position_table(rows))
     print("\n## Start-up of a measuring process\n\n" + startup_table(rows))
     if any(r["compile_s"] is not None for r in rows):
