@@ -163,15 +163,15 @@ class WindowClock:
             self.timer.abandon()
 
     @property
-    def profiler_s(self) -> float:
-        """The timers' own seconds (KernelTimer.seconds)."""
-        return sum(getattr(t, "seconds", 0.0) for t in (self.prefill_timer, self.timer) if t is not None)
-
-    @property
     def profiler_parts(self) -> dict:
-        """profiler_s by part (KernelTimer.parts), both timers together."""
+        """The timers' own seconds by part (KernelTimer.parts), both timers together."""
         timers = [t for t in (self.prefill_timer, self.timer) if t is not None]
         return {part: sum(getattr(t, "parts", {}).get(part, 0.0) for t in timers) for part in PROFILER_PARTS}
+
+    @property
+    def profiler_s(self) -> float:
+        """The timers' own seconds (KernelTimer.seconds)."""
+        return sum(self.profiler_parts.values())
 
 
 # The kernel time is taken over this many decode steps (fewer where the cell's request has fewer). Stopping the

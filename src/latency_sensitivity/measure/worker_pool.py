@@ -10,8 +10,8 @@ replicate index, the Python interpreter, the environment variables that change w
 source files, and the working directory. A cell's backend and KV cache are set up per cell and freed after it,
 as in its own process. What carries over is the imported code, the CUDA context, the on-disk compile caches, the
 compiled step (engine/decode_step.py) and the model: the worker's first cell builds it and its later cells take
-it, the same weights, where its form is the one it was built with (model.ModelKeeper). Each replicate has its own worker, so a cell's replicates still come from
-separate processes.
+it, the same weights, where its form is the one it was built with (model.ModelKeeper). Each replicate has its own
+worker, so a cell's replicates still come from separate processes.
 
 Protocol (one Unix socket per worker, one JSON line each way): the client sends ``{"argv": [...], "job_start":
 <epoch>}``; the worker answers ``{"accepted": true, "key": ...}`` at once, then ``{"rc": 0, "log": ...}`` once
