@@ -102,7 +102,7 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("gc_full_collections", "", "Full garbage collections during the measured reps: 0 where none walked the model, the backend and what torch.compile left alive in the middle of a rep (the runner holds them off from backend setup to the cell's end)."),
     Column("cell_s", "s", "Wall time of the cell's measurement in its measuring process (model build to its last side measurement); job_s less cell_s is the job's own start-up and hand-over."),
     Column("tokenization_s", "s", "Wall time of the side measurement of tokenising and detokenising the cell's texts."),
-    Column("kernel_time_s", "s", "What taking the GPU kernel time cost (kernel_time_request): from a warmup request, the profiler's own seconds (waiting at each session's start and stop for the device to finish the work queued, starting and stopping its two sessions, reading their traces; by part in the cell file's kernel_time_parts); from the pass after the reps, its wall time (one profiled prefill and one request profiled over up to 3 decode steps in its middle, stopping after them)."),
+    Column("kernel_time_s", "s", "What taking the GPU kernel time cost (kernel_time_request): from a warmup request, the profiler's own seconds (starting and stopping its two sessions, reading their traces; by part in the cell file's kernel_time_parts, beside the seconds each session's start and stop waited for the device to finish the request's queued work, which are the warmup's); from the pass after the reps, its wall time (one profiled prefill and one request profiled over up to 3 decode steps in its middle, stopping after them)."),
     Column("worker_start_s", "s", "Seconds the cell's job waited for its measurement worker to start (isolation shared; 0 when the worker was running, and with isolation process): a one-time cost per worker, inside job_s."),
     Column("cells_before", "", "Cells the measuring process had measured before this one (0 with isolation process; the median over replicates)."),
     Column("job_s_total", "s", "job_s summed over the cell's replicates: the device time the cell took."),
@@ -157,7 +157,7 @@ EXTRA_COLUMNS: tuple[Column, ...] = (
     Column("import_s", "s", "Importing torch and the measuring modules before startup_s (0 in a shared worker)."),
     Column("environment_s", "s", "Recording the cell's environment (versions, device, driver) before startup_s."),
     Column("model_build_s", "s", "Time to build (random weights) or load the model onto the device, imports excluded; about 0 where a worker's cell took the model its earlier cell built (the cell file's model_from: kept)."),
-    Column("warmup_s", "s", "Wall time of the warmup requests (kept out of every metric), without the profiler's seconds when one of them is profiled (kernel_time_s)."),
+    Column("warmup_s", "s", "Wall time of the warmup requests (kept out of every metric), without the profiler's own seconds when one of them is profiled (kernel_time_s; the profiled request's GPU work, which the profiler waits for, is counted here)."),
     Column(
         "decode_attention",
         "",

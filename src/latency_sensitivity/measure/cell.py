@@ -242,7 +242,7 @@ def measure(spec: CellSpec, profile_mode: str = "off", torch_profile_dir: Path |
             # Auxiliary: a failure is recorded and the measured numbers are kept.
             k = warm["kernel"]
             m["kernel_time_s"] = warm["kernel_time_s"]
-            if warm["kernel_time_parts"]:  # the profiler's seconds by part, the device's wait apart
+            if warm["kernel_time_parts"]:  # the profiler's seconds by part, the device's wait included
                 result["kernel_time_parts"] = {n: round(v, 6) for n, v in warm["kernel_time_parts"].items()}
             if profiled is None:
                 kernel_start = time.perf_counter()

@@ -10,8 +10,11 @@ from pathlib import Path
 from latency_sensitivity.engine.base import Clock
 
 
-# The parts of a kernel timer's own seconds (KernelTimer.parts; a cell's kernel_time_parts)
+# The parts of a kernel timer's seconds (KernelTimer.parts; a cell's kernel_time_parts): waiting for the device to
+# finish its queued work, starting a session, stopping one, reading its events. The wait is the timed request's own
+# GPU work, which the request would wait for without a profiler too; the other parts are the profiler's cost.
 PROFILER_PARTS = ("sync_s", "start_s", "stop_s", "read_s")
+PROFILER_COST_PARTS = ("start_s", "stop_s", "read_s")
 
 
 class KernelTimer:
@@ -25,14 +28,14 @@ class KernelTimer:
 
     def __init__(self):
         self.prof = None
-        # wall time in start, stop and abandon, by part: waiting for the device's queued work (the work timed, at a
-        # stop), starting a session, stopping one, reading its events
+        # wall time in start, stop and abandon, by part (PROFILER_PARTS)
         self.parts = dict.fromkeys(PROFILER_PARTS, 0.0)
 
     @property
     def seconds(self) -> float:
-        """The profiler's own cost, apart from the work timed (the device's wait included)."""
-        return sum(self.parts.values())
+        """The profiler's own cost: its seconds without the device's wait, which is the timed work's
+        (PROFILER_COST_PARTS)."""
+        return sum(self.parts[part] for part in PROFILER_COST_PARTS)
 
     def _sync(self) -> None:
         import torch
@@ -164,14 +167,15 @@ class WindowClock:
 
     @property
     def profiler_parts(self) -> dict:
-        """The timers' own seconds by part (KernelTimer.parts), both timers together."""
+        """The timers' seconds by part (KernelTimer.parts), both timers together."""
         timers = [t for t in (self.prefill_timer, self.timer) if t is not None]
         return {part: sum(getattr(t, "parts", {}).get(part, 0.0) for t in timers) for part in PROFILER_PARTS}
 
     @property
     def profiler_s(self) -> float:
-        """The timers' own seconds (KernelTimer.seconds)."""
-        return sum(self.profiler_parts.values())
+        """The timers' own cost (KernelTimer.seconds): their seconds without the device's wait."""
+        parts = self.profiler_parts
+        return sum(parts[part] for part in PROFILER_COST_PARTS)
 
 
 # The kernel time is taken over this many decode steps (fewer where the cell's request has fewer). Stopping the
@@ -203,8 +207,8 @@ def profiled_request(backend, prompt, gen_tokens: int, clock: Clock, rep_name: s
     """Kernel time per phase from one whole request of the cell (a warmup request): its prefill and the decode
     steps of kernel_time_window, each under a profiler session (CUPTI attached from the first session's start to
     the last one's stop where keep_attached: WindowClock). The GPU does this work anyway, so no request is added
-    for it. Returns gpu_busy's keys, `profiler_s`, the seconds the sessions themselves took, and
-    `profiler_parts`, those seconds by part."""
+    for it. Returns gpu_busy's keys, `profiler_s`, what the sessions themselves cost (KernelTimer.seconds), and
+    `profiler_parts`, the sessions' seconds by part, the device's wait included."""
     first, steps = kernel_time_window(gen_tokens, window_steps)
     if steps < 1:
         raise ValueError(f"a request of {gen_tokens} tokens has no decode step to time")
@@ -240,8 +244,10 @@ def warm_up(backend, prompt, gen_tokens: int, warmup: int, clock: Clock, profile
     A profiled request that fails (the profiler, or the request under it) is recorded and run again plain, so the
     reps always follow `warmup` whole requests; a request that fails plain fails the cell. Returns `kernel` (the
     kernel times, or None), `error` (why there are none, or None), `kernel_time_s` (the profiled attempt's cost:
-    the profiler's own seconds, or the whole failed attempt), `kernel_time_parts` (the profiler's seconds by part,
-    KernelTimer.parts; None for a failed attempt) and `warmup_s` (the warmup's wall time without kernel_time_s).
+    the profiler's own seconds, KernelTimer.seconds, or the whole failed attempt), `kernel_time_parts` (the
+    profiler's seconds by part, KernelTimer.parts, the device's wait included; None for a failed attempt) and
+    `warmup_s` (the warmup's wall time without kernel_time_s: the profiled request's GPU work, which the profiler
+    waited for, is the warmup's).
     """
     out = {"kernel": None, "error": None, "kernel_time_s": 0.0, "kernel_time_parts": None}
     t0 = time.perf_counter()
