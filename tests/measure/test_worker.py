@@ -307,6 +307,52 @@ def test_a_forked_cuda_worker_of_the_compiled_backend_starts_and_measures(workdi
     assert r["model_from"] == "kept" and r["metrics"]["cells_before"] == 1
 
 
+# An NVML library whose initialisation fails, as on a machine whose driver has no working NVML: every entry point
+# torch and nvidia-ml-py call first answers NVML_ERROR_LIBRARY_NOT_FOUND (12).
+NVML_STAND_IN = """
+int nvmlInit(void) { return 12; }
+int nvmlInit_v2(void) { return 12; }
+int nvmlInitWithFlags(unsigned int flags) { return 12; }
+int nvmlShutdown(void) { return 0; }
+const char *nvmlErrorString(int result) { return "NVML Shared Library Not Found"; }
+"""
+
+
+@pytest.mark.gpu
+def test_a_forked_cuda_worker_of_the_compiled_backend_measures_where_nvml_cannot_start(workdir, monkeypatch):
+    """Where NVML cannot answer torch's CUDA check, the compiled backend's fork server leaves the compiler to its
+    workers (importing it there would leave them unable to use CUDA), and says so in its log; the forked worker
+    imports it, creates its CUDA context and measures, and the cell records that GPU telemetry was unavailable."""
+    import shutil
+    import subprocess
+
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("needs a C compiler to build the failing NVML library")
+    lib = workdir / "nvml"
+    lib.mkdir()
+    (lib / "nvml.c").write_text(NVML_STAND_IN)
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(lib / "libnvidia-ml.so.1"), str(lib / "nvml.c")],
+                   check=True)
+    # the fork server and its workers load it in place of the driver's (this process has NVML loaded already)
+    monkeypatch.setenv("LD_LIBRARY_PATH", os.pathsep.join([str(lib), os.environ.get("LD_LIBRARY_PATH", "")]))
+    cuda = [a if a != "cpu" else "cuda" for a in argv(workdir / "no_nvml.json", isolation="forked")]
+    # batch 2: the compiled step (batch 1 runs the rewritten layers uncompiled)
+    assert runner.main(cuda + ["--backend", "compiled", "--batch", "2", "--compile-cache", "cache"]) == 0
+    r = json.loads((workdir / "no_nvml.json").read_text())
+    assert r["status"] == "ok", r["error"]
+    assert r["worker"]["isolation"] == "forked" and r["worker"]["forked_from"]["compiler"] is False
+    assert r["worker"]["startup_parts"]["compiler_import_s"] > 0  # the worker imported it itself
+    assert r["backend_info"]["compiled"] is True and r["metrics"]["decode_p50_ms_per_tok"] > 0
+    assert r["telemetry"]["available"] is False and r["telemetry"]["reason"]
+    logs = [p.read_text() for p in (workdir / "logs" / "workers").glob("fork-server-*.log")]
+    assert len(logs) == 1 and "torch's compiler not included: NVML cannot answer" in logs[0]
+
+
 def test_forked_workers_come_from_one_fork_server(workdir):
     """isolation forked: each replicate's worker is forked from one fork server that made a worker's imports
     once; the cells measure as with shared workers and say where their worker came from; stop_all stops the
