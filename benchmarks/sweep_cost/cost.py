@@ -1,7 +1,8 @@
 """What a sweep cost the machine, from its replicate result files: per backend and isolation, the measure jobs'
 wall time against the measured reps', the one-time worker start-ups apart; whether a cell's value depends on
 its position in its process (cells_before); a job's parts besides its reps, and the kernel-time profile's by part;
-where a process's start-up goes; and torch.compile's time per cell.
+the kernel times' range over a cell's replicates; where a process's start-up goes; and torch.compile's time per
+cell.
 
     python3 benchmarks/sweep_cost/cost.py RESULTS_DIR [RESULTS_DIR ...]   # each with results/cells/ below it
 
@@ -45,6 +46,7 @@ def load(roots):
                 "setup_s": m.get("backend_setup_s") or 0.0, "compile_s": m.get("backend_compile_s"),
                 "cells_before": m.get("cells_before", 0), "decode_ms": m.get("decode_p50_ms_per_tok"),
                 "prefill_ms": m.get("prefill_p50_ms"), "pid": w.get("pid"),
+                "prefill_kernel_ms": m.get("prefill_kernel_ms"), "decode_kernel_ms": m.get("decode_kernel_ms_per_step"),
                 "kernel_time_s": m.get("kernel_time_s") or 0.0, "warmup_s": m.get("warmup_s") or 0.0,
                 "pad_mb": m.get("placement_pad_mb"),
                 "fx_hits": stats.get("fxgraph_cache_hit"),
@@ -153,6 +155,27 @@ def kernel_time_table(rows) -> str:
     return "\n".join(lines)
 
 
+def kernel_spread_table(rows) -> str:
+    """Per backend and cell, over all its replicates in the runs given: the kernel times' range. Each replicate's
+    come from profiler sessions of their own, so a session that missed part of the work it timed would show as a
+    low outlier beside its cell's other replicates."""
+    groups = defaultdict(list)
+    for row in rows:
+        if row["prefill_kernel_ms"] is not None and row["decode_kernel_ms"] is not None:
+            groups[(row["backend"], row["seq"], row["batch"])].append(row)
+    lines = ["| backend | seq | batch | replicates | prefill kernel ms | spread % | decode kernel ms/step | spread % |",
+             "|---|---:|---:|---:|---|---:|---|---:|"]
+
+    def span(values):
+        return f"{min(values):.3f}-{max(values):.3f} | {100 * (max(values) / min(values) - 1):.2f}"
+
+    for (backend, seq, batch), members in sorted(groups.items()):
+        lines.append(f"| {backend} | {seq} | {batch} | {len(members)} | "
+                     f"{span([r['prefill_kernel_ms'] for r in members])} | "
+                     f"{span([r['decode_kernel_ms'] for r in members])} |")
+    return "\n".join(lines)
+
+
 def position_table(rows) -> str:
     """Per cell measured in a shared worker: each replicate's decode value, with the cells its process measured
     before it, beside the same cell's values from runs in a process of its own (the runs given together)."""
@@ -239,6 +262,8 @@ def main(argv: list[str]) -> int:
     print("\n## A job's parts besides its measured reps (seconds summed over the jobs)\n\n" + parts_table(rows))
     if any(r["kernel_time_parts"] for r in rows):
         print("\n## The kernel-time profile by part (seconds summed over the cells)\n\n" + kernel_time_table(rows))
+    if any(r["prefill_kernel_ms"] is not None for r in rows):
+        print("\n## The kernel times over a cell's replicates (one profile each)\n\n" + kernel_spread_table(rows))
     print("\n## A cell's value by its position in its process (shared workers)\n\n" + position_table(rows))
     print("\n## Start-up of a measuring process\n\n" + startup_table(rows))
     if any(r["compile_s"] is not None for r in rows):
