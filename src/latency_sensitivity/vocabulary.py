@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 
 DTYPES = ("fp32", "fp16", "bf16")
@@ -19,9 +19,9 @@ AXES = LINE_AXES + ("grid",)
 OTHER_AXIS = {"seq_len": "batch", "batch": "seq_len"}
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One measurement job: everything that identifies a result file."""
+class Cell(NamedTuple):
+    """One measurement job: everything that identifies a result file. (A named tuple, not a dataclass: a cell job
+    handed to a worker imports this module, and the dataclasses module's imports would be most of its start.)"""
 
     model: str
     dtype: str

@@ -392,6 +392,26 @@ def test_forked_workers_come_from_one_fork_server(workdir):
     assert list((workdir / "logs" / "workers").glob("fork-server-*.log"))
 
 
+def test_a_cell_job_handed_to_a_running_worker_imports_little(workdir):
+    """A cell job's hand-over is mostly its interpreter and imports, paid by every job: where its worker runs
+    already it imports neither torch nor the dataclasses module (with the inspect module it pulls in, the largest
+    of a thin client's imports) nor subprocess (needed only to start a worker). Its record splits the hand-over:
+    the job's start to the worker taking the cell, and the worker's clean-up after the cell before."""
+    import subprocess
+
+    assert runner.main(argv(workdir / "first.json")) == 0  # starts the worker
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "latency_sensitivity.measure.runner",
+                           *argv(workdir / "second.json")], capture_output=True, text=True, check=True)
+    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "latency_sensitivity.measure.worker_pool" in imported  # the log is what this test thinks it is
+    assert not {"torch", "transformers", "dataclasses", "inspect", "subprocess"} & imported
+    r = json.loads((workdir / "second.json").read_text())
+    assert r["status"] == "ok", r["error"]
+    w = r["worker"]
+    assert w["cells_before"] == 1 and w["previous_release_s"] >= 0
+    assert 0 < w["picked_up_s"] <= r["metrics"]["job_s"] - r["metrics"]["cell_s"]
+
+
 def test_a_compiling_backend_s_forked_worker_comes_from_a_server_that_imported_the_compiler(workdir):
     """isolation forked: a compiling backend's workers are forked from a fork server of their own that imported
     torch's compiler (NVML answering torch.cuda.is_available() there, which the compiler's import asks), so the

@@ -19,24 +19,28 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from latency_sensitivity import vocabulary
 from latency_sensitivity.measure.host import process_age_s
-from latency_sensitivity.measure.model import CellSpec, TORCH_DTYPES
 from latency_sensitivity.vocabulary import (BACKENDS, CELL_SCHEMA_VERSION, COMPILE_SHAPES, COMPILED_STEPS,
-                                            COMPILING_SETTINGS, ISOLATIONS, PLACEMENTS, PROFILE_MODES,
+                                            COMPILING_SETTINGS, DTYPES, ISOLATIONS, PLACEMENTS, PROFILE_MODES,
                                             WORKER_ISOLATIONS)
 
+if TYPE_CHECKING:
+    from latency_sensitivity.measure.model import CellSpec
 
-def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path, str, Path | None, Path | None, str | None]:
-    """The cell and the runner's options: (spec, out, profile_mode, torch_profile_dir, tokenizer, compile_cache)."""
+
+def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
+    """The runner's command line, checked (an argument error exits here, with argparse's message), with
+    cpu_affinity as a list of CPUs or None. What a cell job that hands its cell to a worker needs; parse_args
+    makes the cell's spec of it."""
     p = argparse.ArgumentParser(prog="python -m latency_sensitivity.measure.runner", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="model name (for the record)")
     p.add_argument("--model-kind", choices=["architecture", "path"], required=True)
     p.add_argument("--model-location", required=True, help="architecture JSON or checkpoint folder")
-    p.add_argument("--dtype", choices=sorted(TORCH_DTYPES), required=True)
+    p.add_argument("--dtype", choices=sorted(DTYPES), required=True)
     p.add_argument("--backend", choices=BACKENDS, default="eager", help=vocabulary.describe())
     p.add_argument("--device", choices=["cpu", "cuda"], required=True)
     p.add_argument("--attn-implementation", default="sdpa")
@@ -81,15 +85,27 @@ def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path, str, Path
         p.error("--compiled-step saved needs --compile-cache (the saved steps live in its folder)")
     if a.profile_mode == "torch" and a.torch_profile_dir is None:
         p.error("--profile-mode torch needs --torch-profile-dir")
-    spec = CellSpec(
+    a.cpu_affinity = None if a.cpu_affinity in ("", "none") else [int(c) for c in a.cpu_affinity.split(",")]
+    return a
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[CellSpec, Path, str, Path | None, Path | None, str | None]:
+    """The cell and the runner's options: (spec, out, profile_mode, torch_profile_dir, tokenizer, compile_cache)."""
+    a = parse_options(argv)
+    return spec_of(a), a.out, a.profile_mode, a.torch_profile_dir, a.tokenizer, a.compile_cache
+
+
+def spec_of(a: argparse.Namespace) -> CellSpec:
+    """The cell's spec from the runner's options (parse_options)."""
+    from latency_sensitivity.measure.model import CellSpec
+
+    return CellSpec(
         model=a.model, model_kind=a.model_kind, model_location=a.model_location, dtype=a.dtype,
         backend=a.backend, device=a.device, attn_implementation=a.attn_implementation, seq_len=a.seq,
         batch=a.batch, gen_tokens=a.gen_tokens, warmup=a.warmup, reps=a.reps, seed=a.seed, threads=a.threads,
         replicate=a.replicate, isolation=a.isolation, compile_shapes=a.compile_shapes, placement=a.placement,
-        compiled_step=a.compiled_step,
-        cpu_affinity=None if a.cpu_affinity in ("", "none") else [int(c) for c in a.cpu_affinity.split(",")],
+        compiled_step=a.compiled_step, cpu_affinity=a.cpu_affinity,
     )
-    return spec, a.out, a.profile_mode, a.torch_profile_dir, a.tokenizer, a.compile_cache
 
 
 def _ensure_torch_profile_files(folder: Path) -> None:
@@ -131,6 +147,8 @@ def measure_to_file(argv: list[str] | None = None, worker: dict | None = None, j
     else:
         cache = worker["compile_cache"]
     if spec.compiled_step == "saved":  # the compile cache's folder for this device and versions
+        from dataclasses import replace
+
         spec = replace(spec, saved_step_dir=cache["steps"])
     print(f"cell {spec.model} {spec.dtype} {spec.backend} seq={spec.seq_len} batch={spec.batch} on {spec.device}",
           file=sys.stderr)
@@ -170,6 +188,8 @@ def _print_outcome(result: dict) -> None:
 
 def failed_result(spec: CellSpec, phase: str, message: str, job_s: float | None) -> dict:
     """The result of a cell that could not be measured at all (its worker failed): an `error` row."""
+    from dataclasses import asdict
+
     return {
         "schema_version": CELL_SCHEMA_VERSION, "cell": asdict(spec), "status": "error",
         "error": {"type": "WorkerError", "message": f"WorkerError during {phase}: {(message.splitlines() or [''])[0]}",
@@ -178,39 +198,42 @@ def failed_result(spec: CellSpec, phase: str, message: str, job_s: float | None)
     }
 
 
-def worker_fields(spec: CellSpec) -> dict:
+def worker_fields(cell) -> dict:
     """What a shared worker's process must agree on with the cell (worker.worker_key): all but the cell's shape
-    and the per-cell settings."""
-    return {k: getattr(spec, k) for k in ("model", "model_kind", "model_location", "dtype", "backend", "device",
+    and the per-cell settings. `cell`: its spec, or the runner's options (parse_options), which name them alike."""
+    return {k: getattr(cell, k) for k in ("model", "model_kind", "model_location", "dtype", "backend", "device",
                                           "attn_implementation", "threads", "cpu_affinity", "replicate",
                                           "isolation")}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    spec, out, profile_mode, _, _, cache_root = parse_args(argv)  # argument errors here, before a worker is asked
-    if spec.isolation not in WORKER_ISOLATIONS:
+    options = parse_options(argv)  # argument errors here, before a worker is asked
+    if options.isolation not in WORKER_ISOLATIONS:
         return measure_to_file(argv)
-    if profile_mode != "off":
-        raise SystemExit(f"--isolation {spec.isolation} measures in a worker process; a profiler wraps this "
+    if options.profile_mode != "off":
+        raise SystemExit(f"--isolation {options.isolation} measures in a worker process; a profiler wraps this "
                          "process: profile with --isolation process")
-    from latency_sensitivity.atomic import write_json
+    # A thin client from here: the standard library and worker_pool, no dataclasses, no torch (its imports are
+    # most of its hand-over; tests/measure/test_worker.py checks which it makes)
     from latency_sensitivity.measure import worker_pool
 
     job_start = time.time() - (process_age_s() or 0.0)
     try:
-        reply = worker_pool.measure_in_worker({**worker_fields(spec), "compile_cache": cache_root}, argv, job_start)
+        reply = worker_pool.measure_in_worker({**worker_fields(options), "compile_cache": options.compile_cache},
+                                              argv, job_start)
     except worker_pool.WorkerError as exc:
         reply = {"rc": 1, "log": str(exc)}
     print(reply["log"], end="", file=sys.stderr)
-    if reply["rc"] != 0 or not out.exists():
+    if reply["rc"] != 0 or not options.out.exists():
         # the worker failed outside the cell's own try (or died): the cell is an error row, never a missing file
-        result = failed_result(spec, "worker", reply["log"] or f"the worker returned {reply['rc']}",
+        from latency_sensitivity.atomic import write_json
+
+        result = failed_result(spec_of(options), "worker", reply["log"] or f"the worker returned {reply['rc']}",
                                time.time() - job_start)
-        write_json(out, result)
+        write_json(options.out, result)
         _print_outcome(result)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

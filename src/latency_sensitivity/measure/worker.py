@@ -41,6 +41,7 @@ class Worker:
         self.cwd = key["cwd"]
         self.started = time.time()
         self.cells = 0
+        self.release_s: float | None = None  # the last cell's clean-up after its reply (_release_memory)
         self.startup_s = None
         self.claim = None
         self.compile_cache = None
@@ -124,10 +125,15 @@ class Worker:
             reason = serve_unix(
                 self.socket_path, self.registry, {"socket": self.socket_path, "pid": os.getpid(), "key": self.fields},
                 f"worker pid {os.getpid()} listening on {self.socket_path} after {self.startup_s:.2f} s of "
-                f"start-up ({parts})", self._serve_one, self.should_exit, after_each=_release_memory)
+                f"start-up ({parts})", self._serve_one, self.should_exit, after_each=self._release)
         finally:
             print(f"worker pid {os.getpid()} exits after {self.cells} cell(s): {reason}", file=sys.stderr,
                   flush=True)
+
+    def _release(self) -> None:
+        t0 = time.perf_counter()
+        _release_memory()
+        self.release_s = time.perf_counter() - t0
 
     def _serve_one(self, request: dict, conn: socket.socket, server: socket.socket) -> None:
         try:
@@ -143,7 +149,13 @@ class Worker:
 
         # worker_start_s: how long this cell's job waited for the worker to start (0 when it was running): a
         # one-time cost per worker, reported apart from the per-cell overhead
+        # the hand-over's parts: from the job's start to this worker taking its cell (the job's interpreter and
+        # imports, reaching the worker, and waiting while it cleaned up after its cell before, which took
+        # previous_release_s), and from here to the cell's start (the runner's own steps, cell_s's clock)
+        job_start = request.get("job_start")
+        picked_up_s = time.time() - job_start if job_start is not None else None
         record = {"isolation": self.fields.get("isolation", "shared"), "pid": os.getpid(), "cells_before": self.cells,
+                  "picked_up_s": picked_up_s, "previous_release_s": self.release_s,
                   "process_age_s": time.time() - self.started, "startup_s": self.startup_s,
                   "startup_parts": self.startup_parts, "first_use_error": self.first_use_error,
                   "worker_start_s": float(request.get("worker_start_s") or 0.0), "compile_cache": self.compile_cache}

@@ -40,11 +40,14 @@ import hashlib
 import json
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import subprocess
 
 IDLE_S = float(os.environ.get("LATENCY_SENSITIVITY_WORKER_IDLE_S", "120"))
 STATE_DIR = Path(".snakemake/workers")  # under the working directory: locks, start markers, the worker registry
@@ -216,6 +219,8 @@ def _start_worker(key: dict, digest: str, slot: int, path: str, state: Path) -> 
 
 def _start_module(module: str, argv: list[str], log_path: Path) -> subprocess.Popen:
     """`python -m module argv` in a session of its own, its output appended to `log_path`."""
+    import subprocess  # only where a worker starts: a cell job that finds its worker running does without it
+
     with open(log_path, "a") as log:
         return subprocess.Popen([sys.executable, "-m", module, *argv], stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
