@@ -8,9 +8,9 @@
 # Prints a markdown table: per source tree and block, the hand-over (job_s - cell_s), and where the worker records
 # them, the part up to the worker taking the cell (picked_up_s) and its clean-up after the cell before.
 set -euo pipefail
-out=$1 a=$2 b=$3 device=${4:-cpu} blocks=${5:-3} jobs=${6:-12}
+work=$1 a=$2 b=$3 device=${4:-cpu} blocks=${5:-3} jobs=${6:-12}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-mkdir -p "$out" && cd "$out"
+mkdir -p "$work" && cd "$work"
 if [ "$device" = cuda ]; then model=qwen2.5-3b dtype=fp16; else model=tiny-qwen2 dtype=fp32; fi
 args=(--model "$model" --model-kind architecture --model-location "$repo/src/latency_sensitivity/data/models/$model.json"
       --dtype "$dtype" --backend eager --device "$device" --seq 128 --batch 1 --gen-tokens 8 --warmup 1 --reps 3

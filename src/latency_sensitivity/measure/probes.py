@@ -174,8 +174,7 @@ class WindowClock:
     @property
     def profiler_s(self) -> float:
         """The timers' own cost (KernelTimer.seconds): their seconds without the device's wait."""
-        parts = self.profiler_parts
-        return sum(parts[part] for part in PROFILER_COST_PARTS)
+        return sum(self.profiler_parts[part] for part in PROFILER_COST_PARTS)
 
 
 # The kernel time is taken over this many decode steps (fewer where the cell's request has fewer). Stopping the

@@ -235,5 +235,6 @@ def main(argv: list[str] | None = None) -> int:
         _print_outcome(result)
     return 0
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -148,10 +148,10 @@ class Worker:
         from latency_sensitivity.measure import runner
 
         # worker_start_s: how long this cell's job waited for the worker to start (0 when it was running): a
-        # one-time cost per worker, reported apart from the per-cell overhead
-        # the hand-over's parts: from the job's start to this worker taking its cell (the job's interpreter and
+        # one-time cost per worker, reported apart from the per-cell overhead. The rest of the hand-over in two
+        # parts: picked_up_s, from the job's start to this worker taking its cell (the job's interpreter and
         # imports, reaching the worker, and waiting while it cleaned up after its cell before, which took
-        # previous_release_s), and from here to the cell's start (the runner's own steps, cell_s's clock)
+        # previous_release_s), and from here to the cell's start (the runner's own steps, before cell_s's clock)
         job_start = request.get("job_start")
         picked_up_s = time.time() - job_start if job_start is not None else None
         record = {"isolation": self.fields.get("isolation", "shared"), "pid": os.getpid(), "cells_before": self.cells,
