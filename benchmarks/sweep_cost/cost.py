@@ -17,6 +17,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from latency_sensitivity.measure.probes import PROFILER_COST_PARTS, PROFILER_PARTS
 from latency_sensitivity.vocabulary import WORKER_ISOLATIONS as WORKERS
 
 
@@ -75,7 +76,7 @@ def _device_wait_to_warmup(row) -> None:
     before that counted it in kernel_time_s (the profile's own cost is its start, stop and read)."""
     parts = row["kernel_time_parts"]
     if parts:
-        cost = sum(parts.get(k, 0.0) for k in ("start_s", "stop_s", "read_s"))
+        cost = sum(parts.get(k, 0.0) for k in PROFILER_COST_PARTS)
         moved = row["kernel_time_s"] - cost
         for where in (row, row["parts"]):
             where["kernel_time_s"], where["warmup_s"] = cost, where["warmup_s"] + moved
@@ -148,8 +149,7 @@ def kernel_time_table(rows) -> str:
     lines = ["| run | isolation | backend | cells | kernel time s | device wait s | start s | stop s | read s |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for (root, isolation, backend), members in sorted(groups.items()):
-        parts = [sum(r["kernel_time_parts"].get(k, 0.0) for r in members)
-                 for k in ("sync_s", "start_s", "stop_s", "read_s")]
+        parts = [sum(r["kernel_time_parts"].get(k, 0.0) for r in members) for k in PROFILER_PARTS]
         lines.append(f"| {Path(root).name} | {isolation} | {backend} | {len(members)} | "
                      f"{sum(r['kernel_time_s'] for r in members):.2f} | " + " | ".join(f"{v:.2f}" for v in parts) + " |")
     return "\n".join(lines)
