@@ -102,6 +102,58 @@ def test_cells_of_one_replicate_share_a_worker_and_replicates_do_not(workdir):
     assert list((workdir / "logs" / "workers").glob("*.log"))
 
 
+def test_an_idle_worker_exits_for_a_process_waiting_for_a_gpu(workdir):
+    """A calibration (or any GPU job that is no worker) waiting for the GPU an idle worker holds: the worker exits
+    at once instead of after IDLE_S, and the request is withdrawn once answered."""
+    assert runner.main(argv(workdir / "first.json")) == 0
+    pid = json.loads((workdir / "first.json").read_text())["worker"]["pid"]
+    withdraw = worker_pool.ask_idle_workers_to_exit("cpu")
+    try:
+        assert wait_gone(pid, timeout_s=10) and worker_pool.IDLE_S > 10
+    finally:
+        withdraw()
+    assert not list(worker_pool.STATE_DIR.glob("claiming-*"))
+    log = "".join(p.read_text() for p in (workdir / "logs" / "workers").glob("*.log"))
+    assert "exits after 1 cell(s): another process waits for a GPU (claiming-cpu-" in log
+    assert runner.main(argv(workdir / "next.json")) == 0  # the next cell job starts a worker again
+    assert json.loads((workdir / "next.json").read_text())["worker"]["pid"] != pid
+
+
+def test_what_makes_an_idle_worker_exit(tmp_path):
+    """The markers an idle worker heeds: a worker of another key starting on its device type, or another process
+    waiting for a GPU there; never its own key's start, another device type's, or a marker whose process is gone."""
+    key = {"fields": fields(), "cwd": str(tmp_path)}
+    w = worker.Worker(str(tmp_path / "w.sock"), key, tmp_path)
+    now = time.monotonic()
+    assert w.should_exit(now) is None
+    me, gone = os.getpid(), 2**22 + 17  # above any pid_max default: no such process
+    cases = [(f"starting-cpu-{w.digest}-{me}", None), (f"claiming-cuda-{me}", None),
+             (f"starting-cuda-0123abc-{me}", None), (f"claiming-cpu-{gone}", None),
+             (f"starting-cpu-0123abc-{gone}", None),
+             (f"starting-cpu-0123abc-{me}", "a worker of another key is starting"),
+             (f"claiming-cpu-{me}", "another process waits for a GPU")]
+    for name, reason in cases:
+        marker = tmp_path / name
+        marker.touch()
+        said = w.should_exit(now)
+        assert (said if said is None else said.split(" (")[0]) == reason, name
+        assert marker.exists() == (str(gone) not in name), name  # a gone process's marker is cleared
+        marker.unlink(missing_ok=True)
+    assert w.should_exit(now - worker_pool.IDLE_S - 1).startswith("idle for")
+
+
+def test_asking_idle_workers_needs_a_directory_with_workers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    withdraw = worker_pool.ask_idle_workers_to_exit("cuda")
+    assert not worker_pool.STATE_DIR.exists()  # no workers here: nothing asked, nothing created
+    withdraw()
+    worker_pool.STATE_DIR.mkdir(parents=True)
+    withdraw = worker_pool.ask_idle_workers_to_exit("cuda")
+    assert [p.name for p in worker_pool.STATE_DIR.iterdir()] == [f"claiming-cuda-{os.getpid()}"]
+    withdraw()
+    assert not list(worker_pool.STATE_DIR.iterdir())
+
+
 @pytest.mark.parametrize("isolation", ["shared", "forked"])
 def test_shared_and_process_records_have_the_same_columns(workdir, isolation):
     runner.main(argv(workdir / "shared.json", isolation=isolation))

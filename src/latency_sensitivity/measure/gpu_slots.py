@@ -5,7 +5,9 @@ GPU a job may use. Each GPU job therefore claims a device itself, before CUDA st
 non-blocking lock on one file per device (``<lock_dir>/gpu-<host>-<id>.lock``), the first free one in order, and
 narrows ``CUDA_VISIBLE_DEVICES`` to that device. The lock is held until the process exits (the kernel
 releases it even when the process is killed), so a device is free again exactly when its job has ended.
-When every device is taken (more concurrent GPU jobs than devices), the claim waits for one.
+When every device is taken (more concurrent GPU jobs than devices), the claim waits for one, and asks the idle
+measurement workers of the working directory to exit meanwhile (worker_pool.py), as they hold their GPUs between
+cells.
 
 The devices are those this process may see: the entries of ``CUDA_VISIBLE_DEVICES`` when it is set (indices
 or UUIDs, kept as written), else every device NVML counts. The lock directory is shared by the jobs of one
@@ -84,11 +86,13 @@ def try_claim(devices: list[str], lock_dir: str | os.PathLike) -> tuple[str, obj
 
 
 def claim_gpu(lock_dir: str | os.PathLike | None = None, devices: list[str] | None = None,
-              poll_s: float = 0.5, timeout_s: float | None = None, environ: dict | None = None) -> Claim | None:
+              poll_s: float = 0.5, timeout_s: float | None = None, environ: dict | None = None,
+              on_wait=None) -> Claim | None:
     """Claim one device for this process and narrow CUDA_VISIBLE_DEVICES to it (see the module docstring).
 
     Returns None when claiming is off or there is no device to claim. Waits while all devices are taken;
-    raises TimeoutError after `timeout_s` if given.
+    raises TimeoutError after `timeout_s` if given. on_wait: called once where every device is taken, before
+    waiting; the function it returns is called when the wait ends, claimed or not.
     """
     environ = os.environ if environ is None else environ
     if environ.get(SWITCH_ENV, "on").lower() in ("0", "off", "false", "no"):
@@ -98,28 +102,39 @@ def claim_gpu(lock_dir: str | os.PathLike | None = None, devices: list[str] | No
         return None
     lock_dir = Path(lock_dir or environ.get(LOCK_DIR_ENV) or DEFAULT_LOCK_DIR)
     start = time.monotonic()
-    while True:
-        got = try_claim(devices, lock_dir)
-        if got is not None:
-            device, fh = got
-            _held.append(fh)
-            environ["CUDA_VISIBLE_DEVICES"] = device
-            return Claim(device, tuple(devices), str(lock_dir / _lock_name(device)), time.monotonic() - start)
-        if timeout_s is not None and time.monotonic() - start > timeout_s:
-            raise TimeoutError(f"no free GPU among {devices} after {timeout_s:.0f} s (locks in {lock_dir})")
-        time.sleep(poll_s)
+    end_wait = None
+    try:
+        while True:
+            got = try_claim(devices, lock_dir)
+            if got is not None:
+                device, fh = got
+                _held.append(fh)
+                environ["CUDA_VISIBLE_DEVICES"] = device
+                return Claim(device, tuple(devices), str(lock_dir / _lock_name(device)), time.monotonic() - start)
+            if timeout_s is not None and time.monotonic() - start > timeout_s:
+                raise TimeoutError(f"no free GPU among {devices} after {timeout_s:.0f} s (locks in {lock_dir})")
+            if end_wait is None and on_wait is not None:
+                end_wait = on_wait()
+            time.sleep(poll_s)
+    finally:
+        if end_wait is not None:
+            end_wait()
 
 
-def claim_for(device: str) -> Claim | None:
+def claim_for(device: str, ask_idle_workers: bool = True) -> Claim | None:
     """What a GPU job calls first: on device "cuda" claim a GPU (and say which on stderr); else nothing.
 
-    An explicit "cuda:N" keeps the device it names.
+    An explicit "cuda:N" keeps the device it names. ask_idle_workers: while every GPU is taken, ask the idle
+    measurement workers of this working directory to exit (worker_pool.ask_idle_workers_to_exit), which would
+    otherwise hold their GPUs until they have been idle for a while; a worker's own claim does not.
     """
     if device != "cuda":
         return None
     import sys
 
-    claim = claim_gpu()
+    from latency_sensitivity.measure import worker_pool
+
+    claim = claim_gpu(on_wait=(lambda: worker_pool.ask_idle_workers_to_exit(device)) if ask_idle_workers else None)
     if claim is not None:
         print(f"GPU slot: CUDA_VISIBLE_DEVICES={claim.device} (of {', '.join(claim.devices)}; "
               f"waited {claim.waited_s:.1f} s)", file=sys.stderr)

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 from latency_sensitivity.engine import decode_step
 from latency_sensitivity.measure.model import ModelKeeper
-from latency_sensitivity.measure.worker_pool import IDLE_S, _send, key_digest, serve_unix, server_main
+from latency_sensitivity.measure.worker_pool import IDLE_S, _send, claim_markers, key_digest, serve_unix, server_main
 from latency_sensitivity.vocabulary import COMPILING_BACKENDS
 
 
@@ -64,7 +64,8 @@ class Worker:
 
         from latency_sensitivity.measure import compile_cache, gpu_slots
 
-        self.claim = gpu_slots.claim_for(self.fields.get("device", "cpu"))
+        # (the client that started it asked the idle workers of other keys to exit already)
+        self.claim = gpu_slots.claim_for(self.fields.get("device", "cpu"), ask_idle_workers=False)
         # before torch is imported, as in a cell's own process (a forked worker's server did it before its imports)
         if self.forked_from is not None:
             self.compile_cache = self.forked_from["compile_cache"]
@@ -108,10 +109,11 @@ class Worker:
             return f"idle for {IDLE_S:.0f} s"
         if not os.path.isdir(self.cwd):
             return "its working directory is gone"
-        device = self.fields.get("device", "cpu")
         with contextlib.suppress(OSError):
-            for marker in self.state.glob(f"starting-{device}-*"):
-                if f"-{self.digest}-" not in marker.name:
+            for marker, spared in claim_markers(self.state, self.fields.get("device", "cpu")):
+                if spared is None:
+                    return f"another process waits for a GPU ({marker.name})"
+                if spared != self.digest:
                     return f"a worker of another key is starting ({marker.name})"
         return None
 

@@ -26,6 +26,8 @@ fresh interpreter; the worker is otherwise the same, and its key says which way 
 
 A worker lives until it has been idle for ``IDLE_S`` seconds, until a client starts a worker of another key on
 the same device type (an idle worker then exits at once, so two idle processes never hold one GPU), until
+another process of its working directory waits for a GPU while every one is taken (a calibration or a loading
+measurement after the cells: an idle worker exits at once rather than hold the GPU for ``IDLE_S``), until
 ``stop_all`` asks it to (the workflow does so when it ends), or until its working directory is gone. On CUDA it
 claims its GPU as a cell job would (gpu_slots) and holds it while it lives.
 
@@ -188,6 +190,31 @@ def _connect(path: str) -> socket.socket | None:
 
 def _start_marker(state: Path, device: str, digest: str) -> Path:
     return state / f"starting-{device}-{digest}-{os.getpid()}"
+
+
+def claim_markers(state: Path, device: str):
+    """The markers asking the idle workers on `device` to exit: one per worker start (``starting-<device>-<key
+    digest>-<pid>``, which spares the workers of that key) and per other process waiting for a GPU
+    (``claiming-<device>-<pid>``, see ask_idle_workers_to_exit), as (marker, the key digest it spares or None).
+    A marker whose process is gone is removed, not returned: it asks nothing any more."""
+    for marker in [*state.glob(f"starting-{device}-*"), *state.glob(f"claiming-{device}-*")]:
+        rest, _, pid = marker.name.rpartition("-")
+        if not pid.isdigit() or not _pid_alive(int(pid)):
+            marker.unlink(missing_ok=True)
+            continue
+        yield marker, (rest.removeprefix(f"starting-{device}-") if rest.startswith("starting-") else None)
+
+
+def ask_idle_workers_to_exit(device: str, state: Path = STATE_DIR):
+    """For a process that waits for a GPU and is no worker (a calibration, a loading measurement, a cell in a
+    process of its own): the idle workers of this working directory on `device` exit, as for a worker of another
+    key starting, instead of holding their GPUs until IDLE_S has passed. Returns the function that withdraws the
+    request (call it once the GPU is claimed); nothing is asked where this directory has no workers."""
+    if not state.is_dir():
+        return lambda: None
+    marker = state / f"claiming-{device}-{os.getpid()}"
+    marker.touch()
+    return lambda: marker.unlink(missing_ok=True)
 
 
 def _start_worker(key: dict, digest: str, slot: int, path: str, state: Path) -> float:
