@@ -138,6 +138,7 @@ def build_report(
     from latency_sensitivity import config as lsconfig
     from latency_sensitivity.report import document as report
     from latency_sensitivity.report import compare, series, setup
+    from latency_sensitivity.report.format import job_seconds
 
     from latency_sensitivity.analysis.merge import read_cell
 
@@ -147,7 +148,8 @@ def build_report(
         settings[f"ceilings ({device}, {dtype})"] = (
             f"{cal['bandwidth_gb_s']:.1f} GB/s copy, {cal['matmul_tflops']:.3g} TFLOP/s matmul "
             f"on {cal.get('device_name', device)}"
-            + (f"; measured by a job of {cal['job_s']:.1f} s, once per device and dtype" if cal.get("job_s") else "")
+            + (f"; measured by a job of {job_seconds(cal['job_s'], cal.get('gpu_wait_s'))}, once per device and "
+               "dtype" if cal.get("job_s") else "")
         )
 
     out_dir = Path(out_md).parent

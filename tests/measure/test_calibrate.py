@@ -130,6 +130,7 @@ def test_main_writes_json_atomically(tmp_path, capsys):
     assert _finite_pos(data["bandwidth_gb_s"]) and _finite_pos(data["matmul_tflops"])
     # the job's wall time from its process's start (this test process's age, on Linux), for the report
     assert data["job_s"] is None if not sys.platform.startswith("linux") else data["job_s"] > 0
+    assert data["gpu_wait_s"] is None  # no GPU claimed on the CPU (with one: the seconds it waited, within job_s)
     assert [p.name for p in out.parent.iterdir()] == ["cpu_fp32.json"]  # no temporary left behind
     assert "GB/s" in capsys.readouterr().out
     # rewriting replaces the file

@@ -74,6 +74,8 @@ def test_the_jobs_record_their_wall_time(tmp_path):
     assert r["status"] == "ok" and r["bytes"] == written["bytes"]  # the record is not counted as weights
     if sys.platform.startswith("linux"):
         assert written["job_s"] > 0 and r["checkpoint_job_s"] == written["job_s"] and r["job_s"] > 0
+    # the seconds each waited for a GPU another process held: none claimed on the CPU
+    assert written["gpu_wait_s"] is r["gpu_wait_s"] is r["checkpoint_gpu_wait_s"] is None
 
 
 def test_cli_records_a_failure_as_data(tmp_path):
@@ -98,6 +100,12 @@ def test_loading_section_hand_made():
             "by a job of its own, once per model and dtype): qwen2 fp16 on cuda 21.5 s (its checkpoint written by a "
             "job of 9.0 s).") in model_loading.loading_section([dict(r, job_s=21.46, checkpoint_job_s=9.01)])
     assert "on cuda 21.5 s." in model_loading.loading_section([dict(r, job_s=21.46, checkpoint_job_s=None)])
+    # a job that waited for the GPU another process held says how long, beside what its checkpoint cost
+    assert ("on cuda 21.5 s (3.0 s of it waiting for a GPU; its checkpoint written by a job of 9.0 s).") in \
+        model_loading.loading_section([dict(r, job_s=21.46, gpu_wait_s=3.01, checkpoint_job_s=9.01)])
+    assert "on cuda 21.5 s." in model_loading.loading_section([dict(r, job_s=21.46, gpu_wait_s=0.01)])
+    assert "on cuda 21.5 s (its checkpoint written by a job of 9.0 s, 2.5 s of it waiting for a GPU)." in \
+        model_loading.loading_section([dict(r, job_s=21.46, checkpoint_job_s=9.01, checkpoint_gpu_wait_s=2.5)])
     assert "| qwen2 | fp16 | cuda | 6144 | 3.000 (2.15 GB/s; ceiling 2.50 GB/s) |" in text
     assert "0.600 (10.70 GB/s; ceiling 25.00 GB/s / 12.00 GB/s)" in text and "| read |" in text
     assert "Amortised" not in text  # without the run's cells

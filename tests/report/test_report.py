@@ -744,3 +744,14 @@ def test_how_to_read_says_what_the_replicate_spread_includes_of_placement():
     assert "another place in device memory" in both and "leaves out" in both
     for cpu in ({"device": "cpu", "placement": "fixed"}, {}):
         assert "device memory" not in how_to_read_section(cpu)
+
+
+def test_a_one_time_job_says_how_long_it_waited_for_a_gpu():
+    """The calibration's and the loading measurement's job time, with the part another process held the GPU."""
+    from latency_sensitivity.report.format import job_seconds
+
+    assert job_seconds(121.44, 118.6) == "121.4 s (118.6 s of it waiting for a GPU)"
+    assert job_seconds(3.0, None) == job_seconds(3.0, 0.01) == "3.0 s"
+    assert job_seconds(21.46, 3.01, "its checkpoint written by a job of 9.0 s") == \
+        "21.5 s (3.0 s of it waiting for a GPU; its checkpoint written by a job of 9.0 s)"
+    assert job_seconds(21.46, None, "note") == "21.5 s (note)"

@@ -317,16 +317,18 @@ def main(argv: list[str] | None = None) -> int:
     from latency_sensitivity.measure.gpu_slots import claim_for
     from latency_sensitivity.measure.host import process_age_s
 
-    claim_for(args.device)  # before CUDA starts: calibration gets a GPU of its own, like a measurement
+    claim = claim_for(args.device)  # before CUDA starts: calibration gets a GPU of its own, like a measurement
+    gpu_wait_s = claim.waited_s if claim is not None else None  # part of job_s: the GPU held by another process
     try:
         result = calibrate(args.device, args.dtype, quick=args.quick)
     except (RuntimeError, ValueError) as e:
         # Recorded, not fatal: the sweep still merges and reports, without roofline columns.
         print(f"calibrate: {e}", file=sys.stderr)
         write_json(args.out, {"device": args.device.split(":")[0], "dtype": args.dtype, "error": str(e),
-                              "job_s": process_age_s()})
+                              "job_s": process_age_s(), "gpu_wait_s": gpu_wait_s})
         return 0
     result["job_s"] = process_age_s()  # the job's wall time, from its process's start: a one-time cost per device
+    result["gpu_wait_s"] = gpu_wait_s
     write_json(args.out, result)
     print(
         f"{result['device_name']} {args.dtype}: {result['bandwidth_gb_s']:.1f} GB/s copy, "

@@ -286,15 +286,16 @@ def main(argv: list[str] | None = None) -> int:
                         gen_tokens=2, warmup=0, reps=1, seed=a.seed, threads=1)
         from latency_sensitivity.measure.gpu_slots import claim_for
 
-        claim_for(a.device)
+        claim = claim_for(a.device)
         info = materialize(spec, a.out)
         # beside the weights, for the loading record: what writing them cost (a one-time job per model and dtype)
-        write_json(a.out / MATERIALIZED, {**info, "job_s": process_age_s()})
+        write_json(a.out / MATERIALIZED, {**info, "job_s": process_age_s(),
+                                          "gpu_wait_s": claim.waited_s if claim is not None else None})
         print(json.dumps(info), file=sys.stderr)
         return 0
     from latency_sensitivity.measure.gpu_slots import claim_for
 
-    claim_for(a.device)
+    claim = claim_for(a.device)
     try:
         result, _ = measure_loading(a.checkpoint, a.device, a.dtype, a.seq)
         result["model"] = a.model or result["model"]
@@ -305,10 +306,12 @@ def main(argv: list[str] | None = None) -> int:
                   "error": f"{type(exc).__name__}: {exc}"}
         print(result["error"], file=sys.stderr)
     result["job_s"] = process_age_s()  # the job's wall time, from its process's start (a one-time cost)
+    result["gpu_wait_s"] = claim.waited_s if claim is not None else None  # part of job_s
     try:  # the job that wrote the checkpoint, where it said
-        result["checkpoint_job_s"] = json.loads((a.checkpoint / MATERIALIZED).read_text()).get("job_s")
+        written = json.loads((a.checkpoint / MATERIALIZED).read_text())
     except (OSError, ValueError):
-        result["checkpoint_job_s"] = None
+        written = {}
+    result["checkpoint_job_s"], result["checkpoint_gpu_wait_s"] = written.get("job_s"), written.get("gpu_wait_s")
     write_json(a.out, result)
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}), file=sys.stderr)
     return 0

@@ -28,6 +28,13 @@ LABELS = {
 }
 
 
+def job_seconds(job_s: float, gpu_wait_s: float | None = None, *notes: str) -> str:
+    """A one-time job's wall time, with the part it waited for a GPU held by another process where it did, and
+    any further notes, in one parenthesis."""
+    notes = ((f"{gpu_wait_s:.1f} s of it waiting for a GPU",) if gpu_wait_s and gpu_wait_s >= 0.05 else ()) + notes
+    return f"{job_s:.1f} s" + (f" ({'; '.join(notes)})" if notes else "")
+
+
 def _span(lo: float, hi: float, spec: str = ".1f") -> str:
     """`lo–hi` in the given format, or one number where both print the same (a single cell)."""
     a, b = format(lo, spec), format(hi, spec)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 from typing import Sequence
 
-from latency_sensitivity.report.format import _clean, _gb_s, _isnan, _shorten, fmt_ms, markdown_table
+from latency_sensitivity.report.format import (_clean, _gb_s, _isnan, _shorten, fmt_ms, job_seconds,
+                                              markdown_table)
 from latency_sensitivity.report.series import FAILED, _col, _text, cell_outcome
 
 
@@ -61,6 +62,15 @@ def loading_amortised(result: dict, cells: pd.DataFrame) -> str | None:
             f"p50 per request); spread over 1000 requests it adds {total_ms / 1000:.2f} ms to each")
 
 
+def _checkpoint_job(r: dict) -> list[str]:
+    """What writing the checkpoint cost, where its job said (and the part it waited for a GPU)."""
+    if not r.get("checkpoint_job_s"):
+        return []
+    waited = r.get("checkpoint_gpu_wait_s")
+    return [f"its checkpoint written by a job of {r['checkpoint_job_s']:.1f} s"
+            + (f", {waited:.1f} s of it waiting for a GPU" if waited and waited >= 0.05 else "")]
+
+
 def loading_section(results: Sequence[dict], cells: pd.DataFrame | None = None) -> str:
     """Model loading stage by stage, with the read and copy rates beside this machine's measured ceilings,
     and (given the run's cells) the cold start amortised over requests."""
@@ -92,9 +102,8 @@ def loading_section(results: Sequence[dict], cells: pd.DataFrame | None = None) 
         parts += ["", markdown_table(["model", "dtype", "device", "MiB", "read s", "deserialise s", "instantiate s",
                                       "host-to-device s", "first forward s", "total s", "largest stage"], rows,
                                      [False, False, False, True, True, True, True, True, True, True, False])]
-    jobs = [f"{r.get('model')} {r.get('dtype')} on {r.get('device')} {r['job_s']:.1f} s"
-            + (f" (its checkpoint written by a job of {r['checkpoint_job_s']:.1f} s)" if r.get("checkpoint_job_s")
-               else "") for r in results if r.get("job_s")]
+    jobs = [f"{r.get('model')} {r.get('dtype')} on {r.get('device')} "
+            + job_seconds(r["job_s"], r.get("gpu_wait_s"), *_checkpoint_job(r)) for r in results if r.get("job_s")]
     if jobs:  # what measuring it cost the machine, once per model, dtype and device (not part of any cell)
         parts += ["", "The loading jobs' wall time (a process each, once per model, dtype and device; the "
                   f"checkpoint is written once before, by a job of its own, once per model and dtype): "
