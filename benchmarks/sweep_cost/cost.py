@@ -4,9 +4,9 @@ its position in its process (cells_before); a job's parts besides its reps, and 
 the kernel times' range over a cell's replicates; where a process's start-up goes; and torch.compile's time per
 cell.
 
-    python3 benchmarks/sweep_cost/cost.py RESULTS_DIR [RESULTS_DIR ...]   # each with results/cells/ below it
+    python3 benchmarks/sweep_cost/cost.py [--jobs] RESULTS_DIR [RESULTS_DIR ...]   # each with results/cells/ below it
 
-Prints markdown tables.
+Prints markdown tables; with --jobs also one row per job, its prefill beside the same run's eager cell.
 """
 
 from __future__ import annotations
@@ -253,12 +253,37 @@ def startup_table(rows) -> str:
     return "\n".join(lines)
 
 
+def jobs_table(rows) -> str:
+    """One row per job: its wall time (the wait for a worker's start-up apart), its measured reps, its backend's
+    setup (torch.compile within it), and its prefill and decode medians, the prefill also against the eager cell of
+    the same run and replicate (the backends' prefill is meant to be the same computation)."""
+    eager = {(r["root"], r["seq"], r["batch"], r["replicate"]): r["prefill_ms"]
+             for r in rows if r["backend"] == "eager"}
+    lines = ["| run | backend | seq | batch | replicate | isolation | job s | worker start-up s | measured s | "
+             "(job - start-up) / measured | backend setup s | torch.compile s | prefill p50 ms | against eager's % | "
+             "decode p50 ms/step |", "|---|---|---:|---:|---:|---|" + "---:|" * 9]
+    for r in sorted(rows, key=lambda r: (r["root"], r["backend"], r["seq"], r["batch"], r["replicate"])):
+        base = eager.get((r["root"], r["seq"], r["batch"], r["replicate"]))
+        vs = "" if not base or r["backend"] == "eager" else f"{100 * (r['prefill_ms'] / base - 1):+.1f}"
+        start = r["worker_start_s"] or 0.0
+        lines.append(f"| {Path(r['root']).name} | {r['backend']} | {r['seq']} | {r['batch']} | {r['replicate']} | "
+                     f"{r['isolation']} | {_seconds(r['job_s'])} | {start:.2f} | {r['measured_s']:.2f} | "
+                     f"{(r['job_s'] - start) / r['measured_s']:.2f} | {r['setup_s']:.2f} | "
+                     f"{_seconds(r['compile_s'])} | "
+                     f"{r['prefill_ms']:.2f} | {vs} | {r['decode_ms']:.3f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
+    jobs = "--jobs" in argv
+    argv = [a for a in argv if a != "--jobs"]
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
     rows = load([Path(a) for a in argv])
     print("## What the measure jobs cost\n\n" + cost_table(rows))
+    if jobs:
+        print("\n## Each job\n\n" + jobs_table(rows))
     print("\n## A job's parts besides its measured reps (seconds summed over the jobs)\n\n" + parts_table(rows))
     if any(r["kernel_time_parts"] for r in rows):
         print("\n## The kernel-time profile by part (seconds summed over the cells)\n\n" + kernel_time_table(rows))
