@@ -25,6 +25,16 @@ def hold(lock_dir, visible, seconds):
     return proc, line
 
 
+def release_claims(*holders):
+    """Stop the holding processes and release the claims this process made."""
+    for p in holders:
+        p.kill()
+        p.wait()
+    for fh in gpu_slots._held:
+        fh.close()
+    gpu_slots._held.clear()
+
+
 def test_concurrent_claims_get_different_devices_and_wait_when_all_are_taken(tmp_path):
     a, got_a = hold(tmp_path, "0,1", 30)
     b, got_b = hold(tmp_path, "0,1", 30)
@@ -39,12 +49,7 @@ def test_concurrent_claims_get_different_devices_and_wait_when_all_are_taken(tmp
         claim = gpu_slots.claim_gpu(lock_dir=tmp_path, environ=env, poll_s=0.05, timeout_s=10)
         assert claim.device == "1" and env["CUDA_VISIBLE_DEVICES"] == "1" and claim.devices == ("0", "1")
     finally:
-        for p in (a, b):
-            p.kill()
-            p.wait()
-        for fh in gpu_slots._held:
-            fh.close()
-        gpu_slots._held.clear()
+        release_claims(a, b)
 
 
 def test_a_claim_that_waits_asks_once_and_withdraws_when_the_wait_ends(tmp_path):
@@ -71,22 +76,16 @@ def test_a_claim_that_waits_asks_once_and_withdraws_when_the_wait_ends(tmp_path)
         claim = gpu_slots.claim_gpu(lock_dir=tmp_path, environ=env, poll_s=0.05, timeout_s=10,
                                     on_wait=asked_and_holder_exits)
         assert claim.device == "0" and calls == ["asked", "withdrawn"]
-        for fh in gpu_slots._held:
-            fh.close()
-        gpu_slots._held.clear()
+        release_claims()
         calls.clear()
         assert gpu_slots.claim_gpu(lock_dir=tmp_path, environ=env, on_wait=on_wait).device == "0"
         assert calls == []  # free at once: nothing asked
     finally:
-        holder.kill()
-        holder.wait()
-        for fh in gpu_slots._held:
-            fh.close()
-        gpu_slots._held.clear()
+        release_claims(holder)
 
 
 IDLE_WORKER = """
-import os, sys, time
+import sys, time
 from pathlib import Path
 from latency_sensitivity.measure.gpu_slots import claim_gpu
 claim_gpu(lock_dir=sys.argv[1], environ={"CUDA_VISIBLE_DEVICES": "0"})
@@ -116,11 +115,7 @@ def test_a_gpu_job_that_waits_asks_the_idle_workers_to_exit(tmp_path, monkeypatc
         assert holder.wait(5) == 0  # it left because it was asked
         assert not list((tmp_path / ".snakemake" / "workers").iterdir())
     finally:
-        holder.kill()
-        holder.wait()
-        for fh in gpu_slots._held:
-            fh.close()
-        gpu_slots._held.clear()
+        release_claims(holder)
 
 
 def test_uuids_are_kept_as_written(tmp_path):
@@ -131,9 +126,7 @@ def test_uuids_are_kept_as_written(tmp_path):
         assert claim.device == "GPU-8a1b" and env["CUDA_VISIBLE_DEVICES"] == "GPU-8a1b"
         assert [p.name.endswith("-GPU-8a1b.lock") for p in tmp_path.iterdir()] == [True]
     finally:
-        for fh in gpu_slots._held:
-            fh.close()
-        gpu_slots._held.clear()
+        release_claims()
 
 
 def test_nothing_to_claim_or_switched_off(tmp_path):
