@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     import subprocess
 
 IDLE_S = float(os.environ.get("LATENCY_SENSITIVITY_WORKER_IDLE_S", "120"))
-STATE_DIR = Path(".snakemake/workers")  # under the working directory: locks, start markers, the worker registry
+STATE_DIR = Path(".snakemake/workers")  # under the working directory: locks, start and claim markers, the registry
 LOG_DIR = Path("logs/workers")
 START_TIMEOUT_S = 600.0  # a worker's start-up (imports, CUDA context, a GPU to become free)
 # Environment variables that change what a measuring process does: a worker serves only clients that agree.
