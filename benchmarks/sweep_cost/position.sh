@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Does a cell's value depend on its position in a shared measurement worker? The given backends (default: graph
-# and compiled) at seq 128 x batch 1, 8 and 64 (benchmarks/replicates/config.yaml's model and settings), 3 replicates with
-# isolation: shared -- each replicate's worker measures batch 1 first in replicates 1 and 3 and last, after
+# and compiled) at seq 128 x batch 1, 8 and 64 (benchmarks/replicates/config.yaml's model and settings), 3 replicates in
+# measurement workers -- each replicate's worker measures batch 1 first in replicates 1 and 3 and last, after
 # batch 64 and 8, in replicate 2 -- then the same batch-1 cells with isolation: process (2 replicates, one
 # process each) on the shared run's compile cache, then cost.py's tables. Run from the repository root:
-#   bash benchmarks/sweep_cost/position.sh [OUT_DIR] [BACKENDS]
+#   bash benchmarks/sweep_cost/position.sh [OUT_DIR] [BACKENDS] [ISOLATION]
 # OUT_DIR (default results/benchmarks/sweep_cost/position) receives shared/ and process/ (pipeline working
-# directories) and cost.md. BACKENDS: a comma-separated list (e.g. "eager").
+# directories) and cost.md. BACKENDS: a comma-separated list (e.g. "eager"). ISOLATION: the workers' kind,
+# shared (default) or forked.
 set -euo pipefail
 out_dir=${1:-results/benchmarks/sweep_cost/position}
 backends=${2:-graph,compiled}
+isolation=${3:-shared}
 repo=$(pwd)
 cells() {  # the combined cell files of the given batch sizes, each backend
   for backend in ${backends//,/ }; do for batch in "$@"; do
@@ -18,7 +20,7 @@ cells() {  # the combined cell files of the given batch sizes, each backend
 source "$repo/benchmarks/sweep_cost/pipeline.sh"
 rc=0
 mkdir -p "$out_dir/process/results"
-sweep_pipeline "$out_dir/shared" "{backends: [$backends], isolation: shared, replicates: 3}" \
+sweep_pipeline "$out_dir/shared" "{backends: [$backends], isolation: $isolation, replicates: 3}" \
   "{batch_sweep: {seq: [128], batch: [1, 8, 64]}}" $(cells 1 8 64) || rc=$?
 # the process run compiles nothing new: it reads the kernels and graphs the shared run cached
 ln -sfn "$(cd "$out_dir/shared/results" && pwd)/cache" "$out_dir/process/results/cache"
