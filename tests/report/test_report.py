@@ -556,6 +556,79 @@ def test_backend_comparison_hand_computed():
     assert "| 128 | 1 | 40.00 | 8.00 | 4.00 | 5.00x | 10.00x |" in table
 
 
+def _prefill_rows(backend: str, cells: list[tuple]) -> list[dict]:
+    """Rows of one backend: (batch, prefill p50, its interval's half-width in ms, kernel ms, regime) per cell."""
+    return [{"seq_len": 128, "batch": batch, "model": "m", "dtype": "fp16", "backend": backend, "status": "ok",
+             "flag": "ok", "replicates": 1, "prefill_p50_ms": p50, "prefill_p50_ci_low_ms": p50 - half,
+             "prefill_p50_ci_high_ms": p50 + half, "prefill_kernel_ms": kernel, "prefill_regime": regime,
+             "decode_p50_ms_per_tok": 5.0}
+            for batch, p50, half, kernel, regime in cells]
+
+
+def test_prefill_comparison_hand_computed():
+    eager = _prefill_rows("eager", [(1, 20.0, 2.0, 5.0, "launch-bound"), (8, 100.0, 0.5, 98.0, "compute-bound"),
+                                    (64, 200.0, 1.0, 196.0, "compute-bound")])
+    graph = _prefill_rows("graph", [(1, 30.0, 3.0, 5.1, "launch-bound"), (8, 100.5, 0.5, 98.2, "compute-bound"),
+                                    (64, 210.0, 1.0, 196.4, "compute-bound")])
+    (title, table, findings), = compare.prefill_comparison(pd.DataFrame(eager + graph))
+    assert title == "m · fp16"
+    assert ("| seq_len | batch | regime | eager prefill ms | graph prefill ms | graph vs eager (noise) | "
+            "graph kernels vs eager |") in table
+    # noise: the two cells' interval half-widths over their p50s, summed: 10% + 10%, 0.5% + ~0.5%, 0.5% + ~0.48%
+    assert "| 128 | 1 | launch-bound | 20.00 | 30.00 | +50.0% (±20%) | +2.0% |" in table
+    assert "| 128 | 8 | compute-bound | 100.00 | 100.50 | +0.5% (±1.0%) | +0.2% |" in table
+    assert "| 128 | 64 | compute-bound | 200.00 | 210.00 | +5.0% (±1.0%) | +0.2% |" in table
+    assert findings == [
+        "graph prefill against eager's in the 2 compute-bound cells: +0.5% to +5.0%; its GPU kernels +0.2%; "
+        "beyond the noise (within-run interval) at seq_len 128 × batch 64 +5.0% (noise ±1.0%, kernels +0.2%): "
+        "the kernels moved by less than half as much, so the difference lies outside the GPU's work",
+        "graph prefill against eager's in the 1 launch-bound cell: +50.0%; its GPU kernels +2.0%; beyond the noise "
+        "(within-run interval) at seq_len 128 × batch 1 +50.0% (noise ±20%, kernels +2.0%): the kernels moved by "
+        "less than half as much, so the difference lies outside the GPU's work [host-noise-dominated]",
+    ]
+    # a launch-bound cell of either backend makes the pair launch-bound; the replicates' spread is the noise
+    # where a cell has several; kernels that moved with the wall time give no host explanation
+    graph[1].update(prefill_regime="launch-bound")
+    graph[2].update(prefill_kernel_ms=205.8)
+    for row in eager + graph:
+        row.update(replicates=3, prefill_replicate_spread_pct=2.0)
+    (_, table, findings), = compare.prefill_comparison(pd.DataFrame(eager + graph))
+    assert "| 128 | 8 | launch-bound | 100.00 | 100.50 | +0.5% (±2.0%) | +0.2% |" in table
+    assert findings[0] == ("graph prefill against eager's in the 1 compute-bound cell: +5.0%; its GPU kernels +5.0%; "
+                           "beyond the noise (replicate spread) at seq_len 128 × batch 64 +5.0% (noise ±2.0%, "
+                           "kernels +5.0%)")
+    assert findings[1].startswith("graph prefill against eager's in the 2 launch-bound cells: +0.5% to +50.0%")
+    # within the noise everywhere; without kernel times the kernel columns and clauses are left out
+    quiet = [dict(r, prefill_p50_ms=r["prefill_p50_ms"] * (1.01 if r["backend"] == "graph" else 1.0),
+                  prefill_regime="compute-bound") for r in eager]
+    quiet += [dict(r, backend="graph", prefill_p50_ms=r["prefill_p50_ms"] * 1.01) for r in quiet]
+    frame = pd.DataFrame(quiet[3:] + eager).drop(columns="prefill_kernel_ms")
+    frame["prefill_regime"] = "compute-bound"
+    (_, table, findings), = compare.prefill_comparison(frame)
+    assert "kernels" not in table
+    assert findings == ["graph prefill against eager's in the 3 compute-bound cells: +1.0%, within the noise"]
+    # cells without any noise recorded are said so, never called within or beyond it
+    bare = frame.drop(columns=["prefill_p50_ci_low_ms", "prefill_p50_ci_high_ms", "prefill_replicate_spread_pct"],
+                      errors="ignore")
+    (_, table, findings), = compare.prefill_comparison(bare)
+    assert "| 128 | 8 | compute-bound | 100.00 | 101.00 | +1.0% |" in table
+    assert findings == ["graph prefill against eager's in the 3 compute-bound cells: +1.0% (no noise recorded)"]
+    # one backend, or no prefill column: nothing to compare
+    assert compare.prefill_comparison(pd.DataFrame(eager)) == []
+    assert compare.prefill_comparison(pd.DataFrame(eager + graph).drop(columns="prefill_p50_ms")) == []
+
+
+def test_report_compares_the_backends_decode_and_prefill():
+    eager = _prefill_rows("eager", [(1, 20.0, 2.0, 5.0, "launch-bound"), (8, 100.0, 0.5, 98.0, "compute-bound")])
+    graph = _prefill_rows("graph", [(1, 30.0, 3.0, 5.1, "launch-bound"), (8, 100.5, 0.5, 98.2, "compute-bound")])
+    text = build_report([SweepInput("b", "batch", pd.DataFrame(eager + graph), [])], [], {})
+    section = text.split("### Backends compared: m · fp16", 1)[1]
+    assert section.index("| eager decode ms/step |") < section.index("Prefill of the same cells") \
+        < section.index("| graph vs eager (noise) |")
+    assert ("- graph prefill against eager's in the 1 compute-bound cell: +0.5%; its GPU kernels +0.2%, within the "
+            "noise") in section
+
+
 def _device_rows(device: str, prefill: list[float], decode: list[float], eff: list[float],
                  flags: list[str] | None = None) -> pd.DataFrame:
     rows = []

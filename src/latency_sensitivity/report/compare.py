@@ -7,19 +7,32 @@ import pandas as pd
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from latency_sensitivity.analysis import collapse as _collapse
 from latency_sensitivity.vocabulary import BACKENDS
 from latency_sensitivity.report.findings import _ratio_range
 from latency_sensitivity.report.format import _isnan, _span, fmt_ms, markdown_table
 from latency_sensitivity.report.series import FAILED, SweepInput, _text, cell_outcome
 
 
-def backend_comparison(frame: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
-    """Per (model, dtype) measured with several backends: (title, table, findings) comparing decode.
+@dataclass
+class _BackendGroup:
+    """One (model, dtype) measured with several backends: the baseline first, each backend's measured cells
+    indexed by (seq_len, batch), and the cells every backend measured."""
 
-    Rows are the cells (seq_len, batch) that every backend measured; the first backend (eager when present)
-    is the baseline. Columns: decode ms/step per backend, each other backend's speed-up over the baseline,
-    and each backend's decode time as a multiple of the roofline floor (1 / decode_efficiency).
-    """
+    title: str
+    base: str
+    others: list[str]
+    per: dict[str, pd.DataFrame]
+    cells: list[tuple]
+
+    @property
+    def backends(self) -> list[str]:
+        return [self.base] + self.others
+
+
+def _backend_groups(frame: pd.DataFrame) -> list[_BackendGroup]:
+    """The (model, dtype) groups of ``frame`` that several backends measured, with the cells they share (ok
+    ones only). The baseline is eager when present, else the first backend in `BACKENDS` order."""
     if "backend" not in frame.columns or frame.empty:
         return []
     ok = frame[~cell_outcome(frame).isin(FAILED)].copy()
@@ -35,11 +48,25 @@ def backend_comparison(frame: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
             continue
         base = "eager" if "eager" in backends else backends[0]
         others = [b for b in backends if b != base]
-        backends = [base] + others
-        per = {b: sub[sub["backend"] == b].set_index(["seq_len", "batch"]) for b in backends}
-        cells = sorted(set.intersection(*(set(per[b].index) for b in backends)))
+        per = {b: sub[sub["backend"] == b].set_index(["seq_len", "batch"]) for b in [base] + others}
+        cells = sorted(set.intersection(*(set(per[b].index) for b in per)))
         if not cells:
             continue
+        title = " · ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
+        out.append(_BackendGroup(title, base, others, per, cells))
+    return out
+
+
+def backend_comparison(frame: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
+    """Per (model, dtype) measured with several backends: (title, table, findings) comparing decode.
+
+    Rows are the cells (seq_len, batch) that every backend measured; the first backend (eager when present)
+    is the baseline. Columns: decode ms/step per backend, each other backend's speed-up over the baseline,
+    and each backend's decode time as a multiple of the roofline floor (1 / decode_efficiency).
+    """
+    out = []
+    for group in _backend_groups(frame):
+        base, others, backends, per, cells = group.base, group.others, group.backends, group.per, group.cells
         headers = ["seq_len", "batch"] + [f"{b} decode ms/step" for b in backends]
         headers += [f"{b} speed-up" for b in others] + [f"{b} × floor" for b in backends]
         rows, speedups = [], {b: [] for b in others}
@@ -54,7 +81,6 @@ def backend_comparison(frame: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
                 eff = per[b].loc[cell].get("decode_efficiency", math.nan)
                 row.append(f"{1 / float(eff):.1f}x" if not _isnan(eff) and float(eff) > 0 else "–")
             rows.append(row)
-        title = " · ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
         table = markdown_table(headers, rows, [True] * len(headers))
         findings = []
         for b in others:
@@ -70,7 +96,122 @@ def backend_comparison(frame: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
                 if "decode_efficiency" in per[b].columns else pd.Series(dtype=float)
             if not eff.empty and (eff > 0).all():
                 findings.append(f"{b} decode takes {_span(1 / eff.max(), 1 / eff.min())}x its roofline floor")
-        out.append((title, table, findings))
+        out.append((group.title, table, findings))
+    return out
+
+
+# The order prefill findings take the cells' regimes in; a pair of cells is launch-bound when either is.
+_REGIME_ORDER = ("compute-bound", "memory-bound", "launch-bound", "regime unknown")
+
+
+def _cells_regime(rows: Sequence[pd.Series]) -> str:
+    """The prefill regime of one cell measured by several backends: launch-bound when any backend's is, else the
+    first known one (the baseline's)."""
+    regimes = [str(r.get("prefill_regime")) if not _isnan(r.get("prefill_regime")) else "" for r in rows]
+    if any("launch-bound" in r for r in regimes):
+        return "launch-bound"
+    known = [r for r in regimes if r in _REGIME_ORDER]
+    return known[0] if known else "regime unknown"
+
+
+def _noise_text(noise: "_collapse.Noise") -> str:
+    """``±1.2%``: one decimal below 10%, so a change and its noise can be told apart."""
+    pct = 100 * noise.fraction
+    return f"±{pct:.1f}%" if pct < 10 else f"±{pct:.0f}%"
+
+
+def _percent(a: float, b: float) -> float:
+    """The change from a to b in percent of a (NaN where either is missing or a is not positive)."""
+    return 100 * (b - a) / a if not _isnan(a) and not _isnan(b) and a > 0 else math.nan
+
+
+def _signed(pct: float) -> str:
+    return "–" if _isnan(pct) else f"{pct:+.1f}%"
+
+
+def _signed_span(values: Sequence[float]) -> str:
+    lo, hi = min(values), max(values)
+    return _signed(lo) if f"{lo:+.1f}" == f"{hi:+.1f}" else f"{_signed(lo)} to {_signed(hi)}"
+
+
+def _cell_name(cell: tuple) -> str:
+    return f"seq_len {cell[0]} × batch {cell[1]}"
+
+
+def prefill_comparison(frame: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
+    """Per (model, dtype) measured with several backends: (title, table, findings) comparing the prefill.
+
+    Every backend runs the same prefill computation, so its prefill should match the baseline's (eager when
+    present). Per cell every backend measured: each backend's prefill p50, its regime (from the GPU's busy share
+    and the roofline, launch-bound when either cell is), each other backend's change against the baseline with
+    the two cells' noise combined (`analysis.collapse.combined_noise`: replicate spread, else the within-run
+    interval), and, where both cells profiled their kernels, the change of the prefill's GPU kernel time. The
+    findings give the changes by regime and name each change beyond the noise; where the kernels moved by less
+    than half as much, the difference lies outside the GPU's work.
+    """
+    out = []
+    for group in _backend_groups(frame):
+        base, others, per, cells = group.base, group.others, group.per, group.cells
+        if not all("prefill_p50_ms" in per[b].columns for b in group.backends):
+            continue
+        kernels = all("prefill_kernel_ms" in per[b].columns for b in group.backends)
+        headers = ["seq_len", "batch", "regime"] + [f"{b} prefill ms" for b in group.backends]
+        headers += [f"{b} vs {base} (noise)" for b in others]
+        if kernels:
+            headers += [f"{b} kernels vs {base}" for b in others]
+        rows, changes = [], {b: [] for b in others}
+        for cell in cells:
+            row_of = {b: per[b].loc[cell] for b in group.backends}
+            regime = _cells_regime([row_of[b] for b in group.backends])
+            row = [str(cell[0]), str(cell[1]), regime] + [fmt_ms(row_of[b].get("prefill_p50_ms"))
+                                                         for b in group.backends]
+            kernel_cells = []
+            for b in others:
+                a, v = float(row_of[base]["prefill_p50_ms"]), float(row_of[b]["prefill_p50_ms"])
+                change = _percent(a, v)
+                noise = _collapse.combined_noise([row_of[base], row_of[b]], "prefill_p50_ms")
+                beyond = not _isnan(change) and noise.known and _collapse.beyond_noise(a, v, noise)
+                k_change = (_percent(float(row_of[base]["prefill_kernel_ms"]), float(row_of[b]["prefill_kernel_ms"]))
+                            if kernels and not _isnan(row_of[base]["prefill_kernel_ms"])
+                            and not _isnan(row_of[b]["prefill_kernel_ms"]) else math.nan)
+                if not _isnan(change):
+                    changes[b].append((regime, cell, change, noise, beyond, k_change))
+                row.append(f"{_signed(change)} ({_noise_text(noise)})" if noise.known else _signed(change))
+                kernel_cells.append(_signed(k_change))
+            rows.append(row + (kernel_cells if kernels else []))
+        table = markdown_table(headers, rows, [True, True, False] + [True] * (len(headers) - 3))
+        findings = []
+        for b in others:
+            for regime in _REGIME_ORDER:
+                these = [c for c in changes[b] if c[0] == regime]
+                if not these:
+                    continue
+                text = (f"{b} prefill against {base}'s in the {len(these)} {regime} cell"
+                        f"{'s' if len(these) > 1 else ''}: {_signed_span([c[2] for c in these])}")
+                k_known = [c[5] for c in these if not _isnan(c[5])]
+                if k_known:
+                    text += f"; its GPU kernels {_signed_span(k_known)}"
+                beyond = [c for c in these if c[4]]
+                unknown = [c for c in these if not c[3].known]
+                if beyond:
+                    parts = []
+                    for _, cell, change, noise, _, k_change in beyond:
+                        part = f"{_cell_name(cell)} {_signed(change)} (noise {_noise_text(noise)}"
+                        if not _isnan(k_change):
+                            part += f", kernels {_signed(k_change)}"
+                        parts.append(part + ")")
+                    sources = " / ".join(sorted({c[3].source for c in beyond}))
+                    text += f"; beyond the noise ({sources}) at {', '.join(parts)}"
+                    if all(not _isnan(c[5]) and abs(c[5]) < abs(c[2]) / 2 for c in beyond):
+                        text += ": the kernels moved by less than half as much, so the difference lies outside the GPU's work"
+                elif len(unknown) < len(these):
+                    text += ", within the noise" + (" of the cells that record it" if unknown else "")
+                if unknown and len(unknown) == len(these):
+                    text += " (no noise recorded)"
+                if regime == "launch-bound":
+                    text += f" [{_collapse.HOST_NOISE}]"
+                findings.append(text)
+        out.append((group.title, table, findings))
     return out
 
 

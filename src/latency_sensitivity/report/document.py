@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from latency_sensitivity.atomic import write_text
-from latency_sensitivity.report.compare import OtherDevice, backend_comparison, devices_section
+from latency_sensitivity.report.compare import OtherDevice, backend_comparison, devices_section, prefill_comparison
 from latency_sensitivity.report.findings import cost_finding, memory_model_finding, roofline_finding, series_findings
 from latency_sensitivity.report.format import _clean, _shorten, format_axis_value, markdown_table
 from latency_sensitivity.report.model_loading import loading_section
@@ -122,11 +122,21 @@ def sweep_section(sw: SweepInput) -> str:
                                            anatomy[1] if anatomy else None, cost_finding(sub)) if f]
         parts += ["", "Findings:", ""]
         parts += [f"- {f}" for f in findings] if findings else ["- too few measured cells for findings"]
+    prefills = {title: (table, findings) for title, table, findings in prefill_comparison(sw.frame)} \
+        if not sw.frame.empty else {}
     for title, table, findings in backend_comparison(sw.frame) if not sw.frame.empty else []:
         parts += ["", f"### Backends compared: {title}", "",
                   "Decode per step of the cells every backend measured; speed-up = baseline time / backend time; "
                   "× floor = measured time / roofline floor.", "", table, "", "Findings:", ""]
         parts += [f"- {f}" for f in findings]
+        if title in prefills:
+            p_table, p_findings = prefills[title]
+            parts += ["", "Prefill of the same cells, the same computation in every backend: each backend's p50 "
+                      "against the baseline's, with the two cells' noise combined (replicate spread, else the "
+                      "within-run interval of the p50); kernels: the change of the prefill's GPU kernel time "
+                      "(profiled once per replicate, their median). A cell is launch-bound when any backend's prefill is.",
+                      "", p_table, "", "Findings:", ""]
+            parts += [f"- {f}" for f in p_findings]
     if sw.figures:
         parts += ["", "### Figures", ""]
         for caption, path in sw.figures:
