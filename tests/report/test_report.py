@@ -556,6 +556,29 @@ def test_backend_comparison_hand_computed():
     assert "| 128 | 1 | 40.00 | 8.00 | 4.00 | 5.00x | 10.00x |" in table
 
 
+def test_backend_comparison_against_the_noise():
+    def rows(backend, decodes, spread):
+        return [{"seq_len": 128, "batch": batch, "model": "m", "dtype": "fp16", "backend": backend, "status": "ok",
+                 "flag": "ok", "replicates": 3, "decode_p50_ms_per_tok": d, "decode_replicate_spread_pct": spread}
+                for batch, d in zip((1, 8, 64), decodes)]
+    eager = rows("eager", [10.0, 20.0, 40.0], 4.0)  # noise ±2% a cell, ±4% a pair
+    # within noise at batch 1 and 8, 1.25x slower at 64
+    slower = rows("compiled", [10.3, 19.5, 50.0], 4.0)
+    (_, _, findings), = compare.backend_comparison(pd.DataFrame(eager + slower))
+    assert findings[0] == ("compiled decodes 1.2x slower than eager per step (seq_len 128 × batch 64); within noise at "
+                           "seq_len 128 × batch 1, seq_len 128 × batch 8")
+    # within the noise everywhere: no speed-up claimed
+    close = rows("compiled", [10.3, 19.5, 41.0], 4.0)
+    (_, _, findings), = compare.backend_comparison(pd.DataFrame(eager + close))
+    assert findings[0] == ("compiled decodes within noise of eager per step in every cell (0.97–1.03x eager's speed; "
+                           "noise up to ±4.0%)")
+    # faster in one cell and slower in another, both beyond the noise
+    mixed = rows("graph", [5.0, 30.0, 40.5], 4.0)
+    (_, _, findings), = compare.backend_comparison(pd.DataFrame(eager + mixed))
+    assert findings[0] == ("graph decodes at 0.67–2.00x eager's speed per step (least at seq_len 128 × batch 8, most "
+                           "at seq_len 128 × batch 1); within noise at seq_len 128 × batch 64")
+
+
 def _prefill_rows(backend: str, cells: list[tuple]) -> list[dict]:
     """Rows of one backend: (batch, prefill p50, its interval's half-width in ms, kernel ms, regime) per cell."""
     return [{"seq_len": 128, "batch": batch, "model": "m", "dtype": "fp16", "backend": backend, "status": "ok",

@@ -57,50 +57,7 @@ def _backend_groups(frame: pd.DataFrame) -> list[_BackendGroup]:
     return out
 
 
-def backend_comparison(frame: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
-    """Per (model, dtype) measured with several backends: (title, table, findings) comparing decode.
-
-    Rows are the cells (seq_len, batch) that every backend measured; the first backend (eager when present)
-    is the baseline. Columns: decode ms/step per backend, each other backend's speed-up over the baseline,
-    and each backend's decode time as a multiple of the roofline floor (1 / decode_efficiency).
-    """
-    out = []
-    for group in _backend_groups(frame):
-        base, others, backends, per, cells = group.base, group.others, group.backends, group.per, group.cells
-        headers = ["seq_len", "batch"] + [f"{b} decode ms/step" for b in backends]
-        headers += [f"{b} speed-up" for b in others] + [f"{b} × floor" for b in backends]
-        rows, speedups = [], {b: [] for b in others}
-        for cell in cells:
-            dec = {b: float(per[b].loc[cell, "decode_p50_ms_per_tok"]) for b in backends}
-            row = [str(cell[0]), str(cell[1])] + [fmt_ms(dec[b]) for b in backends]
-            for b in others:
-                ratio = dec[base] / dec[b] if dec[b] > 0 else math.nan
-                speedups[b].append((ratio, cell))
-                row.append(f"{ratio:.2f}x" if not _isnan(ratio) else "–")
-            for b in backends:
-                eff = per[b].loc[cell].get("decode_efficiency", math.nan)
-                row.append(f"{1 / float(eff):.1f}x" if not _isnan(eff) and float(eff) > 0 else "–")
-            rows.append(row)
-        table = markdown_table(headers, rows, [True] * len(headers))
-        findings = []
-        for b in others:
-            vals = [(r, c) for r, c in speedups[b] if not _isnan(r)]
-            if not vals:
-                continue
-            lo, hi = min(vals), max(vals)
-            where = (f"seq_len {lo[1][0]} × batch {lo[1][1]}" if len(vals) == 1 else
-                     f"least at seq_len {lo[1][0]} × batch {lo[1][1]}, most at seq_len {hi[1][0]} × batch {hi[1][1]}")
-            findings.append(f"{b} decodes {_span(lo[0], hi[0])}x faster than {base} per step ({where})")
-        for b in backends:
-            eff = pd.to_numeric(per[b].loc[cells, "decode_efficiency"], errors="coerce").dropna() \
-                if "decode_efficiency" in per[b].columns else pd.Series(dtype=float)
-            if not eff.empty and (eff > 0).all():
-                findings.append(f"{b} decode takes {_span(1 / eff.max(), 1 / eff.min())}x its roofline floor")
-        out.append((group.title, table, findings))
-    return out
-
-
-# The order prefill findings take the cells' regimes in; a pair of cells is launch-bound when either is.
+# The order prefill findings take the cells' regimes in; a cell is launch-bound when any backend's prefill is.
 _REGIME_ORDER = ("compute-bound", "memory-bound", "launch-bound", "regime unknown")
 
 
@@ -136,6 +93,71 @@ def _signed_span(values: Sequence[float]) -> str:
 
 def _cell_name(cell: tuple) -> str:
     return f"seq_len {cell[0]} × batch {cell[1]}"
+
+
+def _speedup_finding(backend: str, base: str, vals: list[tuple]) -> str:
+    """How much faster (or slower) ``backend`` decodes than ``base`` over the cells, from (speed-up, cell, beyond
+    the noise, noise) per cell; the cells where the difference is within the two cells' noise are named."""
+    beyond = [v for v in vals if v[2]]
+    within = [v for v in vals if not v[2]]
+    if not beyond:
+        widest = max(v[3].fraction for v in within)
+        return (f"{backend} decodes within noise of {base} per step in every cell ({_span(min(vals)[0], max(vals)[0], '.2f')}x "
+                f"{base}'s speed; noise up to {_noise_text(_collapse.Noise(widest, ''))})")
+    lo, hi = min(beyond), max(beyond)
+    if lo[0] >= 1:
+        what = f"{_span(lo[0], hi[0])}x faster than {base}"
+    elif hi[0] < 1:
+        what, lo, hi = f"{_span(1 / hi[0], 1 / lo[0])}x slower than {base}", hi, lo
+    else:
+        what = f"at {_span(lo[0], hi[0], '.2f')}x {base}'s speed"
+    where = (_cell_name(lo[1]) if len(beyond) == 1 else
+             f"least at {_cell_name(lo[1])}, most at {_cell_name(hi[1])}")
+    text = f"{backend} decodes {what} per step ({where})"
+    if within:
+        text += "; within noise at " + ", ".join(_cell_name(v[1]) for v in sorted(within, key=lambda v: v[1]))
+    return text
+
+
+def backend_comparison(frame: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
+    """Per (model, dtype) measured with several backends: (title, table, findings) comparing decode.
+
+    Rows are the cells (seq_len, batch) that every backend measured; the first backend (eager when present)
+    is the baseline. Columns: decode ms/step per backend, each other backend's speed-up over the baseline,
+    and each backend's decode time as a multiple of the roofline floor (1 / decode_efficiency).
+    """
+    out = []
+    for group in _backend_groups(frame):
+        base, others, backends, per, cells = group.base, group.others, group.backends, group.per, group.cells
+        headers = ["seq_len", "batch"] + [f"{b} decode ms/step" for b in backends]
+        headers += [f"{b} speed-up" for b in others] + [f"{b} × floor" for b in backends]
+        rows, speedups = [], {b: [] for b in others}
+        for cell in cells:
+            dec = {b: float(per[b].loc[cell, "decode_p50_ms_per_tok"]) for b in backends}
+            row = [str(cell[0]), str(cell[1])] + [fmt_ms(dec[b]) for b in backends]
+            for b in others:
+                ratio = dec[base] / dec[b] if dec[b] > 0 else math.nan
+                noise = _collapse.combined_noise([per[base].loc[cell], per[b].loc[cell]], "decode_p50_ms_per_tok")
+                speedups[b].append((ratio, cell, _collapse.beyond_noise(dec[base], dec[b], noise), noise))
+                row.append(f"{ratio:.2f}x" if not _isnan(ratio) else "–")
+            for b in backends:
+                eff = per[b].loc[cell].get("decode_efficiency", math.nan)
+                row.append(f"{1 / float(eff):.1f}x" if not _isnan(eff) and float(eff) > 0 else "–")
+            rows.append(row)
+        table = markdown_table(headers, rows, [True] * len(headers))
+        findings = []
+        for b in others:
+            vals = [v for v in speedups[b] if not _isnan(v[0])]
+            if not vals:
+                continue
+            findings.append(_speedup_finding(b, base, vals))
+        for b in backends:
+            eff = pd.to_numeric(per[b].loc[cells, "decode_efficiency"], errors="coerce").dropna() \
+                if "decode_efficiency" in per[b].columns else pd.Series(dtype=float)
+            if not eff.empty and (eff > 0).all():
+                findings.append(f"{b} decode takes {_span(1 / eff.max(), 1 / eff.min())}x its roofline floor")
+        out.append((group.title, table, findings))
+    return out
 
 
 def prefill_comparison(frame: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
