@@ -101,9 +101,10 @@ def _speedup_finding(backend: str, base: str, vals: list[tuple]) -> str:
     beyond = [v for v in vals if v[2]]
     within = [v for v in vals if not v[2]]
     if not beyond:
-        widest = max(v[3].fraction for v in within)
-        return (f"{backend} decodes within noise of {base} per step in every cell ({_span(min(vals)[0], max(vals)[0], '.2f')}x "
-                f"{base}'s speed; noise up to {_noise_text(_collapse.Noise(widest, ''))})")
+        speeds = _span(min(v[0] for v in vals), max(v[0] for v in vals), ".2f")
+        widest = _collapse.Noise(max(v[3].fraction for v in within), "")
+        return (f"{backend} decodes within noise of {base} per step in every cell ({speeds}x {base}'s speed; "
+                f"noise up to {_noise_text(widest)})")
     lo, hi = min(beyond), max(beyond)
     if lo[0] >= 1:
         what = f"{_span(lo[0], hi[0])}x faster than {base}"
@@ -164,12 +165,12 @@ def prefill_comparison(frame: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
     """Per (model, dtype) measured with several backends: (title, table, findings) comparing the prefill.
 
     Every backend runs the same prefill computation, so its prefill should match the baseline's (eager when
-    present). Per cell every backend measured: each backend's prefill p50, its regime (from the GPU's busy share
-    and the roofline, launch-bound when either cell is), each other backend's change against the baseline with
-    the two cells' noise combined (`analysis.collapse.combined_noise`: replicate spread, else the within-run
-    interval), and, where both cells profiled their kernels, the change of the prefill's GPU kernel time. The
-    findings give the changes by regime and name each change beyond the noise; where the kernels moved by less
-    than half as much, the difference lies outside the GPU's work.
+    present). Per cell every backend measured: each backend's prefill p50, the cell's regime (from the GPU's
+    busy share and the roofline; launch-bound when any backend's prefill is), each other backend's change
+    against the baseline with the two cells' noise combined (`analysis.collapse.combined_noise`: replicate
+    spread, else the within-run interval), and, where both cells profiled their kernels, the change of the
+    prefill's GPU kernel time. The findings give the changes by regime and name each change beyond the noise;
+    where the kernels moved by less than half as much, the difference lies outside the GPU's work.
     """
     out = []
     for group in _backend_groups(frame):
@@ -225,7 +226,8 @@ def prefill_comparison(frame: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
                     sources = " / ".join(sorted({c[3].source for c in beyond}))
                     text += f"; beyond the noise ({sources}) at {', '.join(parts)}"
                     if all(not _isnan(c[5]) and abs(c[5]) < abs(c[2]) / 2 for c in beyond):
-                        text += ": the kernels moved by less than half as much, so the difference lies outside the GPU's work"
+                        text += (": the kernels moved by less than half as much, so the difference lies outside "
+                                 "the GPU's work")
                 elif len(unknown) < len(these):
                     text += ", within the noise" + (" of the cells that record it" if unknown else "")
                 if unknown and len(unknown) == len(these):

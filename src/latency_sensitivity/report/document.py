@@ -134,7 +134,8 @@ def sweep_section(sw: SweepInput) -> str:
             parts += ["", "Prefill of the same cells, the same computation in every backend: each backend's p50 "
                       "against the baseline's, with the two cells' noise combined (replicate spread, else the "
                       "within-run interval of the p50); kernels: the change of the prefill's GPU kernel time "
-                      "(profiled once per replicate, their median). A cell is launch-bound when any backend's prefill is.",
+                      "(profiled once per replicate, their median). A cell is launch-bound when any backend's "
+                      "prefill is.",
                       "", p_table, "", "Findings:", ""]
             parts += [f"- {f}" for f in p_findings]
     if sw.figures:
