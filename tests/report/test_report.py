@@ -650,6 +650,10 @@ def test_report_compares_the_backends_decode_and_prefill():
         < section.index("| graph vs eager (noise) |")
     assert ("- graph prefill against eager's in the 1 compute-bound cell: +0.5%; its GPU kernels +0.2%, within the "
             "noise") in section
+    assert "kernels: the change of the prefill's GPU kernel time" in section
+    no_kernels = pd.DataFrame(eager + graph).drop(columns="prefill_kernel_ms")
+    text = build_report([SweepInput("b", "batch", no_kernels, [])], [], {})
+    assert "Prefill of the same cells" in text and "kernel" not in text.split("Prefill of the same cells", 1)[1]
 
 
 def _device_rows(device: str, prefill: list[float], decode: list[float], eff: list[float],

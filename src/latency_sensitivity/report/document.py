@@ -131,10 +131,11 @@ def sweep_section(sw: SweepInput) -> str:
         parts += [f"- {f}" for f in findings]
         if title in prefills:
             p_table, p_findings = prefills[title]
+            kernels = ("; kernels: the change of the prefill's GPU kernel time (profiled once per replicate, their "
+                       "median)") if "kernels vs" in p_table else ""
             parts += ["", "Prefill of the same cells, the same computation in every backend: each backend's p50 "
                       "against the baseline's, with the two cells' noise combined (replicate spread, else the "
-                      "within-run interval of the p50); kernels: the change of the prefill's GPU kernel time "
-                      "(profiled once per replicate, their median). A cell is launch-bound when any backend's "
+                      f"within-run interval of the p50){kernels}. A cell is launch-bound when any backend's "
                       "prefill is.",
                       "", p_table, "", "Findings:", ""]
             parts += [f"- {f}" for f in p_findings]
