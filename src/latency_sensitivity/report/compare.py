@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 import pandas as pd
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from latency_sensitivity.analysis import collapse as _collapse
 from latency_sensitivity.vocabulary import BACKENDS
 from latency_sensitivity.report.findings import _ratio_range
-from latency_sensitivity.report.format import _isnan, _span, fmt_ms, markdown_table
+from latency_sensitivity.report.format import _isnan, _span, fmt_ms, format_noise, markdown_table
 from latency_sensitivity.report.series import FAILED, SweepInput, _text, cell_outcome
 
 
@@ -72,9 +72,8 @@ def _cells_regime(rows: Sequence[pd.Series]) -> str:
 
 
 def _noise_text(noise: "_collapse.Noise") -> str:
-    """``±1.2%``: one decimal below 10%, so a change and its noise can be told apart."""
-    pct = 100 * noise.fraction
-    return f"±{pct:.1f}%" if pct < 10 else f"±{pct:.0f}%"
+    """``±1.2%``: one decimal below 10%, so a change of a few percent and its noise can be told apart."""
+    return format_noise(noise, one_decimal_below=10)
 
 
 def _percent(a: float, b: float) -> float:
@@ -93,6 +92,45 @@ def _signed_span(values: Sequence[float]) -> str:
 
 def _cell_name(cell: tuple) -> str:
     return f"seq_len {cell[0]} × batch {cell[1]}"
+
+
+class _PrefillChange(NamedTuple):
+    """One backend's prefill in one cell against the baseline's: percent changes of the p50 and the kernel time."""
+
+    regime: str
+    cell: tuple
+    change: float
+    noise: "_collapse.Noise"
+    beyond: bool
+    kernel_change: float
+
+
+def _prefill_finding(backend: str, base: str, regime: str, changes: list[_PrefillChange]) -> str:
+    """``backend``'s prefill against ``base``'s over the cells of one regime: the range of the changes and of the
+    kernels', each change beyond the noise named, and whether the kernels explain it."""
+    text = (f"{backend} prefill against {base}'s in the {len(changes)} {regime} cell"
+            f"{'s' if len(changes) > 1 else ''}: {_signed_span([c.change for c in changes])}")
+    kernels = [c.kernel_change for c in changes if not _isnan(c.kernel_change)]
+    if kernels:
+        text += f"; its GPU kernels {_signed_span(kernels)}"
+    beyond = [c for c in changes if c.beyond]
+    unknown = [c for c in changes if not c.noise.known]
+    if beyond:
+        parts = []
+        for c in beyond:
+            kernel = f", kernels {_signed(c.kernel_change)}" if not _isnan(c.kernel_change) else ""
+            parts.append(f"{_cell_name(c.cell)} {_signed(c.change)} (noise {_noise_text(c.noise)}{kernel})")
+        sources = " / ".join(sorted({c.noise.source for c in beyond}))
+        text += f"; beyond the noise ({sources}) at {', '.join(parts)}"
+        if all(not _isnan(c.kernel_change) and abs(c.kernel_change) < abs(c.change) / 2 for c in beyond):
+            text += ": the kernels moved by less than half as much, so the difference lies outside the GPU's work"
+    elif len(unknown) < len(changes):
+        text += ", within the noise" + (" of the cells that record it" if unknown else "")
+    else:
+        text += " (no noise recorded)"
+    if regime == "launch-bound":
+        text += f" [{_collapse.HOST_NOISE}]"
+    return text
 
 
 def _speedup_finding(backend: str, base: str, vals: list[tuple]) -> str:
@@ -198,43 +236,13 @@ def prefill_comparison(frame: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
                             if kernels and not _isnan(row_of[base]["prefill_kernel_ms"])
                             and not _isnan(row_of[b]["prefill_kernel_ms"]) else math.nan)
                 if not _isnan(change):
-                    changes[b].append((regime, cell, change, noise, beyond, k_change))
+                    changes[b].append(_PrefillChange(regime, cell, change, noise, beyond, k_change))
                 row.append(f"{_signed(change)} ({_noise_text(noise)})" if noise.known else _signed(change))
                 kernel_cells.append(_signed(k_change))
             rows.append(row + (kernel_cells if kernels else []))
         table = markdown_table(headers, rows, [True, True, False] + [True] * (len(headers) - 3))
-        findings = []
-        for b in others:
-            for regime in _REGIME_ORDER:
-                these = [c for c in changes[b] if c[0] == regime]
-                if not these:
-                    continue
-                text = (f"{b} prefill against {base}'s in the {len(these)} {regime} cell"
-                        f"{'s' if len(these) > 1 else ''}: {_signed_span([c[2] for c in these])}")
-                k_known = [c[5] for c in these if not _isnan(c[5])]
-                if k_known:
-                    text += f"; its GPU kernels {_signed_span(k_known)}"
-                beyond = [c for c in these if c[4]]
-                unknown = [c for c in these if not c[3].known]
-                if beyond:
-                    parts = []
-                    for _, cell, change, noise, _, k_change in beyond:
-                        part = f"{_cell_name(cell)} {_signed(change)} (noise {_noise_text(noise)}"
-                        if not _isnan(k_change):
-                            part += f", kernels {_signed(k_change)}"
-                        parts.append(part + ")")
-                    sources = " / ".join(sorted({c[3].source for c in beyond}))
-                    text += f"; beyond the noise ({sources}) at {', '.join(parts)}"
-                    if all(not _isnan(c[5]) and abs(c[5]) < abs(c[2]) / 2 for c in beyond):
-                        text += (": the kernels moved by less than half as much, so the difference lies outside "
-                                 "the GPU's work")
-                elif len(unknown) < len(these):
-                    text += ", within the noise" + (" of the cells that record it" if unknown else "")
-                if unknown and len(unknown) == len(these):
-                    text += " (no noise recorded)"
-                if regime == "launch-bound":
-                    text += f" [{_collapse.HOST_NOISE}]"
-                findings.append(text)
+        findings = [_prefill_finding(b, base, regime, [c for c in changes[b] if c.regime == regime])
+                    for b in others for regime in _REGIME_ORDER if any(c.regime == regime for c in changes[b])]
         out.append((group.title, table, findings))
     return out
 

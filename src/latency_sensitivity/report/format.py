@@ -120,10 +120,10 @@ def direction(a: Any, b: Any, words: Sequence[str] = ("rises", "falls", "stays f
     return words[2]
 
 
-def format_noise(noise: "Noise") -> str:
-    """``±4%`` (one decimal below 1%)."""
+def format_noise(noise: "Noise", one_decimal_below: float = 1.0) -> str:
+    """``±4%``, with one decimal below ``one_decimal_below`` percent (``±0.6%``)."""
     pct = 100 * noise.fraction
-    return f"±{pct:.1f}%" if pct < 1 else f"±{pct:.0f}%"
+    return f"±{pct:.1f}%" if pct < one_decimal_below else f"±{pct:.0f}%"
 
 
 def _trend_phrase(label: str, a: float, b: float, words: Sequence[str] = ("rises", "falls", "stays flat"),
